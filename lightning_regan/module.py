@@ -1,0 +1,300 @@
+"""GANModule: the two-optimizer GAN step with a regularized discriminator loss (manual optimization)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable, Optional, Union
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from lightning_regan.losses import AdversarialLoss, get_loss
+from lightning_regan.regularizers import DiscriminatorBatch, Regularizer
+
+OptimizerFactory = Callable[..., Optimizer]
+CHECKPOINT_KEY = "regan"
+CHECKPOINT_VERSION = 1
+
+
+def max_steps_for(g_steps: int, n_critic: int = 1) -> int:
+    """Trainer ``max_steps`` giving exactly ``g_steps`` generator updates.
+
+    Lightning's ``global_step`` counts every optimizer step (D and G), so one G update costs
+    ``n_critic + 1`` of them.
+    """
+    if g_steps < 0 or n_critic < 1:
+        raise ValueError(f"max_steps_for: need g_steps >= 0 and n_critic >= 1, got {g_steps}, {n_critic}.")
+    return g_steps * (n_critic + 1)
+
+
+def _default_optimizer() -> OptimizerFactory:
+    return functools.partial(torch.optim.Adam, lr=2e-4, betas=(0.5, 0.999))
+
+
+def _as_module_dict(regularizers: Union[None, Mapping[str, Regularizer], Sequence[Regularizer]]) -> nn.ModuleDict:
+    if regularizers is None:
+        return nn.ModuleDict()
+    if isinstance(regularizers, Mapping):
+        items = list(regularizers.items())
+    else:
+        items = [(getattr(r, "default_name", type(r).__name__.lower()), r) for r in regularizers]
+    out = nn.ModuleDict()
+    for name, reg in items:
+        if not isinstance(reg, Regularizer):
+            raise TypeError(f"regularizer {name!r} must be a lightning_regan.regularizers.Regularizer, got {type(reg).__name__}.")
+        if name in out:
+            raise ValueError(f"Two regularizers are named {name!r}; pass a dict to give them distinct names.")
+        out[name] = reg
+    return out
+
+
+class GANModule(L.LightningModule):
+    """A GAN trained with manual optimization and a regularized discriminator loss.
+
+    ``L_D = loss.d_loss(D(x), D(G(z))) + sum_i weight_i * gain_i * R_i(D, x, G(z))`` and
+    ``L_G = loss.g_loss(D(G(z)))``. Each training batch takes one D step; every ``n_critic`` D steps one
+    G step follows. Works with any generator ``G(z)`` and discriminator ``D(x)`` modules and any loader that
+    yields images, ``(images, labels)`` or ``{"image": images}``.
+
+    Args:
+        generator: Maps latent vectors ``(N, latent_dim)`` to samples.
+        discriminator: Maps samples to logits (any shape with leading ``N``; losses average all elements).
+        g_optimizer: Factory ``f(params) -> Optimizer`` (e.g. ``functools.partial(Adam, lr=2e-4)`` or a Hydra
+            ``_partial_: true`` config). Defaults to Adam(lr=2e-4, betas=(0.5, 0.999)).
+        d_optimizer: Same for D.
+        loss: Adversarial loss name (``minimax``, ``non_saturating``, ``hinge``, ``wasserstein``,
+            ``least_squares``) or an :class:`~lightning_regan.losses.AdversarialLoss`.
+        regularizers: Discriminator regularizers, a list or a ``{name: regularizer}`` mapping.
+        n_critic: D steps per G step.
+        latent_dim: Size of ``z``; read from ``generator.latent_dim`` when omitted.
+        ema_decay: Keep an exponential moving average of G (``torch.optim.swa_utils``) with this decay; used
+            for sampling and evaluation. ``None`` disables it.
+        ema_start_g_step: G step at which the average starts (before that, the raw G is used).
+        gradient_clip_val: Clip both networks' gradients (manual optimization ignores the Trainer's option).
+        gradient_clip_algorithm: ``"norm"`` or ``"value"``.
+        num_fixed_samples: Size of the fixed latent batch used for sample grids.
+        seed: Seed of the fixed latent batch.
+    """
+
+    def __init__(
+        self,
+        generator: nn.Module,
+        discriminator: nn.Module,
+        g_optimizer: Optional[OptimizerFactory] = None,
+        d_optimizer: Optional[OptimizerFactory] = None,
+        loss: Union[str, AdversarialLoss] = "non_saturating",
+        regularizers: Union[None, Mapping[str, Regularizer], Sequence[Regularizer]] = None,
+        n_critic: int = 1,
+        latent_dim: Optional[int] = None,
+        ema_decay: Optional[float] = None,
+        ema_start_g_step: int = 0,
+        gradient_clip_val: Optional[float] = None,
+        gradient_clip_algorithm: str = "norm",
+        num_fixed_samples: int = 64,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if not isinstance(generator, nn.Module) or not isinstance(discriminator, nn.Module):
+            raise TypeError("GANModule: generator and discriminator must be torch.nn.Module instances.")
+        if not isinstance(n_critic, int) or isinstance(n_critic, bool) or n_critic < 1:
+            raise ValueError(f"GANModule: n_critic must be an integer >= 1 (D steps per G step), got {n_critic!r}.")
+        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+            raise ValueError(f"GANModule: ema_decay must be in (0, 1) or None, got {ema_decay!r}.")
+        if ema_start_g_step < 0:
+            raise ValueError(f"GANModule: ema_start_g_step must be >= 0, got {ema_start_g_step!r}.")
+        if gradient_clip_val is not None and not gradient_clip_val > 0:
+            raise ValueError(f"GANModule: gradient_clip_val must be > 0 or None, got {gradient_clip_val!r}.")
+        if gradient_clip_algorithm not in ("norm", "value"):
+            raise ValueError(f"GANModule: gradient_clip_algorithm must be 'norm' or 'value', got {gradient_clip_algorithm!r}.")
+        if num_fixed_samples < 1:
+            raise ValueError(f"GANModule: num_fixed_samples must be >= 1, got {num_fixed_samples!r}.")
+        latent_dim = latent_dim if latent_dim is not None else getattr(generator, "latent_dim", None)
+        if not isinstance(latent_dim, int) or latent_dim < 1:
+            raise ValueError(
+                "GANModule: latent_dim must be a positive integer; pass latent_dim=... or give the generator a "
+                f"`latent_dim` attribute (got {latent_dim!r})."
+            )
+        self.save_hyperparameters(ignore=["generator", "discriminator", "g_optimizer", "d_optimizer", "loss", "regularizers"])
+        self.automatic_optimization = False
+
+        self.generator = generator
+        self.discriminator = discriminator
+        self.loss = get_loss(loss)
+        self.regularizers = _as_module_dict(regularizers)
+        self.g_optimizer_factory = g_optimizer or _default_optimizer()
+        self.d_optimizer_factory = d_optimizer or _default_optimizer()
+        self.n_critic = n_critic
+        self.latent_dim = latent_dim
+        self.ema_decay = ema_decay
+        self.ema_start_g_step = ema_start_g_step
+        self.gradient_clip_val = gradient_clip_val
+        self.gradient_clip_algorithm = gradient_clip_algorithm
+        self.ema_generator: Optional[AveragedModel] = None
+        if ema_decay is not None:
+            self.ema_generator = AveragedModel(generator, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+            self.ema_generator.requires_grad_(False)
+        noise = torch.randn(num_fixed_samples, latent_dim, generator=torch.Generator().manual_seed(seed))
+        self.register_buffer("fixed_noise", noise)
+        self.g_steps = 0
+        self.d_steps = 0
+        #: Plain-python copy of the config this module was built from (set by ``train``); saved in checkpoints.
+        self.run_config: Optional[dict[str, Any]] = None
+        #: Detached metrics of the last training step (keys without the ``train/`` prefix).
+        self.last_step_metrics: dict[str, Tensor] = {}
+
+    # ------------------------------------------------------------------ sampling
+    @property
+    def eval_generator(self) -> nn.Module:
+        """The generator used for samples and evaluation: the EMA copy once it has started, else G."""
+        if self.ema_generator is not None and int(self.ema_generator.n_averaged) > 0:
+            return self.ema_generator.module
+        return self.generator
+
+    def sample_noise(self, n: int) -> Tensor:
+        """Draw ``n`` latent vectors on the module's device. Override for other priors."""
+        return torch.randn(n, self.latent_dim, device=self.device)
+
+    @torch.no_grad()
+    def generate(self, n: Optional[int] = None, z: Optional[Tensor] = None) -> Tensor:
+        """Samples from :attr:`eval_generator` in eval mode (train mode is restored afterwards).
+
+        Args:
+            n: Number of samples from fresh noise (ignored when ``z`` is given).
+            z: Latent vectors to decode.
+        """
+        if z is None:
+            if n is None:
+                raise ValueError("generate: pass n or z.")
+            z = self.sample_noise(n)
+        g = self.eval_generator
+        was_training = g.training
+        g.eval()
+        try:
+            return g(z.to(self.device))
+        finally:
+            g.train(was_training)
+
+    def forward(self, z: Tensor) -> Tensor:
+        """Decode ``z`` with the training generator."""
+        return self.generator(z)
+
+    # ------------------------------------------------------------------ optimization
+    def configure_optimizers(self) -> list[Optimizer]:
+        """G's optimizer first, then D's (``g_opt, d_opt = self.optimizers()``)."""
+        return [
+            self.g_optimizer_factory(self.generator.parameters()),
+            self.d_optimizer_factory(self.discriminator.parameters()),
+        ]
+
+    @staticmethod
+    def real_samples(batch: Any) -> Tensor:
+        """Extract the real samples from a batch: a tensor, ``(x, y, ...)`` or a mapping with ``image(s)``."""
+        if isinstance(batch, Mapping):
+            for key in ("image", "images", "x"):
+                if key in batch:
+                    batch = batch[key]
+                    break
+            else:
+                raise ValueError(f"Batch mapping has no 'image'/'images'/'x' key (keys: {sorted(batch)}).")
+        elif isinstance(batch, (list, tuple)):
+            batch = batch[0]
+        if not isinstance(batch, Tensor):
+            raise TypeError(f"Expected the batch to hold a tensor of samples, got {type(batch).__name__}.")
+        return batch
+
+    def _grad_scaler(self) -> Optional[torch.amp.GradScaler]:
+        plugin = getattr(self.trainer, "precision_plugin", None) if self._trainer is not None else None
+        return getattr(plugin, "scaler", None)
+
+    def _clip(self, optimizer: Any) -> None:
+        if self.gradient_clip_val is not None:
+            self.clip_gradients(
+                optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm=self.gradient_clip_algorithm
+            )
+
+    def discriminator_step(self, real: Tensor, d_opt: Any) -> dict[str, Tensor]:
+        """One D update: adversarial loss plus the regularizers due at this D step."""
+        due = [(name, reg) for name, reg in self.regularizers.items() if reg.is_due(self.d_steps)]
+        with torch.no_grad():
+            fake = self.generator(self.sample_noise(real.shape[0]))
+        real_in = real.detach().requires_grad_(any(r.needs_real_grad for _, r in due))
+        fake_in = fake.detach().requires_grad_(any(r.needs_fake_grad for _, r in due))
+        metrics: dict[str, Tensor] = {}
+        with self.toggled_optimizer(d_opt):
+            d_real = self.discriminator(real_in).float()
+            d_fake = self.discriminator(fake_in).float()
+            d_adv = self.loss.d_loss(d_real, d_fake)
+            d_loss = d_adv
+            batch = DiscriminatorBatch(self.discriminator, real_in, fake_in, d_real, d_fake, self._grad_scaler())
+            for name, reg in due:
+                value = reg(batch)
+                d_loss = d_loss + (reg.weight * reg.gain) * value
+                metrics[f"d_reg/{name}"] = value.detach()
+            d_opt.zero_grad(set_to_none=True)
+            self.manual_backward(d_loss)
+            self._clip(d_opt)
+            d_opt.step()
+        self.d_steps += 1
+        metrics.update(d_loss=d_loss.detach(), d_adv=d_adv.detach(), d_real=d_real.detach().mean(), d_fake=d_fake.detach().mean())
+        return metrics
+
+    def generator_step(self, batch_size: int, g_opt: Any) -> dict[str, Tensor]:
+        """One G update; D's parameters are frozen by toggling so no D gradient is computed."""
+        with self.toggled_optimizer(g_opt):
+            fake = self.generator(self.sample_noise(batch_size))
+            g_loss = self.loss.g_loss(self.discriminator(fake).float())
+            g_opt.zero_grad(set_to_none=True)
+            self.manual_backward(g_loss)
+            self._clip(g_opt)
+            g_opt.step()
+        self.g_steps += 1
+        if self.ema_generator is not None and self.g_steps > self.ema_start_g_step:
+            self.ema_generator.update_parameters(self.generator)
+        return {"g_loss": g_loss.detach()}
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        """One D step, then one G step every ``n_critic`` D steps. Logs ``train/*`` metrics."""
+        real = self.real_samples(batch)
+        g_opt, d_opt = self.optimizers()
+        metrics = self.discriminator_step(real, d_opt)
+        g_step_taken = self.d_steps % self.n_critic == 0
+        if g_step_taken:
+            metrics.update(self.generator_step(real.shape[0], g_opt))
+        metrics["g_step"] = torch.tensor(float(self.g_steps))
+        self.last_step_metrics = metrics
+        self.log_dict(
+            {f"train/{k}": v for k, v in metrics.items()},
+            on_step=True,
+            on_epoch=False,
+            batch_size=real.shape[0],
+            prog_bar=False,
+        )
+        # Returning nothing: a returned tensor would be passed through DDP's output hooks.
+        return None
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = {
+            "version": CHECKPOINT_VERSION,
+            "g_steps": self.g_steps,
+            "d_steps": self.d_steps,
+            "config": self.run_config,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get(CHECKPOINT_KEY)
+        if state is None:
+            raise ValueError(
+                "This checkpoint was not written by lightning_regan.GANModule (no 'regan' section); "
+                "load it with the module class that wrote it."
+            )
+        self.g_steps = int(state["g_steps"])
+        self.d_steps = int(state["d_steps"])
+        self.run_config = state.get("config")
+
+
+__all__ = ["GANModule", "max_steps_for"]
