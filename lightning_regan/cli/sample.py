@@ -1,0 +1,143 @@
+"""``regan-sample``: a PNG grid (or a folder of PNGs) from a ``regan-train`` checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+
+from lightning_regan.module import CHECKPOINT_KEY, GANModule
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or does not fit lightning-regan."""
+
+
+def load_module(ckpt_path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[GANModule, DictConfig]:
+    """Rebuild the GANModule of a ``regan-train`` checkpoint from the config stored in it.
+
+    Returns:
+        ``(module, cfg)`` with the module in eval mode on ``map_location``.
+
+    Raises:
+        CheckpointError: when the file is missing, unreadable, not a lightning-regan checkpoint, or its weights do
+            not fit the architecture its config describes.
+    """
+    from lightning_regan.cli.train import build_models, build_module
+
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint {str(path)!r} does not exist.")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # corrupt file, or objects that weights_only refuses
+        raise CheckpointError(f"Cannot read checkpoint {str(path)!r}: {exc}") from exc
+    state = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
+    if not state or not state.get("config"):
+        raise CheckpointError(
+            f"{str(path)!r} is not a regan-train checkpoint (no stored run config). For a checkpoint of your own "
+            "GANModule use GANModule.load_from_checkpoint(path, generator=..., discriminator=...)."
+        )
+    cfg = OmegaConf.create(state["config"])
+    generator, discriminator = build_models(cfg, tuple(cfg.data_shape))
+    module = build_module(cfg, generator, discriminator)
+    try:
+        module.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"Checkpoint {str(path)!r} does not fit its stored architecture: {exc}") from exc
+    module.on_load_checkpoint(checkpoint)
+    return module.to(map_location).eval(), cfg
+
+
+def to_unit_range(x: Tensor) -> Tensor:
+    """Map model-space images in [-1, 1] to [0, 1] for saving."""
+    return (x.float().clamp(-1, 1) + 1) / 2
+
+
+def save_samples(samples: Tensor, out: Path, nrow: int = 8, folder: bool = False) -> list[Path]:
+    """Write images as one PNG grid (``folder=False``) or one PNG per sample; 2-D points as a scatter PNG.
+
+    Files are written to a temporary name and renamed, so nothing half-written is left behind.
+    """
+    from torchvision.utils import save_image
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if samples.dim() == 2:  # points
+        return [_save_scatter(samples, out)]
+    if folder:
+        out.mkdir(parents=True, exist_ok=True)
+        written = []
+        for i, img in enumerate(to_unit_range(samples)):
+            target = out / f"{i:06d}.png"
+            _atomic(target, lambda p, img=img: save_image(img, p, format="png"))
+            written.append(target)
+        return written
+    _atomic(out, lambda p: save_image(to_unit_range(samples), p, nrow=nrow, format="png"))
+    return [out]
+
+
+def _save_scatter(points: Tensor, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 4))
+    pts = points.float().cpu()
+    ax.scatter(pts[:, 0], pts[:, 1], s=3, alpha=0.5)
+    ax.set_aspect("equal")
+    _atomic(out, lambda p: fig.savefig(p, format="png", dpi=100))
+    plt.close(fig)
+    return out
+
+
+def _atomic(target: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="regan-sample", description=__doc__)
+    parser.add_argument("checkpoint", help="a .ckpt written by regan-train (checkpoints/last.ckpt or best.ckpt)")
+    parser.add_argument("-o", "--out", default="samples.png", help="PNG grid path, or a folder with --folder")
+    parser.add_argument("-n", "--num", type=int, default=64, help="number of samples")
+    parser.add_argument("--nrow", type=int, default=8, help="images per grid row")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed")
+    parser.add_argument("--folder", action="store_true", help="write one PNG per sample into --out")
+    parser.add_argument("--raw", action="store_true", help="use the trained G, not its EMA copy")
+    args = parser.parse_args(argv)
+    if args.num < 1 or args.nrow < 1:
+        parser.error("--num and --nrow must be >= 1")
+    try:
+        module, _ = load_module(args.checkpoint)
+    except CheckpointError as exc:
+        print(f"regan-sample: {exc}", file=sys.stderr)
+        return 2
+    gen = torch.Generator().manual_seed(args.seed)
+    z = torch.randn(args.num, module.latent_dim, generator=gen)
+    if args.raw:
+        module.generator.eval()
+        with torch.no_grad():
+            samples = module.generator(z)
+    else:
+        samples = module.generate(z=z)
+    written = save_samples(samples, Path(args.out), nrow=args.nrow, folder=args.folder)
+    print(written[0].parent if args.folder else written[0])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
