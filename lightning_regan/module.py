@@ -8,6 +8,8 @@ from typing import Any, Callable, Optional, Union
 
 import lightning as L
 import torch
+import torch.distributed as dist
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -145,6 +147,9 @@ class GANModule(L.LightningModule):
         self.run_config: Optional[dict[str, Any]] = None
         #: Detached metrics of the last training step (keys without the ``train/`` prefix).
         self.last_step_metrics: dict[str, Tensor] = {}
+        self._resume_rng: Optional[Mapping[str, Tensor]] = None
+        self._rng_after_resume: Optional[tuple[Mapping[str, Tensor], int]] = None
+        self._rewind_rng: Optional[tuple[Mapping[str, Tensor], int]] = None
 
     # ------------------------------------------------------------------ sampling
     @property
@@ -211,10 +216,15 @@ class GANModule(L.LightningModule):
         return getattr(plugin, "scaler", None)
 
     def _clip(self, optimizer: Any) -> None:
-        if self.gradient_clip_val is not None:
-            self.clip_gradients(
-                optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm=self.gradient_clip_algorithm
-            )
+        if self.gradient_clip_val is None:
+            return
+        clip_val = self.gradient_clip_val
+        scaler = self._grad_scaler()
+        if scaler is not None and scaler.is_enabled():
+            # Under 16-mixed the gradients are still multiplied by the loss scale S here (Lightning unscales them
+            # inside opt.step()); clipping S*g at S*c is clipping g at c, by norm and by value alike.
+            clip_val = clip_val * scaler.get_scale()
+        self.clip_gradients(optimizer, gradient_clip_val=clip_val, gradient_clip_algorithm=self.gradient_clip_algorithm)
 
     def discriminator_step(self, real: Tensor, d_opt: Any) -> dict[str, Tensor]:
         """One D update: adversarial loss plus the regularizers due at this D step."""
@@ -276,13 +286,77 @@ class GANModule(L.LightningModule):
         # Returning nothing: a returned tensor would be passed through DDP's output hooks.
         return None
 
+    # ------------------------------------------------------------------ random streams
+    def on_fit_start(self) -> None:
+        """Give every DDP rank its own random stream, or put back the streams of the checkpoint being resumed.
+
+        With the same seed on every rank (``seed_everything``), all ranks would draw the same noise, so a DDP step
+        would see ``world_size`` copies of one fake batch. Ranks therefore continue from seed ``initial_seed + rank``
+        (as StyleGAN2-ADA and StudioGAN do); a single-device run is left alone. Subclasses that override
+        ``on_fit_start``, ``on_train_start`` or ``on_train_batch_start`` must call ``super()``.
+        """
+        states, self._resume_rng = self._resume_rng, None
+        rank, world = self.global_rank, self.trainer.world_size
+        if states is not None and self.trainer.ckpt_path is not None:
+            if int(states["cpu"].shape[0]) == world:
+                self._set_rng_state(states, rank)
+                self._rng_after_resume = (states, rank)
+                return
+            rank_zero_warn(
+                f"The checkpoint holds random states of {int(states['cpu'].shape[0])} processes, this run has {world}: "
+                "the random streams restart (the run is resumed, but not bit for bit)."
+            )
+        if world > 1:
+            torch.manual_seed((torch.initial_seed() + rank) % 2**63)
+
+    def on_train_start(self) -> None:
+        """After a mid-epoch resume, schedule a rewind of the random stream (see below)."""
+        pending, self._rng_after_resume = self._rng_after_resume, None
+        epoch_loop = getattr(getattr(self.trainer, "fit_loop", None), "epoch_loop", None)
+        started = epoch_loop.batch_progress.current.ready if epoch_loop is not None else 0
+        if pending is not None and 0 < started < self.trainer.num_training_batches:
+            # Resumed mid-epoch: Lightning starts a new data iterator, which draws from the random stream (sampler
+            # seed, at the first fetch) where the uninterrupted run did not. Rewind the stream once more when the
+            # first batch starts. (At an epoch end both runs start the next epoch's iterator from the restored
+            # stream: nothing to do.)
+            self._rewind_rng = pending
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Apply the rewind scheduled by :meth:`on_train_start`, once."""
+        if self._rewind_rng is not None:
+            self._set_rng_state(*self._rewind_rng)
+            self._rewind_rng = None
+
+    def _rng_states(self) -> dict[str, Tensor]:
+        """The random states of every rank, stacked on a leading rank dimension (gathered under DDP)."""
+        local = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            local["cuda"] = torch.cuda.get_rng_state(self.device)
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return {k: v.unsqueeze(0) for k, v in local.items()}
+        gathered = {}
+        for key, value in local.items():
+            value = value.to(self.device)  # NCCL gathers device tensors only
+            parts = [torch.empty_like(value) for _ in range(dist.get_world_size())]
+            dist.all_gather(parts, value)
+            gathered[key] = torch.stack(parts).cpu()
+        return gathered
+
+    def _set_rng_state(self, states: Mapping[str, Tensor], rank: int) -> None:
+        # clone(): torch.set_rng_state crashes (segfault, torch 2.14) on a view with a storage offset, e.g. states[1].
+        torch.set_rng_state(states["cpu"][rank].clone().cpu())
+        if "cuda" in states and self.device.type == "cuda":
+            torch.cuda.set_rng_state(states["cuda"][rank].clone().cpu(), self.device)
+
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Called on every rank (Trainer.save_checkpoint), so gathering the ranks' random states is safe here.
         checkpoint[CHECKPOINT_KEY] = {
             "version": CHECKPOINT_VERSION,
             "g_steps": self.g_steps,
             "d_steps": self.d_steps,
             "config": self.run_config,
+            "rng": self._rng_states(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -295,6 +369,8 @@ class GANModule(L.LightningModule):
         self.g_steps = int(state["g_steps"])
         self.d_steps = int(state["d_steps"])
         self.run_config = state.get("config")
+        # Applied in on_fit_start only when training resumes (load_from_checkpoint must not reseed the caller).
+        self._resume_rng = state.get("rng")
 
 
 __all__ = ["GANModule", "max_steps_for"]

@@ -93,15 +93,19 @@ def input_gradients(outputs: Tensor, inputs: Tensor, grad_scaler: Optional[torch
     """Gradient of ``outputs.sum()`` with respect to ``inputs``, kept in the graph (double backward).
 
     Uses out-of-place ``torch.autograd.grad`` (no ``.grad`` accumulation, safe under DDP). Under fp16 AMP the
-    outputs are scaled before differentiation to avoid underflow and the gradients unscaled afterwards.
+    outputs are scaled before differentiation to avoid underflow and the gradients unscaled afterwards; if the
+    scaled gradients overflow, they are recomputed without the scale.
     """
     total = outputs.float().sum()
-    scaled = grad_scaler is not None and grad_scaler.is_enabled()
-    if scaled:
-        total = grad_scaler.scale(total)
+    if grad_scaler is not None and grad_scaler.is_enabled():
+        (scaled,) = torch.autograd.grad(grad_scaler.scale(total), inputs, create_graph=True)
+        grads = scaled * (1.0 / grad_scaler.get_scale())
+        if bool(torch.isfinite(grads).all()):
+            return grads.float()
+        # The loss scale overflowed fp16 inside D (GradScaler starts too high and lowers the scale only after
+        # this step). Scaled, the penalty would read NaN and pass for divergence; the unscaled gradient is the
+        # true value (a genuinely non-finite gradient stays non-finite). The graph is kept by create_graph.
     (grads,) = torch.autograd.grad(total, inputs, create_graph=True)
-    if scaled:
-        grads = grads * (1.0 / grad_scaler.get_scale())
     return grads.float()
 
 
@@ -207,11 +211,18 @@ class WGANGP(Regularizer):
         self.center = float(center)
         self.one_sided = one_sided
 
+    def interpolation_weights(self, real: Tensor) -> Tensor:
+        """Uniform coefficients, one per sample, shaped to broadcast over ``real``.
+
+        Override to control them (the DDP tests give each rank its slice of a global draw).
+        """
+        return torch.rand((real.shape[0],) + (1,) * (real.dim() - 1), device=real.device, dtype=real.dtype)
+
     def forward(self, batch: DiscriminatorBatch) -> Tensor:
         real, fake = batch.real.detach(), batch.fake.detach()
         n = min(real.shape[0], fake.shape[0])
         real, fake = real[:n], fake[:n]
-        eps = torch.rand((n,) + (1,) * (real.dim() - 1), device=real.device, dtype=real.dtype)
+        eps = self.interpolation_weights(real)
         x_hat = (eps * real + (1.0 - eps) * fake).requires_grad_(True)
         grads = input_gradients(batch.discriminator(x_hat), x_hat, batch.grad_scaler)
         gap = _per_sample_sq_norm(grads).add(1e-12).sqrt() - self.center

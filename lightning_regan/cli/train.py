@@ -160,7 +160,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     )
     ckpt_path = _resolve_ckpt_path(cfg)
     output_dir.mkdir(parents=True, exist_ok=True)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    # Our checkpoints hold only tensors, numbers and strings, so resuming never unpickles code.
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     summary_path = output_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
@@ -168,13 +169,14 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 @hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> Optional[float]:
+def main(cfg: DictConfig) -> float:
     """Entry point of ``regan-train``; returns ``summary[optimized_metric]`` for Hydra sweepers."""
     with open_dict(cfg):
         cfg.output_dir = str(Path(cfg.output_dir).resolve())
     summary, _ = train(cfg)
     value = summary.get(cfg.get("optimized_metric") or "best_fid")
-    return float(value) if isinstance(value, (int, float)) else None
+    # A run without the metric (diverged before any FID, FID off) is the worst result for a minimizing sweeper.
+    return float(value) if isinstance(value, (int, float)) else float("inf")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,347 @@
+"""FIDMonitor: the evaluation callback that logs ``val/fid`` (and ``val/kid``) every few generator steps.
+
+Evaluation only: it measures and logs; deciding to stop is :class:`~lightning_regan.callbacks.EarlyTermination`'s
+job. The feature extractor and the metric live in the callback, never in the LightningModule, so no Inception
+weights end up in checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Optional, Union
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+
+from lightning_regan.fid.extractors import (
+    EXTRACTOR_CHOICES,
+    ClassifierExtractor,
+    build_extractor,
+    extractor_name,
+    extractor_num_features,
+    resolve_extractor_spec,
+)
+from lightning_regan.fid.metric import FeatureDistances
+from lightning_regan.fid.stats import RealSource, RealStatistics, dataset_cache_key, load_or_compute_real_statistics, real_source_of
+from lightning_regan.fid.weights import PathLike
+
+log = logging.getLogger(__name__)
+
+FID_KEY = "val/fid"
+KID_KEY = "val/kid"
+STATE_VERSION = 1
+
+
+def _g_steps(trainer: L.Trainer, pl_module: L.LightningModule) -> int:
+    """Generator updates so far: ``pl_module.g_steps`` (GANModule), else ``trainer.global_step``."""
+    g = getattr(pl_module, "g_steps", None)
+    return int(trainer.global_step if g is None else g)
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"FIDMonitor: {name} must be an integer >= {minimum}, got {value!r}.")
+
+
+class FIDMonitor(Callback):
+    """Log the FID of the generator against real data every ``every_n_g_steps`` generator steps.
+
+    At ``setup`` (stage ``fit``) rank zero builds the feature extractor and the real statistics (from the
+    disk cache when the DataModule has a ``cache_key()``), then every rank receives them by broadcast. An
+    evaluation runs on ``on_train_batch_end`` when ``pl_module.g_steps`` just changed to a multiple of
+    ``every_n_g_steps``: ``num_samples`` samples are decoded from a FIXED seeded noise (comparable evaluations)
+    with ``pl_module.generate(z=...)`` (the EMA generator when EMA is on), split over the ranks, encoded and
+    reduced exactly through torchmetrics' state sync, so every rank logs the same value. Values go to
+    ``trainer.callback_metrics`` through ``pl_module.log(..., on_step=True, rank_zero_only=False)`` and to the
+    loggers directly at every evaluation (not only every ``log_every_n_steps``).
+
+    Args:
+        every_n_g_steps: Evaluate every this many G steps (``0`` never, except ``evaluate_on_train_end``).
+        num_samples: Generated samples per evaluation.
+        num_real_samples: Real samples for the statistics (the first ones of the reference data); default
+            ``num_samples``.
+        feature_extractor: ``"auto"`` (the DataModule's ``fid_feature_extractor``, else ``"identity"`` for
+            points and ``"inception"`` for images), ``"inception"``, ``"classifier"``, ``"identity"`` or an
+            ``nn.Module`` with ``num_features``.
+        batch_size: Samples generated and encoded per batch.
+        kid: Also log ``val/kid`` (mean over subsets).
+        kid_subset_size: KID subset size (clipped to the sample counts).
+        kid_subsets: Number of KID subsets.
+        cache_dir: Folder of the statistics / classifier cache (default ``$REGAN_CACHE_DIR`` or
+            ``~/.cache/lightning_regan``).
+        seed: Seed of the fixed evaluation noise (and of KID's subsets).
+        evaluate_on_train_end: Also evaluate when training ends (unless the last G step was just evaluated).
+        real_data: Real samples to use instead of the DataModule's (dataset, DataLoader or tensor); not cached
+            on disk unless ``dataset_key`` is given.
+        dataset_key: Cache key of ``real_data``.
+        weights_path: Inception weights file (else found by ``resolve_inception_weights``).
+        allow_download: Let torch-fidelity download the Inception weights when none is on disk.
+
+    Attributes:
+        history: ``[(g_step, fid), ...]``; ``kid_history`` likewise when ``kid``.
+        eval_time_s: Total seconds spent in evaluations (not counting the real statistics, see ``setup_time_s``).
+        last_fid: Latest FID or ``None``. ``evaluations``: number of evaluations.
+        extractor: The feature extractor (after setup); ``extractor_name`` says which one was used.
+    """
+
+    def __init__(
+        self,
+        every_n_g_steps: int = 1000,
+        num_samples: int = 1000,
+        num_real_samples: Optional[int] = None,
+        feature_extractor: Union[str, nn.Module] = "auto",
+        batch_size: int = 100,
+        kid: bool = False,
+        kid_subset_size: int = 1000,
+        kid_subsets: int = 100,
+        cache_dir: Optional[PathLike] = None,
+        seed: int = 0,
+        evaluate_on_train_end: bool = False,
+        real_data: Optional[RealSource] = None,
+        dataset_key: Optional[str] = None,
+        weights_path: Optional[PathLike] = None,
+        allow_download: Optional[bool] = None,
+        verbose: bool = True,
+    ) -> None:
+        super().__init__()
+        _check_int("every_n_g_steps", every_n_g_steps, 0)
+        _check_int("num_samples", num_samples, 2)
+        if num_real_samples is not None:
+            _check_int("num_real_samples", num_real_samples, 2)
+        _check_int("batch_size", batch_size, 1)
+        _check_int("kid_subset_size", kid_subset_size, 2)
+        _check_int("kid_subsets", kid_subsets, 1)
+        if not isinstance(feature_extractor, nn.Module) and feature_extractor not in EXTRACTOR_CHOICES:
+            raise ValueError(
+                f"FIDMonitor: feature_extractor must be one of {EXTRACTOR_CHOICES} or an nn.Module, got {feature_extractor!r}."
+            )
+        self.every_n_g_steps = every_n_g_steps
+        self.num_samples = num_samples
+        self.num_real_samples = num_real_samples if num_real_samples is not None else num_samples
+        self.feature_extractor = feature_extractor
+        self.batch_size = batch_size
+        self.kid = bool(kid)
+        self.kid_subset_size = kid_subset_size
+        self.kid_subsets = kid_subsets
+        self.cache_dir = cache_dir
+        self.seed = seed
+        self.evaluate_on_train_end = evaluate_on_train_end
+        self.real_data = real_data
+        self.dataset_key = dataset_key
+        self.weights_path = weights_path
+        self.allow_download = allow_download
+        self.verbose = verbose
+
+        self.history: list[tuple[int, float]] = []
+        self.kid_history: list[tuple[int, float]] = []
+        self.eval_time_s = 0.0
+        self.setup_time_s = 0.0
+        self.last_fid: Optional[float] = None
+        self.last_kid: Optional[float] = None
+        self.evaluations = 0
+        self.extractor: Optional[nn.Module] = None
+        self.extractor_name: Optional[str] = None
+        self.real_stats: Optional[RealStatistics] = None
+        self._metric: Optional[FeatureDistances] = None
+        self._noise: Optional[Tensor] = None
+        self._last_g: Optional[int] = None
+        self._last_eval_step: Optional[int] = None
+
+    @property
+    def state_key(self) -> str:
+        spec = self.feature_extractor if isinstance(self.feature_extractor, str) else type(self.feature_extractor).__name__
+        return self._generate_state_key(every_n_g_steps=self.every_n_g_steps, num_samples=self.num_samples, feature_extractor=spec)
+
+    # ------------------------------------------------------------------ preparation
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit" or self._metric is not None:
+            return
+        datamodule = getattr(trainer, "datamodule", None)
+        source = self.real_data if self.real_data is not None else real_source_of(datamodule)
+        if source is None:
+            return  # plain DataLoaders passed to fit(): prepared in on_train_start from trainer.train_dataloader
+        self._prepare(trainer, datamodule, source)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._metric is None:
+            self._prepare(trainer, getattr(trainer, "datamodule", None), trainer.train_dataloader)
+        start = time.perf_counter()
+        self._metric = self._metric.to(pl_module.device)
+        self._metric.prepare(pl_module.device)  # square root of the real covariance, once per run
+        self.extractor = self.extractor.to(pl_module.device)
+        self.setup_time_s += time.perf_counter() - start
+
+    def _prepare(self, trainer: L.Trainer, datamodule: Any, source: Optional[RealSource]) -> None:
+        """Build the extractor and the real statistics (rank zero computes, the others receive them)."""
+        # DataLoader iterators draw a seed from the global RNG: keep training's random stream untouched.
+        with torch.random.fork_rng(devices=[]):
+            self._prepare_impl(trainer, datamodule, source)
+
+    def _prepare_impl(self, trainer: L.Trainer, datamodule: Any, source: Optional[RealSource]) -> None:
+        start = time.perf_counter()
+        if source is None:
+            raise ValueError(
+                "FIDMonitor: no real data. Use a DataModule with reference_dataset() (or train_dataloader()), or pass "
+                "real_data=... to FIDMonitor."
+            )
+        strategy, world, is_zero = trainer.strategy, trainer.world_size, trainer.is_global_zero
+        key = self.dataset_key if self.dataset_key is not None else (dataset_cache_key(datamodule) if self.real_data is None else None)
+        spec = resolve_extractor_spec(self.feature_extractor, datamodule)
+        extractor: Optional[nn.Module] = None
+        payload: Optional[dict[str, Any]] = None
+        error: Optional[BaseException] = None
+        try:
+            if spec != "classifier" or is_zero:  # Inception weights are looked up on every rank (fail fast everywhere)
+                extractor = self._build_extractor(spec, datamodule, key)
+            if is_zero:
+                stats = load_or_compute_real_statistics(
+                    source, extractor.to(strategy.root_device), self.num_real_samples, dataset_key=key,
+                    cache=self.cache_dir, batch_size=self.batch_size, keep_features=self.kid, device=strategy.root_device,
+                )
+                payload = {"stats": stats.to_dict(), "source": stats.source}
+                if isinstance(extractor, ClassifierExtractor):
+                    payload["classifier"] = extractor.export()
+        except Exception as exc:  # re-raised below, after telling the other ranks (no rank left waiting)
+            error = exc
+        if world > 1:
+            if strategy.reduce_boolean_decision(error is not None, all=False):
+                raise error or RuntimeError("FIDMonitor: preparing the FID failed on another rank; see its error.")
+            payload = strategy.broadcast(payload, src=0)
+        elif error is not None:
+            raise error
+        assert payload is not None
+        if extractor is None:  # classifier on the other ranks: rank zero's weights, nothing trained again
+            extractor = ClassifierExtractor.from_export(payload["classifier"])
+        stats = RealStatistics.from_dict(payload["stats"], source=payload["source"])
+        self.extractor = extractor.eval()
+        self.extractor_name = extractor_name(extractor)
+        self.real_stats = stats
+        metric = FeatureDistances(
+            extractor_num_features(extractor), kid=self.kid, kid_subsets=self.kid_subsets,
+            kid_subset_size=self.kid_subset_size, seed=self.seed,
+        )
+        metric.set_real(stats)
+        self._metric = metric
+        self.setup_time_s += time.perf_counter() - start
+        if self.verbose:
+            rank_zero_info(
+                f"FIDMonitor: {self.extractor_name} features ({extractor_num_features(extractor)}-d), real statistics "
+                f"of {stats.num_samples} samples ({stats.source}, {self.setup_time_s:.1f} s)."
+            )
+
+    def _build_extractor(self, spec: Union[str, nn.Module], datamodule: Any, key: Optional[str]) -> nn.Module:
+        reference = None
+        if spec == "classifier" and self.real_data is not None:
+            reference = self.real_data
+        return build_extractor(
+            spec, datamodule, reference=reference, weights_path=self.weights_path, allow_download=self.allow_download,
+            cache=self.cache_dir, dataset_key=key,
+        )
+
+    # ------------------------------------------------------------------ evaluation
+    def _fixed_noise(self, pl_module: L.LightningModule) -> Tensor:
+        latent_dim = int(getattr(pl_module, "latent_dim"))
+        if self._noise is None or self._noise.shape[1] != latent_dim:
+            gen = torch.Generator().manual_seed(self.seed)
+            self._noise = torch.randn(self.num_samples, latent_dim, generator=gen)
+        return self._noise
+
+    @torch.no_grad()
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        """Compute the FID (and KID) of ``pl_module.generate`` now. Collective under DDP: call on every rank."""
+        if self._metric is None or self.extractor is None:
+            raise RuntimeError("FIDMonitor.evaluate called before setup (run it inside trainer.fit).")
+        start = time.perf_counter()
+        rank, world = trainer.global_rank, trainer.world_size
+        device = pl_module.device
+        self._metric = self._metric.to(device)
+        self.extractor = self.extractor.to(device)
+        self._metric.reset_fake()
+        shard = self._fixed_noise(pl_module)[rank::world]
+        with torch.random.fork_rng(devices=[]):  # a generator with noise layers must not move training's RNG
+            for z in shard.split(self.batch_size):
+                samples = pl_module.generate(z=z.to(device))
+                self._metric.update(self.extractor(samples))
+        values = self._metric.compute()
+        self.eval_time_s += time.perf_counter() - start
+        self.evaluations += 1
+        return values
+
+    def _record(self, trainer: L.Trainer, pl_module: L.LightningModule, g_step: int, values: dict[str, float], log_now: bool) -> None:
+        # float32 precision everywhere, so history, callback_metrics and the loggers hold the very same number
+        values = {k: float(torch.tensor(v, dtype=torch.float32)) for k, v in values.items()}
+        fid = values["fid"]
+        self.history.append((g_step, fid))
+        self.last_fid = fid
+        self._last_eval_step = g_step
+        metrics = {FID_KEY: fid}
+        if "kid_mean" in values:
+            self.last_kid = values["kid_mean"]
+            self.kid_history.append((g_step, values["kid_mean"]))
+            metrics[KID_KEY] = values["kid_mean"]
+        if log_now:  # callback_metrics (ModelCheckpoint / EarlyTermination read them); not allowed in on_train_end
+            for name, value in metrics.items():
+                pl_module.log(name, value, on_step=True, on_epoch=False, logger=False, rank_zero_only=False,
+                              sync_dist=False, batch_size=1)
+        else:
+            for name, value in metrics.items():
+                trainer.callback_metrics[name] = torch.tensor(value)
+        # Straight to the loggers: self.log(on_step=True) only reaches them every `log_every_n_steps` batches,
+        # which would drop most evaluations.
+        step = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step)
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+        if self.verbose:
+            extra = f", KID {self.last_kid:.4g}" if "kid_mean" in values else ""
+            rank_zero_info(f"FIDMonitor: G step {g_step}: FID ({self.extractor_name}) {fid:.4g}{extra}.")
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        g = _g_steps(trainer, pl_module)
+        changed = self._last_g is None or g != self._last_g
+        self._last_g = g
+        if not (changed and self.every_n_g_steps > 0 and g > 0 and g % self.every_n_g_steps == 0):
+            return
+        if g == self._last_eval_step:  # resumed right after an evaluation
+            return
+        self._record(trainer, pl_module, g, self.evaluate(trainer, pl_module), log_now=True)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.evaluate_on_train_end or self._metric is None:
+            return
+        g = _g_steps(trainer, pl_module)
+        if g == self._last_eval_step:
+            return
+        self._record(trainer, pl_module, g, self.evaluate(trainer, pl_module), log_now=False)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "history": [[g, f] for g, f in self.history],
+            "kid_history": [[g, k] for g, k in self.kid_history],
+            "eval_time_s": self.eval_time_s,
+            "evaluations": self.evaluations,
+            "last_fid": self.last_fid,
+            "last_kid": self.last_kid,
+            "last_eval_step": self._last_eval_step,
+            "extractor": self.extractor_name,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = [(int(g), float(f)) for g, f in state_dict.get("history") or []]
+        self.kid_history = [(int(g), float(k)) for g, k in state_dict.get("kid_history") or []]
+        self.eval_time_s = float(state_dict.get("eval_time_s", 0.0))
+        self.evaluations = int(state_dict.get("evaluations", len(self.history)))
+        self.last_fid = state_dict.get("last_fid")
+        self.last_kid = state_dict.get("last_kid")
+        self._last_eval_step = state_dict.get("last_eval_step")
+        saved = state_dict.get("extractor")
+        if saved and self.extractor_name and saved != self.extractor_name:
+            log.warning("FIDMonitor: resumed FID history was measured with %s features, now %s.", saved, self.extractor_name)
+
+
+__all__ = ["FIDMonitor", "FID_KEY", "KID_KEY"]

@@ -1,0 +1,141 @@
+"""ModeCoverageMonitor: modes covered and share of high-quality samples on 2-D Gaussian mixtures."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor
+
+from lightning_regan.callbacks.samples import GStepCadence, seeded_noise
+from lightning_regan.data.gaussians import MIN_FRACTION, mode_coverage
+
+
+class ModeCoverageMonitor(Callback):
+    """Log ``val/modes_covered`` and ``val/hq_fraction`` every ``every_n_g_steps`` G steps.
+
+    ``num_samples`` points are decoded with ``pl_module.generate`` from noise drawn under a fixed seed, and scored
+    with :func:`~lightning_regan.data.gaussians.mode_coverage` against the mixture's ``centers`` and ``std``
+    (taken from ``trainer.datamodule``, e.g. a :class:`~lightning_regan.data.GaussianMixtureDataModule`, unless
+    given here). Every rank computes the same value (same noise, same replica of G), so it goes into
+    ``trainer.callback_metrics`` with ``pl_module.log(..., rank_zero_only=False)`` and no reduction, and straight
+    to the loggers at every evaluation (``self.log`` alone reaches them only every ``log_every_n_steps``). When
+    training ends the final G step is scored too, unless it was just scored.
+
+    Args:
+        every_n_g_steps: Evaluate every this many G steps (``0``: only when training ends).
+        num_samples: Generated points per evaluation (2,500 in VEEGAN/PacGAN).
+        n_std: A sample is high quality within ``n_std`` standard deviations of its nearest center.
+        min_count: High-quality samples a mode needs to count as covered; ``None`` uses ``min_fraction``.
+        min_fraction: Threshold as a fraction of ``num_samples`` (default 20/2500).
+        centers: Mixture centers ``(K, 2)`` (default: ``trainer.datamodule.centers``).
+        std: Component standard deviation (default: ``trainer.datamodule.std``).
+        seed: Seed of the evaluation noise.
+
+    Attributes:
+        history: ``[(g_step, {"modes_covered", "num_modes", "hq_fraction", "counts"}), ...]``.
+        last: The latest result, or ``None``.
+    """
+
+    def __init__(
+        self,
+        every_n_g_steps: int = 500,
+        num_samples: int = 2500,
+        n_std: float = 3.0,
+        min_count: Optional[int] = None,
+        min_fraction: float = MIN_FRACTION,
+        centers: Optional[Tensor] = None,
+        std: Optional[float] = None,
+        seed: int = 0,
+    ) -> None:
+        if not isinstance(every_n_g_steps, int) or isinstance(every_n_g_steps, bool) or every_n_g_steps < 0:
+            raise ValueError(f"ModeCoverageMonitor: every_n_g_steps must be an integer >= 0, got {every_n_g_steps!r}.")
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"ModeCoverageMonitor: num_samples must be a positive integer, got {num_samples!r}.")
+        if not n_std > 0:
+            raise ValueError(f"ModeCoverageMonitor: n_std must be > 0, got {n_std!r}.")
+        if min_count is not None and min_count < 1:
+            raise ValueError(f"ModeCoverageMonitor: min_count must be >= 1 or None, got {min_count!r}.")
+        if not 0 < min_fraction <= 1:
+            raise ValueError(f"ModeCoverageMonitor: min_fraction must be in (0, 1], got {min_fraction!r}.")
+        self.every_n_g_steps = every_n_g_steps
+        self.num_samples = num_samples
+        self.n_std = n_std
+        self.min_count = min_count
+        self.min_fraction = min_fraction
+        self.centers = None if centers is None else torch.as_tensor(centers, dtype=torch.float32)
+        self.std = std
+        self.seed = seed
+        self.history: list[tuple[int, dict[str, Any]]] = []
+        self._cadence = GStepCadence(every_n_g_steps)
+        self._noise: Optional[Tensor] = None
+
+    @property
+    def last(self) -> Optional[dict[str, Any]]:
+        return self.history[-1][1] if self.history else None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        datamodule = getattr(trainer, "datamodule", None)
+        if self.centers is None and getattr(datamodule, "centers", None) is not None:
+            self.centers = torch.as_tensor(datamodule.centers, dtype=torch.float32)
+        if self.std is None and getattr(datamodule, "std", None) is not None:
+            self.std = float(datamodule.std)
+        if self.centers is None or self.std is None:
+            raise ValueError(
+                "ModeCoverageMonitor needs the mixture's centers and std: train on a GaussianMixtureDataModule "
+                "(data=gaussians or data=gaussians_grid) or pass centers=... and std=...; remove the callback for image data."
+            )
+
+    def evaluate(self, pl_module: L.LightningModule) -> dict[str, Any]:
+        """Score ``num_samples`` generated points (fixed seeded noise); does not log."""
+        if self.centers is None or self.std is None:
+            raise RuntimeError("ModeCoverageMonitor.evaluate: centers/std are unknown; call setup first or pass them.")
+        if self._noise is None:
+            self._noise = seeded_noise(pl_module, self.num_samples, self.seed).cpu()
+        samples = pl_module.generate(z=self._noise.to(pl_module.device))
+        if samples.dim() != 2:
+            raise ValueError(
+                f"ModeCoverageMonitor: the generator must output 2-D points (N, 2), got {tuple(samples.shape)}; "
+                "it only applies to Gaussian-mixture data."
+            )
+        return mode_coverage(samples, self.centers, self.std, n_std=self.n_std, min_count=self.min_count, min_fraction=self.min_fraction)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._cadence.last_seen = int(pl_module.g_steps)  # after a resume, the restored step is not new
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        g = self._cadence.due(pl_module)
+        if g is not None:
+            self._record(trainer, pl_module, g, self.evaluate(pl_module), log_now=True)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        g = int(pl_module.g_steps)
+        if not self.history or self.history[-1][0] != g:
+            self._record(trainer, pl_module, g, self.evaluate(pl_module), log_now=False)
+
+    def _record(self, trainer: L.Trainer, pl_module: L.LightningModule, g_step: int, result: dict[str, Any], log_now: bool) -> None:
+        self.history.append((g_step, result))
+        metrics = {f"val/{key}": float(result[key]) for key in ("modes_covered", "hq_fraction")}
+        if log_now:  # into callback_metrics on every rank (same value everywhere); not allowed in on_train_end
+            for name, value in metrics.items():
+                pl_module.log(name, value, on_step=True, on_epoch=False, logger=False, rank_zero_only=False, sync_dist=False, batch_size=1)
+        else:
+            for name, value in metrics.items():
+                trainer.callback_metrics[name] = torch.tensor(value)
+        # Straight to the loggers: self.log(on_step=True) reaches them only every `log_every_n_steps` batches.
+        step = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step)
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [(g, dict(r)) for g, r in self.history]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = [(int(g), dict(r)) for g, r in state_dict.get("history", [])]
+
+
+__all__ = ["ModeCoverageMonitor"]

@@ -1,0 +1,273 @@
+"""RunSummary: ``summary.json`` and ``plots/`` at the end of every run, also when it stopped or failed."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import statistics
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor
+
+from lightning_regan.callbacks.early_termination import EarlyTermination, _to_float, find_fid_monitor, g_steps_of
+
+log = logging.getLogger(__name__)
+
+
+def _json_safe(value: Any) -> Any:
+    """Plain JSON values: tensors become floats, non-finite floats become null, paths strings."""
+    if isinstance(value, Tensor):
+        value = value.detach().float().mean().item() if value.numel() else None
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(getattr(value, "value", None), str):  # str enums such as StopReason
+        return value.value
+    return str(value)
+
+
+def write_json_atomic(path: Union[str, Path], data: Mapping[str, Any]) -> Path:
+    """Write ``data`` as JSON to ``path`` through a temporary file and ``os.replace`` (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(_json_safe(data), f, indent=2, allow_nan=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+class RunSummary(Callback):
+    """Write ``summary.json`` and ``plots/losses.png`` / ``plots/fid.png`` into ``output_dir``.
+
+    ``summary.json`` is written on rank zero at ``on_fit_end`` (also after an early stop or a divergence)
+    and from ``on_exception`` with status ``"failed"`` and the exception's class as ``stop_reason``. It
+    follows the product schema (``status``, ``stop_reason``, ``g_steps``, ``d_steps``, ``wall_time_s``,
+    ``fid_eval_time_s``, ``best_fid``, ``best_fid_step``, ``fid_history``, ``checkpoint_best``,
+    ``world_size``) plus ``stopped_g_step``, ``global_step``, ``checkpoint_last``, ``final_metrics``,
+    ``early_termination`` (rules, message, best-generator restoration), ``plots`` and, on failure, ``error``.
+    Steps count generator updates. The other callbacks (``EarlyTermination``, ``FIDMonitor``,
+    ``ModelCheckpoint``) are found in ``trainer.callbacks``; each is optional.
+
+    Args:
+        output_dir: Folder of ``summary.json`` and ``plots/``.
+        loss_log_every_n_g_steps: Keep ``(g_step, d_loss, g_loss)`` for the loss plot every this many G steps.
+        d_loss_key: Logged D loss.
+        g_loss_key: Logged G loss.
+        plots: Write the plots.
+    """
+
+    def __init__(
+        self,
+        output_dir: Union[str, Path],
+        loss_log_every_n_g_steps: int = 10,
+        d_loss_key: str = "train/d_loss",
+        g_loss_key: str = "train/g_loss",
+        plots: bool = True,
+    ) -> None:
+        super().__init__()
+        if output_dir is None or str(output_dir) == "":
+            raise ValueError("RunSummary: output_dir must be a folder path, e.g. output_dir=outputs/run1.")
+        if not isinstance(loss_log_every_n_g_steps, int) or isinstance(loss_log_every_n_g_steps, bool) \
+                or loss_log_every_n_g_steps < 1:
+            raise ValueError(
+                f"RunSummary: loss_log_every_n_g_steps must be an integer >= 1, got {loss_log_every_n_g_steps!r}."
+            )
+        self.output_dir = Path(output_dir)
+        self.loss_log_every_n_g_steps = loss_log_every_n_g_steps
+        self.d_loss_key = d_loss_key
+        self.g_loss_key = g_loss_key
+        self.plots = bool(plots)
+        #: Rows ``(g_step, d_loss, g_loss)`` recorded during training (kept in checkpoints).
+        self.loss_history: list[tuple[int, Optional[float], Optional[float]]] = []
+        #: The last summary written (also on failure).
+        self.summary: Optional[dict[str, Any]] = None
+        self._start: Optional[float] = None
+        self._last_g_step: Optional[int] = None
+
+    @property
+    def summary_path(self) -> Path:
+        return self.output_dir / "summary.json"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"loss_history": [list(row) for row in self.loss_history]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.loss_history = [(int(r[0]), r[1], r[2]) for r in state_dict.get("loss_history") or []]
+
+    # ------------------------------------------------------------------ hooks
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.monotonic()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        g_step = g_steps_of(trainer, pl_module)
+        if g_step == self._last_g_step:
+            return
+        self._last_g_step = g_step
+        if g_step % self.loss_log_every_n_g_steps == 0:
+            self._record_losses(trainer, g_step)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._finish(trainer, pl_module, None)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        try:
+            self._finish(trainer, pl_module, exception)
+        except Exception as err:  # never replace the run's own exception with ours
+            log.error("RunSummary: could not write %s after %s: %s", self.summary_path, type(exception).__name__, err)
+
+    # ------------------------------------------------------------------ internals
+    def _record_losses(self, trainer: L.Trainer, g_step: int) -> None:
+        if self.loss_history and self.loss_history[-1][0] >= g_step:
+            return
+        metrics = trainer.callback_metrics
+        row = [g_step]
+        for key in (self.d_loss_key, self.g_loss_key):
+            value = metrics.get(key)
+            row.append(None if value is None else _to_float(value))
+        if row[1] is not None or row[2] is not None:
+            self.loss_history.append((row[0], row[1], row[2]))
+
+    def _finish(self, trainer: L.Trainer, pl_module: L.LightningModule, failure: Optional[BaseException]) -> None:
+        g_step = g_steps_of(trainer, pl_module)
+        if g_step > 0:
+            self._record_losses(trainer, g_step)  # the last point, where training stopped
+        if not trainer.is_global_zero:
+            return
+        summary = self.build_summary(trainer, pl_module, failure)
+        if self.plots:
+            summary["plots"] = self._write_plots(trainer, summary)
+        self.summary = summary
+        write_json_atomic(self.summary_path, summary)
+        log.info("RunSummary: %s (%s) -> %s", summary["status"], summary["stop_reason"], self.summary_path)
+
+    def build_summary(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, failure: Optional[BaseException] = None
+    ) -> dict[str, Any]:
+        """The summary as a dict (what ``summary.json`` holds, without ``plots``)."""
+        early = next((cb for cb in trainer.callbacks if isinstance(cb, EarlyTermination)), None)
+        fid_monitor = find_fid_monitor(trainer.callbacks)
+        g_steps = g_steps_of(trainer, pl_module)
+
+        if fid_monitor is not None:
+            fid_history = [[int(g), float(f)] for g, f in fid_monitor.history]
+        elif early is not None:
+            fid_history = [[g, f] for g, f in early.fid_history]
+        else:
+            fid_history = []
+        if early is not None and early.best_fid is not None:
+            best_fid, best_fid_step = early.best_fid, early.best_fid_step
+        else:
+            finite = [(f, g) for g, f in fid_history if math.isfinite(f)]
+            best_fid, best_fid_step = min(finite) if finite else (None, None)
+
+        if failure is not None:
+            status, stop_reason = "failed", type(failure).__name__
+        elif early is not None and early.stop_reason is not None:
+            status, stop_reason = early.status, early.stop_reason.value
+        else:
+            status, stop_reason = self._natural_end(trainer)
+        stopped = early.stopped_g_step if early is not None and early.stopped_g_step is not None else g_steps
+
+        fid_key = early.fid_monitor if early is not None else "val/fid"
+        checkpoint_best = checkpoint_last = None
+        for cb in trainer.checkpoint_callbacks:
+            if getattr(cb, "monitor", None) == fid_key and getattr(cb, "best_model_path", ""):
+                checkpoint_best = cb.best_model_path
+            if getattr(cb, "last_model_path", ""):
+                checkpoint_last = cb.last_model_path
+
+        start = self._start
+        summary: dict[str, Any] = {
+            "status": status,
+            "stop_reason": stop_reason,
+            "g_steps": g_steps,
+            "d_steps": int(getattr(pl_module, "d_steps", 0)),
+            "wall_time_s": 0.0 if start is None else time.monotonic() - start,
+            "fid_eval_time_s": float(getattr(fid_monitor, "eval_time_s", 0.0) or 0.0),
+            "best_fid": best_fid,
+            "best_fid_step": best_fid_step,
+            "fid_history": fid_history,
+            "checkpoint_best": checkpoint_best,
+            "world_size": int(trainer.world_size),
+            "stopped_g_step": stopped,
+            "global_step": int(trainer.global_step),
+            "checkpoint_last": checkpoint_last,
+            "final_metrics": {k: _json_safe(v) for k, v in sorted(trainer.callback_metrics.items())},
+            "early_termination": None if early is None else early.describe(),
+        }
+        if failure is not None:
+            summary["error"] = f"{type(failure).__name__}: {failure}"[:2000]
+        return summary
+
+    @staticmethod
+    def _natural_end(trainer: L.Trainer) -> tuple[str, str]:
+        """Status and reason of a run that EarlyTermination did not stop."""
+        if trainer.fast_dev_run:
+            return "completed", "fast_dev_run"
+        max_steps = trainer.max_steps
+        if max_steps is not None and max_steps >= 0 and trainer.global_step >= max_steps:
+            return "completed", "max_steps"
+        max_epochs = trainer.max_epochs
+        if max_epochs is not None and max_epochs >= 0 and trainer.current_epoch >= max_epochs:
+            return "completed", "max_epochs"
+        if trainer.should_stop:
+            return "stopped_early", "trainer_should_stop"
+        return "completed", "max_steps"
+
+    @staticmethod
+    def _smoothed_fid(trainer: L.Trainer, fid_history: list) -> Optional[list[tuple[int, float]]]:
+        """The running median the FID plateau rule compares (``None`` without such a rule or smoothing)."""
+        early = next((cb for cb in trainer.callbacks if isinstance(cb, EarlyTermination)), None)
+        rule = getattr(early, "fid_plateau", None)
+        if rule is None or rule.window < 2:
+            return None
+        out, recent = [], []
+        for g, f in fid_history:
+            if math.isfinite(f):
+                recent = (recent + [f])[-rule.window:]
+            if recent:
+                out.append((int(g), statistics.median(recent)))
+        return out
+
+    def _write_plots(self, trainer: L.Trainer, summary: Mapping[str, Any]) -> dict[str, str]:
+        from lightning_regan.plots import plot_fid, plot_losses
+
+        written: dict[str, str] = {}
+        stop = (int(summary["stopped_g_step"]), str(summary["stop_reason"]))
+        plot_dir = self.output_dir / "plots"
+        try:
+            plot_losses(self.loss_history, plot_dir / "losses.png", stop=stop)
+            written["losses"] = "plots/losses.png"
+            if summary["fid_history"]:
+                best = None
+                if summary["best_fid"] is not None:
+                    best = (int(summary["best_fid_step"]), float(summary["best_fid"]))
+                plot_fid(summary["fid_history"], plot_dir / "fid.png", stop=stop, best=best,
+                         smoothed=self._smoothed_fid(trainer, summary["fid_history"]))
+                written["fid"] = "plots/fid.png"
+        except Exception as err:  # a plot must never cost the run its summary
+            log.warning("RunSummary: could not write plots into %s: %s", plot_dir, err)
+        return written
+
+
+__all__ = ["RunSummary", "write_json_atomic"]

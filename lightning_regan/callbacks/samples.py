@@ -1,0 +1,214 @@
+"""SampleGrid: PNG grids of generated images (or scatter plots of generated 2-D points) during training."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor
+
+
+def seeded_noise(pl_module: L.LightningModule, n: int, seed: int) -> Tensor:
+    """``pl_module.sample_noise(n)`` drawn under a fixed seed without disturbing the global RNG streams.
+
+    Every rank gets the same noise, and a run draws the same training noise with or without the callbacks.
+    """
+    device = getattr(pl_module, "device", torch.device("cpu"))
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        return pl_module.sample_noise(n).detach()
+
+
+class GStepCadence:
+    """Fires once per G step when ``pl_module.g_steps`` just changed to a positive multiple of ``every``."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.last_seen: Optional[int] = None
+
+    def due(self, pl_module: L.LightningModule) -> Optional[int]:
+        """The new G step when it is due, else ``None``."""
+        g = int(getattr(pl_module, "g_steps"))
+        if g == self.last_seen:
+            return None
+        self.last_seen = g
+        return g if self.every > 0 and g > 0 and g % self.every == 0 else None
+
+
+def _atomic_write(target: Path, write: Callable[[str], None]) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def save_image_grid(images: Tensor, path: Union[str, Path], nrow: int = 8) -> Path:
+    """Save images ``(N, C, H, W)`` (or ``(N, H, W)``) in [-1, 1] as one PNG grid, atomically."""
+    from torchvision.utils import save_image
+
+    if images.dim() == 3:
+        images = images.unsqueeze(1)
+    if images.dim() != 4:
+        raise ValueError(f"save_image_grid: expected images of shape (N, C, H, W), got {tuple(images.shape)}.")
+    unit = (images.detach().float().cpu().nan_to_num(0.0).clamp(-1, 1) + 1) / 2
+    return _atomic_write(Path(path), lambda p: save_image(unit, p, nrow=nrow, format="png"))
+
+
+def save_scatter(
+    points: Tensor,
+    path: Union[str, Path],
+    real: Optional[Tensor] = None,
+    centers: Optional[Tensor] = None,
+    title: Optional[str] = None,
+) -> Path:
+    """Save a scatter PNG of generated 2-D ``points`` over ``real`` points (and mixture ``centers``), atomically.
+
+    Uses a bare ``matplotlib.figure.Figure``, so it neither needs nor changes pyplot's backend.
+    """
+    from matplotlib.figure import Figure
+
+    if points.dim() != 2 or points.shape[1] < 2:
+        raise ValueError(f"save_scatter: expected points of shape (N, 2), got {tuple(points.shape)}.")
+    fig = Figure(figsize=(4, 4), dpi=100)
+    ax = fig.add_subplot()
+    if real is not None:
+        r = real.detach().float().cpu()
+        ax.scatter(r[:, 0], r[:, 1], s=2, c="tab:gray", alpha=0.3, label="real")
+    g = points.detach().float().cpu()
+    ax.scatter(g[:, 0], g[:, 1], s=2, c="tab:blue", alpha=0.5, label="generated")
+    if centers is not None:
+        c = centers.detach().float().cpu()
+        ax.scatter(c[:, 0], c[:, 1], s=12, c="tab:red", marker="x", linewidths=0.8, label="modes")
+    if real is not None or centers is not None:  # frame on the data, so that far-off samples do not squash it
+        ref = torch.cat([t.detach().float().cpu()[:, :2] for t in (real, centers) if t is not None])
+        lo, hi = ref.min(0).values, ref.max(0).values
+        pad = 0.25 * (hi - lo).clamp_min(1e-3)
+        ax.set_xlim(float(lo[0] - pad[0]), float(hi[0] + pad[0]))
+        ax.set_ylim(float(lo[1] - pad[1]), float(hi[1] + pad[1]))
+    ax.set_aspect("equal", adjustable="box")
+    ax.legend(loc="upper right", fontsize=6, markerscale=3)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return _atomic_write(Path(path), lambda p: fig.savefig(p, format="png"))
+
+
+def _real_points(datamodule: Any, n: int) -> Optional[Tensor]:
+    """The first ``n`` samples of ``datamodule.reference_dataset()`` stacked, or ``None``."""
+    fn = getattr(datamodule, "reference_dataset", None)
+    if not callable(fn):
+        return None
+    dataset = fn()
+    items = [dataset[i] for i in range(min(n, len(dataset)))]
+    items = [item[0] if isinstance(item, (tuple, list)) else item for item in items]
+    return torch.stack(items) if items else None
+
+
+class SampleGrid(Callback):
+    """Write samples of ``pl_module.generate(z=pl_module.fixed_noise)`` as PNGs every ``every_n_g_steps`` G steps.
+
+    Images become a grid (``torchvision.utils.save_image``); 2-D points a scatter plot of ``num_points``
+    generated points (fixed seeded noise) over real points from ``trainer.datamodule.reference_dataset()``
+    and the mixture ``centers`` when the DataModule has them. Files: ``<dirpath>/step_<g>.png`` and
+    ``<dirpath>/last.png`` (the latest), also written when training ends. Only rank zero writes.
+
+    Args:
+        dirpath: Output folder.
+        every_n_g_steps: Write every this many G steps; ``0`` writes only when training ends.
+        nrow: Images per grid row.
+        num_points: Generated points per scatter plot (2-D data).
+        num_real_points: Real points per scatter plot.
+        seed: Seed of the scatter plot's noise.
+
+    Attributes:
+        written: ``[(g_step, path), ...]`` of the ``step_<g>.png`` files written.
+    """
+
+    def __init__(
+        self,
+        dirpath: Union[str, os.PathLike],
+        every_n_g_steps: int = 500,
+        nrow: int = 8,
+        num_points: int = 1000,
+        num_real_points: int = 1000,
+        seed: int = 0,
+    ) -> None:
+        for name, value, minimum in (("every_n_g_steps", every_n_g_steps, 0), ("nrow", nrow, 1), ("num_points", num_points, 1),
+                                     ("num_real_points", num_real_points, 0)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise ValueError(f"SampleGrid: {name} must be an integer >= {minimum}, got {value!r}.")
+        self.dirpath = Path(dirpath)
+        self.every_n_g_steps = every_n_g_steps
+        self.nrow = nrow
+        self.num_points = num_points
+        self.num_real_points = num_real_points
+        self.seed = seed
+        self.written: list[tuple[int, Path]] = []
+        self._cadence = GStepCadence(every_n_g_steps)
+        self._point_noise: Optional[Tensor] = None
+        self._real: Optional[Tensor] = None
+        self._real_loaded = False
+
+    @property
+    def last_path(self) -> Path:
+        """Path of ``last.png``."""
+        return self.dirpath / "last.png"
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._cadence.last_seen = int(pl_module.g_steps)  # after a resume, the restored step is not new
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        g = self._cadence.due(pl_module)
+        if g is not None:
+            self.write(trainer, pl_module, g)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        g = int(pl_module.g_steps)
+        if not self.written or self.written[-1][0] != g:
+            self.write(trainer, pl_module, g)
+
+    def write(self, trainer: L.Trainer, pl_module: L.LightningModule, g_step: int) -> Optional[Path]:
+        """Write ``step_<g_step>.png`` and ``last.png`` (rank zero only); returns the step file's path."""
+        if not trainer.is_global_zero:
+            return None
+        samples = pl_module.generate(z=pl_module.fixed_noise)
+        target = self.dirpath / f"step_{g_step}.png"
+        if samples.dim() == 2:
+            self._write_points(trainer, pl_module, target, g_step)
+        else:
+            save_image_grid(samples, target, nrow=self.nrow)
+        _atomic_write(self.last_path, lambda p: Path(p).write_bytes(target.read_bytes()))
+        self.written.append((g_step, target))
+        return target
+
+    def _write_points(self, trainer: L.Trainer, pl_module: L.LightningModule, target: Path, g_step: int) -> None:
+        if self._point_noise is None:
+            self._point_noise = seeded_noise(pl_module, self.num_points, self.seed).cpu()
+        points = pl_module.generate(z=self._point_noise.to(pl_module.device))
+        datamodule = getattr(trainer, "datamodule", None)
+        if not self._real_loaded and self.num_real_points > 0:
+            self._real = _real_points(datamodule, self.num_real_points)
+            self._real_loaded = True
+        save_scatter(points, target, real=self._real, centers=getattr(datamodule, "centers", None), title=f"G step {g_step}")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"written": [(g, str(p)) for g, p in self.written]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.written = [(int(g), Path(p)) for g, p in state_dict.get("written", [])]
+
+
+__all__ = ["GStepCadence", "SampleGrid", "save_image_grid", "save_scatter", "seeded_noise"]

@@ -1,0 +1,257 @@
+"""``regan-eval``: FID (and KID) of a ``regan-train`` checkpoint or of an image folder against a dataset.
+
+Uses the same feature extractors and the same cached real statistics as the ``FIDMonitor`` callback, and the
+same fixed noise convention (``torch.randn(n, latent_dim)`` from ``--seed``), so with the same settings it
+reproduces the ``val/fid`` a run logged. Prints the result and optionally writes it as JSON.
+
+Examples::
+
+    regan-eval outputs/train/runs/.../checkpoints/best.ckpt --num-samples 1000
+    regan-eval --images generated/ --data mnist --data-root ../shared/data --feature-extractor classifier --json fid.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+from lightning_regan.fid.extractors import EXTRACTOR_CHOICES, build_extractor, extractor_name, extractor_num_features, resolve_extractor_spec
+from lightning_regan.fid.metric import FeatureDistances
+from lightning_regan.fid.stats import dataset_cache_key, load_or_compute_real_statistics, real_source_of
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+ROOT_KEYS = ("root", "data_root", "path")
+
+
+class EvaluationError(ValueError):
+    """Bad input to ``regan-eval`` (folder, dataset, shapes); the message says how to fix it."""
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+def build_datamodule(name: str, root: Optional[str] = None, overrides: Sequence[str] = ()) -> Any:
+    """Instantiate the ``conf/data/<name>.yaml`` DataModule (``root`` sets its data folder)."""
+    from hydra.errors import HydraException
+
+    from lightning_regan.cli.train import build_datamodule as _build
+    from lightning_regan.config import compose_config
+
+    try:
+        cfg = compose_config([f"data={name}", *overrides])
+    except HydraException as exc:
+        raise EvaluationError(f"Unknown or broken dataset {name!r}: {exc}") from exc
+    return _datamodule_from_cfg(cfg, root, _build)
+
+
+def _datamodule_from_cfg(cfg: Any, root: Optional[str], build: Any) -> Any:
+    from omegaconf import open_dict
+
+    if root is not None:
+        key = next((k for k in ROOT_KEYS if k in cfg.data), None)
+        if key is None:
+            raise EvaluationError(f"Dataset config {cfg.data.get('_target_')} takes no data folder; drop --data-root.")
+        with open_dict(cfg):
+            cfg.data[key] = str(root)
+    datamodule = build(cfg)
+    setup = getattr(datamodule, "setup", None)
+    if callable(setup):
+        setup("fit")
+    return datamodule
+
+
+def image_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise EvaluationError(f"--images {str(folder)!r} is not a folder.")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if len(files) < 2:
+        raise EvaluationError(f"--images {str(folder)!r} holds {len(files)} images ({'/'.join(IMAGE_SUFFIXES)}); need >= 2.")
+    return files
+
+
+def load_images(files: Sequence[Path], channels: int, size: Optional[tuple[int, int]] = None) -> Tensor:
+    """Read images as ``(N, channels, H, W)`` floats in ``[-1, 1]`` (``size``: required ``(H, W)``)."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    mode = {1: "L", 3: "RGB"}.get(channels)
+    if mode is None:
+        raise EvaluationError(f"Image folders need a 1- or 3-channel dataset, got {channels} channels.")
+    out = []
+    for path in files:
+        try:
+            with Image.open(path) as img:
+                arr = np.asarray(img.convert(mode), dtype=np.float32)
+        except (OSError, UnidentifiedImageError) as exc:
+            raise EvaluationError(f"Cannot read image {str(path)!r}: {exc}") from exc
+        t = torch.from_numpy(arr.copy()).reshape(arr.shape[0], arr.shape[1], -1).permute(2, 0, 1)
+        if size is not None and tuple(t.shape[1:]) != tuple(size):
+            raise EvaluationError(
+                f"{str(path)!r} is {t.shape[2]}x{t.shape[1]} px, the dataset's images are {size[1]}x{size[0]} px; this "
+                "feature extractor needs the dataset's size (Inception resizes by itself)."
+            )
+        out.append(t / 127.5 - 1)
+    shapes = {tuple(t.shape) for t in out}
+    if len(shapes) > 1:
+        raise EvaluationError(f"The images have different sizes {sorted(shapes)}; resize them to one size first.")
+    return torch.stack(out)
+
+
+def folder_batches(files: Sequence[Path], channels: int, size: Optional[tuple[int, int]], batch_size: int) -> Iterator[Tensor]:
+    for i in range(0, len(files), batch_size):
+        yield load_images(files[i : i + batch_size], channels, size)
+
+
+def checkpoint_batches(module: Any, num: int, seed: int, batch_size: int, raw: bool = False) -> Iterator[Tensor]:
+    """Samples of ``module`` from the fixed noise ``torch.randn(num, latent_dim)`` seeded by ``seed``."""
+    noise = torch.randn(num, module.latent_dim, generator=torch.Generator().manual_seed(seed))
+    for z in noise.split(batch_size):
+        if raw:
+            module.generator.eval()
+            with torch.no_grad():
+                yield module.generator(z.to(module.device))
+        else:
+            yield module.generate(z=z.to(module.device))
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+def evaluate(
+    batches: Iterator[Tensor],
+    datamodule: Any,
+    feature_extractor: str = "auto",
+    num_real_samples: int = 1000,
+    kid: bool = False,
+    kid_subset_size: int = 1000,
+    kid_subsets: int = 100,
+    batch_size: int = 100,
+    seed: int = 0,
+    weights_path: Optional[str] = None,
+    cache_dir: Optional[str] = None,
+    device: str = "cpu",
+    extractor: Any = None,
+) -> dict[str, Any]:
+    """FID (and KID) of generated ``batches`` against ``datamodule``'s cached real statistics."""
+    start = time.perf_counter()
+    key = dataset_cache_key(datamodule)
+    if extractor is None:
+        extractor = build_extractor(feature_extractor, datamodule, weights_path=weights_path, cache=cache_dir, dataset_key=key)
+    extractor = extractor.to(device).eval()
+    stats = load_or_compute_real_statistics(
+        real_source_of(datamodule), extractor, num_real_samples, dataset_key=key, cache=cache_dir,
+        batch_size=batch_size, keep_features=kid, device=device,
+    )
+    metric = FeatureDistances(extractor_num_features(extractor), kid=kid, kid_subsets=kid_subsets,
+                              kid_subset_size=kid_subset_size, seed=seed).to(device)
+    metric.set_real(stats)
+    num = 0
+    with torch.no_grad():
+        for x in batches:
+            metric.update(extractor(x.to(device)))
+            num += x.shape[0]
+    if num < 2:
+        raise EvaluationError(f"FID needs at least 2 generated samples, got {num}.")
+    result: dict[str, Any] = dict(metric.compute())
+    result.update(
+        feature_extractor=extractor_name(extractor), extractor_key=getattr(extractor, "cache_key", None),
+        num_samples=num, num_real_samples=stats.num_samples, real_statistics=stats.source,
+        seconds=round(time.perf_counter() - start, 3),
+    )
+    accuracy = getattr(extractor, "accuracy", None)
+    if accuracy is not None and not math.isnan(accuracy):
+        result["classifier_accuracy"] = accuracy
+    return result
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f, indent=2, allow_nan=True)
+    os.replace(tmp, path)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="regan-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", nargs="?", help="a .ckpt written by regan-train (or use --images)")
+    parser.add_argument("--images", type=Path, help="a folder of generated images to evaluate instead of a checkpoint")
+    parser.add_argument("--data", help="dataset config name (digits, mnist, fashion_mnist, ...); default: the checkpoint's")
+    parser.add_argument("--data-root", help="folder of the dataset files (for torchvision datasets / image folders)")
+    parser.add_argument("--feature-extractor", default="auto", choices=EXTRACTOR_CHOICES,
+                        help="auto: the dataset's choice (identity for points, inception for images unless it says otherwise)")
+    parser.add_argument("-n", "--num-samples", type=int, default=1000, help="generated samples (checkpoint), or max images read")
+    parser.add_argument("--num-real-samples", type=int, default=None, help="real samples (default: --num-samples)")
+    parser.add_argument("--kid", action="store_true", help="also compute KID")
+    parser.add_argument("--kid-subset-size", type=int, default=1000)
+    parser.add_argument("--kid-subsets", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0, help="noise seed (the FIDMonitor's default is 0)")
+    parser.add_argument("--raw", action="store_true", help="use the trained G, not its EMA copy")
+    parser.add_argument("--weights", help="Inception weights file (default: found by regan-fid-weights' cache)")
+    parser.add_argument("--cache-dir", help="statistics/classifier cache folder (default $REGAN_CACHE_DIR or ~/.cache/lightning_regan)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", type=Path, help="also write the result as JSON here")
+    args = parser.parse_args(argv)
+    if (args.checkpoint is None) == (args.images is None):
+        parser.error("give either a checkpoint or --images DIR")
+    for name in ("num_samples", "batch_size", "kid_subsets"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.num_real_samples is not None and args.num_real_samples < 2:
+        parser.error("--num-real-samples must be >= 2")
+    if args.images is not None and args.data is None:
+        parser.error("--images needs --data to say which dataset to compare with")
+
+    from lightning_regan.cli.sample import CheckpointError, load_module
+
+    try:
+        module = None
+        if args.checkpoint is not None:
+            module, cfg = load_module(args.checkpoint, map_location=args.device)
+        if args.data is not None:
+            datamodule = build_datamodule(args.data, args.data_root)
+        else:
+            from lightning_regan.cli.train import build_datamodule as _build
+
+            datamodule = _datamodule_from_cfg(cfg, args.data_root, _build)
+        spec = resolve_extractor_spec(args.feature_extractor, datamodule)
+        if module is not None:
+            batches = checkpoint_batches(module, args.num_samples, args.seed, args.batch_size, raw=args.raw)
+            source = str(args.checkpoint)
+        else:
+            shape = getattr(datamodule, "shape", None)
+            if shape is None or len(shape) != 3:
+                raise EvaluationError(f"--images needs an image dataset; {args.data!r} has sample shape {shape}.")
+            files = image_files(args.images)[: args.num_samples]
+            size = None if spec == "inception" else (int(shape[1]), int(shape[2]))
+            batches = folder_batches(files, int(shape[0]), size, args.batch_size)
+            source = str(args.images)
+        result = evaluate(
+            batches, datamodule, spec, args.num_real_samples or args.num_samples, kid=args.kid,
+            kid_subset_size=args.kid_subset_size, kid_subsets=args.kid_subsets, batch_size=args.batch_size,
+            seed=args.seed, weights_path=args.weights, cache_dir=args.cache_dir, device=args.device,
+        )
+    except (CheckpointError, EvaluationError, FileNotFoundError, ValueError) as exc:  # incl. missing weights/data
+        print(f"regan-eval: {exc}", file=sys.stderr)
+        return 2
+    result = {"source": source, "data": args.data or getattr(datamodule, "name", type(datamodule).__name__), **result}
+    line = f"FID {result['fid']:.4f}"
+    if args.kid:
+        line += f"  KID {result['kid_mean']:.5f} +- {result['kid_std']:.5f}"
+    print(f"{line}  ({result['feature_extractor']} features, {result['num_samples']} generated vs "
+          f"{result['num_real_samples']} real, {result['seconds']:.1f} s)")
+    if args.json is not None:
+        _write_json(args.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""``GANDataModule``: the LightningDataModule contract shared by every dataset of lightning-regan."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Optional
+
+import lightning as L
+from torch.utils.data import DataLoader, Dataset
+
+#: Bump when a change of the data pipeline changes the pixels or points a module yields (invalidates cached
+#: real FID statistics keyed by :meth:`GANDataModule.cache_key`).
+PIPELINE_VERSION = 1
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The dataset is not where the config says; the message names the path and how to fix it."""
+
+
+class DatasetError(ValueError):
+    """The dataset is there but cannot be used (corrupt file, no images, wrong value)."""
+
+
+class GANDataModule(L.LightningDataModule):
+    """Base class of the datasets: images in [-1, 1] with shape ``(C, H, W)``, or points with shape ``(D,)``.
+
+    Subclasses set :attr:`name` and :attr:`shape` in ``__init__`` and implement :meth:`_build_train`,
+    :meth:`_build_reference` and :meth:`_identity`; they may override :meth:`prepare_data` for downloads and
+    checks. ``setup`` is idempotent, so :meth:`validate` can run before ``Trainer.fit`` calls it again.
+
+    Args:
+        batch_size: Training batch size (the last incomplete batch is dropped).
+        num_workers: DataLoader worker processes (persistent when > 0).
+        pin_memory: Pin host memory (useful on GPU).
+    """
+
+    #: Short dataset name, e.g. ``"mnist"``.
+    name: str = "data"
+    #: Shape of one sample, known right after ``__init__``.
+    shape: tuple[int, ...] = ()
+    #: Feature extractor suggested for FID with ``feature_extractor="auto"``: ``"inception"`` (real images),
+    #: ``"classifier"`` (small data with a cheap trained classifier) or ``"identity"`` (2-D points).
+    fid_feature_extractor: str = "inception"
+
+    def __init__(self, batch_size: int = 64, num_workers: int = 0, pin_memory: bool = False) -> None:
+        super().__init__()
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"{type(self).__name__}: batch_size must be a positive integer, got {batch_size!r} (e.g. data.batch_size=64).")
+        if not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"{type(self).__name__}: num_workers must be an integer >= 0, got {num_workers!r}.")
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self._train: Optional[Dataset] = None
+        self._reference: Optional[Dataset] = None
+
+    # ------------------------------------------------------------------ subclass hooks
+    def _build_train(self) -> Dataset:
+        """The training dataset (items: a sample tensor or ``(sample, label)``)."""
+        raise NotImplementedError
+
+    def _build_reference(self) -> Dataset:
+        """The dataset of real samples for FID statistics, in a fixed order."""
+        raise NotImplementedError
+
+    def _identity(self) -> dict[str, Any]:
+        """JSON-able description of everything that decides which samples :meth:`reference_dataset` yields."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def setup(self, stage: Optional[str] = None) -> None:
+        """Build the training dataset (once) and check that it fills at least one batch."""
+        if self._train is None:
+            self._train = self._build_train()
+            n = len(self._train)  # type: ignore[arg-type]
+            if n < self.batch_size:
+                self._train = None
+                raise DatasetError(
+                    f"{type(self).__name__}: the training set has {n} samples, fewer than batch_size={self.batch_size}; "
+                    "lower data.batch_size or add data."
+                )
+
+    def validate(self) -> None:
+        """Check that the data can be read (``prepare_data`` then ``setup('fit')``); call before training.
+
+        Raises:
+            DatasetNotFoundError: the data is missing.
+            DatasetError: the data is unusable.
+        """
+        self.prepare_data()
+        self.setup("fit")
+
+    def train_dataset(self) -> Dataset:
+        """The training dataset (sets the module up when needed)."""
+        if self._train is None:
+            self.setup("fit")
+        assert self._train is not None
+        return self._train
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled batches of :attr:`batch_size` with the last incomplete batch dropped."""
+        return DataLoader(
+            self.train_dataset(),
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory,
+        )
+
+    def reference_dataset(self) -> Dataset:
+        """Real samples for FID statistics, in a deterministic order, scaled like the training data.
+
+        Items are sample tensors or ``(sample, label)`` pairs.
+        """
+        if self._reference is None:
+            self._reference = self._build_reference()
+        return self._reference
+
+    def cache_key(self) -> str:
+        """A file-name-safe key that changes whenever the reference samples would change.
+
+        Built from :meth:`_identity` (dataset, split, transform, size) and :data:`PIPELINE_VERSION`.
+        """
+        identity = {"class": type(self).__name__, "pipeline": PIPELINE_VERSION, **self._identity()}
+        digest = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return f"{self.name}-{digest}"
+
+
+__all__ = ["DatasetError", "DatasetNotFoundError", "GANDataModule", "PIPELINE_VERSION"]

@@ -1,0 +1,180 @@
+"""A folder of images (flat, or one subfolder per class as torchvision's ImageFolder reads) as GAN data."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from lightning_regan.data.base import DatasetError, DatasetNotFoundError, GANDataModule
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+_MODES = {1: "L", 3: "RGB"}
+
+
+def list_images(root: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[tuple[Path, int]]:
+    """Image files under ``root`` (recursively, sorted) with a label: the index of their top-level subfolder
+    among the sorted subfolders that hold images; files directly in ``root`` get label 0 (flat layout)."""
+    exts = tuple(e.lower() for e in extensions)
+    files: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        files += [Path(dirpath) / f for f in sorted(filenames) if f.lower().endswith(exts) and not f.startswith(".")]
+    files.sort(key=lambda p: p.relative_to(root).as_posix())
+    groups = sorted({p.relative_to(root).parts[0] if len(p.relative_to(root).parts) > 1 else "" for p in files})
+    index = {g: i for i, g in enumerate(g for g in groups if g)}
+    return [(p, index.get(p.relative_to(root).parts[0], 0) if len(p.relative_to(root).parts) > 1 else 0) for p in files]
+
+
+def verify_images(paths: Sequence[Path], max_report: int = 5) -> None:
+    """Check every file's image header and integrity with PIL (``Image.verify``) without decoding the pixels.
+
+    Raises:
+        DatasetError: naming the unreadable files (the first ``max_report``) and how many there are.
+    """
+    from PIL import Image
+
+    bad: list[str] = []
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                img.verify()
+        except Exception as exc:  # PIL raises many types for broken files
+            bad.append(f"{path} ({type(exc).__name__}: {exc})")
+    if bad:
+        shown = "; ".join(bad[:max_report]) + ("; ..." if len(bad) > max_report else "")
+        raise DatasetError(
+            f"{len(bad)} of {len(paths)} image files cannot be read: {shown}. Remove or replace them, or set "
+            "data.verify=false to skip this check (unreadable files then fail when they are loaded)."
+        )
+
+
+class ImageFileDataset(Dataset):
+    """Images from a list of ``(path, label)``: converted to ``channels``, resized and center-cropped to
+    ``image_size``, scaled to [-1, 1]. Items are ``(image (C, S, S), label)``."""
+
+    def __init__(self, items: Sequence[tuple[Path, int]], image_size: int, channels: int) -> None:
+        from torchvision import transforms
+
+        self.items = list(items)
+        self.mode = _MODES[channels]
+        self.transform = transforms.Compose([
+            transforms.Resize(image_size, antialias=True),
+            transforms.CenterCrop(image_size),
+            transforms.ToTensor(),
+            transforms.Normalize([0.5] * channels, [0.5] * channels),
+        ])
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        from PIL import Image
+
+        path, label = self.items[index]
+        try:
+            with Image.open(path) as img:
+                image = img.convert(self.mode)
+        except Exception as exc:
+            raise DatasetError(f"Cannot read image file {path}: {type(exc).__name__}: {exc}. Remove or replace it.") from exc
+        return self.transform(image), label
+
+
+class ImageFolderDataModule(GANDataModule):
+    """Every image under ``root`` (flat or in class subfolders), resized to ``image_size`` and in [-1, 1].
+
+    Images are converted to greyscale (``channels=1``) or RGB (``channels=3``), resized so the short side is
+    ``image_size`` and center-cropped to a square. The reference set is the same files in sorted order.
+
+    Args:
+        root: The image folder.
+        image_size: Side ``S`` of the square images.
+        channels: 1 (greyscale) or 3 (RGB).
+        verify: Check every file with PIL during setup, so a corrupt image fails before training (naming the
+            file) instead of in the middle of it.
+        max_samples: Use only the first ``max_samples`` files in sorted order.
+        extensions: File extensions counted as images.
+        batch_size, num_workers, pin_memory: See :class:`GANDataModule`.
+    """
+
+    def __init__(
+        self,
+        root: Optional[str | os.PathLike] = None,
+        image_size: int = 64,
+        channels: int = 3,
+        verify: bool = True,
+        max_samples: Optional[int] = None,
+        extensions: Sequence[str] = IMAGE_EXTENSIONS,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
+        if not isinstance(image_size, int) or image_size < 1:
+            raise ValueError(f"ImageFolderDataModule: image_size must be a positive integer, got {image_size!r}.")
+        if channels not in _MODES:
+            raise ValueError(f"ImageFolderDataModule: channels must be 1 (greyscale) or 3 (RGB), got {channels!r}.")
+        if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):
+            raise ValueError(f"ImageFolderDataModule: max_samples must be a positive integer or null, got {max_samples!r}.")
+        self.root = None if root in (None, "") else Path(root).expanduser()
+        self.image_size = image_size
+        self.channels = channels
+        self.verify = verify
+        self.max_samples = max_samples
+        self.extensions = tuple(extensions)
+        self.name = "image_folder"
+        self.shape = (channels, image_size, image_size)
+        self._items: Optional[list[tuple[Path, int]]] = None
+        self._verified = False
+
+    def files(self) -> list[tuple[Path, int]]:
+        """``(path, label)`` of the images used, sorted by path.
+
+        Raises:
+            DatasetNotFoundError: ``root`` is unset, missing, or holds no image files.
+        """
+        if self._items is None:
+            if self.root is None:
+                raise DatasetNotFoundError("ImageFolderDataModule needs data.root: pass data.root=/path/to/images.")
+            if not self.root.is_dir():
+                raise DatasetNotFoundError(f"Image folder data.root={self.root} does not exist or is not a folder; point data.root at a folder of images.")
+            items = list_images(self.root, self.extensions)
+            if not items:
+                raise DatasetNotFoundError(
+                    f"No image files ({', '.join(self.extensions)}) under data.root={self.root}; put images there, flat "
+                    "or in one subfolder per class."
+                )
+            self._items = items[: self.max_samples] if self.max_samples else items
+        return self._items
+
+    def prepare_data(self) -> None:
+        """Check that ``root`` holds images and, with ``verify``, that every one of them can be read."""
+        items = self.files()
+        if self.verify and not self._verified:
+            verify_images([p for p, _ in items])
+            self._verified = True
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        self.prepare_data()  # prepare_data runs on one process per node only; the check is cheap enough to repeat
+        super().setup(stage)
+
+    def _build_train(self) -> Dataset:
+        return ImageFileDataset(self.files(), self.image_size, self.channels)
+
+    def _build_reference(self) -> Dataset:
+        return self._build_train()
+
+    def _identity(self) -> dict[str, Any]:
+        listing = hashlib.sha1()
+        for path, label in self.files():
+            listing.update(f"{path.relative_to(self.root).as_posix()}|{path.stat().st_size}|{label}\n".encode())
+        return {"root": str(self.root.resolve()), "files": listing.hexdigest(), "count": len(self.files()),
+                "image_size": self.image_size, "channels": self.channels}
+
+
+__all__ = ["IMAGE_EXTENSIONS", "ImageFileDataset", "ImageFolderDataModule", "list_images", "verify_images"]

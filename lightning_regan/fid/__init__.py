@@ -1,0 +1,36 @@
+"""FID/KID evaluation: offline Inception weights, feature extractors, cached real statistics, the metric."""
+
+from lightning_regan.fid.extractors import (
+    ClassifierExtractor,
+    IdentityExtractor,
+    InceptionExtractor,
+    build_extractor,
+    extractor_key,
+    extractor_name,
+)
+from lightning_regan.fid.metric import FeatureDistances, kernel_inception_distance
+from lightning_regan.fid.stats import RealStatistics, compute_real_statistics, load_or_compute_real_statistics
+from lightning_regan.fid.weights import (
+    InceptionLogitsUnavailable,
+    InceptionWeightsError,
+    prepare_inception_weights,
+    resolve_inception_weights,
+)
+
+__all__ = [
+    "ClassifierExtractor",
+    "FeatureDistances",
+    "IdentityExtractor",
+    "InceptionExtractor",
+    "InceptionLogitsUnavailable",
+    "InceptionWeightsError",
+    "RealStatistics",
+    "build_extractor",
+    "compute_real_statistics",
+    "extractor_key",
+    "extractor_name",
+    "kernel_inception_distance",
+    "load_or_compute_real_statistics",
+    "prepare_inception_weights",
+    "resolve_inception_weights",
+]

@@ -1,0 +1,268 @@
+"""Real-data feature statistics, computed once and cached on disk.
+
+The statistics are exactly torchmetrics ``FrechetInceptionDistance``'s ``real_*`` states: the float64 sum of
+the features, the float64 sum of their outer products and the count (optionally also the float32 features
+themselves, which KID needs). They are cached as ``<cache>/fid_stats/<hash>.pt``, the hash keyed by the
+dataset's ``cache_key()``, the extractor's key (name + weights hash / classifier key) and
+``num_real_samples``. Any change of key recomputes; files are written atomically and read with
+``weights_only=True``.
+
+DataModule contract used here (duck-typed): ``reference_dataset()`` returns a map-style dataset whose items
+are samples in model space (``[-1, 1]`` images or points) or ``(sample, label)``; ``cache_key()`` returns a
+string that changes whenever that data changes. Without ``reference_dataset`` the ``train_dataloader()``
+is read; without ``cache_key`` nothing is cached on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from lightning_regan.fid.extractors import extractor_key, extractor_num_features
+from lightning_regan.fid.weights import PathLike, atomic_torch_save, cache_dir
+
+log = logging.getLogger(__name__)
+
+STATS_VERSION = 1
+RealSource = Union[Dataset, DataLoader, Tensor, Iterable]
+
+
+@dataclass
+class RealStatistics:
+    """Sufficient statistics of real features (torchmetrics FID's ``real_*`` states).
+
+    Attributes:
+        features_sum: ``sum_i f_i``, float64 ``(D,)``.
+        features_cov_sum: ``sum_i f_i f_i^T``, float64 ``(D, D)``.
+        num_samples: Number of real samples encoded.
+        features: The float32 features ``(N, D)`` when kept (for KID), else ``None``.
+        key: Cache hash these statistics belong to (empty when not cached).
+        source: ``"computed"`` or ``"cache"``.
+    """
+
+    features_sum: Tensor
+    features_cov_sum: Tensor
+    num_samples: int
+    features: Optional[Tensor] = None
+    key: str = ""
+    source: str = "computed"
+
+    @property
+    def num_features(self) -> int:
+        return int(self.features_sum.shape[0])
+
+    def mean(self) -> Tensor:
+        return self.features_sum / self.num_samples
+
+    def cov(self) -> Tensor:
+        """Unbiased covariance, as torchmetrics computes it."""
+        mu = self.mean().unsqueeze(0)
+        return (self.features_cov_sum - self.num_samples * mu.t().mm(mu)) / (self.num_samples - 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"features_sum": self.features_sum, "features_cov_sum": self.features_cov_sum,
+                "num_samples": self.num_samples, "features": self.features, "key": self.key}
+
+    @classmethod
+    def from_dict(cls, state: Mapping[str, Any], source: str = "cache") -> "RealStatistics":
+        return cls(state["features_sum"].double(), state["features_cov_sum"].double(), int(state["num_samples"]),
+                   state.get("features"), str(state.get("key", "")), source)
+
+
+# ---------------------------------------------------------------------------------------------- data access
+def reference_dataset_of(datamodule: Any) -> Optional[Dataset]:
+    """``datamodule.reference_dataset()`` when it has one, else ``None``."""
+    fn = getattr(datamodule, "reference_dataset", None)
+    return fn() if callable(fn) else None
+
+
+def dataset_cache_key(datamodule: Any) -> Optional[str]:
+    """``datamodule.cache_key()`` (a method or attribute), else ``None`` (no disk cache)."""
+    key = getattr(datamodule, "cache_key", None)
+    if callable(key):
+        key = key()
+    return str(key) if key else None
+
+
+def real_source_of(datamodule: Any) -> Optional[RealSource]:
+    """Where real samples come from: ``reference_dataset()``, else ``train_dataloader()``, else ``None``."""
+    data = reference_dataset_of(datamodule)
+    if data is not None:
+        return data
+    loader = getattr(datamodule, "train_dataloader", None)
+    if callable(loader):
+        try:
+            return loader()
+        except Exception:  # LightningDataModule's default raises when not implemented
+            return None
+    return None
+
+
+def _samples_of(batch: Any) -> Tensor:
+    if isinstance(batch, Mapping):
+        for key in ("image", "images", "x"):
+            if key in batch:
+                return batch[key]
+        raise ValueError(f"Real batch mapping has no 'image'/'images'/'x' key (keys: {sorted(batch)}).")
+    if isinstance(batch, (list, tuple)):
+        batch = batch[0]
+    if not isinstance(batch, Tensor):
+        raise TypeError(f"Real data must yield tensors, (tensor, label) or {{'image': tensor}}; got {type(batch).__name__}.")
+    return batch
+
+
+def iter_real_batches(source: RealSource, num_samples: int, batch_size: int) -> Iterator[Tensor]:
+    """Batches of the first ``num_samples`` real samples of a dataset, DataLoader, tensor or iterable of batches."""
+    if isinstance(source, Tensor):
+        batches: Iterable[Any] = source[:num_samples].split(batch_size)
+    elif isinstance(source, Dataset):  # map-style or iterable: items, batched here
+        batches = DataLoader(source, batch_size=batch_size, shuffle=False)
+    else:
+        batches = source
+    seen = 0
+    for batch in batches:
+        x = _samples_of(batch)
+        if seen + x.shape[0] > num_samples:
+            x = x[: num_samples - seen]
+        seen += x.shape[0]
+        if x.shape[0]:
+            yield x
+        if seen >= num_samples:
+            return
+
+
+# ---------------------------------------------------------------------------------------------- computation
+def accumulate(features: Tensor, stats: Optional[RealStatistics] = None) -> RealStatistics:
+    """Add a batch of features to ``stats`` (torchmetrics' update maths, in float64)."""
+    f = features.detach().reshape(features.shape[0], -1).double()
+    if stats is None:
+        d = f.shape[1]
+        stats = RealStatistics(torch.zeros(d, dtype=torch.float64, device=f.device),
+                               torch.zeros(d, d, dtype=torch.float64, device=f.device), 0)
+    stats.features_sum += f.sum(dim=0)
+    stats.features_cov_sum += f.t().mm(f)
+    stats.num_samples += f.shape[0]
+    return stats
+
+
+#: Number of real samples encoded by :func:`compute_real_statistics` in this process (tests read it).
+encoded_real_samples = 0
+
+
+def compute_real_statistics(
+    source: RealSource,
+    extractor: nn.Module,
+    num_samples: int,
+    batch_size: int = 100,
+    keep_features: bool = False,
+    device: Optional[Union[str, torch.device]] = None,
+) -> RealStatistics:
+    """Encode the first ``num_samples`` real samples of ``source`` with ``extractor`` (no cache)."""
+    global encoded_real_samples
+    stats = None
+    kept: list[Tensor] = []
+    for x in iter_real_batches(source, num_samples, batch_size):
+        with torch.no_grad():
+            feats = extractor(x.to(device) if device is not None else x)
+        encoded_real_samples += x.shape[0]
+        stats = accumulate(feats, stats)
+        if keep_features:
+            kept.append(feats.detach().float().cpu())
+    if stats is None or stats.num_samples < 2:
+        raise ValueError(f"FID needs at least 2 real samples; the reference data gave {0 if stats is None else stats.num_samples}.")
+    if stats.num_samples < num_samples:
+        log.warning("Only %d real samples are available (num_real_samples=%d asked for).", stats.num_samples, num_samples)
+    stats.features_sum = stats.features_sum.cpu()
+    stats.features_cov_sum = stats.features_cov_sum.cpu()
+    stats.features = torch.cat(kept) if keep_features else None
+    return stats
+
+
+def statistics_key(dataset_key: str, extractor_id: str, num_real_samples: int) -> str:
+    """The cache hash of real statistics."""
+    payload = {"data": dataset_key, "extractor": extractor_id, "num_real_samples": int(num_real_samples), "version": STATS_VERSION}
+    return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def statistics_path(key: str, cache: Optional[PathLike] = None) -> Path:
+    return Path(cache or cache_dir()) / "fid_stats" / f"{key}.pt"
+
+
+def _load_cached(path: Path, key: str, num_features: int, need_features: bool) -> Optional[RealStatistics]:
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        stats = RealStatistics.from_dict(state, source="cache")
+    except Exception as exc:  # truncated, foreign or older file: recompute
+        log.warning("Ignoring unreadable FID statistics %s (%s); recomputing.", path, exc)
+        return None
+    if stats.key != key or stats.num_features != num_features or stats.features_cov_sum.shape != (num_features, num_features):
+        log.warning("FID statistics %s do not match their key; recomputing.", path)
+        return None
+    if need_features and stats.features is None:
+        return None  # KID needs the features themselves: recompute and store them
+    return stats
+
+
+def load_or_compute_real_statistics(
+    source: Optional[RealSource],
+    extractor: nn.Module,
+    num_real_samples: int,
+    dataset_key: Optional[str] = None,
+    cache: Optional[PathLike] = None,
+    batch_size: int = 100,
+    keep_features: bool = False,
+    device: Optional[Union[str, torch.device]] = None,
+) -> RealStatistics:
+    """Real statistics from the cache, or computed (and cached when ``dataset_key`` is known).
+
+    Args:
+        source: Real samples (dataset, DataLoader, tensor); may be ``None`` when the cache has them.
+        extractor: Feature extractor.
+        num_real_samples: How many real samples (the first ones of ``source``).
+        dataset_key: Identity of the data (``datamodule.cache_key()``); ``None`` disables the disk cache.
+        cache: Cache folder (default :func:`~lightning_regan.fid.weights.cache_dir`).
+        keep_features: Also keep the features (KID).
+    """
+    if num_real_samples < 2:
+        raise ValueError(f"num_real_samples must be >= 2, got {num_real_samples}.")
+    num_features = extractor_num_features(extractor)
+    key = statistics_key(dataset_key, extractor_key(extractor), num_real_samples) if dataset_key else ""
+    path = statistics_path(key, cache) if key else None
+    if path is not None:
+        stats = _load_cached(path, key, num_features, keep_features)
+        if stats is not None:
+            log.info("Loaded real FID statistics from %s (%d samples).", path, stats.num_samples)
+            return stats
+    if source is None:
+        raise ValueError("No real data to compute FID statistics from (and none cached).")
+    stats = compute_real_statistics(source, extractor, num_real_samples, batch_size, keep_features, device)
+    stats.key = key
+    if path is not None:
+        atomic_torch_save(stats.to_dict(), path)
+        log.info("Cached real FID statistics in %s.", path)
+    return stats
+
+
+__all__ = [
+    "RealStatistics",
+    "accumulate",
+    "compute_real_statistics",
+    "dataset_cache_key",
+    "iter_real_batches",
+    "load_or_compute_real_statistics",
+    "real_source_of",
+    "reference_dataset_of",
+    "statistics_key",
+    "statistics_path",
+]

@@ -1,0 +1,223 @@
+#!/usr/bin/env python
+"""One comparison table (CSV + Markdown) and one FID-curve plot for a Hydra multirun of ``regan-train``.
+
+Usage::
+
+    python scripts/multirun_table.py outputs/train/multiruns/2026-11-25_10-00-00 [--out DIR]
+
+Every job directory below the multirun directory that holds a ``summary.json`` becomes one row: the job's
+Hydra overrides (from ``.hydra/overrides.yaml``, one column per overridden key) and the summary's fields.
+Writes ``runs.csv``, ``runs.md`` and ``fid_curves.png`` into ``--out`` (default: the multirun directory)
+and prints their paths. Works for any launcher (basic, joblib, submitit) and for Optuna sweeps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+#: summary.json fields copied into the table, in this order.
+SUMMARY_FIELDS = (
+    "status", "stop_reason", "g_steps", "d_steps", "best_fid", "best_fid_step", "final_fid",
+    "wall_time_s", "fid_eval_time_s", "world_size",
+)
+
+
+def _natural_key(text: str) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def read_overrides(job_dir: Path) -> dict[str, str]:
+    """``{key: value}`` of the job's Hydra overrides (empty when Hydra wrote no ``.hydra/overrides.yaml``)."""
+    path = job_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return {}
+    items = yaml.safe_load(path.read_text()) or []
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        out[key.lstrip("+~")] = value if sep else ""
+    return out
+
+
+def collect_runs(multirun_dir: Path) -> list[dict[str, Any]]:
+    """One record per job: ``job``, ``overrides``, the summary's fields and its ``fid_history``.
+
+    Raises:
+        FileNotFoundError: ``multirun_dir`` does not exist or holds no ``summary.json``.
+    """
+    multirun_dir = Path(multirun_dir)
+    if not multirun_dir.is_dir():
+        raise FileNotFoundError(f"multirun directory {str(multirun_dir)!r} does not exist; pass the sweep dir Hydra printed.")
+    runs = []
+    for path in multirun_dir.rglob("summary.json"):
+        if any(part.startswith(".") for part in path.relative_to(multirun_dir).parts[:-1]):
+            continue  # .submitit/, .hydra/ ...
+        try:
+            summary = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON ({err}); was the job killed while writing it?") from err
+        job_dir = path.parent
+        history = [(int(g), float(f)) for g, f in summary.get("fid_history") or [] if f is not None]
+        record = {
+            "job": job_dir.relative_to(multirun_dir).as_posix() or ".",
+            "overrides": read_overrides(job_dir),
+            "fid_history": history,
+            "stopped_g_step": summary.get("stopped_g_step", summary.get("g_steps")),
+        }
+        for field in SUMMARY_FIELDS:
+            record[field] = summary.get(field)
+        record["final_fid"] = history[-1][1] if history else None
+        runs.append(record)
+    if not runs:
+        raise FileNotFoundError(
+            f"no summary.json below {str(multirun_dir)!r}: the jobs have not finished, or this is not a regan-train "
+            "multirun directory."
+        )
+    runs.sort(key=lambda r: _natural_key(r["job"]))
+    return runs
+
+
+def override_columns(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """Override keys in first-seen order, the ones that vary between jobs first."""
+    keys: list[str] = []
+    for run in runs:
+        keys.extend(k for k in run["overrides"] if k not in keys)
+    varying = [k for k in keys if len({run["overrides"].get(k) for run in runs}) > 1]
+    return varying + [k for k in keys if k not in varying]
+
+
+def table_rows(runs: Sequence[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
+    """Header and flat rows (overrides as columns, then the summary fields)."""
+    keys = override_columns(runs)
+    header = ["job", *keys, *SUMMARY_FIELDS]
+    rows = []
+    for run in runs:
+        row = {"job": run["job"], **{k: run["overrides"].get(k, "") for k in keys}}
+        row.update({f: run.get(f) for f in SUMMARY_FIELDS})
+        rows.append(row)
+    return header, rows
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}" if math.isfinite(value) else str(value)
+    return str(value)
+
+
+def best_run(runs: Sequence[dict[str, Any]]) -> Optional[dict[str, Any]]:
+    """The run with the lowest finite ``best_fid`` (``None`` when no run has one)."""
+    scored = [r for r in runs if isinstance(r.get("best_fid"), (int, float)) and math.isfinite(r["best_fid"])]
+    return min(scored, key=lambda r: r["best_fid"]) if scored else None
+
+
+def write_csv(runs: Sequence[dict[str, Any]], path: Path) -> Path:
+    header, rows = table_rows(runs)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=header)
+        writer.writeheader()
+        writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
+    return path
+
+
+def write_markdown(runs: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
+    header, rows = table_rows(runs)
+    best = best_run(runs)
+    lines = [f"# {title}", "", f"{len(runs)} runs. Steps are generator updates (G steps).", ""]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "|".join("---" for _ in header) + "|")
+    for run, row in zip(runs, rows):
+        cells = [_fmt(row[h]) for h in header]
+        if best is not None and run is best:
+            cells = [f"**{c}**" if c else c for c in cells]
+        lines.append("| " + " | ".join(cells) + " |")
+    if best is not None:
+        lines += ["", f"Best FID: job `{best['job']}` ({_describe(best)}), best_fid={_fmt(best['best_fid'])} "
+                      f"at G step {best['best_fid_step']}."]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _describe(run: dict[str, Any], keys: Optional[Sequence[str]] = None) -> str:
+    keys = list(run["overrides"]) if keys is None else keys
+    return ", ".join(f"{k}={run['overrides'][k]}" for k in keys if k in run["overrides"]) or "defaults"
+
+
+def plot_fid_curves(runs: Sequence[dict[str, Any]], path: Path, title: str) -> Optional[Path]:
+    """Every run's FID curve in one figure; a cross marks where a run stopped early or diverged, a dot its best.
+
+    Returns ``None`` (and writes nothing) when no run evaluated FID.
+    """
+    if not any(run["fid_history"] for run in runs):
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    varying = [k for k in override_columns(runs) if len({r["overrides"].get(k) for r in runs}) > 1]
+    fig = Figure(figsize=(7.5, 4.5), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for run in runs:
+        if not run["fid_history"]:
+            continue
+        steps, fids = zip(*run["fid_history"])
+        label = f"{run['job']}: {_describe(run, varying or None)} ({run.get('stop_reason') or run.get('status')})"
+        (line,) = ax.plot(steps, fids, marker=".", label=label)
+        if isinstance(run.get("best_fid_step"), int) and run.get("best_fid") is not None:
+            ax.plot([run["best_fid_step"]], [run["best_fid"]], "o", color=line.get_color(), markersize=7)
+        if run.get("status") in ("stopped_early", "diverged"):
+            ax.plot([steps[-1]], [fids[-1]], "x", color=line.get_color(), markersize=10, markeredgewidth=2)
+    ax.plot([], [], "o", color="0.4", label="best FID of a run")
+    ax.plot([], [], "x", color="0.4", markeredgewidth=2, label="stopped early / diverged")
+    ax.set_xlabel("generator step")
+    ax.set_ylabel("FID")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def build(multirun_dir: Path, out_dir: Optional[Path] = None) -> dict[str, Optional[Path]]:
+    """Write ``runs.csv``, ``runs.md`` and ``fid_curves.png``; returns their paths (``png`` may be ``None``)."""
+    multirun_dir = Path(multirun_dir)
+    runs = collect_runs(multirun_dir)
+    out_dir = Path(out_dir) if out_dir is not None else multirun_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    title = f"regan-train multirun {multirun_dir.name}"
+    return {
+        "csv": write_csv(runs, out_dir / "runs.csv"),
+        "markdown": write_markdown(runs, out_dir / "runs.md", title),
+        "plot": plot_fid_curves(runs, out_dir / "fid_curves.png", title),
+    }
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("multirun_dir", type=Path, help="the sweep directory of a regan-train multirun")
+    parser.add_argument("--out", type=Path, default=None, help="where to write the outputs (default: multirun_dir)")
+    args = parser.parse_args(argv)
+    try:
+        paths = build(args.multirun_dir, args.out)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"multirun_table: {err}", file=sys.stderr)
+        return 2
+    for kind, path in paths.items():
+        print(f"{kind}: {path if path is not None else '(no FID evaluations: no plot)'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
