@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
+from lightning_regan.callbacks.publish import publish_eval_metrics
 from lightning_regan.fid.extractors import (
     EXTRACTOR_CHOICES,
     ClassifierExtractor,
@@ -283,18 +284,7 @@ class FIDMonitor(Callback):
             self.last_kid = values["kid_mean"]
             self.kid_history.append((g_step, values["kid_mean"]))
             metrics[KID_KEY] = values["kid_mean"]
-        if log_now:  # callback_metrics (ModelCheckpoint / EarlyTermination read them); not allowed in on_train_end
-            for name, value in metrics.items():
-                pl_module.log(name, value, on_step=True, on_epoch=False, logger=False, rank_zero_only=False,
-                              sync_dist=False, batch_size=1)
-        else:
-            for name, value in metrics.items():
-                trainer.callback_metrics[name] = torch.tensor(value)
-        # Straight to the loggers: self.log(on_step=True) only reaches them every `log_every_n_steps` batches,
-        # which would drop most evaluations.
-        step = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step)
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=step)
+        publish_eval_metrics(trainer, pl_module, metrics, log_now)
         if self.verbose:
             extra = f", KID {self.last_kid:.4g}" if "kid_mean" in values else ""
             rank_zero_info(f"FIDMonitor: G step {g_step}: FID ({self.extractor_name}) {fid:.4g}{extra}.")

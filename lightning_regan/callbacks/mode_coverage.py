@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
+from lightning_regan.callbacks.publish import publish_eval_metrics
 from lightning_regan.callbacks.samples import GStepCadence, seeded_noise
 from lightning_regan.data.gaussians import MIN_FRACTION, mode_coverage
 
@@ -120,16 +121,7 @@ class ModeCoverageMonitor(Callback):
     def _record(self, trainer: L.Trainer, pl_module: L.LightningModule, g_step: int, result: dict[str, Any], log_now: bool) -> None:
         self.history.append((g_step, result))
         metrics = {f"val/{key}": float(result[key]) for key in ("modes_covered", "hq_fraction")}
-        if log_now:  # into callback_metrics on every rank (same value everywhere); not allowed in on_train_end
-            for name, value in metrics.items():
-                pl_module.log(name, value, on_step=True, on_epoch=False, logger=False, rank_zero_only=False, sync_dist=False, batch_size=1)
-        else:
-            for name, value in metrics.items():
-                trainer.callback_metrics[name] = torch.tensor(value)
-        # Straight to the loggers: self.log(on_step=True) reaches them only every `log_every_n_steps` batches.
-        step = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step)
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=step)
+        publish_eval_metrics(trainer, pl_module, metrics, log_now)
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": [(g, dict(r)) for g, r in self.history]}

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import statistics
 import time
 from collections.abc import Mapping
@@ -14,44 +12,11 @@ from typing import Any, Optional, Union
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
-from torch import Tensor
 
+from lightning_regan.atomic import json_safe, write_json_atomic
 from lightning_regan.callbacks.early_termination import EarlyTermination, _to_float, find_fid_monitor, g_steps_of
 
 log = logging.getLogger(__name__)
-
-
-def _json_safe(value: Any) -> Any:
-    """Plain JSON values: tensors become floats, non-finite floats become null, paths strings."""
-    if isinstance(value, Tensor):
-        value = value.detach().float().mean().item() if value.numel() else None
-    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(getattr(value, "value", None), str):  # str enums such as StopReason
-        return value.value
-    return str(value)
-
-
-def write_json_atomic(path: Union[str, Path], data: Mapping[str, Any]) -> Path:
-    """Write ``data`` as JSON to ``path`` through a temporary file and ``os.replace`` (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(_json_safe(data), f, indent=2, allow_nan=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
 
 
 class RunSummary(Callback):
@@ -212,7 +177,7 @@ class RunSummary(Callback):
             "stopped_g_step": stopped,
             "global_step": int(trainer.global_step),
             "checkpoint_last": checkpoint_last,
-            "final_metrics": {k: _json_safe(v) for k, v in sorted(trainer.callback_metrics.items())},
+            "final_metrics": {k: json_safe(v) for k, v in sorted(trainer.callback_metrics.items())},
             "early_termination": None if early is None else early.describe(),
         }
         if failure is not None:

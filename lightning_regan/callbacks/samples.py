@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -12,6 +10,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
+
+from lightning_regan.atomic import atomic_write
 
 
 def seeded_noise(pl_module: L.LightningModule, n: int, seed: int) -> Tensor:
@@ -42,19 +42,6 @@ class GStepCadence:
         return g if self.every > 0 and g > 0 and g % self.every == 0 else None
 
 
-def _atomic_write(target: Path, write: Callable[[str], None]) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
-
-
 def save_image_grid(images: Tensor, path: Union[str, Path], nrow: int = 8) -> Path:
     """Save images ``(N, C, H, W)`` (or ``(N, H, W)``) in [-1, 1] as one PNG grid, atomically."""
     from torchvision.utils import save_image
@@ -64,7 +51,7 @@ def save_image_grid(images: Tensor, path: Union[str, Path], nrow: int = 8) -> Pa
     if images.dim() != 4:
         raise ValueError(f"save_image_grid: expected images of shape (N, C, H, W), got {tuple(images.shape)}.")
     unit = (images.detach().float().cpu().nan_to_num(0.0).clamp(-1, 1) + 1) / 2
-    return _atomic_write(Path(path), lambda p: save_image(unit, p, nrow=nrow, format="png"))
+    return atomic_write(Path(path), lambda p: save_image(unit, p, nrow=nrow, format="png"))
 
 
 def save_scatter(
@@ -103,7 +90,7 @@ def save_scatter(
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    return _atomic_write(Path(path), lambda p: fig.savefig(p, format="png"))
+    return atomic_write(Path(path), lambda p: fig.savefig(p, format="png"))
 
 
 def _real_points(datamodule: Any, n: int) -> Optional[Tensor]:
@@ -190,7 +177,7 @@ class SampleGrid(Callback):
             self._write_points(trainer, pl_module, target, g_step)
         else:
             save_image_grid(samples, target, nrow=self.nrow)
-        _atomic_write(self.last_path, lambda p: Path(p).write_bytes(target.read_bytes()))
+        atomic_write(self.last_path, lambda p: Path(p).write_bytes(target.read_bytes()))
         self.written.append((g_step, target))
         return target
 

@@ -13,11 +13,8 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -25,6 +22,8 @@ from typing import Any, Optional
 
 import torch
 from torch import Tensor
+
+from lightning_regan.atomic import write_json_atomic
 
 from lightning_regan.fid.extractors import EXTRACTOR_CHOICES, build_extractor, extractor_name, extractor_num_features, resolve_extractor_spec
 from lightning_regan.fid.metric import FeatureDistances
@@ -171,14 +170,6 @@ def evaluate(
     return result
 
 
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2, allow_nan=True)
-    os.replace(tmp, path)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="regan-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", nargs="?", help="a .ckpt written by regan-train (or use --images)")
@@ -249,7 +240,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"{line}  ({result['feature_extractor']} features, {result['num_samples']} generated vs "
           f"{result['num_real_samples']} real, {result['seconds']:.1f} s)")
     if args.json is not None:
-        _write_json(args.json, result)
+        write_json_atomic(args.json, result)
     return 0
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
+
+from lightning_regan.atomic import atomic_write
 
 from lightning_regan.module import CHECKPOINT_KEY, GANModule
 
@@ -76,10 +77,10 @@ def save_samples(samples: Tensor, out: Path, nrow: int = 8, folder: bool = False
         written = []
         for i, img in enumerate(to_unit_range(samples)):
             target = out / f"{i:06d}.png"
-            _atomic(target, lambda p, img=img: save_image(img, p, format="png"))
+            atomic_write(target, lambda p, img=img: save_image(img, p, format="png"))
             written.append(target)
         return written
-    _atomic(out, lambda p: save_image(to_unit_range(samples), p, nrow=nrow, format="png"))
+    atomic_write(out, lambda p: save_image(to_unit_range(samples), p, nrow=nrow, format="png"))
     return [out]
 
 
@@ -93,20 +94,9 @@ def _save_scatter(points: Tensor, out: Path) -> Path:
     pts = points.float().cpu()
     ax.scatter(pts[:, 0], pts[:, 1], s=3, alpha=0.5)
     ax.set_aspect("equal")
-    _atomic(out, lambda p: fig.savefig(p, format="png", dpi=100))
+    atomic_write(out, lambda p: fig.savefig(p, format="png", dpi=100))
     plt.close(fig)
     return out
-
-
-def _atomic(target: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

