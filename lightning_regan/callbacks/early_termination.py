@@ -253,7 +253,8 @@ class EarlyTermination(Callback):
             return
         if new_g_step:
             self._last_g_step = g_step
-            self._apply_step_rules(trainer, g_step)
+            if g_step > 0:  # before the first G update (n_critic > 1) there is no G loss to read yet
+                self._apply_step_rules(trainer, g_step)
         local = max(self._pending, key=lambda item: REASON_CODES[item[0]], default=None)
         self._pending.clear()
         should_stop = trainer.strategy.reduce_boolean_decision(local is not None, all=False)

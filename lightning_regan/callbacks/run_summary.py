@@ -180,9 +180,30 @@ class RunSummary(Callback):
             "final_metrics": {k: json_safe(v) for k, v in sorted(trainer.callback_metrics.items())},
             "early_termination": None if early is None else early.describe(),
         }
+        coverage = self._mode_coverage(trainer)
+        if coverage is not None:
+            summary["mode_coverage"] = coverage
         if failure is not None:
             summary["error"] = f"{type(failure).__name__}: {failure}"[:2000]
         return summary
+
+    @staticmethod
+    def _mode_coverage(trainer: L.Trainer) -> Optional[dict[str, Any]]:
+        """Modes covered and high-quality share over training, when a ModeCoverageMonitor ran (2-D mixtures)."""
+        from lightning_regan.callbacks.mode_coverage import ModeCoverageMonitor
+
+        monitor = next((cb for cb in trainer.callbacks if isinstance(cb, ModeCoverageMonitor)), None)
+        if monitor is None or not monitor.history:
+            return None
+        history = [[int(g), int(r["modes_covered"]), float(r["hq_fraction"])] for g, r in monitor.history]
+        final = monitor.history[-1][1]
+        return {
+            "num_modes": int(final["num_modes"]),
+            "modes_covered": int(final["modes_covered"]),
+            "hq_fraction": float(final["hq_fraction"]),
+            "max_modes_covered": max(h[1] for h in history),
+            "history": history,
+        }
 
     @staticmethod
     def _natural_end(trainer: L.Trainer) -> tuple[str, str]:

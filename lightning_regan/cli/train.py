@@ -5,16 +5,20 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
 import hydra
 import lightning as L
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lightning_regan.config import config_dir
+from lightning_regan.data.base import DatasetError, DatasetNotFoundError
+from lightning_regan.fid.weights import InceptionWeightsError
 from lightning_regan.module import GANModule, max_steps_for
 from lightning_regan.regularizers import spectral_norm
 
@@ -23,6 +27,12 @@ log = logging.getLogger(__name__)
 
 class ConfigError(ValueError):
     """A composed configuration holds a value that cannot work; raised before any training work."""
+
+
+# Errors that mean "fix your input", reported as one message (exit code 2) by regan-train.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError, DatasetError, DatasetNotFoundError, InceptionWeightsError, InstantiationException,
+)
 
 
 def _has_target(node: Any) -> bool:
@@ -173,7 +183,12 @@ def main(cfg: DictConfig) -> float:
     """Entry point of ``regan-train``; returns ``summary[optimized_metric]`` for Hydra sweepers."""
     with open_dict(cfg):
         cfg.output_dir = str(Path(cfg.output_dir).resolve())
-    summary, _ = train(cfg)
+    try:
+        summary, _ = train(cfg)
+    except USER_ERRORS as exc:
+        # A wrong value or missing file: the message says how to fix it; a traceback would only bury it.
+        print(f"regan-train: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     value = summary.get(cfg.get("optimized_metric") or "best_fid")
     # A run without the metric (diverged before any FID, FID off) is the worst result for a minimizing sweeper.
     return float(value) if isinstance(value, (int, float)) else float("inf")
