@@ -147,6 +147,8 @@ class GANModule(L.LightningModule):
         self.run_config: Optional[dict[str, Any]] = None
         #: Detached metrics of the last training step (keys without the ``train/`` prefix).
         self.last_step_metrics: dict[str, Tensor] = {}
+        # Latest value of every train/* key, for the loggers (a lazy term keeps its last value, as with self.log).
+        self._train_log_values: dict[str, Tensor] = {}
         self._resume_rng: Optional[Mapping[str, Tensor]] = None
         self._rng_after_resume: Optional[tuple[Mapping[str, Tensor], int]] = None
         self._rewind_rng: Optional[tuple[Mapping[str, Tensor], int]] = None
@@ -276,15 +278,32 @@ class GANModule(L.LightningModule):
             metrics.update(self.generator_step(real.shape[0], g_opt))
         metrics["g_step"] = torch.tensor(float(self.g_steps))
         self.last_step_metrics = metrics
-        self.log_dict(
-            {f"train/{k}": v for k, v in metrics.items()},
-            on_step=True,
-            on_epoch=False,
-            batch_size=real.shape[0],
-            prog_bar=False,
-        )
+        self._publish_train_metrics(metrics)
         # Returning nothing: a returned tensor would be passed through DDP's output hooks.
         return None
+
+    def _publish_train_metrics(self, metrics: Mapping[str, Tensor]) -> None:
+        """Make this step's ``train/*`` metrics visible as ``self.log(on_step=True, on_epoch=False)`` would.
+
+        They go into ``trainer.callback_metrics`` at once (stop rules and the run summary read them there every
+        step) and to the loggers from :meth:`on_train_batch_end` on the batches where Lightning writes logs. Not
+        through ``self.log``: on a CPU each ``self.log`` call costs about 1 ms (Lightning re-walks its result object
+        on every call), so the 6-7 keys of a step took a quarter of a small GAN's step time (see
+        ``scripts/bench_step.py`` and ``docs/benchmarks.md``).
+        """
+        if self._trainer is None:
+            return
+        values = {f"train/{k}": v for k, v in metrics.items()}
+        self.trainer.callback_metrics.update(values)
+        self._train_log_values.update(values)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Send the latest ``train/*`` metrics to the loggers every ``log_every_n_steps`` batches (and when training
+        stops), with Lightning's step and ``epoch`` columns. Subclasses that override this hook must call ``super()``.
+        """
+        connector = self.trainer._logger_connector
+        if self._train_log_values and (connector.should_update_logs or self.trainer.fast_dev_run):
+            connector.log_metrics(dict(self._train_log_values))
 
     # ------------------------------------------------------------------ random streams
     def on_fit_start(self) -> None:
@@ -311,6 +330,7 @@ class GANModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         """After a mid-epoch resume, schedule a rewind of the random stream (see below)."""
+        self._train_log_values = {}
         pending, self._rng_after_resume = self._rng_after_resume, None
         epoch_loop = getattr(getattr(self.trainer, "fit_loop", None), "epoch_loop", None)
         started = epoch_loop.batch_progress.current.ready if epoch_loop is not None else 0

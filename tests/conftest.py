@@ -8,11 +8,16 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 os.environ.setdefault("PYTHONWARNINGS", "ignore")
+# One thread per process: on a loaded 2-core machine two spinning threads per test make training 3-10x slower,
+# and subprocesses (regan-train, DDP ranks) inherit the setting.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 logging.getLogger("lightning.fabric").setLevel(logging.ERROR)

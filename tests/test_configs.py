@@ -1,42 +1,72 @@
 """Every choice of every config group composes (Hydra compose API) and instantiates.
 
-The choices are read from conf/<group>/, so a new config file is tested without touching this file.
+The choices are read from conf/<group>/ (and, for Hydra's own groups, from the installed plugins too), so a new
+config file is tested without touching this file.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import InstantiationException
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lightning_regan import GANModule
 from lightning_regan.cli.train import build_callbacks, build_datamodule, build_models, build_module, validate_config
 from lightning_regan.config import compose_config, config_dir
-from lightning_regan.data import DatasetError, DatasetNotFoundError
+from lightning_regan.data import DatasetNotFoundError
 from lightning_regan.losses import AdversarialLoss
 from lightning_regan.regularizers import Regularizer
 
 CONF = config_dir()
 EMBEDDED_DATA = {"digits", "gaussians", "gaussians_grid"}
+# Keys of summary.json a sweeper may optimize (product.md).
+SUMMARY_METRICS = {"best_fid", "g_steps", "wall_time_s"}
 
 
 def choices(group: str) -> list[str]:
+    """The config files of ``conf/<group>/``."""
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
+def group_options(group: str) -> list[str]:
+    """Every choice Hydra offers for ``group``: our files plus those of installed plugins."""
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return sorted(GlobalHydra.instance().config_loader().get_group_options(group))
+    finally:
+        GlobalHydra.instance().clear()
+
+
 def compose(tmp_path: Path, *overrides: str, hydra: bool = False) -> DictConfig:
-    cfg = compose_config([*overrides, f"output_dir={tmp_path}"], return_hydra_config=hydra)
-    return cfg
+    return compose_config([*overrides, f"output_dir={tmp_path}"], return_hydra_config=hydra)
+
+
+def model_fits(model: str, shape: tuple[int, ...]) -> bool:
+    """Which architecture takes which data (documented in conf/model/*.yaml)."""
+    if model == "mlp":
+        return True
+    if model == "dcgan":
+        return len(shape) == 3
+    if model == "resnet":
+        return len(shape) == 3 and shape[1:] == (32, 32)
+    raise AssertionError(f"conf/model/{model}.yaml is new: say here which data shapes it supports")
 
 
 def test_config_dir_holds_the_root_config_and_every_group_of_the_contract():
     assert (CONF / "train.yaml").is_file()
     for group in ("model", "data", "loss", "regularizer", "early_stopping", "trainer", "logger", "experiment",
-                  "hparams_search", "hydra/launcher"):
+                  "hparams_search"):
         assert choices(group), f"conf/{group}/ is empty"
     assert {"mlp", "dcgan", "resnet"} <= set(choices("model"))
     assert {"gaussians", "digits", "mnist", "fashion_mnist", "cifar10", "image_folder"} <= set(choices("data"))
@@ -44,6 +74,8 @@ def test_config_dir_holds_the_root_config_and_every_group_of_the_contract():
     assert {"none", "plateau", "fid", "default"} <= set(choices("early_stopping"))
     assert {"cpu", "gpu", "ddp", "ddp_cpu"} <= set(choices("trainer"))
     assert {"csv", "tensorboard"} <= set(choices("logger"))
+    assert {"ring", "diverging"} <= set(choices("experiment"))
+    assert {"joblib", "submitit_local", "submitit_slurm"} <= set(group_options("hydra/launcher"))
 
 
 def test_default_config_is_valid_and_builds_everything(tmp_path):
@@ -57,16 +89,27 @@ def test_default_config_is_valid_and_builds_everything(tmp_path):
     assert names == ["FIDMonitor", "EarlyTermination", "SampleGrid", "ModelCheckpoint", "RunSummary"]
 
 
+@pytest.mark.parametrize("data", choices("data"))
 @pytest.mark.parametrize("model", choices("model"))
-def test_model_choice_builds_g_and_d_for_its_data(tmp_path, model):
-    extra = ["data.image_size=32"] if model == "resnet" else []
-    cfg = compose(tmp_path, f"model={model}", *extra)
-    shape = tuple(build_datamodule(cfg).shape)
+def test_model_choice_builds_for_each_data_shape_or_says_what_fits(tmp_path, model, data):
+    cfg = compose(tmp_path, f"model={model}", f"data={data}")
+    shape = tuple(instantiate(cfg.data).shape)  # known from the config alone: no data needed
+    if not model_fits(model, shape):
+        with pytest.raises(InstantiationException, match=r"model=mlp|model=dcgan|data\.image_size=32"):
+            build_models(cfg, shape)
+        return
     generator, discriminator = build_models(cfg, shape)
-    z = torch.randn(3, cfg.model.latent_dim)
-    x = generator(z)
-    assert tuple(x.shape) == (3, *shape)
-    assert tuple(discriminator(x).shape) == (3,)
+    x = generator(torch.randn(2, cfg.model.latent_dim))
+    assert tuple(x.shape) == (2, *shape)
+    assert tuple(discriminator(x).shape) == (2,)
+
+
+def test_resnet_trains_on_digits_resized_to_32(tmp_path):
+    cfg = compose(tmp_path, "model=resnet", "data=digits", "data.image_size=32")
+    shape = tuple(build_datamodule(cfg).shape)
+    assert shape == (1, 32, 32)
+    generator, discriminator = build_models(cfg, shape)
+    assert tuple(discriminator(generator(torch.randn(2, cfg.model.latent_dim))).shape) == (2,)
 
 
 def test_spectral_norm_option_parametrizes_d(tmp_path):
@@ -76,16 +119,20 @@ def test_spectral_norm_option_parametrizes_d(tmp_path):
 
 
 @pytest.mark.parametrize("data", choices("data"))
-def test_data_choice_instantiates_and_checks_its_source(tmp_path, data):
+def test_data_choice_instantiates_and_checks_its_source(tmp_path, monkeypatch, data):
+    monkeypatch.delenv("REGAN_DATA_ROOT", raising=False)
     cfg = compose(tmp_path, f"data={data}")
     assert cfg.fid.feature_extractor in ("inception", "classifier", "identity")
     if data in EMBEDDED_DATA:
         datamodule = build_datamodule(cfg)
         assert len(tuple(datamodule.shape)) in (1, 3)
         return
+    assert cfg.fid.feature_extractor == "inception"
+    with pytest.raises(DatasetNotFoundError, match="data.root"):  # no root given
+        build_datamodule(cfg)
     with open_dict(cfg):
         cfg.data.root = str(tmp_path / "no-such-folder")
-    with pytest.raises((DatasetNotFoundError, DatasetError), match="data.root"):
+    with pytest.raises(DatasetNotFoundError, match="no-such-folder"):  # a root without the files
         build_datamodule(cfg)
 
 
@@ -115,6 +162,15 @@ def test_regularizers_compose_as_a_list(tmp_path):
     assert list(compose(tmp_path, "regularizer=[]").get("regularizer") or {}) == []
 
 
+def test_every_regularizer_at_once(tmp_path):
+    names = [r for r in choices("regularizer") if r != "none"]
+    cfg = compose(tmp_path, f"regularizer=[{','.join(names)}]", "model=mlp", "data=gaussians")
+    validate_config(cfg)
+    module = build_module(cfg, *build_models(cfg, (2,)))
+    assert list(module.regularizers) == names
+    assert len({type(r) for r in module.regularizers.values()}) == len(names)
+
+
 @pytest.mark.parametrize("rule", choices("early_stopping"))
 def test_early_stopping_choice_instantiates(tmp_path, rule):
     node = compose(tmp_path, f"early_stopping={rule}").get("early_stopping")
@@ -127,16 +183,22 @@ def test_early_stopping_choice_instantiates(tmp_path, rule):
 
 
 @pytest.mark.parametrize("trainer", choices("trainer"))
-def test_trainer_choice(tmp_path, trainer):
+def test_trainer_choice_instantiates(tmp_path, trainer):
     cfg = compose(tmp_path, f"trainer={trainer}")
+    extra = {}
     if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
-        # No GPU here: check what it asks for instead of building it.
-        assert cfg.trainer.precision == "bf16-mixed"
+        # Build the same Trainer on the CPU (constructing it starts no process): every other setting is checked.
+        extra["accelerator"] = "cpu"
         if "strategy" in cfg.trainer:
-            assert cfg.trainer.strategy.find_unused_parameters is True
-        return
-    built = instantiate(cfg.trainer, logger=False, enable_checkpointing=False, default_root_dir=str(tmp_path))
+            assert cfg.trainer.strategy.find_unused_parameters is True  # G and D each sit out a backward
+            with open_dict(cfg):
+                cfg.trainer.strategy.process_group_backend = "gloo"
+    built = instantiate(cfg.trainer, logger=False, enable_checkpointing=False, default_root_dir=str(tmp_path),
+                        **extra)
     assert built.world_size == cfg.trainer.devices * cfg.trainer.get("num_nodes", 1)
+    assert built.precision == str(cfg.trainer.precision)
+    if "strategy" in cfg.trainer:
+        assert type(built.strategy).__name__ == "DDPStrategy"
 
 
 @pytest.mark.parametrize("logger", choices("logger"))
@@ -153,7 +215,9 @@ def test_logger_choice_instantiates(tmp_path, logger):
 
 @pytest.mark.parametrize("experiment", choices("experiment"))
 def test_experiment_choice_is_valid_and_builds(tmp_path, experiment):
+    assert (CONF / "experiment" / f"{experiment}.yaml").read_text().startswith("# @package _global_")
     cfg = compose(tmp_path, f"experiment={experiment}")
+    assert cfg.task_name == experiment
     validate_config(cfg)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, *build_models(cfg, tuple(datamodule.shape)))
@@ -161,33 +225,53 @@ def test_experiment_choice_is_valid_and_builds(tmp_path, experiment):
     assert build_callbacks(cfg, datamodule)
 
 
-def test_optuna_search_space_and_objective(tmp_path):
-    cfg = compose(tmp_path, "hparams_search=optuna", hydra=True)
-    assert cfg.optimized_metric == "best_fid"
-    sweeper = cfg.hydra.sweeper
-    assert sweeper.direction == "minimize" and "regularizer.r1.weight" in sweeper.params
+def test_command_line_choices_override_an_experiment(tmp_path):
+    cfg = compose(tmp_path, "experiment=ring", "regularizer=[r1,l2]", "seed=3")
+    assert list(cfg.regularizer) == ["r1", "l2"] and cfg.regularizer.r1.weight == 0.1  # the preset's R1 weight
+    assert cfg.seed == cfg.data.seed == cfg.module.seed == 3
+
+
+@pytest.mark.parametrize("search", group_options("hparams_search"))
+def test_hparams_search_choice_composes_with_a_valid_search_space(tmp_path, search):
+    cfg = compose(tmp_path, f"hparams_search={search}", hydra=True)
     assert str(cfg.hydra.mode).endswith("MULTIRUN")
+    assert cfg.optimized_metric in SUMMARY_METRICS
+    sweeper = cfg.hydra.sweeper
+    get_class(sweeper._target_)  # the sweeper plugin is installed
+    assert sweeper.direction == "minimize"
+    assert sweeper.params
+    for key in sweeper.params:  # a typo in the search space would otherwise add a new, unused key
+        assert OmegaConf.select(cfg, str(key), default="<missing>") != "<missing>", f"{key} is not in the config"
 
 
-@pytest.mark.parametrize("launcher", ["joblib", "submitit_local", "submitit_slurm", "slurm_gpu"])
-def test_launcher_choice_composes(tmp_path, launcher):
-    extra = ["trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"] if launcher == "slurm_gpu" else []
-    cfg = compose(tmp_path, f"hydra/launcher={launcher}", *extra, hydra=True)
-    launcher_cfg = OmegaConf.to_container(cfg.hydra.launcher, resolve=launcher != "slurm_gpu")
-    assert launcher_cfg["_target_"].startswith("hydra_plugins.")
+@pytest.mark.parametrize("launcher", group_options("hydra/launcher"))
+def test_launcher_choice_composes_and_resolves(tmp_path, launcher):
+    # slurm_gpu takes its nodes / GPUs from the trainer: resolve it against a multi-node DDP trainer.
+    cfg = compose(tmp_path, f"hydra/launcher={launcher}", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2",
+                  hydra=True)
+    launcher_cfg = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    get_class(launcher_cfg["_target_"])  # the launcher plugin is installed
     if launcher == "slurm_gpu":
-        assert cfg.hydra.launcher.nodes == 2 and cfg.hydra.launcher.tasks_per_node == 4
+        assert launcher_cfg["_target_"].endswith("SlurmLauncher")
+        assert launcher_cfg["nodes"] == 2 and launcher_cfg["tasks_per_node"] == launcher_cfg["gpus_per_node"] == 4
 
 
 @pytest.mark.slow
-def test_wheel_ships_the_configs(tmp_path):
-    import subprocess
-    import sys
-
+def test_wheel_ships_the_configs_and_finds_them_installed(tmp_path):
     repo = Path(__file__).resolve().parents[1]
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(repo)],
                    check=True, timeout=600)
     wheel = next(tmp_path.glob("lightning_regan-*.whl"))
-    names = set(zipfile.ZipFile(wheel).namelist())
-    assert "lightning_regan/conf/train.yaml" in names
-    assert {f"lightning_regan/conf/regularizer/{r}.yaml" for r in ("r1", "l2", "none")} <= names
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        assert "lightning_regan/conf/train.yaml" in names
+        expected = {f"lightning_regan/conf/{p.relative_to(CONF).as_posix()}" for p in CONF.rglob("*.yaml")}
+        assert expected <= names, sorted(expected - names)
+        site = tmp_path / "site"
+        zf.extractall(site)
+    # From the unpacked wheel (not the checkout): config_dir() is the shipped copy and composes.
+    code = ("from lightning_regan.config import compose_config, config_dir; print(config_dir()); "
+            "print(compose_config(['experiment=ring', 'output_dir=x']).task_name)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, PYTHONPATH=str(site), OMP_NUM_THREADS="1"), check=True).stdout.split()
+    assert out[-2:] == [str(site / "lightning_regan" / "conf"), "ring"]

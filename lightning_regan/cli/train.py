@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 import hydra
 import lightning as L
+import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
@@ -23,6 +24,10 @@ from lightning_regan.module import GANModule, max_steps_for
 from lightning_regan.regularizers import spectral_norm
 
 log = logging.getLogger(__name__)
+
+
+# Lightning's seed_everything (numpy) accepts seeds in [0, 2**32 - 1].
+MAX_SEED = 2**32 - 1
 
 
 class ConfigError(ValueError):
@@ -49,8 +54,23 @@ def validate_config(cfg: DictConfig) -> None:
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r} (e.g. {key}={max(minimum, 1)}).")
 
+    if cfg.get("seed") is not None:  # null: Lightning's default seed
+        need_int("seed", cfg.seed, 0)
+        if cfg.seed > MAX_SEED:
+            raise ConfigError(f"seed must be an integer in [0, {MAX_SEED}], got {cfg.seed}.")
     need_int("max_g_steps", cfg.get("max_g_steps"), 1)
     need_int("module.n_critic", cfg.module.get("n_critic", 1), 1)
+    for key in ("g_optimizer", "d_optimizer"):
+        node = cfg.module.get(key)
+        if _has_target(node):
+            # Build it once on a dummy parameter: torch.optim checks lr, betas, eps, ... with its own messages.
+            try:
+                instantiate(node, _convert_="partial")([torch.nn.Parameter(torch.zeros(1))])
+            except Exception as exc:
+                args = ", ".join(f"{k}={v}" for k, v in node.items() if not str(k).startswith("_"))
+                raise ConfigError(
+                    f"module.{key} ({node._target_} with {args}) cannot build its optimizer: {type(exc).__name__}: {exc}"
+                ) from exc
     for key in ("fid", "samples"):
         node = cfg.get(key)
         if node is not None:
