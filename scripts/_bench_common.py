@@ -169,7 +169,7 @@ def write_results_readme(directory: Path) -> Optional[Path]:
             f"Machine: {m['cpu']}, {m['cpu_cores']} cores ({m['torch_threads']} torch thread(s)), device {m['device']}"
             f"{' (' + m['gpu'] + ')' if m.get('gpu') else ''}, torch {m['torch']}, lightning {m['lightning']}, "
             f"{m['date']}; load average at the start {m.get('load_average')}. Mode `{data['mode']}`, "
-            f"{data['wall_time_s']:.0f} s.\n\n{data['markdown']}\n"
+            f"{data['wall_time_s']:.0f} s.\n\n{data.get('markdown', '(no tables: written by an older version of the script; run it again)')}\n"
         )
     if not sections:
         return None

@@ -444,6 +444,27 @@ def format_tables(results: dict[str, Any], clock: str) -> str:
     return text
 
 
+def profile(setup: str, variant: str, steps: int, device: torch.device) -> None:
+    """cProfile of one variant (after a short warm-up run): the top functions by cumulative and own time."""
+    import cProfile
+    import pstats
+
+    kind = variant.split(":")[0]
+    if kind not in KINDS or variant.split(":")[-1] not in REGULARIZERS:
+        raise SystemExit(f"--profile: variant must be <kind>:<regularizer> with kind in {KINDS}, got {variant!r}.")
+    with tempfile.TemporaryDirectory() as tmp:
+        bench = Bench(SETUPS[setup], device, tmp)
+        bench.run(variant, 5)
+        profiler = cProfile.Profile()
+        profiler.enable()
+        stamps, _, _ = bench.run(variant, steps)
+        profiler.disable()
+    print(f"{setup} {variant}: {1e3 * step_time(stamps, 5, 1):.2f} ms per step (CPU time, under the profiler)")
+    stats = pstats.Stats(profiler).strip_dirs()
+    stats.sort_stats("cumulative").print_stats(40)
+    stats.sort_stats("tottime").print_stats(15)
+
+
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = p.add_mutually_exclusive_group()
@@ -465,6 +486,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="clock of the reported ratios: cpu (process CPU time; default on the CPU, robust to other "
                         "processes sharing the cores) or wall (default on a GPU); both are saved")
     p.add_argument("--out", help="JSON output (default bench/results/bench_step.json)")
+    p.add_argument("--profile", metavar="VARIANT",
+                   help="instead of benchmarking, run VARIANT (e.g. lightning:none, selflog:none, hand:none) of the first "
+                        "--setups entry under cProfile for --steps steps (default 200) and print the top functions")
     return p.parse_args(argv)
 
 
@@ -487,6 +511,10 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         cfg["minimal"] = cfg["selflog"] = False
     device = common.resolve_device(args.device)
     cfg["clock"] = args.clock or ("cpu" if device.type == "cpu" else "wall")
+    if args.profile:
+        with common.bench_session(device, args.threads):
+            profile(args.setups[0], args.profile, args.steps or 200, device)
+        return {}
     start = time.perf_counter()
     with common.bench_session(device, args.threads):
         machine = common.machine_info(device)  # inside: records the threads used

@@ -11,7 +11,7 @@ could save with no gap at all.
 
 Usage::
 
-    python scripts/early_stopping_study.py                   # the full study (~40 min on a 2-core CPU)
+    python scripts/early_stopping_study.py --jobs 2          # the full study, two runs at a time
     python scripts/early_stopping_study.py --quick           # tiny budgets, seconds per run (a smoke test)
     python scripts/early_stopping_study.py --setups ring --seeds 0 1 2 --out /tmp/study
 
@@ -22,6 +22,7 @@ keeps each run's directory under ``<work>/<run name>/`` (default work: a tempora
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import platform
@@ -58,10 +59,12 @@ class Setup:
 
 SETUPS: dict[str, Setup] = {
     "digits": Setup(
-        description="`regan-train`'s default run (DCGAN on sklearn's 8x8 digits, non-saturating loss, no EMA), "
-                    "FID every 200 G steps on 1,000 samples in a small digits classifier's features",
-        overrides=("data=digits", "model=dcgan", "fid.every_n_g_steps=200", "fid.num_samples=1000"),
-        max_g_steps=4000,
+        description="DCGAN (width 32) on sklearn's 8x8 digits, non-saturating loss, EMA of G 0.995, `regan-train`'s "
+                    "default budget of 2,000 G steps; FID of the EMA generator every 200 G steps on 1,000 samples in "
+                    "a small digits classifier's features",
+        overrides=("data=digits", "model=dcgan", "model.generator.channels=32", "model.discriminator.channels=32",
+                   "module.ema_decay=0.995", "fid.every_n_g_steps=200", "fid.num_samples=1000"),
+        max_g_steps=2000,
         quick_overrides=("fid.every_n_g_steps=10", "fid.num_samples=200", "model.generator.channels=16",
                          "model.discriminator.channels=16"),
     ),
@@ -70,7 +73,7 @@ SETUPS: dict[str, Setup] = {
                     "plateau warmup 1,000 G steps), FID every 100 G steps on 2,000 points (exact Frechet distance "
                     "of the 2-D points)",
         overrides=("experiment=ring", "fid.every_n_g_steps=100"),
-        max_g_steps=3000,
+        max_g_steps=5000,
         # experiment=ring sets regularizer.r1.weight; drop that node when another regularizer replaces r1.
         regularizers={"l2": ("regularizer=l2", "~regularizer.r1"), "lecam": ("regularizer=lecam", "~regularizer.r1")},
         quick_overrides=("fid.every_n_g_steps=10", "fid.num_samples=200"),
@@ -115,34 +118,55 @@ def plan(setups: list[str], regularizers: list[str], seeds: list[int], quick: bo
     return runs
 
 
-def execute(run: Run, work: Path, timeout_s: int, threads: Optional[int]) -> dict[str, Any]:
-    """Run one ``regan-train`` job and return its summary.json (with the command and the process's wall time)."""
+def execute(run: Run, work: Path, timeout_s: int, threads: Optional[int], resume: bool = False) -> dict[str, Any]:
+    """Run one ``regan-train`` job and return its summary.json (with the command and the process's wall time).
+
+    With ``resume``, a run directory holding a finished run of the very same command is read instead of rerun.
+    """
     run_dir = work / run.name
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    exe = shutil.which("regan-train") or str(Path(sys.executable).with_name("regan-train"))
-    cmd = [exe, *run.overrides, f"hydra.run.dir={run_dir}"]
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s, cwd=work)
-    elapsed = time.perf_counter() - start
-    (work / f"{run.name}.log").write_text(proc.stdout + proc.stderr)
-    summary_path = run_dir / "summary.json"
-    if proc.returncode != 0 or not summary_path.is_file():
-        raise RuntimeError(f"{run.name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    summary = json.loads(summary_path.read_text())
+    command = shlex.join(["regan-train", *run.overrides])
+    record_path = run_dir / "study_run.json"  # written last: its presence means the run finished
+    reused = False
+    if resume and record_path.is_file() and json.loads(record_path.read_text()).get("command") == command:
+        elapsed, reused = float(json.loads(record_path.read_text())["process_wall_s"]), True
+    else:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        exe = shutil.which("regan-train") or str(Path(sys.executable).with_name("regan-train"))
+        cmd = [exe, *run.overrides, f"hydra.run.dir={run_dir}"]
+        env = dict(os.environ, PYTHONWARNINGS="ignore")
+        if threads:
+            env["OMP_NUM_THREADS"] = str(threads)
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s, cwd=work)
+        elapsed = time.perf_counter() - start
+        (work / f"{run.name}.log").write_text(proc.stdout + proc.stderr)
+        if proc.returncode != 0 or not (run_dir / "summary.json").is_file():
+            raise RuntimeError(f"{run.name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+        record_path.write_text(json.dumps({"command": command, "process_wall_s": elapsed}) + "\n")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    history = summary.get("fid_history") or []
     return {
         "name": run.name, "setup": run.setup, "regularizer": run.regularizer, "seed": run.seed,
         "early_stopping": run.early_stopping,
         **{k: summary.get(k) for k in ("status", "stop_reason", "g_steps", "best_fid", "best_fid_step",
                                        "wall_time_s", "fid_eval_time_s", "fid_history")},
-        "fid_evals": len(summary.get("fid_history") or []),
+        "last_fid": history[-1][1] if history else None,
+        "modes_at_best": modes_at(summary.get("mode_coverage"), summary.get("best_fid_step")),
+        "fid_evals": len(history),
         "process_wall_s": elapsed,
-        "command": shlex.join(["regan-train", *run.overrides]),
+        "reused": reused,
+        "command": command,
         "run_dir": str(run_dir),
     }
+
+
+def modes_at(coverage: Optional[dict[str, Any]], g_step: Optional[int]) -> Optional[str]:
+    """``"covered/total"`` modes at ``g_step`` from summary.json's ``mode_coverage`` (2-D mixtures), else None."""
+    if not coverage or g_step is None:
+        return None
+    covered = [modes for step, modes, _ in coverage.get("history", []) if step == g_step]
+    return f"{covered[0]}/{coverage['num_modes']}" if covered else None
 
 
 def pair_result(with_es: dict[str, Any], without: dict[str, Any]) -> dict[str, Any]:
@@ -164,6 +188,9 @@ def pair_result(with_es: dict[str, Any], without: dict[str, Any]) -> dict[str, A
         "best_fid_with_es": best_with, "best_fid_step_with_es": with_es["best_fid_step"],
         "best_fid_without": best_without, "best_fid_step_without": without["best_fid_step"],
         "best_fid_gap": gap,
+        # What a fixed budget leaves you with when nothing restores the best generator.
+        "last_fid_without": without.get("last_fid"),
+        "modes_at_best_with_es": with_es.get("modes_at_best"), "modes_at_best_without": without.get("modes_at_best"),
         "oracle_g_steps_saved": oracle,
         # Same seed: until the stop both runs are one run, so their FID histories must agree up to there.
         "same_run_until_stop": history_with == history_without[:len(history_with)],
@@ -237,23 +264,25 @@ def markdown(report: dict[str, Any]) -> str:
     """The report as Markdown: the per-pair table, then per-setup and overall figures."""
     target = report["target"]
     m = report["machine"]
+    reused = f" ({report['reused_runs']} runs reused from an earlier invocation)" if report.get("reused_runs") else ""
     lines = [
         "# Early-termination study",
         "",
         f"Command: `{report['command']}`  ",
         f"Machine: {m['cpu']} ({m['cores']} cores), Python {m['python']}, torch {m['torch']}; {report['date']}; "
-        f"study wall time {report['wall_time_s'] / 60:.1f} min.",
+        f"study wall time {report['wall_time_s'] / 60:.1f} min{reused}.",
         "",
         "| setup | regularizer | seed | G steps with ES | without | saved | oracle | stop reason | "
-        "best FID with ES (step) | without (step) | gap |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "best FID with ES (step) | without (step) | gap | last FID without | modes at best with ES / without |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in report["pairs"]:
         lines.append(
             f"| {p['setup']} | {p['regularizer']} | {p['seed']} | {p['g_steps_with_es']} | {p['g_steps_without']} | "
             f"{_pct(p['g_steps_saved'])} | {_pct(p['oracle_g_steps_saved'])} | {p['stop_reason_with_es']} | "
             f"{_num(p['best_fid_with_es'])} ({p['best_fid_step_with_es']}) | "
-            f"{_num(p['best_fid_without'])} ({p['best_fid_step_without']}) | {_pct(p['best_fid_gap'], signed=True)} |"
+            f"{_num(p['best_fid_without'])} ({p['best_fid_step_without']}) | {_pct(p['best_fid_gap'], signed=True)} | "
+            f"{_num(p.get('last_fid_without'))} | {p.get('modes_at_best_with_es') or '-'} / {p.get('modes_at_best_without') or '-'} |"
         )
     lines += [
         "",
@@ -337,9 +366,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--max-g-steps", type=int, default=None, help="budget of every run (default: per setup)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="folder of the JSON and Markdown")
     parser.add_argument("--work", type=Path, default=None, help="folder of the runs (default: a temporary folder)")
-    parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of each run (default: inherited)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="OMP_NUM_THREADS of each run (0: inherit); 1 keeps timings sane on a shared machine")
     parser.add_argument("--max-gap", type=float, default=0.05, help="target: largest acceptable best-FID gap")
     parser.add_argument("--min-saved", type=float, default=0.40, help="target: smallest fraction of G steps saved")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at a time (each gets --threads threads); keep jobs x threads <= the CPU cores")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the finished runs in --work whose command is unchanged (an interrupted study "
+                             "goes on where it stopped)")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per run")
     parser.add_argument("--replay", type=Path, default=None, metavar="JSON",
                         help="no training: replay the FID rule on the full runs of a study's JSON, for every "
@@ -352,6 +387,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.max_g_steps is not None and args.max_g_steps < 1:
         parser.error("--max-g-steps must be >= 1")
+    if args.jobs < 1:
+        parser.error("--jobs must be >= 1")
     if args.replay is not None:
         report = json.loads(args.replay.read_text())
         report["runs"] = [r for r in report["runs"] if r["setup"] in args.setups and r["seed"] in args.seeds]
@@ -363,17 +400,21 @@ def main(argv: Optional[list[str]] = None) -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="regan-study-"))
     work.mkdir(parents=True, exist_ok=True)
     runs = plan(args.setups, args.regularizers, args.seeds, args.quick, args.max_g_steps)
-    print(f"{len(runs)} runs, one at a time, in {work}", flush=True)
+    print(f"{len(runs)} runs, {args.jobs} at a time, in {work}", flush=True)
     start = time.perf_counter()
     results: dict[str, dict[str, Any]] = {}
-    for run in runs:  # sequential: one heavy process at a time, and timings that mean something
-        r = execute(run, work, args.timeout, args.threads)
-        results[run.name] = r
-        print(f"  {run.name}: {r['status']} ({r['stop_reason']}) at G step {r['g_steps']}, best FID "
-              f"{_num(r['best_fid'])} at {r['best_fid_step']}, {r['process_wall_s']:.0f} s", flush=True)
+    # Each run is its own regan-train process; threads here only wait on them.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {pool.submit(execute, run, work, args.timeout, args.threads, args.resume): run for run in runs}
+        for future in concurrent.futures.as_completed(futures):
+            r = future.result()
+            results[futures[future].name] = r
+            print(f"  {r['name']}: {r['status']} ({r['stop_reason']}) at G step {r['g_steps']}, best FID "
+                  f"{_num(r['best_fid'])} at {r['best_fid_step']}, {r['process_wall_s']:.0f} s"
+                  f"{' (reused)' if r['reused'] else ''}", flush=True)
     pairs = [pair_result(results[run.name], results[run.name[:-len("es")] + "full"]) for run in runs
              if run.early_stopping]
-    run_list = list(results.values())
+    run_list = [results[run.name] for run in runs]  # plan order, whatever order they finished in
     report = {
         "command": shlex.join(["python", "scripts/early_stopping_study.py",
                                *(argv if argv is not None else sys.argv[1:])]),
@@ -385,6 +426,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "seeds": args.seeds,
         "target": {"min_g_steps_saved": args.min_saved, "max_best_fid_gap": args.max_gap},
         "wall_time_s": time.perf_counter() - start,
+        "reused_runs": sum(r["reused"] for r in run_list),
         "pairs": pairs,
         "by_setup": {
             s: aggregate([p for p in pairs if p["setup"] == s], [r for r in run_list if r["setup"] == s],

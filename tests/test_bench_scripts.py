@@ -67,6 +67,17 @@ def test_bench_step_smoke_writes_schema_and_same_maths(tmp_path):
     assert data["command"] in readme and "| mlp_ring | none |" in readme
 
 
+def test_bench_step_profile_prints_the_top_functions(capsys):
+    script = load_script("bench_step")
+    assert script.main(["--profile", "lightning:none", "--setups", "mlp_ring", "--steps", "8", "--device", "cpu",
+                        "--threads", "1"]) == {}
+    out = capsys.readouterr().out
+    assert "mlp_ring lightning:none:" in out and "ms per step" in out
+    assert "cumulative" in out and "training_step" in out  # cProfile's table, with GANModule's step in it
+    with pytest.raises(SystemExit, match="variant must be"):
+        script.main(["--profile", "nonsense", "--setups", "mlp_ring", "--device", "cpu"])
+
+
 def test_bench_fid_smoke_proves_no_real_image_is_reencoded(tmp_path):
     out = tmp_path / "bench_fid.json"
     load_script("bench_fid").main(["--smoke", "--device", "cpu", "--out", str(out)])

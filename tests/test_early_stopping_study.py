@@ -33,7 +33,7 @@ def test_plan_pairs_each_run_with_and_without_early_termination():
         assert with_es.overrides[1:] == without.overrides[1:]
         assert f"seed={with_es.seed}" in without.overrides
     budgets = {r.setup: r.overrides for r in runs}
-    assert "max_g_steps=4000" in budgets["digits"] and "max_g_steps=3000" in budgets["ring"]
+    assert "max_g_steps=2000" in budgets["digits"] and "max_g_steps=5000" in budgets["ring"]
     assert "max_g_steps=123" in study.plan(["ring"], ["r1"], [0], quick=False, max_g_steps=123)[0].overrides
     # experiment=ring configures r1's weight: another regularizer must drop that node, or the config is invalid.
     ring_l2 = study.plan(["ring"], ["l2"], [0], quick=False)[0].overrides
@@ -72,10 +72,18 @@ def test_pair_and_aggregate_arithmetic():
     assert good["target_met"] is True and good["pairs_meeting_target"] == 1 and good["fid_eval_s_per_eval"] is None
 
 
+def test_modes_at_reads_the_coverage_history():
+    coverage = {"num_modes": 8, "history": [[100, 5, 0.2], [200, 8, 0.4]]}
+    assert study.modes_at(coverage, 200) == "8/8" and study.modes_at(coverage, 100) == "5/8"
+    assert study.modes_at(coverage, 300) is None and study.modes_at(None, 200) is None
+    assert study.modes_at(coverage, None) is None
+
+
 def test_quick_study_reports_what_its_runs_wrote(tmp_path):
     out, work = tmp_path / "out", tmp_path / "runs"
+    # --jobs 2: the pair's two runs at once; the report must still pair them and keep the plan's order.
     assert study.main(["--quick", "--setups", "ring", "--regularizers", "r1", "--seeds", "0", "--threads", "1",
-                       "--out", str(out), "--work", str(work)]) == 0
+                       "--jobs", "2", "--out", str(out), "--work", str(work)]) == 0
     report = json.loads((out / "early_stopping_study.json").read_text())
     assert report["quick"] and report["machine"]["cores"] and report["command"].startswith("python scripts/")
     assert {"pairs", "by_setup", "overall", "runs", "target", "wall_time_s", "date"} <= set(report)
@@ -92,6 +100,10 @@ def test_quick_study_reports_what_its_runs_wrote(tmp_path):
     assert pair["oracle_g_steps_saved"] == pytest.approx(1 - without["best_fid_step"] / 60)
     # Same seed: until the stop both runs are one run (same FIDs at the same G steps).
     assert pair["same_run_until_stop"]
+    assert [r["name"] for r in report["runs"]] == ["ring-r1-s0-es", "ring-r1-s0-full"]
+    # The ring's mode coverage at each run's best-FID step, from its summary.json.
+    coverage = {step: modes for step, modes, _ in without["mode_coverage"]["history"]}
+    assert pair["modes_at_best_without"] == f"{coverage[without['best_fid_step']]}/8"
     assert with_es["fid_history"] == without["fid_history"][:len(with_es["fid_history"])]
     evals = len(with_es["fid_history"]) + len(without["fid_history"])
     assert report["overall"]["fid_eval_s_per_eval"] == pytest.approx(
@@ -104,3 +116,10 @@ def test_quick_study_reports_what_its_runs_wrote(tmp_path):
     assert replayed["best_fid_gap"] == pytest.approx(pair["best_fid_gap"])
     table = (out / "early_stopping_study.md").read_text()
     assert "| ring | r1 | 0 |" in table and report["command"] in table
+    assert report["reused_runs"] == 0 and pair["last_fid_without"] == without["fid_history"][-1][1]
+    # --resume reads the finished runs instead of training again, and reports the same pair.
+    assert study.main(["--quick", "--setups", "ring", "--regularizers", "r1", "--seeds", "0", "--resume",
+                       "--out", str(out), "--work", str(work)]) == 0
+    again = json.loads((out / "early_stopping_study.json").read_text())
+    assert again["reused_runs"] == 2 and again["pairs"] == report["pairs"]
+    assert "2 runs reused" in (out / "early_stopping_study.md").read_text()
