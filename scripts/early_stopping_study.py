@@ -59,17 +59,18 @@ class Setup:
 
 SETUPS: dict[str, Setup] = {
     "digits": Setup(
-        description="DCGAN (width 32) on sklearn's 8x8 digits, non-saturating loss, EMA of G 0.995, `regan-train`'s "
-                    "default budget of 2,000 G steps; FID of the EMA generator every 200 G steps on 1,000 samples in "
-                    "a small digits classifier's features",
+        description="DCGAN (width 32) on sklearn's 8x8 digits, non-saturating loss, EMA of G 0.995, a budget of "
+                    "10,000 G steps; FID of the EMA generator every 200 G steps on 1,000 samples in a small digits "
+                    "classifier's features",
         overrides=("data=digits", "model=dcgan", "model.generator.channels=32", "model.discriminator.channels=32",
                    "module.ema_decay=0.995", "fid.every_n_g_steps=200", "fid.num_samples=1000"),
-        max_g_steps=2000,
+        max_g_steps=10000,
         quick_overrides=("fid.every_n_g_steps=10", "fid.num_samples=200", "model.generator.channels=16",
                          "model.discriminator.channels=16"),
     ),
     "ring": Setup(
-        description="`experiment=ring` (MLP on the 8-Gaussian ring, non-saturating loss, EMA of G 0.995, FID "
+        description="`experiment=ring` with a budget of 5,000 G steps (MLP on the 8-Gaussian ring, non-saturating "
+                    "loss, EMA of G 0.995, FID "
                     "plateau warmup 1,000 G steps), FID every 100 G steps on 2,000 points (exact Frechet distance "
                     "of the 2-D points)",
         overrides=("experiment=ring", "fid.every_n_g_steps=100"),

@@ -180,6 +180,10 @@ def test_early_stopping_choice_instantiates(tmp_path, rule):
     callback = instantiate(node)
     assert type(callback).__name__ == "EarlyTermination"
     assert any(getattr(callback, name) is not None for name in ("loss_plateau", "fid_plateau", "divergence"))
+    # default: all three rules, and where an FID is measured the FID decides (the losses only without one).
+    assert callback.loss_plateau_only_without_fid is (rule == "default")
+    if rule == "default":
+        assert None not in (callback.loss_plateau, callback.fid_plateau, callback.divergence)
 
 
 @pytest.mark.parametrize("trainer", choices("trainer"))

@@ -33,7 +33,7 @@ def test_plan_pairs_each_run_with_and_without_early_termination():
         assert with_es.overrides[1:] == without.overrides[1:]
         assert f"seed={with_es.seed}" in without.overrides
     budgets = {r.setup: r.overrides for r in runs}
-    assert "max_g_steps=2000" in budgets["digits"] and "max_g_steps=5000" in budgets["ring"]
+    assert "max_g_steps=10000" in budgets["digits"] and "max_g_steps=5000" in budgets["ring"]
     assert "max_g_steps=123" in study.plan(["ring"], ["r1"], [0], quick=False, max_g_steps=123)[0].overrides
     # experiment=ring configures r1's weight: another regularizer must drop that node, or the config is invalid.
     ring_l2 = study.plan(["ring"], ["l2"], [0], quick=False)[0].overrides

@@ -169,6 +169,37 @@ def test_loss_plateau_stops_the_trainer(caplog):
     assert stop_logs(caplog) == [et.stop_message]  # logged once
 
 
+def flat_losses(g: int) -> dict[str, float]:
+    return {"train/d_loss": 1.3 + (0.05 if g % 2 else -0.05), "train/d_adv": 1.2, "train/g_loss": 0.8}
+
+
+def test_loss_plateau_only_without_fid_leaves_the_decision_to_the_fid():
+    rule = lambda: LossPlateau(window=5, min_delta=0.05, patience=3, warmup_g_steps=10,  # noqa: E731
+                               check_every_n_g_steps=5)
+    # An FID is measured (improving all along): the flat losses stop nothing; the run goes to its budget.
+    et = EarlyTermination(loss_plateau=rule(), fid_plateau=FIDPlateau(patience=3),
+                          loss_plateau_only_without_fid=True)
+    module = ScriptedGAN(flat_losses)
+    fit(module, [ScriptedFID(fid_curve(best_at=1000)), et], g_steps=100)
+    assert module.g_steps == 100 and et.stop_reason is None and not et.loss_plateau_active
+    assert et.describe()["loss_plateau_active"] is False
+    # Then the FID plateaus: the FID rule stops it, not the losses.
+    et = EarlyTermination(loss_plateau=rule(), fid_plateau=FIDPlateau(patience=3, window=1),
+                          loss_plateau_only_without_fid=True)
+    fit(ScriptedGAN(flat_losses), [ScriptedFID(fid_curve(best_at=60)), et], g_steps=200)
+    assert et.stop_reason is StopReason.FID_PLATEAU and et.stopped_g_step == 75
+    # No FID measured: the same callback stops on the loss plateau, as without the option.
+    et = EarlyTermination(loss_plateau=rule(), fid_plateau=FIDPlateau(patience=3),
+                          loss_plateau_only_without_fid=True)
+    module = ScriptedGAN(flat_losses)
+    fit(module, [et], g_steps=200)
+    assert et.loss_plateau_active and et.stop_reason is StopReason.LOSS_PLATEAU and et.stopped_g_step == 25
+    # Without the option an FID changes nothing: the losses stop the run at 25 although the FID improves.
+    et = EarlyTermination(loss_plateau=rule(), fid_plateau=FIDPlateau(patience=3))
+    fit(ScriptedGAN(flat_losses), [ScriptedFID(fid_curve(best_at=1000)), et], g_steps=200)
+    assert et.stop_reason is StopReason.LOSS_PLATEAU and et.stopped_g_step == 25
+
+
 def test_fid_plateau_stops_and_restores_the_best_generator(caplog):
     caplog.set_level(logging.INFO, logger="lightning_regan")
     fid = ScriptedFID(fid_curve(best_at=30))

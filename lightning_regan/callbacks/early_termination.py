@@ -105,6 +105,10 @@ class EarlyTermination(Callback):
         divergence: Divergence rule, or ``None``.
         fid_monitor: Name of the logged FID metric.
         restore_best_generator: Load the best-FID generator back into the model when training ends.
+        loss_plateau_only_without_fid: Apply ``loss_plateau`` only in runs that measure no FID during training
+            (no FID monitor evaluating periodically, no FID logged yet): where an FID is measured, the FID rule
+            decides. GAN losses settle long before the samples stop improving, so a loss plateau is a poor
+            stop signal next to an FID (see ``docs/early_stopping.md``).
         verbose: Log the stop message (rank zero) and FID improvements.
 
     Attributes:
@@ -125,6 +129,7 @@ class EarlyTermination(Callback):
         fid_monitor: str = "val/fid",
         restore_best_generator: bool = True,
         verbose: bool = True,
+        loss_plateau_only_without_fid: bool = False,
     ) -> None:
         super().__init__()
         for name, value, cls in (
@@ -152,6 +157,7 @@ class EarlyTermination(Callback):
         self.fid_monitor = fid_monitor
         self.restore_best_generator = bool(restore_best_generator)
         self.verbose = bool(verbose)
+        self.loss_plateau_only_without_fid = bool(loss_plateau_only_without_fid)
 
         self.status = "completed"
         self.stop_reason: Optional[StopReason] = None
@@ -172,6 +178,7 @@ class EarlyTermination(Callback):
         self._last_fid_value: Optional[float] = None
         self._pending: list[tuple[StopReason, str]] = []
         self._warned_missing = False
+        self._fid_scheduled = False
 
     # ------------------------------------------------------------------ identity and state
     @property
@@ -227,6 +234,12 @@ class EarlyTermination(Callback):
         self.status, self.stop_reason, self.stop_message, self.stopped_g_step = "completed", None, None, None
         self.restored_best_generator, self.restored_into = False, None
         self._pending.clear()
+        monitor = find_fid_monitor(trainer.callbacks)
+        self._fid_scheduled = monitor is not None and (getattr(monitor, "every_n_g_steps", 1) or 0) > 0
+        if self.loss_plateau is not None and self.loss_plateau_only_without_fid and self.verbose \
+                and trainer.is_global_zero:
+            log.info("EarlyTermination: %s", "the FID decides; the loss-plateau rule is off in this run (an FID is "
+                     "measured)." if self._fid_scheduled else "no FID is measured: the loss-plateau rule is on.")
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
@@ -310,15 +323,24 @@ class EarlyTermination(Callback):
                 )
         return {k: _to_float(available[k]) for k in keys if k in available}
 
+    @property
+    def loss_plateau_active(self) -> bool:
+        """Whether the loss-plateau rule is applied in this run (see ``loss_plateau_only_without_fid``)."""
+        if self.loss_plateau is None:
+            return False
+        fid_measured = self._fid_scheduled or bool(self.fid_history)
+        return not (self.loss_plateau_only_without_fid and fid_measured)
+
     def _apply_step_rules(self, trainer: L.Trainer, g_step: int) -> None:
-        step_rules: list[StopRule] = [r for r in (self.divergence, self.loss_plateau) if r is not None]
+        loss_plateau = self.loss_plateau if self.loss_plateau_active else None
+        step_rules: list[StopRule] = [r for r in (self.divergence, loss_plateau) if r is not None]
         if not step_rules:
             return
         keys: list[str] = []
         if self.divergence is not None:
             keys += self.divergence.keys
-        if self.loss_plateau is not None:
-            keys += self.loss_plateau.monitors
+        if loss_plateau is not None:
+            keys += loss_plateau.monitors
         metrics = self._read_metrics(trainer, keys)
         for rule in step_rules:
             stop, message = rule.update(g_step, metrics)
@@ -372,6 +394,8 @@ class EarlyTermination(Callback):
         return {
             "rules": {name: rule.config() for name, rule in self.rules.items()},
             "fid_monitor": self.fid_monitor,
+            "loss_plateau_only_without_fid": self.loss_plateau_only_without_fid,
+            "loss_plateau_active": self.loss_plateau_active,
             "status": self.status,
             "stop_reason": None if self.stop_reason is None else self.stop_reason.value,
             "stop_message": self.stop_message,
