@@ -68,6 +68,11 @@ def test_pair_and_aggregate_arithmetic():
     assert total["pairs_within_gap"] == 1 and total["pairs_meeting_target"] == 0
     assert total["fid_eval_s_per_eval"] == pytest.approx(4.2 / 42)
     assert total["target_met"] is False  # median gap 75 % > 5 %
+    # pair: full run ends on its best (last 1/3 = best 1/3); other: last FID 0.5 > best 1/3, and ES best 0.4 < 0.5
+    other.update(last_fid_without=0.5, best_fid_with_es=0.4)
+    pair["last_fid_without"] = without["fid_history"][-1][1]
+    counts = study.aggregate([pair, other], [], max_gap=0.05, min_saved=0.4)
+    assert counts["pairs_full_last_worse_than_its_best"] == 1 and counts["pairs_es_best_better_than_full_last"] == 1
     good = study.aggregate([dict(pair, best_fid_gap=0.0)], [], max_gap=0.05, min_saved=0.4)
     assert good["target_met"] is True and good["pairs_meeting_target"] == 1 and good["fid_eval_s_per_eval"] is None
 

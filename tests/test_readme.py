@@ -28,3 +28,19 @@ def test_python_example_trains_and_stops_or_finishes(tmp_path, monkeypatch):
     assert stopper.status in ("completed", "stopped_early")
     # Identity-feature FID on the ring: a generator that has found the ring scores well under 2.
     assert stopper.best_fid is not None and stopper.best_fid < 2.0
+
+
+def _table_rows(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("|---")]
+
+
+def test_study_tables_in_readme_and_docs_are_the_committed_results():
+    """The early-termination figures quoted in README.md and docs/early_stopping.md are rows of the study's output."""
+    study = (REPO_ROOT / "bench" / "results" / "early_stopping_study.md").read_text()
+    rows = set(_table_rows(study))
+    section = README.split("<!-- study-table -->", 1)[1].split("\n## ", 1)[0]
+    quoted = _table_rows(section)
+    assert quoted, "README has no study table after <!-- study-table -->"
+    assert set(quoted) <= rows, set(quoted) - rows
+    docs = (REPO_ROOT / "docs" / "early_stopping.md").read_text()
+    assert set(_table_rows(docs.split("<!-- study -->", 1)[1].split("<!-- /study -->", 1)[0])) == rows
