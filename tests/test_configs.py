@@ -86,7 +86,9 @@ def test_default_config_is_valid_and_builds_everything(tmp_path):
     module = build_module(cfg, generator, discriminator)
     assert isinstance(module, GANModule) and list(module.regularizers) == ["r1"]
     names = [type(cb).__name__ for cb in build_callbacks(cfg, datamodule)]
-    assert names == ["FIDMonitor", "EarlyTermination", "SampleGrid", "ModelCheckpoint", "RunSummary"]
+    assert names == [
+        "FIDMonitor", "EarlyTermination", "SampleGrid", "ModelCheckpoint", "RunSummary", "GStepProgressBar",
+    ]
 
 
 @pytest.mark.parametrize("data", choices("data"))

@@ -120,7 +120,7 @@ def build_module(cfg: DictConfig, generator: Any, discriminator: Any) -> GANModu
 
 def build_callbacks(cfg: DictConfig, datamodule: Any) -> list[Callback]:
     """Evaluation first, then decision, then outputs: FID, mode coverage, early termination, samples, checkpoints,
-    summary. Lightning moves checkpoint callbacks to the end by itself."""
+    summary, progress bar. Lightning moves checkpoint callbacks to the end by itself."""
     from lightning_regan.callbacks import ModeCoverageMonitor
 
     n_critic = cfg.module.get("n_critic", 1)
@@ -146,6 +146,9 @@ def build_callbacks(cfg: DictConfig, datamodule: Any) -> list[Callback]:
         callbacks.append(instantiate(cfg.checkpoint, **extra))
     if cfg.get("summary") is not None:
         callbacks.append(instantiate(cfg.summary))
+    # Lightning refuses a progress-bar callback when the trainer has the bar switched off.
+    if cfg.get("progress_bar") is not None and cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(instantiate(cfg.progress_bar))
     return callbacks
 
 
