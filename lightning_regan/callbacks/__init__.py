@@ -8,4 +8,7 @@ from lightning_regan.callbacks.progress import GStepProgressBar
 from lightning_regan.callbacks.run_summary import RunSummary
 from lightning_regan.callbacks.samples import SampleGrid
 
-__all__ = ["FID_KEY", "KID_KEY", "EarlyTermination", "FIDMonitor", "GStepProgressBar", "ModeCoverageMonitor", "RunSummary", "SampleGrid"]
+__all__ = [
+    "FID_KEY", "KID_KEY", "EarlyTermination", "FIDMonitor", "GStepProgressBar", "ModeCoverageMonitor", "RunSummary",
+    "SampleGrid",
+]

@@ -10,6 +10,8 @@ import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
+from lightning_regan.module import GANModule
+
 #: ``trainer.callback_metrics`` keys shown next to the bar (as their last path component) when present.
 DEFAULT_METRICS: tuple[str, ...] = ("train/d_loss", "train/g_loss", "val/fid")
 
@@ -36,23 +38,14 @@ class GStepProgressBar(TQDMProgressBar):
             raise ValueError(f"GStepProgressBar: refresh_rate must be >= 0 (0 hides the bar), got {refresh_rate}.")
         super().__init__(refresh_rate=refresh_rate, process_position=process_position)
         self.metrics = tuple(metrics)
-        self._shown_g_step = -1
 
     @staticmethod
-    def g_steps_of(pl_module: L.LightningModule) -> int:
-        """G updates done so far (``GANModule.g_steps``; a module without it counts optimizer steps)."""
-        g_steps = getattr(pl_module, "g_steps", None)
-        return int(g_steps) if g_steps is not None else int(pl_module.trainer.global_step)
-
-    @staticmethod
-    def max_g_steps_of(trainer: L.Trainer, pl_module: L.LightningModule) -> Optional[int]:
-        """The G-step budget implied by ``trainer.max_steps`` (each G update takes ``n_critic + 1`` optimizer
-        steps), or None when the run has no step budget."""
+    def max_g_steps_of(trainer: L.Trainer, pl_module: GANModule) -> Optional[int]:
+        """The G-step budget implied by ``trainer.max_steps`` (the inverse of :func:`max_steps_for`), or None when
+        the run has no step budget."""
         if trainer.max_steps is None or trainer.max_steps < 0:
             return None
-        if getattr(pl_module, "g_steps", None) is None:
-            return trainer.max_steps
-        return trainer.max_steps // (int(getattr(pl_module, "n_critic", 1)) + 1)
+        return trainer.max_steps // (pl_module.n_critic + 1)
 
     def init_train_tqdm(self) -> Tqdm:
         """The training bar, from the G steps already done (a resumed run) to the budget."""
@@ -62,7 +55,7 @@ class GStepProgressBar(TQDMProgressBar):
             desc="G steps",
             total=self.max_g_steps_of(trainer, module),
             # Rate and remaining time count this session's steps only, when resuming.
-            initial=self.g_steps_of(module),
+            initial=module.g_steps,
             position=2 * self.process_position,
             disable=self.is_disabled,
             leave=True,
@@ -72,35 +65,30 @@ class GStepProgressBar(TQDMProgressBar):
             bar_format=self.BAR_FORMAT,
         )
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_train_start(trainer, pl_module)
-        self._shown_g_step = self.g_steps_of(pl_module)
-
     def on_train_epoch_start(self, trainer: L.Trainer, *_: Any) -> None:
         """Nothing: the bar spans the run, not an epoch."""
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: GANModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        g_step = self.g_steps_of(pl_module)
+        bar = self.train_progress_bar
         # With n_critic > 1 several batches end on the same G step: draw it once.
-        if g_step != self._shown_g_step and self._should_update(g_step, self.train_progress_bar.total):
-            self._show(trainer, pl_module, g_step)
+        if pl_module.g_steps != bar.n and self._should_update(pl_module.g_steps, bar.total):
+            self._show(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Nothing: the bar is redrawn by G step and closed at the end of training."""
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._show(trainer, pl_module, self.g_steps_of(pl_module))
+    def on_train_end(self, trainer: L.Trainer, pl_module: GANModule) -> None:
+        self._show(trainer, pl_module)
         super().on_train_end(trainer, pl_module)
 
-    def _show(self, trainer: L.Trainer, pl_module: L.LightningModule, g_step: int) -> None:
+    def _show(self, trainer: L.Trainer, pl_module: GANModule) -> None:
         bar = self.train_progress_bar
         if bar.disable:
             return
-        bar.n = g_step
+        bar.n = pl_module.g_steps
         bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
         bar.refresh()
-        self._shown_g_step = g_step
 
     def get_metrics(self, trainer: L.Trainer,
                     pl_module: L.LightningModule) -> dict[str, Union[int, str, float, dict[str, float]]]:
