@@ -8,8 +8,6 @@ from typing import Any, Callable, Optional, Union
 
 import lightning as L
 import torch
-import torch.distributed as dist
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -31,6 +29,20 @@ def max_steps_for(g_steps: int, n_critic: int = 1) -> int:
     if g_steps < 0 or n_critic < 1:
         raise ValueError(f"max_steps_for: need g_steps >= 0 and n_critic >= 1, got {g_steps}, {n_critic}.")
     return g_steps * (n_critic + 1)
+
+
+def seeded_noise(module: nn.Module, n: int, seed: int) -> Tensor:
+    """``module.sample_noise(n)`` drawn under a fixed seed without disturbing the global random streams.
+
+    The one path for fixed evaluation and sampling noise (FID, sample grids, ``regan-eval``, ``regan-sample``), so a
+    custom prior (an overridden ``sample_noise``) is evaluated on the distribution it trains on. Every rank gets the
+    same noise, and a run draws the same training noise with or without the callbacks that call this.
+    """
+    device = getattr(module, "device", torch.device("cpu"))
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        return module.sample_noise(n).detach()
 
 
 def _default_optimizer() -> OptimizerFactory:
@@ -147,11 +159,9 @@ class GANModule(L.LightningModule):
         self.run_config: Optional[dict[str, Any]] = None
         #: Detached metrics of the last training step (keys without the ``train/`` prefix).
         self.last_step_metrics: dict[str, Tensor] = {}
-        # Latest value of every train/* key, for the loggers (a lazy term keeps its last value, as with self.log).
-        self._train_log_values: dict[str, Tensor] = {}
-        self._resume_rng: Optional[Mapping[str, Tensor]] = None
-        self._rng_after_resume: Optional[tuple[Mapping[str, Tensor], int]] = None
-        self._rewind_rng: Optional[tuple[Mapping[str, Tensor], int]] = None
+        #: Whether the last training batch took a G step: the one place that turns batches into G-step events
+        #: (``lightning_regan.callbacks.GStepCallback``).
+        self.g_step_taken = False
 
     # ------------------------------------------------------------------ sampling
     @property
@@ -277,6 +287,7 @@ class GANModule(L.LightningModule):
         if g_step_taken:
             metrics.update(self.generator_step(real.shape[0], g_opt))
         metrics["g_step"] = torch.tensor(float(self.g_steps))
+        self.g_step_taken = g_step_taken
         self.last_step_metrics = metrics
         self._publish_train_metrics(metrics)
         # Returning nothing: a returned tensor would be passed through DDP's output hooks.
@@ -285,99 +296,37 @@ class GANModule(L.LightningModule):
     def _publish_train_metrics(self, metrics: Mapping[str, Tensor]) -> None:
         """Make this step's ``train/*`` metrics visible as ``self.log(on_step=True, on_epoch=False)`` would.
 
-        They go into ``trainer.callback_metrics`` at once (stop rules and the run summary read them there every
-        step) and to the loggers from :meth:`on_train_batch_end` on the batches where Lightning writes logs. Not
-        through ``self.log``: on a CPU each ``self.log`` call costs about 1 ms (Lightning re-walks its result object
-        on every call), so the 6-7 keys of a step took a quarter of a small GAN's step time (see
-        ``scripts/bench_step.py`` and ``docs/benchmarks.md``).
+        They go into ``trainer.callback_metrics`` at once (stop rules and the run summary read them there every step)
+        and to the loggers on Lightning's logging steps (every ``trainer.log_every_n_steps`` batches; GANModule takes
+        one D step per batch, so ``d_steps`` counts them) with Lightning's step and ``epoch`` columns. Not through
+        ``self.log``: on a CPU each call costs about 1 ms, a quarter of a small GAN's step for 6-7 keys
+        (``scripts/bench_step.py``, ``docs/benchmarks.md``).
         """
         if self._trainer is None:
             return
+        trainer = self.trainer
         values = {f"train/{k}": v for k, v in metrics.items()}
-        self.trainer.callback_metrics.update(values)
-        self._train_log_values.update(values)
+        trainer.callback_metrics.update(values)
+        every = trainer.log_every_n_steps
+        if trainer.loggers and (trainer.fast_dev_run or (every > 0 and self.d_steps % every == 0)):
+            row = {k: float(v) for k, v in values.items()}
+            row["epoch"] = trainer.current_epoch
+            for logger in trainer.loggers:
+                logger.log_metrics(row, step=self.d_steps - 1)
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """Send the latest ``train/*`` metrics to the loggers every ``log_every_n_steps`` batches (and when training
-        stops), with Lightning's step and ``epoch`` columns. Subclasses that override this hook must call ``super()``.
-        """
-        connector = self.trainer._logger_connector
-        if self._train_log_values and (connector.should_update_logs or self.trainer.fast_dev_run):
-            connector.log_metrics(dict(self._train_log_values))
+    def configure_callbacks(self) -> list[L.Callback]:
+        """The random-stream plumbing every GAN fit needs (per-rank seeding, RNG states in checkpoints)."""
+        from lightning_regan.callbacks.random_streams import RandomStreams
 
-    # ------------------------------------------------------------------ random streams
-    def on_fit_start(self) -> None:
-        """Give every DDP rank its own random stream, or put back the streams of the checkpoint being resumed.
-
-        With the same seed on every rank (``seed_everything``), all ranks would draw the same noise, so a DDP step
-        would see ``world_size`` copies of one fake batch. Ranks therefore continue from seed ``initial_seed + rank``
-        (as StyleGAN2-ADA and StudioGAN do); a single-device run is left alone. Subclasses that override
-        ``on_fit_start``, ``on_train_start`` or ``on_train_batch_start`` must call ``super()``.
-        """
-        states, self._resume_rng = self._resume_rng, None
-        rank, world = self.global_rank, self.trainer.world_size
-        if states is not None and self.trainer.ckpt_path is not None:
-            if int(states["cpu"].shape[0]) == world:
-                self._set_rng_state(states, rank)
-                self._rng_after_resume = (states, rank)
-                return
-            rank_zero_warn(
-                f"The checkpoint holds random states of {int(states['cpu'].shape[0])} processes, this run has {world}: "
-                "the random streams restart (the run is resumed, but not bit for bit)."
-            )
-        if world > 1:
-            torch.manual_seed((torch.initial_seed() + rank) % 2**63)
-
-    def on_train_start(self) -> None:
-        """After a mid-epoch resume, schedule a rewind of the random stream (see below)."""
-        self._train_log_values = {}
-        pending, self._rng_after_resume = self._rng_after_resume, None
-        epoch_loop = getattr(getattr(self.trainer, "fit_loop", None), "epoch_loop", None)
-        started = epoch_loop.batch_progress.current.ready if epoch_loop is not None else 0
-        if pending is not None and 0 < started < self.trainer.num_training_batches:
-            # Resumed mid-epoch: Lightning starts a new data iterator, which draws from the random stream (sampler
-            # seed, at the first fetch) where the uninterrupted run did not. Rewind the stream once more when the
-            # first batch starts. (At an epoch end both runs start the next epoch's iterator from the restored
-            # stream: nothing to do.)
-            self._rewind_rng = pending
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        """Apply the rewind scheduled by :meth:`on_train_start`, once."""
-        if self._rewind_rng is not None:
-            self._set_rng_state(*self._rewind_rng)
-            self._rewind_rng = None
-
-    def _rng_states(self) -> dict[str, Tensor]:
-        """The random states of every rank, stacked on a leading rank dimension (gathered under DDP)."""
-        local = {"cpu": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            local["cuda"] = torch.cuda.get_rng_state(self.device)
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return {k: v.unsqueeze(0) for k, v in local.items()}
-        gathered = {}
-        for key, value in local.items():
-            value = value.to(self.device)  # NCCL gathers device tensors only
-            parts = [torch.empty_like(value) for _ in range(dist.get_world_size())]
-            dist.all_gather(parts, value)
-            gathered[key] = torch.stack(parts).cpu()
-        return gathered
-
-    def _set_rng_state(self, states: Mapping[str, Tensor], rank: int) -> None:
-        # clone(): torch.set_rng_state crashes (segfault, torch 2.14) on a view with a storage offset, e.g. states[1].
-        torch.set_rng_state(states["cpu"][rank].clone().cpu())
-        if "cuda" in states and self.device.type == "cuda":
-            torch.cuda.set_rng_state(states["cuda"][rank].clone().cpu(), self.device)
+        return [RandomStreams()]
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Called on every rank (Trainer.save_checkpoint), so gathering the ranks' random states is safe here.
-        checkpoint[CHECKPOINT_KEY] = {
-            "version": CHECKPOINT_VERSION,
-            "g_steps": self.g_steps,
-            "d_steps": self.d_steps,
-            "config": self.run_config,
-            "rng": self._rng_states(),
-        }
+        # RandomStreams (a callback, called before this hook) adds the random states to the same section.
+        checkpoint.setdefault(CHECKPOINT_KEY, {}).update(
+            version=CHECKPOINT_VERSION, g_steps=self.g_steps, d_steps=self.d_steps, config=self.run_config,
+        )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get(CHECKPOINT_KEY)
@@ -389,8 +338,6 @@ class GANModule(L.LightningModule):
         self.g_steps = int(state["g_steps"])
         self.d_steps = int(state["d_steps"])
         self.run_config = state.get("config")
-        # Applied in on_fit_start only when training resumes (load_from_checkpoint must not reseed the caller).
-        self._resume_rng = state.get("rng")
 
 
-__all__ = ["GANModule", "max_steps_for"]
+__all__ = ["GANModule", "max_steps_for", "seeded_noise"]

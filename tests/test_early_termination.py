@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from helpers import TinyD, TinyG, point_loader
 from lightning_regan import GANModule
-from lightning_regan.callbacks.early_termination import EarlyTermination, find_fid_monitor
+from lightning_regan.callbacks.early_termination import EarlyTermination
+from lightning_regan.callbacks.g_step import GStepCallback
 from lightning_regan.callbacks.run_summary import RunSummary
 from lightning_regan.module import max_steps_for
 from lightning_regan.stopping import Divergence, FIDPlateau, LossPlateau, StopReason
@@ -73,7 +74,8 @@ class ScriptedGAN(L.LightningModule):
         d_opt.step()  # no gradients: Lightning still counts the optimizer step, as for a real D update
         self.d_steps += 1
         metrics = dict(self.script(self.g_steps + 1))
-        if self.d_steps % self.n_critic == 0:
+        self.g_step_taken = self.d_steps % self.n_critic == 0
+        if self.g_step_taken:
             g_opt.step()
             self.g_steps += 1
             if self.fail_at is not None and self.g_steps >= self.fail_at:
@@ -96,29 +98,29 @@ class ScriptedGAN(L.LightningModule):
         self.d_steps = checkpoint["scripted"]["d_steps"]
 
 
-class ScriptedFID(L.Callback):
-    """Stands in for FIDMonitor (contract: logs ``val/fid``; ``history``, ``eval_time_s``, ``last_fid``)."""
+class ScriptedFID(GStepCallback):
+    """Stands in for FIDMonitor (contract: logs ``val/fid`` and ``val/fid_g_step``; ``summary_fields``)."""
 
-    def __init__(self, values: Mapping[int, float], eval_time_s: float = 0.25) -> None:
+    def __init__(self, values: Mapping[int, float], eval_time_s: float = 0.25,
+                 measured_at: Optional[Mapping[int, int]] = None) -> None:
         self.values = dict(values)
+        self.measured_at = dict(measured_at or {})  # G step -> the (older) G step its logged value belongs to
         self.cost = eval_time_s
         self.history: list[tuple[int, float]] = []
         self.eval_time_s = 0.0
-        self.last_fid: Optional[float] = None
-        self.evaluations = 0
-        self._last_g: Optional[int] = None
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        g = pl_module.g_steps
-        if g == self._last_g:
-            return
-        self._last_g = g
+    def on_g_step(self, trainer, pl_module, g):
         if g in self.values:
-            fid = self.values[g]
-            pl_module.log("val/fid", fid, on_step=True, on_epoch=False, batch_size=1)
-            self.history.append((g, fid))
+            fid, step = self.values[g], self.measured_at.get(g, g)
+            pl_module.log_dict({"val/fid": fid, "val/fid_g_step": float(step)}, on_step=True, on_epoch=False,
+                               batch_size=1)
+            self.history.append((step, fid))
             self.eval_time_s += self.cost
-            self.last_fid, self.evaluations = fid, self.evaluations + 1
+
+    def summary_fields(self, trainer, pl_module):
+        best = min(((f, g) for g, f in self.history), default=(None, None))
+        return {"fid_history": [[g, f] for g, f in self.history], "best_fid": best[0], "best_fid_step": best[1],
+                "fid_eval_time_s": self.eval_time_s}
 
 
 def loader(n: int = 64) -> DataLoader:
@@ -209,7 +211,7 @@ def test_fid_plateau_stops_and_restores_the_best_generator(caplog):
     assert et.stop_reason is StopReason.FID_PLATEAU and et.status == "stopped_early"
     assert et.stopped_g_step == 45 == module.g_steps  # 3 evaluations (35, 40, 45) after the best at 30
     assert et.best_fid == pytest.approx(55.0) and et.best_fid_step == 30
-    assert et.fid_history == fid.history
+    assert et.smoothed_fid == [(g, pytest.approx(f)) for g, f in fid.history]  # window 1: smoothed = FID
     assert et.restored_best_generator and et.restored_into == "generator"
     assert module.generator.weight.item() == 30.0  # the weights of G step 30, not of the last step (45)
     assert len(stop_logs(caplog)) == 1 and "FID plateau" in et.stop_message
@@ -257,7 +259,8 @@ def test_noisy_but_improving_fid_does_not_stop():
     fit(module, [ScriptedFID(values), et], g_steps=200)
     assert module.g_steps == 200 and et.stop_reason is None
     assert et.best_fid == pytest.approx(min(values.values()))
-    assert sum(b[1] > a[1] for a, b in zip(et.fid_history, et.fid_history[1:])) >= 15  # it really is noisy
+    series = list(values.values())
+    assert sum(b > a for a, b in zip(series, series[1:])) >= 15  # it really is noisy
 
 
 def test_spike_then_recovery_does_not_stop_before_patience():
@@ -300,8 +303,7 @@ def test_final_evaluation_logged_after_us_is_still_counted():
 def test_no_best_generator_copy_for_an_evaluation_of_an_earlier_step():
     # History entries older than the current G step (e.g. restored by the monitor, not by us) describe a
     # generator that no longer exists: their FID counts, but the current weights must not be kept as "best".
-    fid = ScriptedFID({10: 50.0, 20: 40.0})
-    fid.history.append((3, 1.0))
+    fid = ScriptedFID({10: 50.0, 20: 40.0, 22: 1.0}, measured_at={22: 3})
     et = EarlyTermination()
     module = ScriptedGAN()
     fit(module, [fid, et], g_steps=25)
@@ -314,9 +316,9 @@ def test_val_fid_logged_by_the_module_without_fid_monitor():
     et = EarlyTermination(fid_plateau=FIDPlateau(patience=2, window=1))
     module = ScriptedGAN(fid_in_step=values)
     fit(module, [et], g_steps=100)
-    assert find_fid_monitor([et]) is None
     assert et.stop_reason is StopReason.FID_PLATEAU and et.stopped_g_step == 30
-    assert et.fid_history == [(g, pytest.approx(values[g])) for g in (5, 10, 15, 20, 25, 30)]  # each one once
+    # no val/fid_g_step logged: a changed value is a new evaluation, each one counted once
+    assert et.smoothed_fid == [(g, pytest.approx(values[g])) for g in (5, 10, 15, 20, 25, 30)]
     assert et.best_fid_step == 20 and module.generator.weight.item() == 20.0
 
 
@@ -444,8 +446,11 @@ def test_resume_mid_plateau_takes_the_same_decision_at_the_same_step(tmp_path):
     trainer = make_trainer(200, [ScriptedFID(values), resumed_et])
     trainer.fit(resumed, loader(), ckpt_path=str(ckpt))
     assert resumed_et.stop_reason is StopReason.FID_PLATEAU and resumed_et.stopped_g_step == 45 == resumed.g_steps
-    assert resumed_et.best_fid_step == 30 and resumed_et.fid_history == ref_et.fid_history
-    assert resumed.generator.weight.item() == 30.0  # the best copy came through the checkpoint
+    assert resumed_et.best_fid_step == 30 and resumed_et.smoothed_fid == ref_et.smoothed_fid
+    # The best generator is kept once, in memory: checkpoints do not carry a copy (the best checkpoint holds it).
+    state = torch.load(ckpt, weights_only=True)["callbacks"][first_et.state_key]
+    assert not any("generator" in key for key in state)
+    assert not resumed_et.restored_best_generator and resumed.generator.weight.item() == 45.0
 
 
 def test_resume_keeps_the_new_config(tmp_path):
@@ -464,11 +469,11 @@ def test_resume_keeps_the_new_config(tmp_path):
 
 def test_state_dict_round_trip_and_state_key():
     et = EarlyTermination(**plateau_rules())
-    et.best_fid, et.best_fid_step, et.fid_history = 12.5, 40, [(20, 15.0), (40, 12.5)]
+    et.best_fid, et.best_fid_step, et.smoothed_fid = 12.5, 40, [(20, 15.0), (40, 12.5)]
     et.fid_plateau.wait_count = 2
     other = EarlyTermination(**plateau_rules())
     other.load_state_dict(et.state_dict())
-    assert (other.best_fid, other.best_fid_step, other.fid_history) == (12.5, 40, [(20, 15.0), (40, 12.5)])
+    assert (other.best_fid, other.best_fid_step, other.smoothed_fid) == (12.5, 40, [(20, 15.0), (40, 12.5)])
     assert other.fid_plateau.wait_count == 2 and other.status == "completed"
     assert "val/fid" in et.state_key and EarlyTermination(fid_monitor="val/kid").state_key != et.state_key
     # a rule absent from the checkpoint starts fresh; an old checkpoint without newer keys loads

@@ -1,13 +1,12 @@
 """EarlyTermination: the decision callback that stops GAN training on a plateau or on divergence.
 
-Evaluation lives elsewhere (``FIDMonitor`` logs ``val/fid``); this callback only reads metrics, feeds the
-pure rules of :mod:`lightning_regan.stopping`, reduces the decision over ranks and stops the Trainer. It
-also keeps the generator of the best FID and puts it back into the model when training ends.
+Evaluation lives elsewhere (``FIDMonitor`` logs ``val/fid`` and ``val/fid_g_step``); this callback reads only
+``trainer.callback_metrics``, feeds the pure rules of :mod:`lightning_regan.stopping`, reduces the decision over
+ranks and stops the Trainer. It also keeps the generator of the best FID and puts it back when training ends.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 from collections.abc import Iterable
@@ -15,9 +14,9 @@ from typing import Any, Optional
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
+from lightning_regan.callbacks.g_step import GStepCallback, g_steps_of
 from lightning_regan.stopping import (
     CODE_REASONS,
     REASON_CODES,
@@ -30,38 +29,7 @@ from lightning_regan.stopping import (
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
-# Which FIDMonitor history holds the evaluations of a monitored metric.
-_HISTORY_OF = {"val/fid": "history", "val/kid": "kid_history"}
-
-
-def g_steps_of(trainer: L.Trainer, pl_module: L.LightningModule) -> int:
-    """G steps taken so far: ``pl_module.g_steps`` (GANModule contract), else ``trainer.global_step``."""
-    return int(getattr(pl_module, "g_steps", trainer.global_step))
-
-
-@functools.lru_cache(maxsize=1)
-def _fid_monitor_class() -> Optional[type]:
-    try:
-        from lightning_regan.callbacks.fid_monitor import FIDMonitor
-    except ImportError:
-        return None
-    return FIDMonitor
-
-
-def find_fid_monitor(callbacks: Iterable[Callback]) -> Optional[Callback]:
-    """The FID evaluation callback among ``callbacks``: an ``FIDMonitor``, else one with its attributes
-    (``history``, ``eval_time_s``, ``last_fid``)."""
-    callbacks = list(callbacks)
-    fid_monitor_class = _fid_monitor_class()
-    if fid_monitor_class is not None:
-        for cb in callbacks:
-            if isinstance(cb, fid_monitor_class):
-                return cb
-    for cb in callbacks:
-        if isinstance(getattr(cb, "history", None), list) and hasattr(cb, "eval_time_s") and hasattr(cb, "last_fid"):
-            return cb
-    return None
+STATE_VERSION = 2
 
 
 def eval_generator_of(pl_module: L.LightningModule) -> Optional[torch.nn.Module]:
@@ -78,26 +46,27 @@ def _to_float(value: Any) -> float:
     return float(value)
 
 
-class EarlyTermination(Callback):
+class EarlyTermination(GStepCallback):
     """Stop GAN training when the losses plateau, the FID plateaus or training diverges.
 
-    On every generator step (``pl_module.g_steps`` changed) the ``divergence`` and ``loss_plateau`` rules
-    read ``trainer.callback_metrics``; on every new FID evaluation the ``fid_plateau`` rule reads it. New
-    evaluations are taken from the ``FIDMonitor``'s ``history`` when one is in ``trainer.callbacks``
-    (its ``history``, or ``kid_history`` for ``val/kid``; whichever order the callbacks run in), else from a
-    change of the value of ``trainer.callback_metrics[fid_monitor]``.
-    The local decision is reduced with ``trainer.strategy.reduce_boolean_decision(..., all=False)`` so every
-    rank stops together when any rank's data triggers, and the reason is reduced with a max over
-    :data:`~lightning_regan.stopping.REASON_CODES` (divergence > FID plateau > loss plateau), so every rank
-    records it. Sanity checks and ``fast_dev_run`` are skipped.
+    On every G step the ``divergence`` and ``loss_plateau`` rules read ``trainer.callback_metrics``. A new FID
+    evaluation is a new value of ``<fid_monitor>_g_step`` (the G step it was measured at, which ``FIDMonitor`` logs
+    with ``val/fid``), else a change of the value of ``<fid_monitor>``; it feeds the ``fid_plateau`` rule, whichever
+    order the callbacks run in. The local decision is reduced with
+    ``trainer.strategy.reduce_boolean_decision(..., all=False)`` so every rank stops together when any rank's data
+    triggers, and the reason is reduced with a max over :data:`~lightning_regan.stopping.REASON_CODES`
+    (divergence > FID plateau > loss plateau), so every rank records it. Sanity checks and ``fast_dev_run`` are
+    skipped.
 
-    The best FID seen (raw, not smoothed) and its G step are tracked in any case, with a CPU copy of
-    ``pl_module.eval_generator``'s state at that step; with ``restore_best_generator`` it is loaded back
-    into ``eval_generator`` (the EMA copy when EMA is on, else the generator) at the end of training.
+    The best FID seen (raw, not smoothed) and its G step are tracked, with an in-memory CPU copy of
+    ``pl_module.eval_generator`` at that step; with ``restore_best_generator`` it is loaded back into
+    ``eval_generator`` (the EMA copy when EMA is on, else the generator) at the end of training. The copy is not
+    written into checkpoints (the best checkpoint, ``ModelCheckpoint(monitor="val/fid")``, holds that generator):
+    after a resume whose best FID predates the resume, the generator is not restored and a message names the best
+    checkpoint instead.
 
-    Checkpoints hold the rules' counters, the FID history, the best FID and the best generator copy. On
-    resume the current constructor arguments win over the checkpoint's (a difference is warned about),
-    and the stop decision itself is not restored: a resumed fit decides again.
+    Checkpoints hold the rules' counters and the best FID. On resume the current constructor arguments win over the
+    checkpoint's, and the stop decision itself is not restored: a resumed fit decides again.
 
     Args:
         loss_plateau: Loss plateau rule, or ``None``.
@@ -105,10 +74,9 @@ class EarlyTermination(Callback):
         divergence: Divergence rule, or ``None``.
         fid_monitor: Name of the logged FID metric.
         restore_best_generator: Load the best-FID generator back into the model when training ends.
-        loss_plateau_only_without_fid: Apply ``loss_plateau`` only in runs that measure no FID during training
-            (no FID monitor evaluating periodically, no FID logged yet): where an FID is measured, the FID rule
-            decides. GAN losses settle long before the samples stop improving, so a loss plateau is a poor
-            stop signal next to an FID (see ``docs/early_stopping.md``).
+        loss_plateau_only_without_fid: Apply ``loss_plateau`` only while no FID has been logged in the run: where an
+            FID is measured, the FID rule decides. GAN losses settle long before the samples stop improving, so a
+            loss plateau is a poor stop signal next to an FID (see ``docs/early_stopping.md``).
         verbose: Log the stop message (rank zero) and FID improvements.
 
     Attributes:
@@ -117,10 +85,11 @@ class EarlyTermination(Callback):
         stop_message: The message logged when stopping, ending "Signaling Trainer to stop.".
         stopped_g_step: G step of the stop, or ``None``.
         best_fid: Lowest FID seen, or ``None``; ``best_fid_step`` its G step.
-        fid_history: ``[(g_step, fid), ...]`` of the evaluations seen.
+        smoothed_fid: ``[(g_step, smoothed FID), ...]`` that the FID plateau rule compared (for the FID plot).
         restored_best_generator: Whether the best generator was loaded back; ``restored_into`` says where.
     """
 
+class EarlyTermination(GStepCallback):
     def __init__(
         self,
         loss_plateau: Optional[LossPlateau] = None,
@@ -165,20 +134,19 @@ class EarlyTermination(Callback):
         self.stopped_g_step: Optional[int] = None
         self.best_fid: Optional[float] = None
         self.best_fid_step: Optional[int] = None
-        self.best_generator_state: Optional[dict[str, Tensor]] = None
         self.best_generator_step: Optional[int] = None
-        self.fid_history: list[tuple[int, float]] = []
+        self.smoothed_fid: list[tuple[int, float]] = []
         self.restored_best_generator = False
         self.restored_into: Optional[str] = None
         #: Status recorded in the checkpoint this run resumed from (informative; not applied).
         self.resumed_status: Optional[str] = None
 
-        self._last_g_step: Optional[int] = None
-        self._last_fid_step: Optional[int] = None
+        self._best_generator: Optional[dict[str, Tensor]] = None
+        self._last_fid_step: Optional[float] = None
         self._last_fid_value: Optional[float] = None
+        self._fid_seen = False
         self._pending: list[tuple[StopReason, str]] = []
         self._warned_missing = False
-        self._fid_scheduled = False
 
     # ------------------------------------------------------------------ identity and state
     @property
@@ -186,6 +154,11 @@ class EarlyTermination(Callback):
         """The configured rules by name."""
         named = {"loss_plateau": self.loss_plateau, "fid_plateau": self.fid_plateau, "divergence": self.divergence}
         return {name: rule for name, rule in named.items() if rule is not None}
+
+    @property
+    def fid_step_key(self) -> str:
+        """The logged G step of the latest ``fid_monitor`` value."""
+        return f"{self.fid_monitor}_g_step"
 
     @property
     def state_key(self) -> str:
@@ -197,12 +170,10 @@ class EarlyTermination(Callback):
             "rules": {name: rule.state_dict() for name, rule in self.rules.items()},
             "best_fid": self.best_fid,
             "best_fid_step": self.best_fid_step,
-            "best_generator": self.best_generator_state,
-            "best_generator_step": self.best_generator_step,
-            "fid_history": [[g, f] for g, f in self.fid_history],
-            "last_g_step": self._last_g_step,
+            "smoothed_fid": [[g, f] for g, f in self.smoothed_fid],
             "last_fid_step": self._last_fid_step,
             "last_fid_value": self._last_fid_value,
+            "fid_seen": self._fid_seen,
             "status": self.status,
             "stop_reason": None if self.stop_reason is None else self.stop_reason.value,
             "stopped_g_step": self.stopped_g_step,
@@ -216,12 +187,10 @@ class EarlyTermination(Callback):
                 rule.load_state_dict(saved_rules[name])
         self.best_fid = state_dict.get("best_fid")
         self.best_fid_step = state_dict.get("best_fid_step")
-        self.best_generator_state = state_dict.get("best_generator")
-        self.best_generator_step = state_dict.get("best_generator_step")
-        self.fid_history = [(int(g), float(f)) for g, f in state_dict.get("fid_history") or []]
-        self._last_g_step = state_dict.get("last_g_step")
+        self.smoothed_fid = [(int(g), float(f)) for g, f in state_dict.get("smoothed_fid") or []]
         self._last_fid_step = state_dict.get("last_fid_step")
         self._last_fid_value = state_dict.get("last_fid_value")
+        self._fid_seen = bool(state_dict.get("fid_seen", self.best_fid is not None))
         self.resumed_status = state_dict.get("status")
 
     # ------------------------------------------------------------------ hooks
@@ -230,22 +199,16 @@ class EarlyTermination(Callback):
         return bool(trainer.sanity_checking or trainer.fast_dev_run)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Each fit decides afresh; counters, FID history and the best generator carry over.
+        # Each fit decides afresh; the rules' counters and the best FID carry over.
         self.status, self.stop_reason, self.stop_message, self.stopped_g_step = "completed", None, None, None
         self.restored_best_generator, self.restored_into = False, None
         self._pending.clear()
-        monitor = find_fid_monitor(trainer.callbacks)
-        self._fid_scheduled = monitor is not None and (getattr(monitor, "every_n_g_steps", 1) or 0) > 0
-        if self.loss_plateau is not None and self.loss_plateau_only_without_fid and self.verbose \
-                and trainer.is_global_zero:
-            log.info("EarlyTermination: %s", "the FID decides; the loss-plateau rule is off in this run (an FID is "
-                     "measured)." if self._fid_scheduled else "no FID is measured: the loss-plateau rule is on.")
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        # Evaluations logged after our on_train_batch_end (FIDMonitor registered after us): the generator has
-        # not moved since, so the best-FID copy is still exact; the decision is reduced at this batch's end.
+        # Evaluations logged after our on_train_batch_end (an evaluation callback registered after us): the generator
+        # has not moved since, so the best-FID copy is still exact; the decision is reduced at this batch's end.
         if not self._skip(trainer):
             self._ingest_fid(trainer, pl_module)
 
@@ -258,20 +221,42 @@ class EarlyTermination(Callback):
             trainer.should_stop = True
             return
         self._ingest_fid(trainer, pl_module)
-        g_step = g_steps_of(trainer, pl_module)
-        new_g_step = g_step != self._last_g_step
+        g_step_taken = getattr(pl_module, "g_step_taken", True)
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)  # -> on_g_step: the step rules
         # Both conditions are the same on every rank (same batches; FID is evaluated on all ranks), so the
-        # collectives below are entered by all ranks together.
-        if not new_g_step and not self._pending:
+        # collectives in _decide are entered by all ranks together.
+        if g_step_taken or self._pending:
+            self._decide(trainer, g_steps_of(trainer, pl_module))
+
+    def on_g_step(self, trainer: L.Trainer, pl_module: L.LightningModule, g_step: int) -> None:
+        self._apply_step_rules(trainer, g_step)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._skip(trainer):
             return
-        if new_g_step:
-            self._last_g_step = g_step
-            if g_step > 0:  # before the first G update (n_critic > 1) there is no G loss to read yet
-                self._apply_step_rules(trainer, g_step)
+        self._ingest_fid(trainer, pl_module)  # a final evaluation logged after our last batch end
+        self._pending.clear()
+        if not self.restore_best_generator or self.best_fid is None:
+            return
+        target = eval_generator_of(pl_module)
+        if self._best_generator is None or target is None:
+            if self.verbose and trainer.is_global_zero:
+                log.info("EarlyTermination: the best %s (G step %s) predates this fit; its generator is in the best "
+                         "checkpoint, not restored.", self.fid_monitor, self.best_fid_step)
+            return
+        target.load_state_dict(self._best_generator)
+        ema = getattr(pl_module, "ema_generator", None)
+        self.restored_into = "ema_generator" if ema is not None and target is getattr(ema, "module", None) else "generator"
+        self.restored_best_generator = True
+        if self.verbose and trainer.is_global_zero:
+            log.info("EarlyTermination: restored the %s of the best %s = %.4g (G step %s).",
+                     self.restored_into, self.fid_monitor, self.best_fid, self.best_generator_step)
+
+    # ------------------------------------------------------------------ internals
+    def _decide(self, trainer: L.Trainer, g_step: int) -> None:
         local = max(self._pending, key=lambda item: REASON_CODES[item[0]], default=None)
         self._pending.clear()
-        should_stop = trainer.strategy.reduce_boolean_decision(local is not None, all=False)
-        if not should_stop:
+        if not trainer.strategy.reduce_boolean_decision(local is not None, all=False):
             return
         code = torch.tensor(REASON_CODES[local[0]] if local else 0, device=trainer.strategy.root_device)
         code = int(trainer.strategy.reduce(code, reduce_op="max").item())
@@ -282,25 +267,6 @@ class EarlyTermination(Callback):
             message = f"Another process detected {reason.value} at G step {g_step}."
         self._stop(trainer, reason, message, g_step)
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._skip(trainer):
-            return
-        self._ingest_fid(trainer, pl_module)  # a final evaluation logged after our last batch end
-        self._pending.clear()
-        target = eval_generator_of(pl_module)
-        if self.restore_best_generator and self.best_generator_state is not None and target is not None:
-            target.load_state_dict(self.best_generator_state)
-            ema = getattr(pl_module, "ema_generator", None)
-            is_ema = ema is not None and target is getattr(ema, "module", None)
-            self.restored_into = "ema_generator" if is_ema else "generator"
-            self.restored_best_generator = True
-            if self.verbose and trainer.is_global_zero:
-                log.info(
-                    "EarlyTermination: restored the %s of the best %s = %.4g (G step %s).",
-                    self.restored_into, self.fid_monitor, self.best_fid, self.best_generator_step,
-                )
-
-    # ------------------------------------------------------------------ internals
     def _stop(self, trainer: L.Trainer, reason: StopReason, message: str, g_step: int) -> None:
         self.stop_reason = reason
         self.stopped_g_step = g_step
@@ -325,13 +291,14 @@ class EarlyTermination(Callback):
 
     @property
     def loss_plateau_active(self) -> bool:
-        """Whether the loss-plateau rule is applied in this run (see ``loss_plateau_only_without_fid``)."""
+        """Whether the loss-plateau rule applies now (see ``loss_plateau_only_without_fid``)."""
         if self.loss_plateau is None:
             return False
-        fid_measured = self._fid_scheduled or bool(self.fid_history)
-        return not (self.loss_plateau_only_without_fid and fid_measured)
+        return not (self.loss_plateau_only_without_fid and self._fid_seen)
 
     def _apply_step_rules(self, trainer: L.Trainer, g_step: int) -> None:
+        if g_step <= 0:  # before the first G update (n_critic > 1) there is no G loss to read yet
+            return
         loss_plateau = self.loss_plateau if self.loss_plateau_active else None
         step_rules: list[StopRule] = [r for r in (self.divergence, loss_plateau) if r is not None]
         if not step_rules:
@@ -349,48 +316,56 @@ class EarlyTermination(Callback):
             elif message:
                 log.debug(message)
 
-    def _new_fid_evaluations(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[tuple[int, float]]:
-        monitor = find_fid_monitor(trainer.callbacks)
-        history = getattr(monitor, _HISTORY_OF.get(self.fid_monitor, ""), None) if monitor is not None else None
-        if isinstance(history, list):
-            return [
-                (int(g), float(f)) for g, f in history
-                if self._last_fid_step is None or int(g) > self._last_fid_step
-            ]
-        value = trainer.callback_metrics.get(self.fid_monitor)
+    def _new_fid(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Optional[tuple[int, float]]:
+        """The ``(g_step, value)`` of an evaluation logged since the last call, or ``None``."""
+        metrics = trainer.callback_metrics
+        value = metrics.get(self.fid_monitor)
         if value is None:
-            return []
+            return None
         value = _to_float(value)
-        last = self._last_fid_value
+        step = metrics.get(self.fid_step_key)
+        if step is not None:
+            step = _to_float(step)
+            if step == self._last_fid_step:
+                return None
+            self._last_fid_step = step
+            return int(step), value
+        last = self._last_fid_value  # no G step logged with it: a changed value is a new evaluation
         if last is not None and (value == last or (math.isnan(value) and math.isnan(last))):
-            return []  # the same logged value as before: no new evaluation
+            return None
         self._last_fid_value = value
-        return [(g_steps_of(trainer, pl_module), value)]
+        return g_steps_of(trainer, pl_module), value
 
     def _ingest_fid(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        for g_step, fid in self._new_fid_evaluations(trainer, pl_module):
-            self._last_fid_step = g_step
-            self.fid_history.append((g_step, fid))
-            if math.isfinite(fid) and (self.best_fid is None or fid < self.best_fid):
-                self.best_fid, self.best_fid_step = fid, g_step
-                # Only a copy taken at the evaluated step is that generator (history may hold older entries).
-                generator = eval_generator_of(pl_module)
-                if generator is not None and g_step == g_steps_of(trainer, pl_module):
-                    self.best_generator_state = {
-                        k: v.detach().to("cpu", copy=True) for k, v in generator.state_dict().items()
-                    }
-                    self.best_generator_step = g_step
-                if self.verbose and trainer.is_global_zero:
-                    log.info("EarlyTermination: new best %s = %.4g at G step %d.", self.fid_monitor, fid, g_step)
-            if self.fid_plateau is not None:
-                stop, message = self.fid_plateau.update(g_step, {self.fid_plateau.monitor: fid})
-                if stop:
-                    self._pending.append((self.fid_plateau.reason, message))
-                elif message:
-                    log.debug(message)
+        new = self._new_fid(trainer, pl_module)
+        if new is None:
+            return
+        g_step, fid = new
+        if not self._fid_seen and self.loss_plateau is not None and self.loss_plateau_only_without_fid \
+                and self.verbose and trainer.is_global_zero:
+            log.info("EarlyTermination: an FID is measured, so the FID decides; the loss-plateau rule is off.")
+        self._fid_seen = True
+        if math.isfinite(fid) and (self.best_fid is None or fid < self.best_fid):
+            self.best_fid, self.best_fid_step = fid, g_step
+            # Only a copy taken at the evaluated step is that generator (an older copy is no longer the best).
+            generator = eval_generator_of(pl_module)
+            self._best_generator, self.best_generator_step = None, None
+            if generator is not None and g_step == g_steps_of(trainer, pl_module):
+                self._best_generator = {k: v.detach().to("cpu", copy=True) for k, v in generator.state_dict().items()}
+                self.best_generator_step = g_step
+            if self.verbose and trainer.is_global_zero:
+                log.info("EarlyTermination: new best %s = %.4g at G step %d.", self.fid_monitor, fid, g_step)
+        if self.fid_plateau is not None:
+            stop, message = self.fid_plateau.update(g_step, {self.fid_plateau.monitor: fid})
+            if self.fid_plateau.smoothed is not None:
+                self.smoothed_fid.append((g_step, float(self.fid_plateau.smoothed)))
+            if stop:
+                self._pending.append((self.fid_plateau.reason, message))
+            elif message:
+                log.debug(message)
 
     def describe(self) -> dict[str, Any]:
-        """A JSON-friendly account of the configuration and the outcome (used by ``RunSummary``)."""
+        """A JSON-friendly account of the configuration and the outcome."""
         return {
             "rules": {name: rule.config() for name, rule in self.rules.items()},
             "fid_monitor": self.fid_monitor,
@@ -408,5 +383,14 @@ class EarlyTermination(Callback):
             "best_generator_step": self.best_generator_step if self.restored_best_generator else None,
         }
 
+    def summary_fields(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        """The stop decision for ``summary.json`` (``status``/``stop_reason`` only when this callback stopped)."""
+        fields: dict[str, Any] = {"early_termination": self.describe()}
+        if self.stop_reason is not None:
+            fields.update(status=self.status, stop_reason=self.stop_reason.value, stopped_g_step=self.stopped_g_step)
+        if self.smoothed_fid:
+            fields["fid_smoothed"] = [[g, f] for g, f in self.smoothed_fid]
+        return fields
 
-__all__ = ["EarlyTermination", "eval_generator_of", "find_fid_monitor", "g_steps_of"]
+
+__all__ = ["EarlyTermination", "eval_generator_of"]

@@ -8,16 +8,16 @@ weights end up in checkpoints.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any, Optional, Union
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from lightning_regan.callbacks.publish import publish_eval_metrics
+from lightning_regan.callbacks.g_step import GStepCallback, g_steps_of, is_due, publish_metrics
 from lightning_regan.fid.extractors import (
     EXTRACTOR_CHOICES,
     ClassifierExtractor,
@@ -29,18 +29,15 @@ from lightning_regan.fid.extractors import (
 from lightning_regan.fid.metric import FeatureDistances
 from lightning_regan.fid.stats import RealSource, RealStatistics, dataset_cache_key, load_or_compute_real_statistics, real_source_of
 from lightning_regan.fid.weights import PathLike
+from lightning_regan.module import seeded_noise
 
 log = logging.getLogger(__name__)
 
 FID_KEY = "val/fid"
 KID_KEY = "val/kid"
+#: The G step the latest ``val/fid`` (and ``val/kid``) was measured at, logged with it.
+FID_STEP_KEY = "val/fid_g_step"
 STATE_VERSION = 1
-
-
-def _g_steps(trainer: L.Trainer, pl_module: L.LightningModule) -> int:
-    """Generator updates so far: ``pl_module.g_steps`` (GANModule), else ``trainer.global_step``."""
-    g = getattr(pl_module, "g_steps", None)
-    return int(trainer.global_step if g is None else g)
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
@@ -48,17 +45,19 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
         raise ValueError(f"FIDMonitor: {name} must be an integer >= {minimum}, got {value!r}.")
 
 
-class FIDMonitor(Callback):
+class FIDMonitor(GStepCallback):
     """Log the FID of the generator against real data every ``every_n_g_steps`` generator steps.
 
     At ``setup`` (stage ``fit``) rank zero builds the feature extractor and the real statistics (from the
     disk cache when the DataModule has a ``cache_key()``), then every rank receives them by broadcast. An
     evaluation runs on ``on_train_batch_end`` when ``pl_module.g_steps`` just changed to a multiple of
-    ``every_n_g_steps``: ``num_samples`` samples are decoded from a FIXED seeded noise (comparable evaluations)
+    ``every_n_g_steps``: ``num_samples`` samples are decoded from a FIXED seeded noise (comparable evaluations;
+    ``pl_module.sample_noise`` under ``seed``, so a custom prior is evaluated as it is trained)
     with ``pl_module.generate(z=...)`` (the EMA generator when EMA is on), split over the ranks, encoded and
-    reduced exactly through torchmetrics' state sync, so every rank logs the same value. Values go to
-    ``trainer.callback_metrics`` through ``pl_module.log(..., on_step=True, rank_zero_only=False)`` and to the
-    loggers directly at every evaluation (not only every ``log_every_n_steps``).
+    reduced exactly through torchmetrics' state sync, so every rank logs the same value. ``val/fid`` (``val/kid``) and ``val/fid_g_step``, the G step
+    they were measured at, go to ``trainer.callback_metrics`` and to every logger at every evaluation
+    (:func:`~lightning_regan.callbacks.g_step.publish_metrics`): ``ModelCheckpoint(monitor="val/fid")``,
+    ``EarlyStopping`` and ``EarlyTermination`` read them there.
 
     Args:
         every_n_g_steps: Evaluate every this many G steps (``0`` never, except ``evaluate_on_train_end``).
@@ -149,7 +148,6 @@ class FIDMonitor(Callback):
         self.real_stats: Optional[RealStatistics] = None
         self._metric: Optional[FeatureDistances] = None
         self._noise: Optional[Tensor] = None
-        self._last_g: Optional[int] = None
         self._last_eval_step: Optional[int] = None
 
     @property
@@ -245,10 +243,8 @@ class FIDMonitor(Callback):
 
     # ------------------------------------------------------------------ evaluation
     def _fixed_noise(self, pl_module: L.LightningModule) -> Tensor:
-        latent_dim = int(getattr(pl_module, "latent_dim"))
-        if self._noise is None or self._noise.shape[1] != latent_dim:
-            gen = torch.Generator().manual_seed(self.seed)
-            self._noise = torch.randn(self.num_samples, latent_dim, generator=gen)
+        if self._noise is None:
+            self._noise = seeded_noise(pl_module, self.num_samples, self.seed).cpu()
         return self._noise
 
     @torch.no_grad()
@@ -272,7 +268,8 @@ class FIDMonitor(Callback):
         self.evaluations += 1
         return values
 
-    def _record(self, trainer: L.Trainer, pl_module: L.LightningModule, g_step: int, values: dict[str, float], log_now: bool) -> None:
+    def _record(self, trainer: L.Trainer, pl_module: L.LightningModule, g_step: int, values: dict[str, float],
+                in_training: bool) -> None:
         # float32 precision everywhere, so history, callback_metrics and the loggers hold the very same number
         values = {k: float(torch.tensor(v, dtype=torch.float32)) for k, v in values.items()}
         fid = values["fid"]
@@ -284,28 +281,34 @@ class FIDMonitor(Callback):
             self.last_kid = values["kid_mean"]
             self.kid_history.append((g_step, values["kid_mean"]))
             metrics[KID_KEY] = values["kid_mean"]
-        publish_eval_metrics(trainer, pl_module, metrics, log_now)
+            metrics[f"{KID_KEY}_g_step"] = float(g_step)
+        metrics[FID_STEP_KEY] = float(g_step)
+        publish_metrics(trainer, pl_module, metrics, in_training)
         if self.verbose:
             extra = f", KID {self.last_kid:.4g}" if "kid_mean" in values else ""
             rank_zero_info(f"FIDMonitor: G step {g_step}: FID ({self.extractor_name}) {fid:.4g}{extra}.")
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        g = _g_steps(trainer, pl_module)
-        changed = self._last_g is None or g != self._last_g
-        self._last_g = g
-        if not (changed and self.every_n_g_steps > 0 and g > 0 and g % self.every_n_g_steps == 0):
-            return
-        if g == self._last_eval_step:  # resumed right after an evaluation
-            return
-        self._record(trainer, pl_module, g, self.evaluate(trainer, pl_module), log_now=True)
+    def on_g_step(self, trainer: L.Trainer, pl_module: L.LightningModule, g_step: int) -> None:
+        if is_due(g_step, self.every_n_g_steps) and g_step != self._last_eval_step:
+            self._record(trainer, pl_module, g_step, self.evaluate(trainer, pl_module), in_training=True)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.evaluate_on_train_end or self._metric is None:
             return
-        g = _g_steps(trainer, pl_module)
+        g = g_steps_of(trainer, pl_module)
         if g == self._last_eval_step:
             return
-        self._record(trainer, pl_module, g, self.evaluate(trainer, pl_module), log_now=False)
+        self._record(trainer, pl_module, g, self.evaluate(trainer, pl_module), in_training=False)
+
+    def summary_fields(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        """The FID part of ``summary.json``: history, best value and its G step, evaluation time."""
+        finite = [(f, g) for g, f in self.history if math.isfinite(f)]
+        best_fid, best_step = min(finite) if finite else (None, None)
+        return {
+            "fid_history": [[int(g), float(f)] for g, f in self.history], "best_fid": best_fid,
+            "best_fid_step": best_step, "fid_eval_time_s": float(self.eval_time_s),
+            "fid_extractor": self.extractor_name,
+        }
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -334,4 +337,4 @@ class FIDMonitor(Callback):
             log.warning("FIDMonitor: resumed FID history was measured with %s features, now %s.", saved, self.extractor_name)
 
 
-__all__ = ["FIDMonitor", "FID_KEY", "KID_KEY"]
+__all__ = ["FIDMonitor", "FID_KEY", "FID_STEP_KEY", "KID_KEY"]

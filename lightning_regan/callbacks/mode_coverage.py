@@ -6,15 +6,14 @@ from typing import Any, Optional
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
-from lightning_regan.callbacks.publish import publish_eval_metrics
-from lightning_regan.callbacks.samples import GStepCadence, seeded_noise
+from lightning_regan.callbacks.g_step import GStepCallback, is_due, publish_metrics
+from lightning_regan.module import seeded_noise
 from lightning_regan.data.gaussians import MIN_FRACTION, mode_coverage
 
 
-class ModeCoverageMonitor(Callback):
+class ModeCoverageMonitor(GStepCallback):
     """Log ``val/modes_covered`` and ``val/hq_fraction`` every ``every_n_g_steps`` G steps.
 
     ``num_samples`` points are decoded with ``pl_module.generate`` from noise drawn under a fixed seed, and scored
@@ -70,7 +69,6 @@ class ModeCoverageMonitor(Callback):
         self.std = std
         self.seed = seed
         self.history: list[tuple[int, dict[str, Any]]] = []
-        self._cadence = GStepCadence(every_n_g_steps)
         self._noise: Optional[Tensor] = None
 
     @property
@@ -105,23 +103,33 @@ class ModeCoverageMonitor(Callback):
             )
         return mode_coverage(samples, self.centers, self.std, n_std=self.n_std, min_count=self.min_count, min_fraction=self.min_fraction)
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._cadence.last_seen = int(pl_module.g_steps)  # after a resume, the restored step is not new
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        g = self._cadence.due(pl_module)
-        if g is not None:
-            self._record(trainer, pl_module, g, self.evaluate(pl_module), log_now=True)
+    def on_g_step(self, trainer: L.Trainer, pl_module: L.LightningModule, g_step: int) -> None:
+        if is_due(g_step, self.every_n_g_steps):
+            self._record(trainer, pl_module, g_step, self.evaluate(pl_module), in_training=True)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         g = int(pl_module.g_steps)
         if not self.history or self.history[-1][0] != g:
-            self._record(trainer, pl_module, g, self.evaluate(pl_module), log_now=False)
+            self._record(trainer, pl_module, g, self.evaluate(pl_module), in_training=False)
 
-    def _record(self, trainer: L.Trainer, pl_module: L.LightningModule, g_step: int, result: dict[str, Any], log_now: bool) -> None:
+    def _record(self, trainer: L.Trainer, pl_module: L.LightningModule, g_step: int, result: dict[str, Any],
+                in_training: bool) -> None:
         self.history.append((g_step, result))
         metrics = {f"val/{key}": float(result[key]) for key in ("modes_covered", "hq_fraction")}
-        publish_eval_metrics(trainer, pl_module, metrics, log_now)
+        metrics["val/modes_g_step"] = float(g_step)
+        publish_metrics(trainer, pl_module, metrics, in_training)
+
+    def summary_fields(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        """``mode_coverage`` for ``summary.json``: modes covered and high-quality share, final and over training."""
+        if not self.history:
+            return {}
+        history = [[int(g), int(r["modes_covered"]), float(r["hq_fraction"])] for g, r in self.history]
+        final = self.history[-1][1]
+        return {"mode_coverage": {
+            "num_modes": int(final["num_modes"]), "modes_covered": int(final["modes_covered"]),
+            "hq_fraction": float(final["hq_fraction"]), "max_modes_covered": max(h[1] for h in history),
+            "history": history,
+        }}
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": [(g, dict(r)) for g, r in self.history]}

@@ -10,13 +10,14 @@ import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
+from lightning_regan.callbacks.g_step import GStepCallback, g_steps_of
 from lightning_regan.module import GANModule
 
 #: ``trainer.callback_metrics`` keys shown next to the bar (as their last path component) when present.
 DEFAULT_METRICS: tuple[str, ...] = ("train/d_loss", "train/g_loss", "val/fid")
 
 
-class GStepProgressBar(TQDMProgressBar):
+class GStepProgressBar(GStepCallback, TQDMProgressBar):
     """Lightning's tqdm bar, over the run's G-step budget instead of the batches of one epoch.
 
     A GAN run is budgeted in generator updates and crosses many short epochs (the default digits run: 2,000 G steps
@@ -68,11 +69,9 @@ class GStepProgressBar(TQDMProgressBar):
     def on_train_epoch_start(self, trainer: L.Trainer, *_: Any) -> None:
         """Nothing: the bar spans the run, not an epoch."""
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: GANModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        bar = self.train_progress_bar
-        # With n_critic > 1 several batches end on the same G step: draw it once.
-        if pl_module.g_steps != bar.n and self._should_update(pl_module.g_steps, bar.total):
+    def on_g_step(self, trainer: L.Trainer, pl_module: GANModule, g_step: int) -> None:
+        total = self.train_progress_bar.total
+        if self.refresh_rate > 0 and (g_step % self.refresh_rate == 0 or g_step == total):
             self._show(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -86,7 +85,7 @@ class GStepProgressBar(TQDMProgressBar):
         bar = self.train_progress_bar
         if bar.disable:
             return
-        bar.n = pl_module.g_steps
+        bar.n = g_steps_of(trainer, pl_module)
         bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
         bar.refresh()
 

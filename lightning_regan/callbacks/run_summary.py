@@ -4,22 +4,36 @@ from __future__ import annotations
 
 import logging
 import math
-import statistics
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Protocol, Union, runtime_checkable
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback
+from torch import Tensor
 
 from lightning_regan.atomic import json_safe, write_json_atomic
-from lightning_regan.callbacks.early_termination import EarlyTermination, _to_float, find_fid_monitor, g_steps_of
+from lightning_regan.callbacks.g_step import GStepCallback, g_steps_of, is_due
 
 log = logging.getLogger(__name__)
 
 
-class RunSummary(Callback):
+@runtime_checkable
+class SummaryFields(Protocol):
+    """What a callback implements to contribute to ``summary.json`` (``FIDMonitor``, ``EarlyTermination``,
+    ``ModeCoverageMonitor``; any user callback may too)."""
+
+    def summary_fields(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        """JSON-friendly entries of ``summary.json`` (``status``, ``stop_reason``, ``fid_history``, ...)."""
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, Tensor):
+        return float(value.detach().float().mean().item()) if value.numel() else math.nan
+    return float(value)
+
+
+class RunSummary(GStepCallback):
     """Write ``summary.json`` and ``plots/losses.png`` / ``plots/fid.png`` into ``output_dir``.
 
     ``summary.json`` is written on rank zero at ``on_fit_end`` (also after an early stop or a divergence)
@@ -28,8 +42,9 @@ class RunSummary(Callback):
     ``fid_eval_time_s``, ``best_fid``, ``best_fid_step``, ``fid_history``, ``checkpoint_best``,
     ``world_size``) plus ``stopped_g_step``, ``global_step``, ``checkpoint_last``, ``final_metrics``,
     ``early_termination`` (rules, message, best-generator restoration), ``plots`` and, on failure, ``error``.
-    Steps count generator updates. The other callbacks (``EarlyTermination``, ``FIDMonitor``,
-    ``ModelCheckpoint``) are found in ``trainer.callbacks``; each is optional.
+    Steps count generator updates. Every callback with a ``summary_fields(trainer, pl_module) -> dict`` method
+    (:class:`SummaryFields`) contributes its entries, in callback order; the checkpoint paths come from
+    ``trainer.checkpoint_callbacks``. Each is optional.
 
     Args:
         output_dir: Folder of ``summary.json`` and ``plots/``.
@@ -65,7 +80,6 @@ class RunSummary(Callback):
         #: The last summary written (also on failure).
         self.summary: Optional[dict[str, Any]] = None
         self._start: Optional[float] = None
-        self._last_g_step: Optional[int] = None
 
     @property
     def summary_path(self) -> Path:
@@ -81,14 +95,8 @@ class RunSummary(Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.monotonic()
 
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        g_step = g_steps_of(trainer, pl_module)
-        if g_step == self._last_g_step:
-            return
-        self._last_g_step = g_step
-        if g_step % self.loss_log_every_n_g_steps == 0:
+    def on_g_step(self, trainer: L.Trainer, pl_module: L.LightningModule, g_step: int) -> None:
+        if is_due(g_step, self.loss_log_every_n_g_steps):
             self._record_losses(trainer, g_step)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -129,38 +137,14 @@ class RunSummary(Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, failure: Optional[BaseException] = None
     ) -> dict[str, Any]:
         """The summary as a dict (what ``summary.json`` holds, without ``plots``)."""
-        early = next((cb for cb in trainer.callbacks if isinstance(cb, EarlyTermination)), None)
-        fid_monitor = find_fid_monitor(trainer.callbacks)
         g_steps = g_steps_of(trainer, pl_module)
-
-        if fid_monitor is not None:
-            fid_history = [[int(g), float(f)] for g, f in fid_monitor.history]
-        elif early is not None:
-            fid_history = [[g, f] for g, f in early.fid_history]
-        else:
-            fid_history = []
-        if early is not None and early.best_fid is not None:
-            best_fid, best_fid_step = early.best_fid, early.best_fid_step
-        else:
-            finite = [(f, g) for g, f in fid_history if math.isfinite(f)]
-            best_fid, best_fid_step = min(finite) if finite else (None, None)
-
-        if failure is not None:
-            status, stop_reason = "failed", type(failure).__name__
-        elif early is not None and early.stop_reason is not None:
-            status, stop_reason = early.status, early.stop_reason.value
-        else:
-            status, stop_reason = self._natural_end(trainer)
-        stopped = early.stopped_g_step if early is not None and early.stopped_g_step is not None else g_steps
-
-        fid_key = early.fid_monitor if early is not None else "val/fid"
+        status, stop_reason = self._natural_end(trainer)
         checkpoint_best = checkpoint_last = None
         for cb in trainer.checkpoint_callbacks:
-            if getattr(cb, "monitor", None) == fid_key and getattr(cb, "best_model_path", ""):
+            if getattr(cb, "monitor", None) and getattr(cb, "best_model_path", ""):
                 checkpoint_best = cb.best_model_path
             if getattr(cb, "last_model_path", ""):
                 checkpoint_last = cb.last_model_path
-
         start = self._start
         summary: dict[str, Any] = {
             "status": status,
@@ -168,42 +152,25 @@ class RunSummary(Callback):
             "g_steps": g_steps,
             "d_steps": int(getattr(pl_module, "d_steps", 0)),
             "wall_time_s": 0.0 if start is None else time.monotonic() - start,
-            "fid_eval_time_s": float(getattr(fid_monitor, "eval_time_s", 0.0) or 0.0),
-            "best_fid": best_fid,
-            "best_fid_step": best_fid_step,
-            "fid_history": fid_history,
+            "fid_eval_time_s": 0.0,
+            "best_fid": None,
+            "best_fid_step": None,
+            "fid_history": [],
             "checkpoint_best": checkpoint_best,
             "world_size": int(trainer.world_size),
-            "stopped_g_step": stopped,
+            "stopped_g_step": g_steps,
             "global_step": int(trainer.global_step),
             "checkpoint_last": checkpoint_last,
             "final_metrics": {k: json_safe(v) for k, v in sorted(trainer.callback_metrics.items())},
-            "early_termination": None if early is None else early.describe(),
+            "early_termination": None,
         }
-        coverage = self._mode_coverage(trainer)
-        if coverage is not None:
-            summary["mode_coverage"] = coverage
+        for cb in trainer.callbacks:
+            if cb is not self and isinstance(cb, SummaryFields):
+                summary.update(cb.summary_fields(trainer, pl_module))
         if failure is not None:
+            summary["status"], summary["stop_reason"] = "failed", type(failure).__name__
             summary["error"] = f"{type(failure).__name__}: {failure}"[:2000]
         return summary
-
-    @staticmethod
-    def _mode_coverage(trainer: L.Trainer) -> Optional[dict[str, Any]]:
-        """Modes covered and high-quality share over training, when a ModeCoverageMonitor ran (2-D mixtures)."""
-        from lightning_regan.callbacks.mode_coverage import ModeCoverageMonitor
-
-        monitor = next((cb for cb in trainer.callbacks if isinstance(cb, ModeCoverageMonitor)), None)
-        if monitor is None or not monitor.history:
-            return None
-        history = [[int(g), int(r["modes_covered"]), float(r["hq_fraction"])] for g, r in monitor.history]
-        final = monitor.history[-1][1]
-        return {
-            "num_modes": int(final["num_modes"]),
-            "modes_covered": int(final["modes_covered"]),
-            "hq_fraction": float(final["hq_fraction"]),
-            "max_modes_covered": max(h[1] for h in history),
-            "history": history,
-        }
 
     @staticmethod
     def _natural_end(trainer: L.Trainer) -> tuple[str, str]:
@@ -220,21 +187,6 @@ class RunSummary(Callback):
             return "stopped_early", "trainer_should_stop"
         return "completed", "max_steps"
 
-    @staticmethod
-    def _smoothed_fid(trainer: L.Trainer, fid_history: list) -> Optional[list[tuple[int, float]]]:
-        """The running median the FID plateau rule compares (``None`` without such a rule or smoothing)."""
-        early = next((cb for cb in trainer.callbacks if isinstance(cb, EarlyTermination)), None)
-        rule = getattr(early, "fid_plateau", None)
-        if rule is None or rule.window < 2:
-            return None
-        out, recent = [], []
-        for g, f in fid_history:
-            if math.isfinite(f):
-                recent = (recent + [f])[-rule.window:]
-            if recent:
-                out.append((int(g), statistics.median(recent)))
-        return out
-
     def _write_plots(self, trainer: L.Trainer, summary: Mapping[str, Any]) -> dict[str, str]:
         from lightning_regan.plots import plot_fid, plot_losses
 
@@ -249,11 +201,11 @@ class RunSummary(Callback):
                 if summary["best_fid"] is not None:
                     best = (int(summary["best_fid_step"]), float(summary["best_fid"]))
                 plot_fid(summary["fid_history"], plot_dir / "fid.png", stop=stop, best=best,
-                         smoothed=self._smoothed_fid(trainer, summary["fid_history"]))
+                         smoothed=summary.get("fid_smoothed"))
                 written["fid"] = "plots/fid.png"
         except Exception as err:  # a plot must never cost the run its summary
             log.warning("RunSummary: could not write plots into %s: %s", plot_dir, err)
         return written
 
 
-__all__ = ["RunSummary", "write_json_atomic"]
+__all__ = ["RunSummary", "SummaryFields", "write_json_atomic"]

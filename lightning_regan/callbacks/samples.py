@@ -8,38 +8,11 @@ from typing import Any, Optional, Union
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
 from lightning_regan.atomic import atomic_write
-
-
-def seeded_noise(pl_module: L.LightningModule, n: int, seed: int) -> Tensor:
-    """``pl_module.sample_noise(n)`` drawn under a fixed seed without disturbing the global RNG streams.
-
-    Every rank gets the same noise, and a run draws the same training noise with or without the callbacks.
-    """
-    device = getattr(pl_module, "device", torch.device("cpu"))
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        return pl_module.sample_noise(n).detach()
-
-
-class GStepCadence:
-    """Fires once per G step when ``pl_module.g_steps`` just changed to a positive multiple of ``every``."""
-
-    def __init__(self, every: int) -> None:
-        self.every = every
-        self.last_seen: Optional[int] = None
-
-    def due(self, pl_module: L.LightningModule) -> Optional[int]:
-        """The new G step when it is due, else ``None``."""
-        g = int(getattr(pl_module, "g_steps"))
-        if g == self.last_seen:
-            return None
-        self.last_seen = g
-        return g if self.every > 0 and g > 0 and g % self.every == 0 else None
+from lightning_regan.callbacks.g_step import GStepCallback, is_due
+from lightning_regan.module import seeded_noise
 
 
 def save_image_grid(images: Tensor, path: Union[str, Path], nrow: int = 8) -> Path:
@@ -104,7 +77,7 @@ def _real_points(datamodule: Any, n: int) -> Optional[Tensor]:
     return torch.stack(items) if items else None
 
 
-class SampleGrid(Callback):
+class SampleGrid(GStepCallback):
     """Write samples of ``pl_module.generate(z=pl_module.fixed_noise)`` as PNGs every ``every_n_g_steps`` G steps.
 
     Images become a grid (``torchvision.utils.save_image``); 2-D points a scatter plot of ``num_points``
@@ -144,7 +117,6 @@ class SampleGrid(Callback):
         self.num_real_points = num_real_points
         self.seed = seed
         self.written: list[tuple[int, Path]] = []
-        self._cadence = GStepCadence(every_n_g_steps)
         self._point_noise: Optional[Tensor] = None
         self._real: Optional[Tensor] = None
         self._real_loaded = False
@@ -154,13 +126,9 @@ class SampleGrid(Callback):
         """Path of ``last.png``."""
         return self.dirpath / "last.png"
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._cadence.last_seen = int(pl_module.g_steps)  # after a resume, the restored step is not new
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        g = self._cadence.due(pl_module)
-        if g is not None:
-            self.write(trainer, pl_module, g)
+    def on_g_step(self, trainer: L.Trainer, pl_module: L.LightningModule, g_step: int) -> None:
+        if is_due(g_step, self.every_n_g_steps):
+            self.write(trainer, pl_module, g_step)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         g = int(pl_module.g_steps)
@@ -198,4 +166,4 @@ class SampleGrid(Callback):
         self.written = [(int(g), Path(p)) for g, p in state_dict.get("written", [])]
 
 
-__all__ = ["GStepCadence", "SampleGrid", "save_image_grid", "save_scatter", "seeded_noise"]
+__all__ = ["SampleGrid", "save_image_grid", "save_scatter", "seeded_noise"]

@@ -1,0 +1,80 @@
+"""The G-step event and metric publishing shared by every callback that works in generator updates.
+
+A GAN run is counted in generator updates (G steps); Lightning counts batches and optimizer steps. Here, and only
+here, batches become G-step events: ``GANModule.training_step`` records whether its batch took a G step
+(``g_step_taken``) and :class:`GStepCallback` turns that into one ``on_g_step(trainer, pl_module, g_step)`` call.
+Evaluation callbacks hand their values to Lightning with :func:`publish_metrics` (public API only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+
+def g_steps_of(trainer: L.Trainer, pl_module: L.LightningModule) -> int:
+    """G steps taken so far: ``pl_module.g_steps`` (GANModule), else ``trainer.global_step``."""
+    return int(getattr(pl_module, "g_steps", trainer.global_step))
+
+
+def is_due(g_step: int, every: int) -> bool:
+    """Whether a cadence of ``every`` G steps (``0``: never) fires at ``g_step`` (never at 0)."""
+    return every > 0 and g_step > 0 and g_step % every == 0
+
+
+class GStepCallback(Callback):
+    """Base class of the callbacks that act on G steps: implement :meth:`on_g_step`.
+
+    ``on_g_step`` runs once per generator update, at the end of the batch that took it (with ``n_critic > 1`` the
+    other batches end without one). A module without ``g_step_taken`` counts every batch as a G step.
+    """
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if getattr(pl_module, "g_step_taken", True):
+            self.on_g_step(trainer, pl_module, g_steps_of(trainer, pl_module))
+
+    def on_g_step(self, trainer: L.Trainer, pl_module: L.LightningModule, g_step: int) -> None:
+        """Called once per G step with the number of G steps taken so far."""
+
+
+def publish_metrics(trainer: L.Trainer, pl_module: L.LightningModule, metrics: Mapping[str, float],
+                    in_training: bool = True) -> None:
+    """Hand values that are already identical on every rank to ``trainer.callback_metrics`` and to every logger.
+
+    ``pl_module.log(..., logger=False)`` puts them in ``callback_metrics`` (``ModelCheckpoint``, ``EarlyStopping``
+    and the stop rules read them there); the loggers receive them at once with ``Logger.log_metrics``, because
+    ``self.log(on_step=True)`` reaches them only every ``log_every_n_steps`` batches and then again, stale, at every
+    later logging step. The loggers' step is Lightning's: the batches finished before this one.
+
+    Args:
+        trainer: The running trainer.
+        pl_module: The module being trained.
+        metrics: Name -> value.
+        in_training: False outside a training hook (``on_train_end``), where ``pl_module.log`` is not allowed and
+            the values are written into ``trainer.callback_metrics`` directly.
+    """
+    import torch
+
+    for name, value in metrics.items():
+        if in_training:
+            pl_module.log(name, float(value), on_step=True, on_epoch=False, logger=False, rank_zero_only=False,
+                          sync_dist=False, batch_size=1)
+        else:
+            trainer.callback_metrics[name] = torch.tensor(float(value))
+    step = logger_step(trainer, pl_module)
+    for logger in trainer.loggers:
+        logger.log_metrics(dict(metrics), step=step)
+
+
+def logger_step(trainer: L.Trainer, pl_module: L.LightningModule) -> int:
+    """Lightning's logger step during a training batch (batches finished before it): GANModule takes one D step
+    per batch, so it is ``d_steps - 1``; else ``trainer.global_step``."""
+    d_steps = getattr(pl_module, "d_steps", None)
+    return max(int(d_steps) - 1, 0) if d_steps is not None else int(trainer.global_step)
+
+
+__all__ = ["GStepCallback", "g_steps_of", "is_due", "logger_step", "publish_metrics"]
