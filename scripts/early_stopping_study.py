@@ -63,9 +63,9 @@ SETUPS: dict[str, Setup] = {
                     "10,000 G steps; FID of the EMA generator every 200 G steps on 1,000 samples in a small digits "
                     "classifier's features",
         overrides=("data=digits", "model=dcgan", "model.generator.channels=32", "model.discriminator.channels=32",
-                   "module.ema_decay=0.995", "fid.every_n_g_steps=200", "fid.num_samples=1000"),
+                   "module.ema_decay=0.995", "callbacks.fid.every_n_g_steps=200", "callbacks.fid.num_samples=1000"),
         max_g_steps=10000,
-        quick_overrides=("fid.every_n_g_steps=10", "fid.num_samples=200", "model.generator.channels=16",
+        quick_overrides=("callbacks.fid.every_n_g_steps=10", "callbacks.fid.num_samples=200", "model.generator.channels=16",
                          "model.discriminator.channels=16"),
     ),
     "ring": Setup(
@@ -73,16 +73,16 @@ SETUPS: dict[str, Setup] = {
                     "loss, EMA of G 0.995, FID "
                     "plateau warmup 1,000 G steps), FID every 100 G steps on 2,000 points (exact Frechet distance "
                     "of the 2-D points)",
-        overrides=("experiment=ring", "fid.every_n_g_steps=100"),
+        overrides=("experiment=ring", "callbacks.fid.every_n_g_steps=100"),
         max_g_steps=5000,
         # experiment=ring sets regularizer.r1.weight; drop that node when another regularizer replaces r1.
         regularizers={"l2": ("regularizer=l2", "~regularizer.r1"), "lecam": ("regularizer=lecam", "~regularizer.r1")},
-        quick_overrides=("fid.every_n_g_steps=10", "fid.num_samples=200"),
+        quick_overrides=("callbacks.fid.every_n_g_steps=10", "callbacks.fid.num_samples=200"),
     ),
 }
 # R1: zero-centred gradient penalty (the default); L2: the seed's weight penalty R(D); LeCam: output anchoring.
 REGULARIZERS = ("r1", "l2", "lecam")
-COMMON = ("logger=none", "trainer.enable_progress_bar=false", "samples.every_n_g_steps=0")
+COMMON = ("logger=none", "trainer.enable_progress_bar=false", "callbacks.samples.every_n_g_steps=0")
 ES_ON, ES_OFF = "early_stopping=default", "early_stopping=none"
 # --quick: budgets far too short for the default warmup and patience; make the FID rule stop after 2 evaluations
 # without a 50 % improvement, so that the smoke test has a stop to account for.

@@ -21,7 +21,8 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lightning_regan import GANModule
-from lightning_regan.cli.train import build_callbacks, build_datamodule, build_models, build_module, validate_config
+from lightning_regan.builders import build_callbacks, build_datamodule, build_loggers, build_models, build_module
+from lightning_regan.cli.train import validate_config
 from lightning_regan.config import compose_config, config_dir
 from lightning_regan.data import DatasetNotFoundError
 from lightning_regan.losses import AdversarialLoss
@@ -85,7 +86,7 @@ def test_default_config_is_valid_and_builds_everything(tmp_path):
     generator, discriminator = build_models(cfg, tuple(datamodule.shape))
     module = build_module(cfg, generator, discriminator)
     assert isinstance(module, GANModule) and list(module.regularizers) == ["r1"]
-    names = [type(cb).__name__ for cb in build_callbacks(cfg, datamodule)]
+    names = [type(cb).__name__ for cb in build_callbacks(cfg)]
     assert names == [
         "FIDMonitor", "EarlyTermination", "SampleGrid", "ModelCheckpoint", "RunSummary", "GStepProgressBar",
     ]
@@ -124,12 +125,14 @@ def test_spectral_norm_option_parametrizes_d(tmp_path):
 def test_data_choice_instantiates_and_checks_its_source(tmp_path, monkeypatch, data):
     monkeypatch.delenv("REGAN_DATA_ROOT", raising=False)
     cfg = compose(tmp_path, f"data={data}")
-    assert cfg.fid.feature_extractor in ("inception", "classifier", "identity")
+    # One source of truth: the DataModule says which FID features fit its data; the config leaves it to "auto".
+    assert "feature_extractor" not in cfg.callbacks.fid
+    assert instantiate(cfg.data).fid_feature_extractor in ("inception", "classifier", "identity")
     if data in EMBEDDED_DATA:
         datamodule = build_datamodule(cfg)
         assert len(tuple(datamodule.shape)) in (1, 3)
         return
-    assert cfg.fid.feature_extractor == "inception"
+    assert instantiate(cfg.data).fid_feature_extractor == "inception"
     with pytest.raises(DatasetNotFoundError, match="data.root"):  # no root given
         build_datamodule(cfg)
     with open_dict(cfg):
@@ -209,14 +212,19 @@ def test_trainer_choice_instantiates(tmp_path, trainer):
 
 @pytest.mark.parametrize("logger", choices("logger"))
 def test_logger_choice_instantiates(tmp_path, logger):
-    node = compose(tmp_path, f"logger={logger}").get("logger")
+    cfg = compose(tmp_path, f"logger={logger}")
     if logger == "none":
-        assert not node
+        assert not cfg.get("logger") and build_loggers(cfg) == []
         return
-    built = instantiate(node)
+    (built,) = build_loggers(cfg)
     built.log_metrics({"train/g_loss": 1.0}, step=1)
     built.finalize("success")
     assert Path(built.log_dir).is_relative_to(tmp_path)
+
+
+def test_several_loggers_at_once(tmp_path):
+    loggers = build_loggers(compose(tmp_path, "logger=[csv,tensorboard]"))
+    assert [type(lg).__name__ for lg in loggers] == ["CSVLogger", "TensorBoardLogger"]
 
 
 @pytest.mark.parametrize("experiment", choices("experiment"))
@@ -228,7 +236,7 @@ def test_experiment_choice_is_valid_and_builds(tmp_path, experiment):
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, *build_models(cfg, tuple(datamodule.shape)))
     assert isinstance(module, GANModule)
-    assert build_callbacks(cfg, datamodule)
+    assert build_callbacks(cfg)
 
 
 def test_command_line_choices_override_an_experiment(tmp_path):

@@ -369,8 +369,8 @@ def test_image_folder_reads_mnist_test_pngs(shared_data):
 )
 def test_embedded_data_configs_instantiate(choice, extractor, kind):
     cfg = compose_config([f"data={choice}"])
-    assert cfg.fid.feature_extractor == extractor
     dm = instantiate(cfg.data)
+    assert dm.fid_feature_extractor == extractor
     dm.validate()
     if kind is not None:
         assert dm.kind == kind and dm.shape == (2,)
@@ -382,8 +382,8 @@ def test_embedded_data_configs_instantiate(choice, extractor, kind):
 def test_file_data_configs_fail_clearly_without_root(choice, monkeypatch):
     monkeypatch.delenv("REGAN_DATA_ROOT", raising=False)
     cfg = compose_config([f"data={choice}"])
-    assert cfg.fid.feature_extractor == "inception"
     dm = instantiate(cfg.data)
+    assert dm.fid_feature_extractor == "inception"
     with pytest.raises(DatasetNotFoundError, match="data.root"):
         dm.validate()
 

@@ -424,8 +424,8 @@ def test_regan_train_ddp_cpu_end_to_end(tmp_path):
     cmd = [
         sys.executable, "-m", "lightning_regan.cli.train", "trainer=ddp_cpu", "data=gaussians", "data.n_samples=2048",
         "data.batch_size=64", "model=mlp", "model.generator.hidden=[64,64]", "model.discriminator.hidden=[64,64]",
-        "regularizer=[r1,lecam]", "max_g_steps=10", "fid.every_n_g_steps=5", "fid.num_samples=128",
-        "samples.every_n_g_steps=0", "trainer.enable_progress_bar=false", f"output_dir={out}",
+        "regularizer=[r1,lecam]", "max_g_steps=10", "callbacks.fid.every_n_g_steps=5", "callbacks.fid.num_samples=128",
+        "callbacks.samples.every_n_g_steps=0", "trainer.enable_progress_bar=false", f"output_dir={out}",
         f"hydra.run.dir={tmp_path / 'hydra'}",
     ]
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180)

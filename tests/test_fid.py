@@ -604,7 +604,7 @@ def test_regan_eval_checkpoint_of_a_digits_run(tmp_path, capsys):
     from omegaconf import OmegaConf, open_dict
 
     from lightning_regan.cli import evaluate as ev
-    from lightning_regan.cli.train import build_datamodule, build_models, build_module
+    from lightning_regan.builders import build_datamodule, build_models, build_module
     from lightning_regan.config import compose_config
 
     cfg = compose_config(["data=digits", "model=mlp", "max_g_steps=4"])

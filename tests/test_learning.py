@@ -22,7 +22,7 @@ def one_thread() -> Iterator[None]:
 
 def test_ring_preset_covers_at_least_7_of_8_modes_within_its_budget(tmp_path, one_thread):
     cfg = compose_config(["experiment=ring", "seed=0", "logger=none", "trainer.enable_progress_bar=false",
-                          "samples.every_n_g_steps=0", f"output_dir={tmp_path}"])
+                          "callbacks.samples.every_n_g_steps=0", f"output_dir={tmp_path}"])
     assert cfg.loss._target_.endswith("NonSaturatingLoss") and list(cfg.regularizer) == ["r1"]
     summary, _ = train(cfg)
     coverage = summary["mode_coverage"]

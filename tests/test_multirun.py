@@ -80,8 +80,8 @@ def test_no_plot_without_fid_and_clear_errors(tmp_path, capsys):
 # ----------------------------------------------------------------------------- real multiruns of regan-train
 FAST = [
     "data=gaussians", "data.n_samples=2048", "data.batch_size=64", "model=mlp", "model.generator.hidden=[64,64]",
-    "model.discriminator.hidden=[64,64]", "max_g_steps=10", "fid.every_n_g_steps=5", "fid.num_samples=128",
-    "samples.every_n_g_steps=0", "trainer.enable_progress_bar=false", "early_stopping=none",
+    "model.discriminator.hidden=[64,64]", "max_g_steps=10", "callbacks.fid.every_n_g_steps=5", "callbacks.fid.num_samples=128",
+    "callbacks.samples.every_n_g_steps=0", "trainer.enable_progress_bar=false", "early_stopping=none",
 ]
 
 

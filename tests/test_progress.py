@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from lightning_regan import GANModule, max_steps_for
 from lightning_regan.callbacks import GStepProgressBar
-from lightning_regan.cli.train import build_callbacks, build_datamodule
+from lightning_regan.builders import build_callbacks
 from lightning_regan.config import compose_config
 
 from helpers import TinyD, TinyG, point_loader
@@ -107,9 +107,9 @@ def test_negative_refresh_rate_is_refused():
 @pytest.mark.parametrize(("overrides", "expected"), [
     ((), True),
     (("trainer.enable_progress_bar=false",), False),  # Lightning refuses a bar callback with the bar off
-    (("progress_bar=null",), False),  # Lightning's own bar
+    (("~callbacks.progress_bar",), False),  # Lightning's own bar
 ])
 def test_regan_train_uses_the_g_step_bar_unless_told_otherwise(tmp_path, overrides, expected):
     cfg = compose_config([*overrides, f"output_dir={tmp_path}"])
-    callbacks = build_callbacks(cfg, build_datamodule(cfg))
+    callbacks = build_callbacks(cfg)
     assert any(isinstance(cb, GStepProgressBar) for cb in callbacks) is expected

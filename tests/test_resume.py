@@ -134,7 +134,7 @@ RUN_OVERRIDES = [
     # product's shuffled (not resumable) DataLoader can be continued exactly; see docs/distributed.md.
     f"data.n_samples={BATCH * FID_EVERY}",
     "regularizer=[r1,lecam]", "module.ema_decay=0.9", "max_g_steps=60",
-    f"fid.every_n_g_steps={FID_EVERY}", "fid.num_samples=256", "samples.every_n_g_steps=0",
+    f"callbacks.fid.every_n_g_steps={FID_EVERY}", "callbacks.fid.num_samples=256", "callbacks.samples.every_n_g_steps=0",
     "early_stopping=fid", "early_stopping.fid_plateau.patience=2", "early_stopping.fid_plateau.window=1",
     "early_stopping.fid_plateau.min_delta=0.2",
     "early_stopping.fid_plateau.warmup_g_steps=0", "early_stopping.divergence.warmup_g_steps=0",

@@ -47,8 +47,8 @@ def check_summary(run_dir: Path) -> dict:
 
 def test_digits_run_writes_summary_checkpoints_samples_and_plots(tmp_path):
     run = tmp_path / "digits"
-    proc = train_cli(run, "max_g_steps=30", "fid.every_n_g_steps=10", "fid.num_samples=200",
-                     "samples.every_n_g_steps=10", "model.generator.channels=16", "model.discriminator.channels=16")
+    proc = train_cli(run, "max_g_steps=30", "callbacks.fid.every_n_g_steps=10", "callbacks.fid.num_samples=200",
+                     "callbacks.samples.every_n_g_steps=10", "model.generator.channels=16", "model.discriminator.channels=16")
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = check_summary(run)
     assert summary["status"] == "completed" and summary["stop_reason"] == "max_steps"
@@ -69,7 +69,7 @@ def test_digits_run_writes_summary_checkpoints_samples_and_plots(tmp_path):
 def test_ring_run_with_two_regularizers_reports_mode_coverage(tmp_path):
     run = tmp_path / "ring"
     proc = train_cli(run, "data=gaussians", "model=mlp", "regularizer=[r1,l2]", "max_g_steps=40",
-                     "fid.every_n_g_steps=20", "fid.num_samples=500", "samples.every_n_g_steps=20")
+                     "callbacks.fid.every_n_g_steps=20", "callbacks.fid.num_samples=500", "callbacks.samples.every_n_g_steps=20")
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = check_summary(run)
     assert summary["status"] == "completed" and summary["g_steps"] == 40
@@ -102,7 +102,7 @@ def test_diverging_preset_ends_diverged_and_keeps_its_best_checkpoint(tmp_path):
         (["data=mnist", "data.root=/nonexistent/datasets"], "/nonexistent/datasets"),
         (["ckpt_path=/nonexistent/x.ckpt"], "does not exist"),
         (["module.ema_decay=2"], "ema_decay must be in (0, 1)"),
-        (["fid.num_samples=-3"], "num_samples must be an integer >= 2"),
+        (["callbacks.fid.num_samples=-3"], "num_samples must be an integer >= 2"),
         (["module.g_optimizer.lr=-1"], "module.g_optimizer (torch.optim.Adam with lr=-1"),
         (["seed=abc"], "seed must be an integer >= 0"),
         (["model=resnet"], "resize the data with data.image_size=32"),

@@ -1,7 +1,7 @@
 """``regan-eval``: FID (and KID) of a ``regan-train`` checkpoint or of an image folder against a dataset.
 
 Uses the same feature extractors and the same cached real statistics as the ``FIDMonitor`` callback, and the
-same fixed noise convention (``torch.randn(n, latent_dim)`` from ``--seed``), so with the same settings it
+same fixed noise (``module.sample_noise(n)`` drawn under ``--seed``, ``seeded_noise``), so with the same settings it
 reproduces the ``val/fid`` a run logged. Prints the result and optionally writes it as JSON.
 
 Examples::
@@ -42,7 +42,7 @@ def build_datamodule(name: str, root: Optional[str] = None, overrides: Sequence[
     """Instantiate the ``conf/data/<name>.yaml`` DataModule (``root`` sets its data folder)."""
     from hydra.errors import HydraException
 
-    from lightning_regan.cli.train import build_datamodule as _build
+    from lightning_regan.builders import build_datamodule as _build
     from lightning_regan.config import compose_config
 
     try:
@@ -111,8 +111,10 @@ def folder_batches(files: Sequence[Path], channels: int, size: Optional[tuple[in
 
 
 def checkpoint_batches(module: Any, num: int, seed: int, batch_size: int, raw: bool = False) -> Iterator[Tensor]:
-    """Samples of ``module`` from the fixed noise ``torch.randn(num, latent_dim)`` seeded by ``seed``."""
-    noise = torch.randn(num, module.latent_dim, generator=torch.Generator().manual_seed(seed))
+    """Samples of ``module`` from its fixed noise: ``module.sample_noise(num)`` drawn under ``seed``."""
+    from lightning_regan.module import seeded_noise
+
+    noise = seeded_noise(module, num, seed).cpu()
     for z in noise.split(batch_size):
         if raw:
             module.generator.eval()
@@ -210,7 +212,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.data is not None:
             datamodule = build_datamodule(args.data, args.data_root)
         else:
-            from lightning_regan.cli.train import build_datamodule as _build
+            from lightning_regan.builders import build_datamodule as _build
 
             datamodule = _datamodule_from_cfg(cfg, args.data_root, _build)
         spec = resolve_extractor_spec(args.feature_extractor, datamodule)

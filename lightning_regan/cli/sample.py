@@ -14,7 +14,7 @@ from torch import Tensor
 
 from lightning_regan.atomic import atomic_write
 
-from lightning_regan.module import CHECKPOINT_KEY, GANModule
+from lightning_regan.module import CHECKPOINT_KEY, GANModule, seeded_noise
 
 
 class CheckpointError(ValueError):
@@ -31,7 +31,7 @@ def load_module(ckpt_path: str | os.PathLike, map_location: str | torch.device =
         CheckpointError: when the file is missing, unreadable, not a lightning-regan checkpoint, or its weights do
             not fit the architecture its config describes.
     """
-    from lightning_regan.cli.train import build_models, build_module
+    from lightning_regan.builders import build_models, build_module
 
     path = Path(ckpt_path)
     if not path.is_file():
@@ -116,8 +116,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except CheckpointError as exc:
         print(f"regan-sample: {exc}", file=sys.stderr)
         return 2
-    gen = torch.Generator().manual_seed(args.seed)
-    z = torch.randn(args.num, module.latent_dim, generator=gen)
+    z = seeded_noise(module, args.num, args.seed)  # the module's prior (sample_noise) under --seed
     if args.raw:
         module.generator.eval()
         with torch.no_grad():

@@ -1,0 +1,165 @@
+"""Builders: a composed Hydra config -> DataModule, networks, GANModule, callbacks, loggers, Trainer.
+
+``regan-train`` (``lightning_regan.cli.train``) is a thin shell around :func:`train`; ``regan-eval`` and
+``regan-sample`` rebuild networks from a checkpoint's saved config with the same functions. Everything that has a
+``_target_`` is built with ``hydra.utils.instantiate``; defaults live in one place each (the config file, or the class
+when the config leaves the value out).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from lightning_regan.callbacks import FID_KEY, FIDMonitor, ModeCoverageMonitor
+from lightning_regan.module import GANModule, max_steps_for
+from lightning_regan.regularizers import spectral_norm
+
+log = logging.getLogger(__name__)
+
+#: Config nodes that hold named instantiable entries (a group chosen as a list) and EarlyTermination's rule slots.
+_NAMED_GROUPS = ("regularizer", "callbacks", "logger")
+_RULE_SLOTS = ("loss_plateau", "fid_plateau", "divergence")
+
+
+def _has_target(node: Any) -> bool:
+    return isinstance(node, DictConfig) and "_target_" in node
+
+
+def drop_unselected(cfg: DictConfig) -> list[str]:
+    """Remove settings for entries that are not chosen, so that every ``experiment=`` preset composes with any choice.
+
+    A preset may tune ``regularizer.r1.weight`` or ``early_stopping.fid_plateau.warmup_g_steps``; when the command line
+    then picks ``regularizer=l2`` or ``early_stopping=plateau``, that setting is left without a ``_target_``. Such
+    nodes (under ``regularizer``, ``callbacks``, ``logger`` and EarlyTermination's rule slots) are removed here and
+    named in one info line. Returns their paths.
+    """
+    dropped: list[str] = []
+    with open_dict(cfg):
+        for group in _NAMED_GROUPS:
+            node = cfg.get(group)
+            if isinstance(node, DictConfig):
+                for name in [k for k, v in node.items() if isinstance(v, DictConfig) and "_target_" not in v]:
+                    del node[name]
+                    dropped.append(f"{group}.{name}")
+        early = cfg.get("early_stopping")
+        if _has_target(early):
+            for slot in _RULE_SLOTS:
+                rule = early.get(slot)
+                if isinstance(rule, DictConfig) and "_target_" not in rule:
+                    early[slot] = None
+                    dropped.append(f"early_stopping.{slot}")
+    if dropped:
+        log.info("Settings for entries that are not chosen are ignored: %s.", ", ".join(dropped))
+    return dropped
+
+
+def build_datamodule(cfg: DictConfig, validate: bool = True) -> L.LightningDataModule:
+    """Instantiate the data module and (``validate``) check that its data can be read (clear error otherwise)."""
+    datamodule = instantiate(cfg.data)
+    check = getattr(datamodule, "validate", None)
+    if validate and callable(check):
+        check()
+    return datamodule
+
+
+def build_models(cfg: DictConfig, data_shape: tuple[int, ...]) -> tuple[Any, Any]:
+    """Instantiate G and D for ``data_shape``; apply spectral normalization to D when asked."""
+    generator = instantiate(cfg.model.generator, latent_dim=cfg.model.latent_dim, data_shape=list(data_shape))
+    discriminator = instantiate(cfg.model.discriminator, data_shape=list(data_shape))
+    if cfg.model.get("spectral_norm", False):
+        discriminator = spectral_norm(discriminator)
+    return generator, discriminator
+
+
+def build_module(cfg: DictConfig, generator: Any, discriminator: Any) -> GANModule:
+    """Instantiate the GANModule with its loss and regularizers."""
+    regularizers = {name: instantiate(node) for name, node in (cfg.get("regularizer") or {}).items()}
+    loss = instantiate(cfg.loss)
+    return instantiate(
+        cfg.module, generator=generator, discriminator=discriminator, loss=loss, regularizers=regularizers,
+        latent_dim=cfg.model.latent_dim, _convert_="partial",
+    )
+
+
+def build_callbacks(cfg: DictConfig) -> list[Callback]:
+    """Every ``callbacks.<name>`` node, plus ``early_stopping``; evaluation first, then the decision, then the rest.
+
+    The checkpoint callback left with ``every_n_train_steps: null`` saves at every FID evaluation (converted to
+    Lightning's global steps, which count D and G updates), keeping ``best`` by ``val/fid`` when the FID runs.
+    A progress-bar callback is skipped when the trainer has the bar switched off (Lightning refuses it).
+    """
+    n_critic = cfg.module.get("n_critic", 1)
+    nodes = {name: node for name, node in (cfg.get("callbacks") or {}).items() if _has_target(node)}
+    fid_node = nodes.get("fid")
+    fid_every = int(fid_node.get("every_n_g_steps", 0)) if fid_node is not None else 0
+    built: list[Callback] = []
+    for name, node in nodes.items():
+        extra: dict[str, Any] = {}
+        if name == "progress_bar" and not cfg.trainer.get("enable_progress_bar", True):
+            continue
+        if name == "checkpoint":
+            if node.get("every_n_train_steps", None) is None:
+                extra["every_n_train_steps"] = (fid_every or max(1, cfg.max_g_steps // 10)) * (n_critic + 1)
+            if node.get("monitor", None) is None:
+                if fid_every:
+                    extra["monitor"] = FID_KEY
+                else:
+                    extra["save_top_k"] = 0
+        built.append(instantiate(node, **extra))
+    evaluation = [cb for cb in built if isinstance(cb, (FIDMonitor, ModeCoverageMonitor))]
+    decision = [instantiate(cfg.early_stopping)] if _has_target(cfg.get("early_stopping")) else []
+    return evaluation + decision + [cb for cb in built if cb not in evaluation]
+
+
+def build_loggers(cfg: DictConfig) -> list[Logger]:
+    """Every ``logger.<name>`` node (``logger=[csv,tensorboard]``); none with ``logger=none``."""
+    return [instantiate(node) for node in (cfg.get("logger") or {}).values() if _has_target(node)]
+
+
+def build_trainer(cfg: DictConfig, module: GANModule, callbacks: list[Callback], loggers: list[Logger]) -> L.Trainer:
+    """The Trainer of ``cfg.trainer`` with the G-step budget converted to Lightning's ``max_steps``."""
+    return instantiate(
+        cfg.trainer, max_steps=max_steps_for(cfg.max_g_steps, module.n_critic), callbacks=callbacks,
+        logger=loggers or False, default_root_dir=str(cfg.output_dir),
+    )
+
+
+def build_all(cfg: DictConfig, validate_data: bool = True) -> dict[str, Any]:
+    """DataModule, module, callbacks, loggers and Trainer of a composed config (nothing is trained)."""
+    datamodule = build_datamodule(cfg, validate=validate_data)
+    data_shape = tuple(datamodule.shape)
+    generator, discriminator = build_models(cfg, data_shape)
+    module = build_module(cfg, generator, discriminator)
+    run_config = OmegaConf.to_container(cfg, resolve=True)
+    run_config["data_shape"] = list(data_shape)
+    module.run_config = run_config
+    callbacks = build_callbacks(cfg)
+    loggers = build_loggers(cfg)
+    trainer = build_trainer(cfg, module, callbacks, loggers)
+    return {"cfg": cfg, "datamodule": datamodule, "module": module, "callbacks": callbacks, "loggers": loggers,
+            "trainer": trainer}
+
+
+def fit(objects: dict[str, Any], ckpt_path: Optional[str]) -> dict[str, Any]:
+    """Fit the built objects and return the run's ``summary.json`` (``{}`` when none was written)."""
+    output_dir = Path(objects["cfg"].output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    # Our checkpoints hold only tensors, numbers and strings, so resuming never unpickles code.
+    objects["trainer"].fit(objects["module"], datamodule=objects["datamodule"], ckpt_path=ckpt_path, weights_only=True)
+    summary_path = output_dir / "summary.json"
+    return json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+
+
+__all__ = [
+    "build_all", "build_callbacks", "build_datamodule", "build_loggers", "build_models",
+    "build_module", "build_trainer", "drop_unselected", "fit",
+]
