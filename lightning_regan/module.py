@@ -151,8 +151,9 @@ class GANModule(L.LightningModule):
         if ema_decay is not None:
             self.ema_generator = AveragedModel(generator, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
             self.ema_generator.requires_grad_(False)
-        noise = torch.randn(num_fixed_samples, latent_dim, generator=torch.Generator().manual_seed(seed))
-        self.register_buffer("fixed_noise", noise)
+        self.num_fixed_samples = num_fixed_samples
+        self.fixed_noise_seed = seed
+        self._fixed_noise: Optional[Tensor] = None
         self.g_steps = 0
         self.d_steps = 0
         #: Plain-python copy of the config this module was built from (set by ``train``); saved in checkpoints.
@@ -170,6 +171,13 @@ class GANModule(L.LightningModule):
         if self.ema_generator is not None and int(self.ema_generator.n_averaged) > 0:
             return self.ema_generator.module
         return self.generator
+
+    @property
+    def fixed_noise(self) -> Tensor:
+        """``num_fixed_samples`` latent vectors of :meth:`sample_noise` drawn under ``seed`` (sample grids)."""
+        if self._fixed_noise is None or self._fixed_noise.device != self.device:
+            self._fixed_noise = seeded_noise(self, self.num_fixed_samples, self.fixed_noise_seed)
+        return self._fixed_noise
 
     def sample_noise(self, n: int) -> Tensor:
         """Draw ``n`` latent vectors on the module's device. Override for other priors."""
@@ -223,8 +231,16 @@ class GANModule(L.LightningModule):
             raise TypeError(f"Expected the batch to hold a tensor of samples, got {type(batch).__name__}.")
         return batch
 
+    def _attached_trainer(self) -> Optional[L.Trainer]:
+        """The Trainer running this module, or ``None`` outside ``fit`` (public API: ``trainer`` raises then)."""
+        try:
+            return self.trainer
+        except RuntimeError:
+            return None
+
     def _grad_scaler(self) -> Optional[torch.amp.GradScaler]:
-        plugin = getattr(self.trainer, "precision_plugin", None) if self._trainer is not None else None
+        trainer = self._attached_trainer()
+        plugin = getattr(trainer, "precision_plugin", None) if trainer is not None else None
         return getattr(plugin, "scaler", None)
 
     def _clip(self, optimizer: Any) -> None:
@@ -302,9 +318,9 @@ class GANModule(L.LightningModule):
         ``self.log``: on a CPU each call costs about 1 ms, a quarter of a small GAN's step for 6-7 keys
         (``scripts/bench_step.py``, ``docs/benchmarks.md``).
         """
-        if self._trainer is None:
+        trainer = self._attached_trainer()
+        if trainer is None:
             return
-        trainer = self.trainer
         values = {f"train/{k}": v for k, v in metrics.items()}
         trainer.callback_metrics.update(values)
         every = trainer.log_every_n_steps
@@ -335,6 +351,8 @@ class GANModule(L.LightningModule):
                 "This checkpoint was not written by lightning_regan.GANModule (no 'regan' section); "
                 "load it with the module class that wrote it."
             )
+        # Checkpoints of earlier versions hold the fixed noise as a buffer; it is drawn from sample_noise now.
+        checkpoint.get("state_dict", {}).pop("fixed_noise", None)
         self.g_steps = int(state["g_steps"])
         self.d_steps = int(state["d_steps"])
         self.run_config = state.get("config")

@@ -427,6 +427,7 @@ def test_monitor_state_dict_roundtrip_and_no_duplicate_after_resume(tmp_path):
     # a run resumed at G step 4 whose first batch is a D-only step must not re-evaluate step 4
     class Stalled:
         g_steps = 4
+        g_step_taken = True  # the G-step event fires with the restored step
 
     resumed._metric = object()  # would fail if evaluate() were called
     resumed.on_train_batch_end(None, Stalled(), None, None, 0)

@@ -72,7 +72,8 @@ class StandIn(L.LightningModule):
         return self.generator(self.sample_noise(n) if z is None else z.to(self.device))
 
     def training_step(self, batch, batch_idx):
-        if (batch_idx + 1) % self.g_every == 0:
+        self.g_step_taken = (batch_idx + 1) % self.g_every == 0
+        if self.g_step_taken:
             self.g_steps += 1
 
     def configure_optimizers(self):

@@ -17,7 +17,8 @@ from lightning.pytorch.callbacks import Callback
 
 def g_steps_of(trainer: L.Trainer, pl_module: L.LightningModule) -> int:
     """G steps taken so far: ``pl_module.g_steps`` (GANModule), else ``trainer.global_step``."""
-    return int(getattr(pl_module, "g_steps", trainer.global_step))
+    g_steps = getattr(pl_module, "g_steps", None)
+    return int(trainer.global_step if g_steps is None else g_steps)
 
 
 def is_due(g_step: int, every: int) -> bool:

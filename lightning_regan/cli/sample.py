@@ -49,11 +49,11 @@ def load_module(ckpt_path: str | os.PathLike, map_location: str | torch.device =
     cfg = OmegaConf.create(state["config"])
     generator, discriminator = build_models(cfg, tuple(cfg.data_shape))
     module = build_module(cfg, generator, discriminator)
+    module.on_load_checkpoint(checkpoint)  # first, as Lightning does: it upgrades older checkpoints
     try:
         module.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as exc:
         raise CheckpointError(f"Checkpoint {str(path)!r} does not fit its stored architecture: {exc}") from exc
-    module.on_load_checkpoint(checkpoint)
     return module.to(map_location).eval(), cfg
 
 

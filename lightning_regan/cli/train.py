@@ -35,6 +35,36 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+#: Warnings regan-train's user cannot act on, each with the reason it is noise here.
+QUIET_WARNINGS: tuple[str, ...] = (
+    # torch 2.14 deprecates LeafSpec; Lightning 2.6's own _pytree.py still uses it (facts.md).
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    # Logging counts batches across epochs (a G-step budget spans many short epochs): logs are written anyway.
+    r"The number of training batches \(\d+\) is smaller than the logging interval",
+    # Checkpoints are taken at the end of a G step, after the optimizers stepped: that state is the one wanted.
+    r"Using ModelCheckpoint with manual optimization",
+)
+#: Info lines that are advertisements, not information about the run.
+QUIET_INFO: tuple[str, ...] = ("Tip: For seamless cloud logging",)
+
+
+class _DropInfo(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(text in message for text in QUIET_INFO)
+
+
+def quiet_console() -> None:
+    """Silence :data:`QUIET_WARNINGS` and :data:`QUIET_INFO` (the ``regan-train`` process only; a library user's
+    own Trainer is left alone)."""
+    import warnings
+
+    for pattern in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_DropInfo())
+
+
 def _has_target(node: Any) -> bool:
     return isinstance(node, DictConfig) and "_target_" in node
 
@@ -122,6 +152,7 @@ def main(cfg: DictConfig) -> float:
     """Entry point of ``regan-train``; returns ``summary[optimized_metric]`` for Hydra sweepers."""
     with open_dict(cfg):
         cfg.output_dir = str(Path(cfg.output_dir).resolve())
+    quiet_console()
     try:
         summary, _ = train(cfg)
     except USER_ERRORS as exc:
