@@ -21,7 +21,14 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lightning_regan import GANModule
-from lightning_regan.builders import build_callbacks, build_datamodule, build_loggers, build_models, build_module
+from lightning_regan.builders import (
+    build_callbacks,
+    build_datamodule,
+    build_loggers,
+    build_models,
+    build_module,
+    drop_unselected,
+)
 from lightning_regan.cli.train import validate_config
 from lightning_regan.config import compose_config, config_dir
 from lightning_regan.data import DatasetNotFoundError
@@ -30,6 +37,7 @@ from lightning_regan.regularizers import Regularizer
 
 CONF = config_dir()
 EMBEDDED_DATA = {"digits", "gaussians", "gaussians_grid"}
+EMBEDDED_DATA_CLASSES = {"DigitsDataModule", "GaussianMixtureDataModule"}
 # Keys of summary.json a sweeper may optimize (product.md).
 SUMMARY_METRICS = {"best_fid", "g_steps", "wall_time_s"}
 
@@ -237,6 +245,62 @@ def test_experiment_choice_is_valid_and_builds(tmp_path, experiment):
     module = build_module(cfg, *build_models(cfg, tuple(datamodule.shape)))
     assert isinstance(module, GANModule)
     assert build_callbacks(cfg)
+
+
+#: Config groups an experiment preset may choose or tune (``trainer`` is the machine's, not a preset's).
+PRESET_GROUPS = ("model", "data", "loss", "regularizer", "early_stopping", "callbacks", "logger")
+
+
+def touched_groups(experiment: str) -> list[str]:
+    """The groups whose choice (``override /group: ...``) or settings (a top-level ``group:`` key) a preset sets."""
+    import yaml
+
+    text = yaml.safe_load((CONF / "experiment" / f"{experiment}.yaml").read_text()) or {}
+    groups = {key for key in text if key in PRESET_GROUPS}
+    for entry in text.get("defaults") or []:
+        if isinstance(entry, dict):
+            groups |= {key.replace("override", "").strip().strip("/") for key in entry} & set(PRESET_GROUPS)
+    return sorted(groups)
+
+
+PRESET_CASES = [(e, g, c) for e in choices("experiment") for g in touched_groups(e) for c in choices(g)]
+
+
+@pytest.mark.parametrize("experiment, group, choice", PRESET_CASES)
+def test_every_preset_composes_with_every_choice_of_the_groups_it_touches(tmp_path, experiment, group, choice):
+    """``regan-train experiment=X group=choice`` composes and builds (no training), e.g. experiment=ring
+    regularizer=l2, although the preset tunes regularizer.r1."""
+    cfg = compose(tmp_path, f"experiment={experiment}", f"{group}={choice}")
+    drop_unselected(cfg)
+    validate_config(cfg)
+    datamodule = build_datamodule(cfg, validate=cfg.data._target_.split(".")[-1] in EMBEDDED_DATA_CLASSES)
+    shape = tuple(datamodule.shape)
+    model = {"MLPGenerator": "mlp", "DCGANGenerator": "dcgan", "ResNetGenerator": "resnet"}[
+        cfg.model.generator._target_.rsplit(".", 1)[-1]]
+    if model_fits(model, shape):
+        module = build_module(cfg, *build_models(cfg, shape))
+        assert isinstance(module, GANModule)
+    callbacks = build_callbacks(cfg)
+    if group == "callbacks":
+        assert len([cb for cb in callbacks if type(cb).__name__ != "EarlyTermination"]) >= 1
+    build_loggers(cfg)
+
+
+def test_a_preset_tuning_an_unchosen_entry_composes(tmp_path):
+    cfg = compose(tmp_path, "experiment=ring", "regularizer=l2", "early_stopping=plateau", "callbacks=[summary]")
+    assert drop_unselected(cfg) == ["regularizer.r1", "callbacks.fid", "callbacks.samples", "early_stopping.fid_plateau"]
+    validate_config(cfg)
+    assert list(build_module(cfg, *build_models(cfg, (2,))).regularizers) == ["l2"]
+    names = [type(cb).__name__ for cb in build_callbacks(cfg)]
+    assert names == ["ModeCoverageMonitor", "EarlyTermination", "RunSummary"]
+
+
+def test_callbacks_are_removable_from_the_command_line(tmp_path):
+    cfg = compose(tmp_path, "~callbacks.fid", "~callbacks.samples")
+    names = [type(cb).__name__ for cb in build_callbacks(cfg)]
+    assert names == ["EarlyTermination", "ModelCheckpoint", "RunSummary", "GStepProgressBar"]
+    checkpoint = next(cb for cb in build_callbacks(cfg) if type(cb).__name__ == "ModelCheckpoint")
+    assert checkpoint.monitor is None  # no FID: last.ckpt only
 
 
 def test_command_line_choices_override_an_experiment(tmp_path):
