@@ -106,6 +106,8 @@ def build_callbacks(cfg: DictConfig) -> list[Callback]:
         extra: dict[str, Any] = {}
         if name == "progress_bar" and not cfg.trainer.get("enable_progress_bar", True):
             continue
+        if name == "fid" and not fid_every and not node.get("evaluate_on_train_end", False):
+            continue  # every_n_g_steps=0: no FID, and no extractor or real statistics prepared for nothing
         if name == "checkpoint":
             if node.get("every_n_train_steps", None) is None:
                 extra["every_n_train_steps"] = (fid_every or max(1, cfg.max_g_steps // 10)) * (n_critic + 1)

@@ -649,3 +649,47 @@ def test_regan_eval_argument_errors(capsys, tmp_path):
 
 if __name__ == "__main__":
     {"ddp": scenario_ddp, "ddp_failing_setup": scenario_ddp_failing_setup}[sys.argv[1]](Path(sys.argv[2]))
+
+
+# ---------------------------------------------------------------------------------------------- torchmetrics' states
+class _Points(nn.Module):
+    num_features = 3
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.float()
+
+
+def test_our_statistics_are_torchmetrics_fid_states_and_why_the_real_side_is_kept_apart():
+    """FeatureMoments/RealStatistics hold exactly torchmetrics FID's states; the reason we do not keep the real side
+    in torchmetrics' FrechetInceptionDistance: its sync reduces the real states too, so real statistics that every
+    rank holds (loaded from the disk cache by each) would be counted world_size times."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    from lightning_regan.fid.stats import FeatureMoments, RealStatistics, compute_real_statistics
+
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(50, 3, generator=g), torch.randn(40, 3, generator=g) + 0.5
+    tm = FrechetInceptionDistance(feature=_Points(), reset_real_features=False)
+    tm.update(real, real=True)
+    tm.update(fake, real=False)
+    ours_fake = FeatureMoments(3)
+    ours_fake.update(fake)
+    ours_real = compute_real_statistics(real, _Points(), 50, batch_size=16)
+    assert torch.equal(ours_fake.features_sum, tm.fake_features_sum)
+    assert torch.allclose(ours_fake.features_cov_sum, tm.fake_features_cov_sum)
+    assert int(ours_fake.num_samples) == int(tm.fake_features_num_samples)
+    assert torch.allclose(ours_real.features_sum, tm.real_features_sum)
+    assert torch.allclose(ours_real.features_cov_sum, tm.real_features_cov_sum)
+    assert ours_real.num_samples == int(tm.real_features_num_samples)
+    assert isinstance(RealStatistics.from_moments(ours_fake), RealStatistics)
+    assert float(tm.compute()) == pytest.approx(
+        float(frechet_distance(ours_real.mean(), ours_real.cov(), *ours_fake.compute()[:2])), rel=1e-6)
+
+    # Two ranks with the same real statistics and half of the generated samples each:
+    two_ranks = lambda x, group=None: [x, x.clone()]  # noqa: E731  (each rank's state, as all_gather returns it)
+    tm.sync(dist_sync_fn=two_ranks, distributed_available=lambda: True)
+    assert int(tm.real_features_num_samples) == 100  # the real side was reduced too: 50 real samples counted twice
+    tm.unsync()
+    ours_fake.sync(dist_sync_fn=two_ranks, distributed_available=lambda: True)
+    assert int(ours_fake.num_samples) == 80 and ours_real.num_samples == 50  # only the generated side is reduced
+    ours_fake.unsync()

@@ -156,13 +156,8 @@ class FIDMonitor(GStepCallback):
         return self._generate_state_key(every_n_g_steps=self.every_n_g_steps, num_samples=self.num_samples, feature_extractor=spec)
 
     # ------------------------------------------------------------------ preparation
-    @property
-    def active(self) -> bool:
-        """Whether this monitor evaluates at all (``every_n_g_steps > 0`` or ``evaluate_on_train_end``)."""
-        return self.every_n_g_steps > 0 or self.evaluate_on_train_end
-
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage != "fit" or self._metric is not None or not self.active:
+        if stage != "fit" or self._metric is not None:
             return
         datamodule = getattr(trainer, "datamodule", None)
         source = self.real_data if self.real_data is not None else real_source_of(datamodule)
@@ -171,8 +166,6 @@ class FIDMonitor(GStepCallback):
         self._prepare(trainer, datamodule, source)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.active:  # every_n_g_steps=0: no extractor, no real statistics
-            return
         if self._metric is None:
             self._prepare(trainer, getattr(trainer, "datamodule", None), trainer.train_dataloader)
         start = time.perf_counter()

@@ -28,7 +28,7 @@ from torchmetrics import Metric
 from torchmetrics.image.kid import poly_mmd
 from torchmetrics.utilities import dim_zero_cat
 
-from lightning_regan.fid.stats import RealStatistics
+from lightning_regan.fid.stats import FeatureMoments, RealStatistics
 
 
 def sqrtm_psd(sigma: Tensor) -> Tensor:
@@ -61,31 +61,6 @@ def frechet_distance_low_rank(mu1: Tensor, sigma1: Tensor, features2: Tensor, sq
     eigenvalues = torch.linalg.eigvalsh((gram + gram.T) / 2)
     trace2 = centered.square().sum() / (n - 1)
     return (mu1 - mu2).square().sum() + sigma1.trace() + trace2 - 2 * eigenvalues.clamp(min=0).sqrt().sum()
-
-
-class FeatureMoments(Metric):
-    """Sum, outer-product sum and count of features in float64 (torchmetrics FID's states), summed over ranks."""
-
-    full_state_update = False
-
-    def __init__(self, num_features: int) -> None:
-        super().__init__()
-        self.add_state("features_sum", torch.zeros(num_features, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("features_cov_sum", torch.zeros(num_features, num_features, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("num_samples", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-
-    def update(self, features: Tensor) -> None:
-        f = features.detach().reshape(features.shape[0], -1).double()
-        self.features_sum += f.sum(dim=0)
-        self.features_cov_sum += f.t().mm(f)
-        self.num_samples += f.shape[0]
-
-    def compute(self) -> tuple[Tensor, Tensor, Tensor]:
-        """``(mean, unbiased covariance, count)``, as torchmetrics' FID computes them."""
-        n = self.num_samples
-        mean = (self.features_sum / n).unsqueeze(0)
-        cov = (self.features_cov_sum - n * mean.t().mm(mean)) / (n - 1)
-        return mean.squeeze(0), cov, n
 
 
 class _GatheredFeatures(Metric):

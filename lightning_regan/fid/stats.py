@@ -26,6 +26,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
+from torchmetrics import Metric
 
 from lightning_regan.fid.extractors import extractor_key, extractor_num_features
 from lightning_regan.fid.weights import PathLike, atomic_torch_save, cache_dir
@@ -34,6 +35,47 @@ log = logging.getLogger(__name__)
 
 STATS_VERSION = 1
 RealSource = Union[Dataset, DataLoader, Tensor, Iterable]
+
+
+def update_moments(features: Tensor, features_sum: Tensor, features_cov_sum: Tensor) -> int:
+    """Add ``features`` ``(N, ...)`` to the float64 sums in place (torchmetrics FID's update); returns ``N``."""
+    f = features.detach().reshape(features.shape[0], -1).double()
+    features_sum += f.sum(dim=0)
+    features_cov_sum += f.t().mm(f)
+    return int(f.shape[0])
+
+
+def mean_and_cov(features_sum: Tensor, features_cov_sum: Tensor, num_samples: Union[int, Tensor]) -> tuple[Tensor, Tensor]:
+    """Mean and unbiased covariance from the sums, as torchmetrics' FID computes them."""
+    mean = (features_sum / num_samples).unsqueeze(0)
+    cov = (features_cov_sum - num_samples * mean.t().mm(mean)) / (num_samples - 1)
+    return mean.squeeze(0), cov
+
+
+class FeatureMoments(Metric):
+    """Sum, outer-product sum and count of features in float64 (torchmetrics FID's ``fake_*`` states, same names
+    without the prefix and the same ``"sum"`` reduction): exact under DDP, every rank adding its share.
+
+    The one implementation of FID's sufficient statistics here: the generated side lives in this metric, the real
+    side is a :class:`RealStatistics` built from one (cached on disk, held by every rank and never synced; why not
+    torchmetrics' ``FrechetInceptionDistance`` itself: ``docs/architecture.md``).
+    """
+
+    full_state_update = False
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.add_state("features_sum", torch.zeros(num_features, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("features_cov_sum", torch.zeros(num_features, num_features, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("num_samples", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, features: Tensor) -> None:
+        self.num_samples += update_moments(features, self.features_sum, self.features_cov_sum)
+
+    def compute(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(mean, unbiased covariance, count)``."""
+        mean, cov = mean_and_cov(self.features_sum, self.features_cov_sum, self.num_samples)
+        return mean, cov, self.num_samples
 
 
 @dataclass
@@ -61,12 +103,17 @@ class RealStatistics:
         return int(self.features_sum.shape[0])
 
     def mean(self) -> Tensor:
-        return self.features_sum / self.num_samples
+        return mean_and_cov(self.features_sum, self.features_cov_sum, self.num_samples)[0]
 
     def cov(self) -> Tensor:
         """Unbiased covariance, as torchmetrics computes it."""
-        mu = self.mean().unsqueeze(0)
-        return (self.features_cov_sum - self.num_samples * mu.t().mm(mu)) / (self.num_samples - 1)
+        return mean_and_cov(self.features_sum, self.features_cov_sum, self.num_samples)[1]
+
+    @classmethod
+    def from_moments(cls, moments: FeatureMoments, features: Optional[Tensor] = None) -> "RealStatistics":
+        """The statistics accumulated in ``moments`` (on the CPU)."""
+        return cls(moments.features_sum.detach().cpu().clone(), moments.features_cov_sum.detach().cpu().clone(),
+                   int(moments.num_samples), features)
 
     def to_dict(self) -> dict[str, Any]:
         return {"features_sum": self.features_sum, "features_cov_sum": self.features_cov_sum,
@@ -143,14 +190,11 @@ def iter_real_batches(source: RealSource, num_samples: int, batch_size: int) -> 
 # ---------------------------------------------------------------------------------------------- computation
 def accumulate(features: Tensor, stats: Optional[RealStatistics] = None) -> RealStatistics:
     """Add a batch of features to ``stats`` (torchmetrics' update maths, in float64)."""
-    f = features.detach().reshape(features.shape[0], -1).double()
     if stats is None:
-        d = f.shape[1]
-        stats = RealStatistics(torch.zeros(d, dtype=torch.float64, device=f.device),
-                               torch.zeros(d, d, dtype=torch.float64, device=f.device), 0)
-    stats.features_sum += f.sum(dim=0)
-    stats.features_cov_sum += f.t().mm(f)
-    stats.num_samples += f.shape[0]
+        d = features[0].numel()
+        stats = RealStatistics(torch.zeros(d, dtype=torch.float64, device=features.device),
+                               torch.zeros(d, d, dtype=torch.float64, device=features.device), 0)
+    stats.num_samples += update_moments(features, stats.features_sum, stats.features_cov_sum)
     return stats
 
 
@@ -168,23 +212,24 @@ def compute_real_statistics(
 ) -> RealStatistics:
     """Encode the first ``num_samples`` real samples of ``source`` with ``extractor`` (no cache)."""
     global encoded_real_samples
-    stats = None
+    moments: Optional[FeatureMoments] = None
     kept: list[Tensor] = []
     for x in iter_real_batches(source, num_samples, batch_size):
         with torch.no_grad():
             feats = extractor(x.to(device) if device is not None else x)
         encoded_real_samples += x.shape[0]
-        stats = accumulate(feats, stats)
+        if moments is None:
+            moments = FeatureMoments(feats[0].numel()).to(feats.device)
+        moments.update(feats)
         if keep_features:
             kept.append(feats.detach().float().cpu())
-    if stats is None or stats.num_samples < 2:
-        raise ValueError(f"FID needs at least 2 real samples; the reference data gave {0 if stats is None else stats.num_samples}.")
-    if stats.num_samples < num_samples:
-        log.warning("Only %d real samples are available (num_real_samples=%d asked for).", stats.num_samples, num_samples)
-    stats.features_sum = stats.features_sum.cpu()
-    stats.features_cov_sum = stats.features_cov_sum.cpu()
-    stats.features = torch.cat(kept) if keep_features else None
-    return stats
+    count = 0 if moments is None else int(moments.num_samples)
+    if count < 2:
+        raise ValueError(f"FID needs at least 2 real samples; the reference data gave {count}.")
+    if count < num_samples:
+        log.warning("Only %d real samples are available (num_real_samples=%d asked for).", count, num_samples)
+    assert moments is not None
+    return RealStatistics.from_moments(moments, torch.cat(kept) if keep_features else None)
 
 
 def statistics_key(dataset_key: str, extractor_id: str, num_real_samples: int) -> str:
@@ -256,7 +301,10 @@ def load_or_compute_real_statistics(
 
 __all__ = [
     "RealStatistics",
+    "FeatureMoments",
     "accumulate",
+    "mean_and_cov",
+    "update_moments",
     "compute_real_statistics",
     "dataset_cache_key",
     "iter_real_batches",
