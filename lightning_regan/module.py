@@ -9,9 +9,11 @@ from typing import Any, Callable, Optional, Union
 import lightning as L
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from lightning_regan.distributed import all_reduce_gradients, broadcast_buffers, ddp_model, optimizer_parameters
 from lightning_regan.losses import AdversarialLoss, get_loss
 from lightning_regan.regularizers import DiscriminatorBatch, Regularizer
 
@@ -254,6 +256,33 @@ class GANModule(L.LightningModule):
             clip_val = clip_val * scaler.get_scale()
         self.clip_gradients(optimizer, gradient_clip_val=clip_val, gradient_clip_algorithm=self.gradient_clip_algorithm)
 
+    def _ddp_model(self) -> Optional[DistributedDataParallel]:
+        return ddp_model(self.trainer.strategy)
+
+    def backward_and_reduce(self, loss: Tensor, optimizer: Any) -> None:
+        """``manual_backward(loss)``; under DDP, then one all-reduce (mean) of ``optimizer``'s gradients.
+
+        DDP's reducer is kept idle (``no_sync()``): it would expect both networks to get gradients in every backward
+        (``strategy="ddp"`` fails at the first step) or, with ``find_unused_parameters=True``, all-reduce both networks
+        at every backward. Instead only the network about to step is reduced, once, in one flat buffer (as
+        StyleGAN3's training loop does), before clipping and before GradScaler unscales inside ``optimizer.step()``.
+        Subclasses that override a step call this instead of ``manual_backward``. See ``docs/distributed.md``.
+        """
+        ddp = self._ddp_model()
+        if ddp is None:
+            self.manual_backward(loss)
+            return
+        with ddp.no_sync():
+            self.manual_backward(loss)
+        all_reduce_gradients(optimizer_parameters(optimizer), ddp.process_group)
+
+    def _broadcast_network_buffers(self) -> None:
+        """Under DDP with ``broadcast_buffers`` (its default), give every rank rank 0's buffers of G and D (BatchNorm
+        statistics) at the start of a step, as DDP's forward would if its machinery were not kept idle."""
+        ddp = self._ddp_model()
+        if ddp is not None and ddp.broadcast_buffers:
+            broadcast_buffers([self.generator, self.discriminator], ddp.process_group)
+
     def discriminator_step(self, real: Tensor, d_opt: Any) -> dict[str, Tensor]:
         """One D update: adversarial loss plus the regularizers due at this D step."""
         due = [(name, reg) for name, reg in self.regularizers.items() if reg.is_due(self.d_steps)]
@@ -273,7 +302,7 @@ class GANModule(L.LightningModule):
                 d_loss = d_loss + (reg.weight * reg.gain) * value
                 metrics[f"d_reg/{name}"] = value.detach()
             d_opt.zero_grad(set_to_none=True)
-            self.manual_backward(d_loss)
+            self.backward_and_reduce(d_loss, d_opt)
             self._clip(d_opt)
             d_opt.step()
         self.d_steps += 1
@@ -286,7 +315,7 @@ class GANModule(L.LightningModule):
             fake = self.generator(self.sample_noise(batch_size))
             g_loss = self.loss.g_loss(self.discriminator(fake).float())
             g_opt.zero_grad(set_to_none=True)
-            self.manual_backward(g_loss)
+            self.backward_and_reduce(g_loss, g_opt)
             self._clip(g_opt)
             g_opt.step()
         self.g_steps += 1
@@ -297,6 +326,7 @@ class GANModule(L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> None:
         """One D step, then one G step every ``n_critic`` D steps. Logs ``train/*`` metrics."""
         real = self.real_samples(batch)
+        self._broadcast_network_buffers()
         g_opt, d_opt = self.optimizers()
         metrics = self.discriminator_step(real, d_opt)
         g_step_taken = self.d_steps % self.n_critic == 0

@@ -151,6 +151,7 @@ def verdict(value: float, target: float, higher_is_better: bool = False) -> str:
 
 
 README_SOURCES = (("bench_step.json", "Training step: GANModule vs a hand-written loop"),
+                  ("bench_step_ddp.json", "DDP training step: before (find_unused_parameters) and after"),
                   ("bench_fid.json", "FID evaluation: FIDMonitor vs a raw Inception forward"))
 
 

@@ -13,17 +13,29 @@ Measures, in one process with interleaved repeats (warm-up first, medians quoted
 One *step* is one training batch: one D update and one G update (``n_critic=1``). A step's time runs from the end
 of one batch to the end of the next, so it includes data loading and every framework hook.
 
+* **DDP, before and after** (``--ddp``; on in the quick and full modes): 2 gloo processes on the CPU train Lightning's
+  tutorial GAN networks (MNIST size, batch 64 per rank) with a plain ``DDPStrategy``, interleaved with the way before
+  (``find_unused_parameters=True``, DDP's reducer all-reducing both networks at every backward). Reports the median
+  step time of each and the bytes all-reduced per G step (every ``torch.distributed.all_reduce`` inside a training
+  step, DDP's reducer made visible by a communication hook in an untimed run).
+
 Examples::
 
     python scripts/bench_step.py                 # full mode (a few minutes on a 2-core CPU)
     python scripts/bench_step.py --quick         # well under a minute
     python scripts/bench_step.py --device cuda   # on a GPU (auto-selected when available)
+    python scripts/bench_step.py --ddp-only      # only DDP before/after (bench/results/bench_step_ddp.json)
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
+import math
+import os
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -465,6 +477,217 @@ def profile(setup: str, variant: str, steps: int, device: torch.device) -> None:
     stats.sort_stats("tottime").print_stats(15)
 
 
+# ---------------------------------------------------------------------------------------------- DDP before / after
+#: Per mode: timed steps per run (after ``warmup_steps``) and interleaved repeats of the DDP comparison.
+DDP_MODES: dict[str, dict[str, int]] = {
+    "smoke": {"steps": 3, "warmup_steps": 1, "repeats": 1},
+    "quick": {"steps": 10, "warmup_steps": 2, "repeats": 3},
+    "full": {"steps": 30, "warmup_steps": 2, "repeats": 7},
+}
+DDP_WORLD = 2
+DDP_BATCH = 64  # per rank
+TUTORIAL_LATENT = 100
+DDP_VARIANTS = ("before", "after")
+
+
+class TutorialGenerator(nn.Module):
+    """Generator of Lightning's basic GAN tutorial: MLP blocks (BatchNorm, LeakyReLU) to a 1x28x28 Tanh image."""
+
+    def __init__(self, latent_dim: int = TUTORIAL_LATENT, img_shape: tuple[int, ...] = (1, 28, 28)) -> None:
+        super().__init__()
+        self.img_shape = img_shape
+
+        def block(in_feat: int, out_feat: int, normalize: bool = True) -> list[nn.Module]:
+            layers: list[nn.Module] = [nn.Linear(in_feat, out_feat)]
+            if normalize:
+                layers.append(nn.BatchNorm1d(out_feat, 0.8))
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
+            return layers
+
+        self.model = nn.Sequential(*block(latent_dim, 128, normalize=False), *block(128, 256), *block(256, 512),
+                                   *block(512, 1024), nn.Linear(1024, math.prod(img_shape)), nn.Tanh())
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.model(z).view(z.size(0), *self.img_shape)
+
+
+class TutorialDiscriminator(nn.Module):
+    """Discriminator of the tutorial, returning logits (its final Sigmoid is what the logit loss replaces)."""
+
+    def __init__(self, img_shape: tuple[int, ...] = (1, 28, 28)) -> None:
+        super().__init__()
+        self.model = nn.Sequential(nn.Linear(math.prod(img_shape), 512), nn.LeakyReLU(0.2, inplace=True),
+                                   nn.Linear(512, 256), nn.LeakyReLU(0.2, inplace=True), nn.Linear(256, 1))
+
+    def forward(self, img: Tensor) -> Tensor:
+        return self.model(img.flatten(1))
+
+
+class ReducerGANModule(GANModule):
+    """The way before: GANModule's own reduction off, DDP's reducer (``find_unused_parameters=True``) does it."""
+
+    def _ddp_model(self) -> None:
+        return None
+
+
+class AllReduceBytes(Callback):
+    """Counts the bytes of every ``torch.distributed.all_reduce`` issued inside training steps; optionally routes DDP's
+    reducer through its default all-reduce communication hook, which calls that function, so it is counted too."""
+
+    def __init__(self, expose_reducer: bool) -> None:
+        self.expose_reducer = expose_reducer
+        self.bytes = 0
+        self._original: Any = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.expose_reducer:
+            from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+            trainer.strategy.model.register_comm_hook(None, default_hooks.allreduce_hook)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        import torch.distributed as dist
+
+        self._original = original = dist.all_reduce
+
+        def counting(tensor: Tensor, *args: Any, **kwargs: Any) -> Any:
+            self.bytes += tensor.numel() * tensor.element_size()
+            return original(tensor, *args, **kwargs)
+
+        dist.all_reduce = counting
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        import torch.distributed as dist
+
+        dist.all_reduce = self._original
+
+
+def _digits_28px() -> torch.utils.data.TensorDataset:
+    """scikit-learn's 1,797 8x8 digits resized to MNIST's 28x28, in [-1, 1] (real images, no download)."""
+    from sklearn.datasets import load_digits
+
+    digits = torch.tensor(load_digits().images, dtype=torch.float32).unsqueeze(1) / 8.0 - 1.0
+    images = nn.functional.interpolate(digits, size=(28, 28), mode="bilinear", align_corners=False)
+    return torch.utils.data.TensorDataset(images, torch.zeros(len(images), dtype=torch.long))
+
+
+def _ddp_fit(variant: str, steps: int, data: Any, count_bytes: bool) -> tuple[list[tuple[float, float]], int, int]:
+    """Train ``steps`` batches on this rank; returns the end-of-batch stamps, the bytes all-reduced and the G steps."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    torch.manual_seed(0)
+    module_cls = ReducerGANModule if variant == "before" else GANModule
+    module = module_cls(TutorialGenerator(), TutorialDiscriminator(), loss="non_saturating", latent_dim=TUTORIAL_LATENT)
+    clock = StepClock(torch.device("cpu"))
+    callbacks: list[Callback] = [clock]
+    counter = AllReduceBytes(expose_reducer=variant == "before") if count_bytes else None
+    if counter is not None:
+        callbacks.append(counter)
+    strategy = DDPStrategy(process_group_backend="gloo", **({"find_unused_parameters": True} if variant == "before" else {}))
+    trainer = L.Trainer(
+        accelerator="cpu", devices=DDP_WORLD, strategy=strategy, max_steps=max_steps_for(steps), max_epochs=-1,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, callbacks=callbacks,
+    )
+    loader = torch.utils.data.DataLoader(data, batch_size=DDP_BATCH, shuffle=True, drop_last=True)
+    trainer.fit(module, loader)
+    return clock.stamps, (counter.bytes if counter is not None else 0), module.g_steps
+
+
+def ddp_worker(out_dir: str, cfg: dict[str, Any]) -> None:
+    """One rank of the DDP comparison (started by :func:`benchmark_ddp` with torchrun-style variables)."""
+    torch.set_num_threads(1)
+    rank = int(os.environ["LOCAL_RANK"])
+    data = _digits_28px()
+    steps, warmup = cfg["steps"], cfg["warmup_steps"]
+    with common.bench_session(torch.device("cpu"), 1):
+        bytes_per_g_step = {}
+        for v in DDP_VARIANTS:  # untimed: warm-up and byte count
+            _, sent, g_steps = _ddp_fit(v, warmup + 2, data, count_bytes=True)
+            bytes_per_g_step[v] = sent / g_steps
+        times: dict[str, dict[str, list[float]]] = {c: {v: [] for v in DDP_VARIANTS} for c in CLOCKS}
+        for r in range(cfg["repeats"]):
+            order = DDP_VARIANTS[r % 2:] + DDP_VARIANTS[:r % 2]
+            for v in order:
+                stamps, _, _ = _ddp_fit(v, warmup + steps, data, count_bytes=False)
+                for clock, index in CLOCKS.items():
+                    times[clock][v].append(step_time(stamps, warmup, index))
+    G, D = TutorialGenerator(), TutorialDiscriminator()
+    result = {"rank": rank, "times": times, "bytes_per_g_step": bytes_per_g_step,
+              "g_params": sum(p.numel() for p in G.parameters()), "d_params": sum(p.numel() for p in D.parameters())}
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def benchmark_ddp(cfg: dict[str, Any], clock: str, timeout: float = 1800) -> dict[str, Any]:
+    """Run :func:`ddp_worker` on ``DDP_WORLD`` CPU processes started side by side and summarize rank 0's timings."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(_free_port()), WORLD_SIZE=str(DDP_WORLD), NODE_RANK="0")
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH")) if p)
+        procs = []
+        for rank in range(DDP_WORLD):
+            log = open(Path(tmp, f"rank{rank}.log"), "w")
+            procs.append((subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--ddp-worker", tmp,
+                                            json.dumps(cfg)], env=dict(env, LOCAL_RANK=str(rank)), stdout=log,
+                                           stderr=subprocess.STDOUT), log))
+        try:
+            codes = [proc.wait(timeout=timeout) for proc, _ in procs]
+        finally:
+            for proc, log in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                log.close()
+        if any(codes):
+            tail = Path(tmp, "rank0.log").read_text()[-3000:]
+            raise SystemExit(f"DDP benchmark workers failed (exit codes {codes}):\n{tail}")
+        ranks = [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(DDP_WORLD)]
+    r0 = ranks[0]
+    g, d = r0["g_params"], r0["d_params"]
+    t = r0["times"][clock]
+    pr = paired_ratios(t, "after", "before")
+    minimum = 4 * (g + d)  # n_critic = 1, fp32
+    return {
+        "description": "Lightning's tutorial GAN networks (MLP, 1x28x28, BatchNorm in G), 2 gloo processes on the CPU, "
+                       "batch 64 per rank, n_critic=1, sklearn digits resized to 28x28",
+        "world_size": DDP_WORLD, "batch_size_per_rank": DDP_BATCH, "timed_steps_per_run": cfg["steps"],
+        "repeats": cfg["repeats"], "g_params": g, "d_params": d,
+        "before": {"what": "DDPStrategy(find_unused_parameters=True): DDP's reducer at every backward",
+                   "step_ms": 1e3 * common.median(t["before"]), "bytes_per_g_step": r0["bytes_per_g_step"]["before"]},
+        "after": {"what": "plain DDPStrategy: GANModule all-reduces the stepping network once per optimizer step",
+                  "step_ms": 1e3 * common.median(t["after"]), "bytes_per_g_step": r0["bytes_per_g_step"]["after"]},
+        "min_bytes_per_g_step": minimum,
+        "after_over_min_bytes": r0["bytes_per_g_step"]["after"] / minimum,
+        "step_time_ratio_after_over_before": pr["median"], "ratio_min": pr["min"], "ratio_max": pr["max"],
+        "ratio_best": pr["best"],
+        "step_time_s": {c: {v: {**common.spread(vals), "values": vals} for v, vals in r0["times"][c].items()}
+                        for c in CLOCKS},
+        "rank1_step_ms": {v: 1e3 * common.median(ranks[1]["times"][clock][v]) for v in DDP_VARIANTS},
+    }
+
+
+def format_ddp_table(ddp: dict[str, Any], clock: str) -> str:
+    t = ddp["step_time_s"]
+    rows = [[v, ddp[v]["what"], f"{1e3 * t['wall'][v]['median']:.1f}", f"{1e3 * t['cpu'][v]['median']:.1f}",
+             f"{ddp[v]['bytes_per_g_step']:,.0f}", f"{ddp[v]['bytes_per_g_step'] / ddp['min_bytes_per_g_step']:.3f}"]
+            for v in DDP_VARIANTS]
+    text = (f"DDP step time and traffic, before and after ({ddp['description']}; median step time of rank 0 over "
+            f"{ddp['repeats']} interleaved runs of {ddp['timed_steps_per_run']} steps; minimum 4 x (|G| + |D|) = "
+            f"{ddp['min_bytes_per_g_step']:,} bytes per G step)\n")
+    text += common.markdown_table(["variant", "what", "step ms (wall)", "step ms (cpu)", "bytes all-reduced per G step",
+                                   "/ minimum"], rows)
+    text += (f"\n\nafter / before step time ({clock} clock, paired by repeat): median "
+             f"{ddp['step_time_ratio_after_over_before']:.3f} (range {ddp['ratio_min']:.2f}-{ddp['ratio_max']:.2f}, "
+             f"best-of-N {ddp['ratio_best']:.3f})")
+    return text
+
+
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = p.add_mutually_exclusive_group()
@@ -486,6 +709,13 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="clock of the reported ratios: cpu (process CPU time; default on the CPU, robust to other "
                         "processes sharing the cores) or wall (default on a GPU); both are saved")
     p.add_argument("--out", help="JSON output (default bench/results/bench_step.json)")
+    ddp = p.add_mutually_exclusive_group()
+    ddp.add_argument("--ddp", dest="ddp", action="store_true", default=None,
+                     help="also run the DDP before/after comparison (default in the quick and full modes)")
+    ddp.add_argument("--no-ddp", dest="ddp", action="store_false", help="skip the DDP comparison")
+    ddp.add_argument("--ddp-only", action="store_true",
+                     help="only the DDP comparison (default output bench/results/bench_step_ddp.json)")
+    p.add_argument("--ddp-worker", nargs=2, metavar=("DIR", "CONFIG"), help=argparse.SUPPRESS)
     p.add_argument("--profile", metavar="VARIANT",
                    help="instead of benchmarking, run VARIANT (e.g. lightning:none, selflog:none, hand:none) of the first "
                         "--setups entry under cProfile for --steps steps (default 200) and print the top functions")
@@ -494,6 +724,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.ddp_worker:
+        ddp_worker(args.ddp_worker[0], json.loads(args.ddp_worker[1]))
+        return {}
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     cfg = copy.deepcopy(MODES[mode])
     if args.repeats is not None:
@@ -515,10 +748,17 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         with common.bench_session(device, args.threads):
             profile(args.setups[0], args.profile, args.steps or 200, device)
         return {}
+    run_ddp = args.ddp_only or (args.ddp if args.ddp is not None else mode != "smoke")
+    ddp_cfg = dict(DDP_MODES[mode])
+    if args.repeats is not None:
+        ddp_cfg["repeats"] = args.repeats
+    if args.steps is not None:
+        ddp_cfg["steps"] = args.steps
     start = time.perf_counter()
     with common.bench_session(device, args.threads):
         machine = common.machine_info(device)  # inside: records the threads used
-        results = benchmark(args.setups, cfg, device)
+        results = {} if args.ddp_only else benchmark(args.setups, cfg, device)
+    ddp_results = benchmark_ddp(ddp_cfg, cfg["clock"]) if run_ddp else None
     payload = {
         "schema": common.SCHEMA_VERSION,
         "benchmark": "step",
@@ -531,11 +771,15 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         "wall_time_s": time.perf_counter() - start,
         "setups": results,
     }
-    payload["markdown"] = format_tables(results, cfg["clock"])
-    path = common.write_json(payload, args.out, "bench_step.json")
+    tables = [] if args.ddp_only else [format_tables(results, cfg["clock"])]
+    if ddp_results is not None:
+        payload["ddp"] = ddp_results
+        tables.append(format_ddp_table(ddp_results, cfg["clock"]))
+    payload["markdown"] = "\n\n".join(tables)
+    path = common.write_json(payload, args.out, "bench_step_ddp.json" if args.ddp_only else "bench_step.json")
     print(payload["markdown"])
     print(f"\nwrote {path} ({payload['wall_time_s']:.0f} s)")
-    if path.name in ("bench_step.json", "bench_fid.json"):
+    if path.name in ("bench_step.json", "bench_step_ddp.json", "bench_fid.json"):
         common.write_results_readme(path.parent)
     return payload
 

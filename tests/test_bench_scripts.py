@@ -67,6 +67,26 @@ def test_bench_step_smoke_writes_schema_and_same_maths(tmp_path):
     assert data["command"] in readme and "| mlp_ring | none |" in readme
 
 
+@pytest.mark.slow
+def test_bench_step_ddp_smoke_reports_before_and_after(tmp_path):
+    """2 gloo worker processes (about 30-45 s, mostly imports): the DDP section's schema and byte counts."""
+    out = tmp_path / "bench_step_ddp.json"
+    load_script("bench_step").main(["--smoke", "--ddp-only", "--device", "cpu", "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert data["setups"] == {} and data["mode"] == "smoke"
+    ddp = data["ddp"]
+    g, d = ddp["g_params"], ddp["d_params"]
+    assert ddp["min_bytes_per_g_step"] == 4 * (g + d)
+    assert ddp["before"]["bytes_per_g_step"] == 2 * 4 * (g + d)  # both networks at both backward passes
+    assert ddp["after"]["bytes_per_g_step"] == 4 * (g + 1 + d + 1)  # each network once, plus one count element
+    assert ddp["after_over_min_bytes"] <= 1.05
+    for v in ("before", "after"):
+        assert finite_positive(ddp[v]["step_ms"])
+        assert all(len(ddp["step_time_s"][c][v]["values"]) == ddp["repeats"] for c in ("wall", "cpu"))
+    assert finite_positive(ddp["step_time_ratio_after_over_before"])
+    assert "| after |" in data["markdown"]
+
+
 def test_bench_step_profile_prints_the_top_functions(capsys):
     script = load_script("bench_step")
     assert script.main(["--profile", "lightning:none", "--setups", "mlp_ring", "--steps", "8", "--device", "cpu",

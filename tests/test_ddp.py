@@ -1,4 +1,4 @@
-"""DDP correctness of the GAN step, proven on CPU with gloo and 2 processes (trainer=ddp_cpu's strategy).
+"""DDP correctness of the GAN step, proven on CPU with gloo and 2 processes (plain ``strategy="ddp"``).
 
 The DDP scenarios run in 2 fresh interpreters started side by side (``python tests/test_ddp.py <scenarios> <out>``
 with ``LOCAL_RANK``/``WORLD_SIZE`` set, as torchrun would), so pytest itself is never re-run; one launch runs every
@@ -10,11 +10,16 @@ For the single-process comparison, randomness is made rank-independent so that t
 agree: rank ``r`` of ``W`` draws the ``r``-th slice of a global noise batch seeded by a call counter
 (``sample_noise`` and WGAN-GP's interpolation coefficients), and its data batch is the ``r``-th slice of the global
 batch. D has no BatchNorm (per-rank batch statistics would make the runs differ by design).
+
+GANModule keeps DDP's reducer idle and all-reduces the stepping network's flattened gradients once per optimizer
+step (``lightning_regan/distributed.py``); the byte count per G step is measured here from outside: every
+``torch.distributed.all_reduce`` issued inside a training step, plus a DDP communication hook for the reducer.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -26,8 +31,8 @@ import lightning as L
 import pytest
 import torch
 import torch.distributed as dist
-from torch import Tensor
-from torch.utils.data import DataLoader
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script by the DDP launcher
@@ -142,11 +147,12 @@ def final_state(module: GANModule) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- scenarios run under DDP (as a script)
-def ddp_cpu_strategy() -> Any:
-    """The strategy of conf/trainer/ddp_cpu.yaml (checked by test_trainer_configs_use_the_proven_strategy)."""
+def ddp_cpu_strategy(**kwargs: Any) -> Any:
+    """The strategy of conf/trainer/ddp_cpu.yaml (checked by test_trainer_configs_use_the_proven_strategy): plain DDP
+    on gloo, no ``find_unused_parameters``."""
     from lightning.pytorch.strategies import DDPStrategy
 
-    return DDPStrategy(find_unused_parameters=True, process_group_backend="gloo")
+    return DDPStrategy(process_group_backend="gloo", **kwargs)
 
 
 def scenario_equivalence(out: Path) -> None:
@@ -206,11 +212,11 @@ class NaNOnOneRank(GANModule):
         return out
 
 
-def _plain_trainer(callbacks: list, g_steps: int) -> L.Trainer:
+def _plain_trainer(callbacks: list, g_steps: int, n_critic: int = 1, strategy: Any = None, **kwargs: Any) -> L.Trainer:
     return L.Trainer(
-        accelerator="cpu", devices=WORLD, strategy=ddp_cpu_strategy(),
-        max_steps=max_steps_for(g_steps, 1), logger=False, callbacks=callbacks, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu", devices=WORLD, strategy=strategy or ddp_cpu_strategy(),
+        max_steps=max_steps_for(g_steps, n_critic), logger=False, callbacks=callbacks, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, **kwargs,
     )
 
 
@@ -257,7 +263,182 @@ def scenario_fid(out: Path) -> None:
                                    "logged": float(trainer.callback_metrics["val/fid"])})
 
 
+# ---------------------------------------------------------------- replicas, bytes, drop-in
+REPLICA_G_STEPS, REPLICA_N_CRITIC = 50, 5
+#: name -> (regularizers, loss, fp16 autocast with a GradScaler)
+REPLICA_CONFIGS: dict[str, tuple[Any, str, bool]] = {
+    "r1": (lambda: {"r1": R1(weight=1.0)}, "non_saturating", False),
+    "wgan_gp": (lambda: {"wgan_gp": WGANGP(weight=10.0)}, "wasserstein", False),
+    "r1_lazy": (lambda: {"r1": R1(weight=1.0, every=4)}, "non_saturating", False),
+    "r1_fp16_scaler": (lambda: {"r1": R1(weight=1.0)}, "non_saturating", True),
+}
+
+
+def scenario_replicas(out: Path) -> None:
+    """50 G steps with n_critic=5 per regularizer, default (per-rank) noise: the replicas must stay bit-identical."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    results = {}
+    for name, (make_regs, loss, fp16) in REPLICA_CONFIGS.items():
+        L.seed_everything(0, verbose=False)
+        module = GANModule(TinyG(), TinyD(), regularizers=make_regs(), loss=loss, n_critic=REPLICA_N_CRITIC,
+                           ema_decay=0.9)
+        plugins = [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))] if fp16 else None
+        trainer = _plain_trainer([], REPLICA_G_STEPS, REPLICA_N_CRITIC, plugins=plugins)
+        trainer.fit(module, datamodule=Points())
+        results[name] = final_state(module)
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        results[name]["scale"] = None if scaler is None else float(scaler.get_scale())
+    save_rank_result(out / "replicas", results)
+
+
+BYTES_G_STEPS, BYTES_N_CRITIC = 6, 3
+
+
+class AllReduceCounter(GANModule):
+    """GANModule counting the bytes of every ``torch.distributed.all_reduce`` issued inside its training steps."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.all_reduced = {"bytes": 0, "calls": 0}
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        original = dist.all_reduce
+
+        def counting(tensor: Tensor, *args: Any, **kwargs: Any) -> Any:
+            self.all_reduced["bytes"] += tensor.numel() * tensor.element_size()
+            self.all_reduced["calls"] += 1
+            return original(tensor, *args, **kwargs)
+
+        dist.all_reduce = counting
+        try:
+            return super().training_step(batch, batch_idx)
+        finally:
+            dist.all_reduce = original
+
+
+class ReducerAllReduceCounter(AllReduceCounter):
+    """The way before: DDP's reducer does the reduction (with find_unused_parameters=True)."""
+
+    def _ddp_model(self) -> None:
+        return None
+
+
+class ReducerCounter(L.Callback):
+    """Registers a DDP communication hook that counts what DDP's reducer all-reduces (then does DDP's default
+    all-reduce). Lightning registers ``DDPStrategy(ddp_comm_hook=...)`` on CUDA only, hence a callback."""
+
+    def __init__(self) -> None:
+        self.counts = {"bytes": 0, "calls": 0}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+        def hook(state, bucket):  # no annotations: DDP checks them, and they are strings under __future__
+            state["bytes"] += bucket.buffer().numel() * bucket.buffer().element_size()
+            state["calls"] += 1
+            return default_hooks.allreduce_hook(None, bucket)
+
+        trainer.strategy.model.register_comm_hook(self.counts, hook)
+
+
+def scenario_bytes(out: Path) -> None:
+    """Bytes all-reduced per G step, now (plain DDP) and the way before (find_unused_parameters=True)."""
+    results = {}
+    for name, module_cls, find_unused in (("now", AllReduceCounter, False), ("before", ReducerAllReduceCounter, True)):
+        L.seed_everything(0, verbose=False)
+        module = module_cls(TinyG(), TinyD(), regularizers={"r1": R1(1.0, every=2)}, n_critic=BYTES_N_CRITIC)
+        reducer = ReducerCounter()
+        strategy = ddp_cpu_strategy(**({"find_unused_parameters": True} if find_unused else {}))
+        _plain_trainer([reducer], BYTES_G_STEPS, BYTES_N_CRITIC, strategy=strategy).fit(module, datamodule=Points())
+        results[name] = {
+            "all_reduce": dict(module.all_reduced), "reducer": reducer.counts, "g_steps": module.g_steps,
+            "g_params": sum(p.numel() for p in module.generator.parameters()),
+            "d_params": sum(p.numel() for p in module.discriminator.parameters()),
+        }
+    save_rank_result(out / "bytes", results)
+
+
+class TutorialGenerator(nn.Module):
+    """The generator of Lightning's basic GAN tutorial (MLP blocks, BatchNorm, LeakyReLU, Tanh), for 8x8 images."""
+
+    def __init__(self, latent_dim: int = 16, img_shape: tuple[int, ...] = (1, 8, 8)) -> None:
+        super().__init__()
+        self.img_shape = img_shape
+
+        def block(in_feat: int, out_feat: int, normalize: bool = True) -> list[nn.Module]:
+            layers: list[nn.Module] = [nn.Linear(in_feat, out_feat)]
+            if normalize:
+                layers.append(nn.BatchNorm1d(out_feat, 0.8))
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
+            return layers
+
+        self.model = nn.Sequential(
+            *block(latent_dim, 32, normalize=False), *block(32, 64), *block(64, 128),
+            nn.Linear(128, math.prod(img_shape)), nn.Tanh(),
+        )
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.model(z).view(z.size(0), *self.img_shape)
+
+
+class TutorialDiscriminator(nn.Module):
+    """The tutorial's discriminator, returning logits (its final Sigmoid is what a logit loss replaces)."""
+
+    def __init__(self, img_shape: tuple[int, ...] = (1, 8, 8)) -> None:
+        super().__init__()
+        self.model = nn.Sequential(
+            nn.Linear(math.prod(img_shape), 64), nn.LeakyReLU(0.2, inplace=True),
+            nn.Linear(64, 32), nn.LeakyReLU(0.2, inplace=True), nn.Linear(32, 1),
+        )
+
+    def forward(self, img: Tensor) -> Tensor:
+        return self.model(img.flatten(1))
+
+
+class UserDigits(L.LightningDataModule):
+    """A user's DataModule: scikit-learn's 8x8 digits as ``(image in [-1, 1], label)`` batches."""
+
+    def __init__(self, batch_size: int = 32) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+
+    def setup(self, stage: str) -> None:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 8.0 - 1.0
+        self.train_set = TensorDataset(images, torch.tensor(digits.target))
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=True)
+
+
+DROPIN_G_STEPS = 20
+
+
+def scenario_dropin(out: Path) -> None:
+    """A new user's script: tutorial networks, their own DataModule, a plain ``L.Trainer(strategy="ddp")``."""
+    L.seed_everything(0, verbose=False)
+    generator, discriminator = TutorialGenerator(), TutorialDiscriminator()
+    initial = {k: v.detach().clone() for k, v in [*generator.named_parameters(), *discriminator.named_parameters()]}
+    module = GANModule(generator, discriminator, latent_dim=16, regularizers=[R1(1.0)])
+    trainer = L.Trainer(
+        accelerator="cpu", devices=2, strategy="ddp", max_steps=max_steps_for(DROPIN_G_STEPS),
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )
+    trainer.fit(module, datamodule=UserDigits())
+    params = {k: v.detach().clone() for k, v in [*generator.named_parameters(), *discriminator.named_parameters()]}
+    save_rank_result(out / "dropin", {
+        "initial": initial, "params": params, "g_steps": module.g_steps, "world_size": trainer.world_size,
+        "strategy": type(trainer.strategy).__name__, "g_loss": float(trainer.callback_metrics["train/g_loss"]),
+    })
+
+
 SCENARIOS = {
+    "replicas": scenario_replicas,
+    "bytes": scenario_bytes,
+    "dropin": scenario_dropin,
     "equivalence": scenario_equivalence,
     "streams": scenario_streams,
     "fid": scenario_fid,
@@ -271,7 +452,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch(scenarios: list[str], out: Path, timeout: float = 120) -> None:
+def launch(scenarios: list[str], out: Path, timeout: float = 300) -> None:
     """Run ``scenarios`` (in one process group) on ``WORLD`` CPU processes started side by side, torchrun-style.
 
     Lightning's ``LightningEnvironment`` sees ``LOCAL_RANK`` and joins the group instead of spawning; starting the
@@ -352,6 +533,46 @@ def test_ddp_equals_single_process_on_global_batch(equivalence_runs, reg):
     assert all((s[k] - v).abs().max() > 1e-4 for k, v in init.items()), reg
 
 
+# ---------------------------------------------------------------- replicas, bytes, drop-in
+@pytest.mark.parametrize("config", list(REPLICA_CONFIGS))
+def test_replicas_bit_identical_after_50_g_steps(ddp_out, config):
+    """Default noise differs per rank, so only the gradient all-reduce keeps the replicas together."""
+    rank0, rank1 = (r[config] for r in load_rank_results(ddp_out, "replicas"))
+    assert (rank0["g_steps"], rank0["d_steps"]) == (REPLICA_G_STEPS, REPLICA_G_STEPS * REPLICA_N_CRITIC)
+    assert (rank1["g_steps"], rank1["d_steps"]) == (REPLICA_G_STEPS, REPLICA_G_STEPS * REPLICA_N_CRITIC)
+    different = [k for k in rank0["state"] if not torch.equal(rank0["state"][k], rank1["state"][k])]
+    assert not different, f"{config}: ranks disagree on {different}"
+    assert rank0["scale"] == rank1["scale"]  # GradScaler took the same decisions on both ranks
+    assert all(torch.isfinite(v).all() for v in rank0["state"].values() if v.is_floating_point())
+
+
+def test_bytes_all_reduced_per_g_step_are_the_minimum(ddp_out):
+    k = BYTES_N_CRITIC
+    for r in load_rank_results(ddp_out, "bytes"):
+        now, before = r["now"], r["before"]
+        g, d, steps = now["g_params"], now["d_params"], now["g_steps"]
+        assert steps == before["g_steps"] == BYTES_G_STEPS
+        assert now["reducer"] == {"bytes": 0, "calls": 0}, "DDP's reducer must stay idle"
+        assert now["all_reduce"]["calls"] == (k + 1) * steps  # once per optimizer step
+        per_g_step = now["all_reduce"]["bytes"] / steps
+        minimum = 4 * (g + k * d)
+        assert per_g_step <= 1.05 * minimum, (per_g_step, minimum)
+        assert per_g_step == 4 * ((g + 1) + k * (d + 1))  # each buffer carries one count element
+        # The instrument sees the old way's traffic: both networks at every backward.
+        assert before["reducer"]["bytes"] / steps == 4 * (k + 1) * (g + d)
+
+
+def test_dropin_tutorial_gan_with_plain_ddp_trainer(ddp_out):
+    rank0, rank1 = load_rank_results(ddp_out, "dropin")
+    for r in (rank0, rank1):
+        assert r["g_steps"] == DROPIN_G_STEPS and r["world_size"] == WORLD and r["strategy"] == "DDPStrategy"
+    different = [k for k in rank0["params"] if not torch.equal(rank0["params"][k], rank1["params"][k])]
+    assert not different, f"ranks disagree on {different}"
+    assert rank0["g_loss"] != rank1["g_loss"]  # each rank saw its own data and noise
+    for key, value in rank0["params"].items():
+        assert torch.isfinite(value).all() and not torch.equal(value, rank0["initial"][key]), key
+
+
 # ---------------------------------------------------------------- random streams under DDP
 @pytest.fixture(scope="module")
 def stream_runs(ddp_out) -> tuple[list[dict], Path]:
@@ -408,10 +629,11 @@ def test_trainer_configs_use_the_proven_strategy(name, backend):
 
     from lightning_regan.config import compose_config
 
-    strategy = instantiate(compose_config([f"trainer={name}"]).trainer.strategy)
+    cfg = compose_config([f"trainer={name}"]).trainer.strategy
+    assert "find_unused_parameters" not in cfg and "static_graph" not in cfg  # plain DDP, as the tests above run
+    strategy = instantiate(cfg)
     assert isinstance(strategy, DDPStrategy)
-    assert strategy._ddp_kwargs == {"find_unused_parameters": True}  # what the tests above prove correct
-    assert strategy._process_group_backend == backend
+    assert strategy.process_group_backend == backend
 
 
 

@@ -158,7 +158,7 @@ def test_slurm_gpu_launcher_asks_one_task_per_gpu(tmp_path):
 
     cfg = compose_config(["hydra/launcher=slurm_gpu", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2",
                           "hydra.launcher.partition=gpu"], return_hydra_config=True)
-    assert cfg.trainer.strategy.find_unused_parameters is True
+    assert "find_unused_parameters" not in cfg.trainer.strategy  # plain DDP (GANModule reduces the gradients)
     params = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     assert params["_target_"].endswith("SlurmLauncher")
     # What hydra-submitit-launcher's launch() does with the config:
