@@ -340,13 +340,10 @@ class GANModule(L.LightningModule):
         return None
 
     def _publish_train_metrics(self, metrics: Mapping[str, Tensor]) -> None:
-        """Make this step's ``train/*`` metrics visible as ``self.log(on_step=True, on_epoch=False)`` would.
-
-        They go into ``trainer.callback_metrics`` at once (stop rules and the run summary read them there every step)
-        and to the loggers on Lightning's logging steps (every ``trainer.log_every_n_steps`` batches; GANModule takes
-        one D step per batch, so ``d_steps`` counts them) with Lightning's step and ``epoch`` columns. Not through
-        ``self.log``: on a CPU each call costs about 1 ms, a quarter of a small GAN's step for 6-7 keys
-        (``scripts/bench_step.py``, ``docs/benchmarks.md``).
+        """This step's ``train/*`` metrics as ``self.log(on_step=True, on_epoch=False)`` would publish them: into
+        ``trainer.callback_metrics`` at once (the stop rules read them every step) and to every logger every
+        ``trainer.log_every_n_steps`` batches (one D step per batch: ``d_steps`` counts them), with Lightning's step
+        and ``epoch`` columns. Not ``self.log``: about 1 ms per key on a CPU (``docs/benchmarks.md``).
         """
         trainer = self._attached_trainer()
         if trainer is None:

@@ -75,8 +75,7 @@ SETUPS: dict[str, Setup] = {
                     "of the 2-D points)",
         overrides=("experiment=ring", "callbacks.fid.every_n_g_steps=100"),
         max_g_steps=5000,
-        # experiment=ring sets regularizer.r1.weight; drop that node when another regularizer replaces r1.
-        regularizers={"l2": ("regularizer=l2", "~regularizer.r1"), "lecam": ("regularizer=lecam", "~regularizer.r1")},
+        regularizers={"l2": ("regularizer=l2",), "lecam": ("regularizer=lecam",)},  # presets compose (issue 11)
         quick_overrides=("callbacks.fid.every_n_g_steps=10", "callbacks.fid.num_samples=200"),
     ),
 }

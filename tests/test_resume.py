@@ -201,6 +201,7 @@ def _main_that_kills_itself() -> None:
     """``python tests/test_resume.py <overrides>``: regan-train plus a callback that SIGKILLs the process."""
     from lightning.pytorch.callbacks import Callback
 
+    import lightning_regan.builders as builders
     import lightning_regan.cli.train as cli
 
     kill_at = int(os.environ["REGAN_TEST_KILL_AT_G_STEP"])
@@ -210,8 +211,8 @@ def _main_that_kills_itself() -> None:
             if pl_module.g_steps >= kill_at and (Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt").exists():
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    build = cli.build_callbacks
-    cli.build_callbacks = lambda cfg, datamodule: [*build(cfg, datamodule), KillAfterCheckpoint()]
+    build = builders.build_callbacks
+    builders.build_callbacks = lambda cfg: [*build(cfg), KillAfterCheckpoint()]
     cli.main()
 
 

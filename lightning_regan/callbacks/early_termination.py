@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from lightning_regan.callbacks.g_step import GStepCallback, g_steps_of
+from lightning_regan.callbacks.g_step import GStepCallback, g_steps_of, to_float
 from lightning_regan.stopping import (
     CODE_REASONS,
     REASON_CODES,
@@ -32,20 +32,6 @@ log = logging.getLogger(__name__)
 STATE_VERSION = 2
 
 
-def eval_generator_of(pl_module: L.LightningModule) -> Optional[torch.nn.Module]:
-    """The generator used for evaluation (GANModule contract), else ``pl_module.generator``, else ``None``."""
-    module = getattr(pl_module, "eval_generator", None)
-    if module is None:
-        module = getattr(pl_module, "generator", None)
-    return module if isinstance(module, torch.nn.Module) else None
-
-
-def _to_float(value: Any) -> float:
-    if isinstance(value, Tensor):
-        return float(value.detach().float().mean().item()) if value.numel() else math.nan
-    return float(value)
-
-
 class EarlyTermination(GStepCallback):
     """Stop GAN training when the losses plateau, the FID plateaus or training diverges.
 
@@ -58,12 +44,10 @@ class EarlyTermination(GStepCallback):
     (divergence > FID plateau > loss plateau), so every rank records it. Sanity checks and ``fast_dev_run`` are
     skipped.
 
-    The best FID seen (raw, not smoothed) and its G step are tracked, with an in-memory CPU copy of
-    ``pl_module.eval_generator`` at that step; with ``restore_best_generator`` it is loaded back into
-    ``eval_generator`` (the EMA copy when EMA is on, else the generator) at the end of training. The copy is not
-    written into checkpoints (the best checkpoint, ``ModelCheckpoint(monitor="val/fid")``, holds that generator):
-    after a resume whose best FID predates the resume, the generator is not restored and a message names the best
-    checkpoint instead.
+    The best FID (raw) and its G step are tracked, with an in-memory CPU copy of ``pl_module.eval_generator`` (the
+    EMA copy when EMA is on) at that step, loaded back at the end with ``restore_best_generator``. The copy is not
+    written into checkpoints (``ModelCheckpoint(monitor="val/fid")``'s best checkpoint holds it): after a resume
+    whose best FID predates the resume, the generator is not restored.
 
     Checkpoints hold the rules' counters and the best FID. On resume the current constructor arguments win over the
     checkpoint's, and the stop decision itself is not restored: a resumed fit decides again.
@@ -89,7 +73,6 @@ class EarlyTermination(GStepCallback):
         restored_best_generator: Whether the best generator was loaded back; ``restored_into`` says where.
     """
 
-class EarlyTermination(GStepCallback):
     def __init__(
         self,
         loss_plateau: Optional[LossPlateau] = None,
@@ -138,8 +121,6 @@ class EarlyTermination(GStepCallback):
         self.smoothed_fid: list[tuple[int, float]] = []
         self.restored_best_generator = False
         self.restored_into: Optional[str] = None
-        #: Status recorded in the checkpoint this run resumed from (informative; not applied).
-        self.resumed_status: Optional[str] = None
 
         self._best_generator: Optional[dict[str, Tensor]] = None
         self._last_fid_step: Optional[float] = None
@@ -191,7 +172,6 @@ class EarlyTermination(GStepCallback):
         self._last_fid_step = state_dict.get("last_fid_step")
         self._last_fid_value = state_dict.get("last_fid_value")
         self._fid_seen = bool(state_dict.get("fid_seen", self.best_fid is not None))
-        self.resumed_status = state_dict.get("status")
 
     # ------------------------------------------------------------------ hooks
     @staticmethod
@@ -238,7 +218,7 @@ class EarlyTermination(GStepCallback):
         self._pending.clear()
         if not self.restore_best_generator or self.best_fid is None:
             return
-        target = eval_generator_of(pl_module)
+        target = getattr(pl_module, "eval_generator", None)
         if self._best_generator is None or target is None:
             if self.verbose and trainer.is_global_zero:
                 log.info("EarlyTermination: the best %s (G step %s) predates this fit; its generator is in the best "
@@ -287,7 +267,7 @@ class EarlyTermination(GStepCallback):
                     "EarlyTermination: %s not logged, so the rules reading them ignore them. Logged metrics: %s.",
                     ", ".join(missing), ", ".join(sorted(available)) or "none",
                 )
-        return {k: _to_float(available[k]) for k in keys if k in available}
+        return {k: to_float(available[k]) for k in keys if k in available}
 
     @property
     def loss_plateau_active(self) -> bool:
@@ -322,10 +302,10 @@ class EarlyTermination(GStepCallback):
         value = metrics.get(self.fid_monitor)
         if value is None:
             return None
-        value = _to_float(value)
+        value = to_float(value)
         step = metrics.get(self.fid_step_key)
         if step is not None:
-            step = _to_float(step)
+            step = to_float(step)
             if step == self._last_fid_step:
                 return None
             self._last_fid_step = step
@@ -348,7 +328,7 @@ class EarlyTermination(GStepCallback):
         if math.isfinite(fid) and (self.best_fid is None or fid < self.best_fid):
             self.best_fid, self.best_fid_step = fid, g_step
             # Only a copy taken at the evaluated step is that generator (an older copy is no longer the best).
-            generator = eval_generator_of(pl_module)
+            generator = getattr(pl_module, "eval_generator", None)
             self._best_generator, self.best_generator_step = None, None
             if generator is not None and g_step == g_steps_of(trainer, pl_module):
                 self._best_generator = {k: v.detach().to("cpu", copy=True) for k, v in generator.state_dict().items()}
@@ -393,4 +373,4 @@ class EarlyTermination(GStepCallback):
         return fields
 
 
-__all__ = ["EarlyTermination", "eval_generator_of"]
+__all__ = ["EarlyTermination"]

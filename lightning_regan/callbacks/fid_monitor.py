@@ -50,13 +50,11 @@ class FIDMonitor(GStepCallback):
 
     At ``setup`` (stage ``fit``) rank zero builds the feature extractor and the real statistics (from the
     disk cache when the DataModule has a ``cache_key()``), then every rank receives them by broadcast. An
-    evaluation runs on ``on_train_batch_end`` when ``pl_module.g_steps`` just changed to a multiple of
-    ``every_n_g_steps``: ``num_samples`` samples are decoded from a FIXED seeded noise (comparable evaluations;
-    ``pl_module.sample_noise`` under ``seed``, so a custom prior is evaluated as it is trained)
-    with ``pl_module.generate(z=...)`` (the EMA generator when EMA is on), split over the ranks, encoded and
-    reduced exactly through torchmetrics' state sync, so every rank logs the same value. ``val/fid`` (``val/kid``) and ``val/fid_g_step``, the G step
-    they were measured at, go to ``trainer.callback_metrics`` and to every logger at every evaluation
-    (:func:`~lightning_regan.callbacks.g_step.publish_metrics`): ``ModelCheckpoint(monitor="val/fid")``,
+    evaluation runs on every ``every_n_g_steps``-th G step: ``num_samples`` samples are decoded from a FIXED noise
+    (``pl_module.sample_noise`` under ``seed``) with ``pl_module.generate(z=...)`` (the EMA generator when EMA is
+    on), split over the ranks, encoded and reduced exactly through torchmetrics' state sync, so every rank logs the
+    same value. ``val/fid`` (``val/kid``) and ``val/fid_g_step``, the G step it was measured at, go to
+    ``trainer.callback_metrics`` and to every logger at every evaluation: ``ModelCheckpoint(monitor="val/fid")``,
     ``EarlyStopping`` and ``EarlyTermination`` read them there.
 
     Args:

@@ -8,10 +8,12 @@ Evaluation callbacks hand their values to Lightning with :func:`publish_metrics`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
 
 
@@ -19,6 +21,13 @@ def g_steps_of(trainer: L.Trainer, pl_module: L.LightningModule) -> int:
     """G steps taken so far: ``pl_module.g_steps`` (GANModule), else ``trainer.global_step``."""
     g_steps = getattr(pl_module, "g_steps", None)
     return int(trainer.global_step if g_steps is None else g_steps)
+
+
+def to_float(value: Any) -> float:
+    """A logged metric (tensor or number) as a float (NaN for an empty tensor)."""
+    if isinstance(value, torch.Tensor):
+        return float(value.detach().float().mean()) if value.numel() else math.nan
+    return float(value)
 
 
 def is_due(g_step: int, every: int) -> bool:
@@ -44,22 +53,13 @@ class GStepCallback(Callback):
 
 def publish_metrics(trainer: L.Trainer, pl_module: L.LightningModule, metrics: Mapping[str, float],
                     in_training: bool = True) -> None:
-    """Hand values that are already identical on every rank to ``trainer.callback_metrics`` and to every logger.
+    """Hand values that are already identical on every rank to ``trainer.callback_metrics`` and every logger.
 
-    ``pl_module.log(..., logger=False)`` puts them in ``callback_metrics`` (``ModelCheckpoint``, ``EarlyStopping``
-    and the stop rules read them there); the loggers receive them at once with ``Logger.log_metrics``, because
-    ``self.log(on_step=True)`` reaches them only every ``log_every_n_steps`` batches and then again, stale, at every
-    later logging step. The loggers' step is Lightning's: the batches finished before this one.
-
-    Args:
-        trainer: The running trainer.
-        pl_module: The module being trained.
-        metrics: Name -> value.
-        in_training: False outside a training hook (``on_train_end``), where ``pl_module.log`` is not allowed and
-            the values are written into ``trainer.callback_metrics`` directly.
+    ``pl_module.log(..., logger=False)`` fills ``callback_metrics`` (``ModelCheckpoint``, ``EarlyStopping`` and the
+    stop rules read them there; outside a training hook, ``in_training=False``, the dict is written directly); the
+    loggers get them at once with ``Logger.log_metrics`` at Lightning's step, because ``self.log(on_step=True)``
+    reaches them only every ``log_every_n_steps`` batches, and then again, stale, at every later logging step.
     """
-    import torch
-
     for name, value in metrics.items():
         if in_training:
             pl_module.log(name, float(value), on_step=True, on_epoch=False, logger=False, rank_zero_only=False,
@@ -78,4 +78,4 @@ def logger_step(trainer: L.Trainer, pl_module: L.LightningModule) -> int:
     return max(int(d_steps) - 1, 0) if d_steps is not None else int(trainer.global_step)
 
 
-__all__ = ["GStepCallback", "g_steps_of", "is_due", "logger_step", "publish_metrics"]
+__all__ = ["GStepCallback", "g_steps_of", "is_due", "logger_step", "publish_metrics", "to_float"]

@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from lightning_regan.callbacks.g_step import GStepCallback, is_due, publish_metrics
+from lightning_regan.callbacks.g_step import GStepCallback, g_steps_of, is_due, publish_metrics
 from lightning_regan.module import seeded_noise
 from lightning_regan.data.gaussians import MIN_FRACTION, mode_coverage
 
@@ -108,7 +108,7 @@ class ModeCoverageMonitor(GStepCallback):
             self._record(trainer, pl_module, g_step, self.evaluate(pl_module), in_training=True)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        g = int(pl_module.g_steps)
+        g = g_steps_of(trainer, pl_module)
         if not self.history or self.history[-1][0] != g:
             self._record(trainer, pl_module, g, self.evaluate(pl_module), in_training=False)
 

@@ -56,7 +56,7 @@ class GStepProgressBar(GStepCallback, TQDMProgressBar):
             desc="G steps",
             total=self.max_g_steps_of(trainer, module),
             # Rate and remaining time count this session's steps only, when resuming.
-            initial=module.g_steps,
+            initial=g_steps_of(trainer, module),
             position=2 * self.process_position,
             disable=self.is_disabled,
             leave=True,

@@ -1,8 +1,5 @@
-"""RandomStreams: one random stream per DDP rank, saved in checkpoints and put back on resume.
-
-``GANModule.configure_callbacks`` adds it to every Trainer that fits a GANModule, so a plain ``L.Trainer`` gets it
-without asking, and no GANModule hook has to be remembered by a subclass.
-"""
+"""RandomStreams: one random stream per DDP rank, saved in checkpoints and put back on resume (added to every
+Trainer by ``GANModule.configure_callbacks``, so no GANModule hook has to be remembered by a subclass)."""
 
 from __future__ import annotations
 

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional, Protocol, Union, runtime_checkable
 
 import lightning as L
-from torch import Tensor
 
 from lightning_regan.atomic import json_safe, write_json_atomic
-from lightning_regan.callbacks.g_step import GStepCallback, g_steps_of, is_due
+from lightning_regan.callbacks.g_step import GStepCallback, g_steps_of, is_due, to_float
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +23,6 @@ class SummaryFields(Protocol):
 
     def summary_fields(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         """JSON-friendly entries of ``summary.json`` (``status``, ``stop_reason``, ``fid_history``, ...)."""
-
-
-def _to_float(value: Any) -> float:
-    if isinstance(value, Tensor):
-        return float(value.detach().float().mean().item()) if value.numel() else math.nan
-    return float(value)
 
 
 class RunSummary(GStepCallback):
@@ -116,7 +108,7 @@ class RunSummary(GStepCallback):
         row = [g_step]
         for key in (self.d_loss_key, self.g_loss_key):
             value = metrics.get(key)
-            row.append(None if value is None else _to_float(value))
+            row.append(None if value is None else to_float(value))
         if row[1] is not None or row[2] is not None:
             self.loss_history.append((row[0], row[1], row[2]))
 

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from lightning_regan.atomic import atomic_write
-from lightning_regan.callbacks.g_step import GStepCallback, is_due
+from lightning_regan.callbacks.g_step import GStepCallback, g_steps_of, is_due
 from lightning_regan.module import seeded_noise
 
 
@@ -131,7 +131,7 @@ class SampleGrid(GStepCallback):
             self.write(trainer, pl_module, g_step)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        g = int(pl_module.g_steps)
+        g = g_steps_of(trainer, pl_module)
         if not self.written or self.written[-1][0] != g:
             self.write(trainer, pl_module, g)
 
