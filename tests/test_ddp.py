@@ -422,6 +422,9 @@ def scenario_dropin(out: Path) -> None:
     L.seed_everything(0, verbose=False)
     generator, discriminator = TutorialGenerator(), TutorialDiscriminator()
     initial = {k: v.detach().clone() for k, v in [*generator.named_parameters(), *discriminator.named_parameters()]}
+    # G runs twice per step (the D step's fakes, then the G step); record G's first BatchNorm statistics each time.
+    bn_seen: list[Tensor] = []
+    generator.model[3].register_forward_pre_hook(lambda mod, args: bn_seen.append(mod.running_mean.clone()))
     module = GANModule(generator, discriminator, latent_dim=16, regularizers=[R1(1.0)])
     trainer = L.Trainer(
         accelerator="cpu", devices=2, strategy="ddp", max_steps=max_steps_for(DROPIN_G_STEPS),
@@ -431,6 +434,7 @@ def scenario_dropin(out: Path) -> None:
     params = {k: v.detach().clone() for k, v in [*generator.named_parameters(), *discriminator.named_parameters()]}
     save_rank_result(out / "dropin", {
         "initial": initial, "params": params, "g_steps": module.g_steps, "world_size": trainer.world_size,
+        "bn_at_step_start": torch.stack(bn_seen[0::2]), "bn_mid_step": torch.stack(bn_seen[1::2]),
         "strategy": type(trainer.strategy).__name__, "g_loss": float(trainer.callback_metrics["train/g_loss"]),
     })
 
@@ -569,6 +573,10 @@ def test_dropin_tutorial_gan_with_plain_ddp_trainer(ddp_out):
     different = [k for k in rank0["params"] if not torch.equal(rank0["params"][k], rank1["params"][k])]
     assert not different, f"ranks disagree on {different}"
     assert rank0["g_loss"] != rank1["g_loss"]  # each rank saw its own data and noise
+    # BatchNorm statistics: rank 0's at the start of every step (as DDP's broadcast_buffers), per rank in between.
+    assert len(rank0["bn_at_step_start"]) == DROPIN_G_STEPS
+    assert torch.equal(rank0["bn_at_step_start"], rank1["bn_at_step_start"])
+    assert not torch.equal(rank0["bn_mid_step"][1:], rank1["bn_mid_step"][1:])
     for key, value in rank0["params"].items():
         assert torch.isfinite(value).all() and not torch.equal(value, rank0["initial"][key]), key
 
