@@ -39,7 +39,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script by the DDP launcher
     sys.path.insert(0, str(REPO_ROOT))
 
 from lightning_regan import GANModule, max_steps_for  # noqa: E402
-from lightning_regan.regularizers import R1, WGANGP, LeCam, WeightL2  # noqa: E402
+from lightning_regan.regularizers import R1, WGANGP, LeCam, Regularizer, WeightL2  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers import TinyD, TinyG  # noqa: E402
@@ -264,6 +264,20 @@ def scenario_fid(out: Path) -> None:
 
 
 # ---------------------------------------------------------------- replicas, bytes, drop-in
+class OverflowOnOneRank(Regularizer):
+    """A zero term, except at one D step on rank 1, where it is huge: under fp16 loss scaling, D's gradients
+    overflow on that rank only."""
+
+    def __init__(self) -> None:
+        super().__init__(weight=1.0)
+        self.calls = 0
+
+    def forward(self, batch: Any) -> Tensor:
+        self.calls += 1
+        spike = _rank_world()[0] == 1 and self.calls == 3
+        return batch.d_real.mean() * (1e30 if spike else 0.0)
+
+
 REPLICA_G_STEPS, REPLICA_N_CRITIC = 50, 5
 #: name -> (regularizers, loss, fp16 autocast with a GradScaler)
 REPLICA_CONFIGS: dict[str, tuple[Any, str, bool]] = {
@@ -271,7 +285,10 @@ REPLICA_CONFIGS: dict[str, tuple[Any, str, bool]] = {
     "wgan_gp": (lambda: {"wgan_gp": WGANGP(weight=10.0)}, "wasserstein", False),
     "r1_lazy": (lambda: {"r1": R1(weight=1.0, every=4)}, "non_saturating", False),
     "r1_fp16_scaler": (lambda: {"r1": R1(weight=1.0)}, "non_saturating", True),
+    "fp16_overflow_on_one_rank": (lambda: {"r1": R1(weight=1.0), "spike": OverflowOnOneRank()}, "non_saturating", True),
 }
+#: GradScaler's scale at the end (it starts at 2**16 and halves at every skipped step; 50 G steps never grow it).
+EXPECTED_SCALE = {"r1_fp16_scaler": 2.0**16, "fp16_overflow_on_one_rank": 2.0**15}
 
 
 def scenario_replicas(out: Path) -> None:
@@ -546,7 +563,8 @@ def test_replicas_bit_identical_after_50_g_steps(ddp_out, config):
     assert (rank1["g_steps"], rank1["d_steps"]) == (REPLICA_G_STEPS, REPLICA_G_STEPS * REPLICA_N_CRITIC)
     different = [k for k in rank0["state"] if not torch.equal(rank0["state"][k], rank1["state"][k])]
     assert not different, f"{config}: ranks disagree on {different}"
-    assert rank0["scale"] == rank1["scale"]  # GradScaler took the same decisions on both ranks
+    # GradScaler took the same decisions on both ranks; an overflow on one rank skipped the step on both.
+    assert rank0["scale"] == rank1["scale"] == EXPECTED_SCALE.get(config)
     assert all(torch.isfinite(v).all() for v in rank0["state"].values() if v.is_floating_point())
 
 
