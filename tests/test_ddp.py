@@ -456,6 +456,31 @@ def scenario_dropin(out: Path) -> None:
     })
 
 
+def scenario_reduction(out: Path) -> None:
+    """all_reduce_gradients on hand-made gradients: mean per dtype, missing gradients, ranks that disagree."""
+    from lightning_regan.distributed import all_reduce_gradients
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    rank, _ = _rank_world()
+    a, c = nn.Parameter(torch.zeros(3)), nn.Parameter(torch.zeros(1))  # c: no gradient on any rank
+    b = nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    frozen = nn.Parameter(torch.zeros(4), requires_grad=False)
+    a.grad = torch.full((3,), float(rank + 1))
+    b.grad = torch.full((2,), 10.0 * (rank + 1), dtype=torch.float64)
+    sent = all_reduce_gradients([a, b, c, frozen])
+    result: dict[str, Any] = {"a": a.grad, "b": b.grad, "c_grad_is_none": c.grad is None, "sent": sent}
+    d = nn.Parameter(torch.zeros(2))
+    if rank == 0:  # rank 1 has no gradient where rank 0 has one
+        d.grad = torch.ones(2)
+    try:
+        all_reduce_gradients([d])
+        result["error"] = None
+    except RuntimeError as err:
+        result["error"] = str(err)
+    save_rank_result(out / "reduction", result)
+
+
 SCENARIOS = {
     "replicas": scenario_replicas,
     "bytes": scenario_bytes,
@@ -464,6 +489,7 @@ SCENARIOS = {
     "streams": scenario_streams,
     "fid": scenario_fid,
     "divergence": scenario_divergence,
+    "reduction": scenario_reduction,
 }
 
 
@@ -597,6 +623,16 @@ def test_dropin_tutorial_gan_with_plain_ddp_trainer(ddp_out):
     assert not torch.equal(rank0["bn_mid_step"][1:], rank1["bn_mid_step"][1:])
     for key, value in rank0["params"].items():
         assert torch.isfinite(value).all() and not torch.equal(value, rank0["initial"][key]), key
+
+
+def test_all_reduce_gradients_mean_per_dtype_and_clear_error_on_disagreement(ddp_out):
+    rank0, rank1 = load_rank_results(ddp_out, "reduction")
+    for r in (rank0, rank1):
+        assert torch.equal(r["a"], torch.full((3,), 1.5)) and torch.equal(r["b"], torch.full((2,), 15.0, dtype=torch.float64))
+        assert r["c_grad_is_none"]  # no gradient on any rank: stays None (the optimizer skips it, as on one process)
+        assert r["sent"] == (3 + 1 + 1) * 4 + (2 + 1) * 8  # float32 (a, c, count) and float64 (b, count); not frozen
+    assert rank0["error"] is None
+    assert "disagree on which parameters" in rank1["error"]
 
 
 # ---------------------------------------------------------------- random streams under DDP
