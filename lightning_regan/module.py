@@ -260,13 +260,9 @@ class GANModule(L.LightningModule):
         return ddp_model(self.trainer.strategy)
 
     def backward_and_reduce(self, loss: Tensor, optimizer: Any) -> None:
-        """``manual_backward(loss)``; under DDP, then one all-reduce (mean) of ``optimizer``'s gradients.
-
-        DDP's reducer is kept idle (``no_sync()``): it would expect both networks to get gradients in every backward
-        (``strategy="ddp"`` fails at the first step) or, with ``find_unused_parameters=True``, all-reduce both networks
-        at every backward. Instead only the network about to step is reduced, once, in one flat buffer (as
-        StyleGAN3's training loop does), before clipping and before GradScaler unscales inside ``optimizer.step()``.
-        Subclasses that override a step call this instead of ``manual_backward``. See ``docs/distributed.md``.
+        """``manual_backward(loss)``; under DDP inside ``no_sync()`` (DDP's reducer stays idle), then one
+        all-reduce (mean) of ``optimizer``'s gradients, before clipping and ``optimizer.step()``
+        (:mod:`lightning_regan.distributed`). Subclasses that override a step call this instead of ``manual_backward``.
         """
         ddp = self._ddp_model()
         if ddp is None:
@@ -277,8 +273,7 @@ class GANModule(L.LightningModule):
         all_reduce_gradients(optimizer_parameters(optimizer), ddp.process_group)
 
     def _broadcast_network_buffers(self) -> None:
-        """Under DDP with ``broadcast_buffers`` (its default), give every rank rank 0's buffers of G and D (BatchNorm
-        statistics) at the start of a step, as DDP's forward would if its machinery were not kept idle."""
+        """Under DDP with ``broadcast_buffers`` (its default), rank 0's buffers of G and D, as DDP's forward would."""
         ddp = self._ddp_model()
         if ddp is not None and ddp.broadcast_buffers:
             broadcast_buffers([self.generator, self.discriminator], ddp.process_group)

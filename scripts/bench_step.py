@@ -583,7 +583,8 @@ def _ddp_fit(variant: str, steps: int, data: Any, count_bytes: bool) -> tuple[li
     counter = AllReduceBytes(expose_reducer=variant == "before") if count_bytes else None
     if counter is not None:
         callbacks.append(counter)
-    strategy = DDPStrategy(process_group_backend="gloo", **({"find_unused_parameters": True} if variant == "before" else {}))
+    before = {"find_unused_parameters": True} if variant == "before" else {}
+    strategy = DDPStrategy(process_group_backend="gloo", **before)
     trainer = L.Trainer(
         accelerator="cpu", devices=DDP_WORLD, strategy=strategy, max_steps=max_steps_for(steps), max_epochs=-1,
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -629,7 +630,8 @@ def benchmark_ddp(cfg: dict[str, Any], clock: str, timeout: float = 1800) -> dic
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", MASTER_ADDR="127.0.0.1",
                    MASTER_PORT=str(_free_port()), WORLD_SIZE=str(DDP_WORLD), NODE_RANK="0")
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH")) if p)
+        repo = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH")) if p)
         procs = []
         for rank in range(DDP_WORLD):
             log = open(Path(tmp, f"rank{rank}.log"), "w")

@@ -39,7 +39,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script by the DDP launcher
     sys.path.insert(0, str(REPO_ROOT))
 
 from lightning_regan import GANModule, max_steps_for  # noqa: E402
-from lightning_regan.regularizers import R1, WGANGP, LeCam, WeightL2  # noqa: E402
+from lightning_regan.regularizers import R1, WGANGP, LeCam, Regularizer, WeightL2  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers import TinyD, TinyG  # noqa: E402
@@ -264,6 +264,20 @@ def scenario_fid(out: Path) -> None:
 
 
 # ---------------------------------------------------------------- replicas, bytes, drop-in
+class OverflowOnOneRank(Regularizer):
+    """A zero term, except at one D step on rank 1, where it is huge: under fp16 loss scaling, D's gradients
+    overflow on that rank only."""
+
+    def __init__(self) -> None:
+        super().__init__(weight=1.0)
+        self.calls = 0
+
+    def forward(self, batch: Any) -> Tensor:
+        self.calls += 1
+        spike = _rank_world()[0] == 1 and self.calls == 3
+        return batch.d_real.mean() * (1e30 if spike else 0.0)
+
+
 REPLICA_G_STEPS, REPLICA_N_CRITIC = 50, 5
 #: name -> (regularizers, loss, fp16 autocast with a GradScaler)
 REPLICA_CONFIGS: dict[str, tuple[Any, str, bool]] = {
@@ -271,7 +285,10 @@ REPLICA_CONFIGS: dict[str, tuple[Any, str, bool]] = {
     "wgan_gp": (lambda: {"wgan_gp": WGANGP(weight=10.0)}, "wasserstein", False),
     "r1_lazy": (lambda: {"r1": R1(weight=1.0, every=4)}, "non_saturating", False),
     "r1_fp16_scaler": (lambda: {"r1": R1(weight=1.0)}, "non_saturating", True),
+    "fp16_overflow_on_one_rank": (lambda: {"r1": R1(weight=1.0), "spike": OverflowOnOneRank()}, "non_saturating", True),
 }
+#: GradScaler's scale at the end (it starts at 2**16 and halves at every skipped step; 50 G steps never grow it).
+EXPECTED_SCALE = {"r1_fp16_scaler": 2.0**16, "fp16_overflow_on_one_rank": 2.0**15}
 
 
 def scenario_replicas(out: Path) -> None:
@@ -422,6 +439,9 @@ def scenario_dropin(out: Path) -> None:
     L.seed_everything(0, verbose=False)
     generator, discriminator = TutorialGenerator(), TutorialDiscriminator()
     initial = {k: v.detach().clone() for k, v in [*generator.named_parameters(), *discriminator.named_parameters()]}
+    # G runs twice per step (the D step's fakes, then the G step); record G's first BatchNorm statistics each time.
+    bn_seen: list[Tensor] = []
+    generator.model[3].register_forward_pre_hook(lambda mod, args: bn_seen.append(mod.running_mean.clone()))
     module = GANModule(generator, discriminator, latent_dim=16, regularizers=[R1(1.0)])
     trainer = L.Trainer(
         accelerator="cpu", devices=2, strategy="ddp", max_steps=max_steps_for(DROPIN_G_STEPS),
@@ -431,8 +451,34 @@ def scenario_dropin(out: Path) -> None:
     params = {k: v.detach().clone() for k, v in [*generator.named_parameters(), *discriminator.named_parameters()]}
     save_rank_result(out / "dropin", {
         "initial": initial, "params": params, "g_steps": module.g_steps, "world_size": trainer.world_size,
+        "bn_at_step_start": torch.stack(bn_seen[0::2]), "bn_mid_step": torch.stack(bn_seen[1::2]),
         "strategy": type(trainer.strategy).__name__, "g_loss": float(trainer.callback_metrics["train/g_loss"]),
     })
+
+
+def scenario_reduction(out: Path) -> None:
+    """all_reduce_gradients on hand-made gradients: mean per dtype, missing gradients, ranks that disagree."""
+    from lightning_regan.distributed import all_reduce_gradients
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    rank, _ = _rank_world()
+    a, c = nn.Parameter(torch.zeros(3)), nn.Parameter(torch.zeros(1))  # c: no gradient on any rank
+    b = nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    frozen = nn.Parameter(torch.zeros(4), requires_grad=False)
+    a.grad = torch.full((3,), float(rank + 1))
+    b.grad = torch.full((2,), 10.0 * (rank + 1), dtype=torch.float64)
+    sent = all_reduce_gradients([a, b, c, frozen])
+    result: dict[str, Any] = {"a": a.grad, "b": b.grad, "c_grad_is_none": c.grad is None, "sent": sent}
+    d = nn.Parameter(torch.zeros(2))
+    if rank == 0:  # rank 1 has no gradient where rank 0 has one
+        d.grad = torch.ones(2)
+    try:
+        all_reduce_gradients([d])
+        result["error"] = None
+    except RuntimeError as err:
+        result["error"] = str(err)
+    save_rank_result(out / "reduction", result)
 
 
 SCENARIOS = {
@@ -443,6 +489,7 @@ SCENARIOS = {
     "streams": scenario_streams,
     "fid": scenario_fid,
     "divergence": scenario_divergence,
+    "reduction": scenario_reduction,
 }
 
 
@@ -542,7 +589,8 @@ def test_replicas_bit_identical_after_50_g_steps(ddp_out, config):
     assert (rank1["g_steps"], rank1["d_steps"]) == (REPLICA_G_STEPS, REPLICA_G_STEPS * REPLICA_N_CRITIC)
     different = [k for k in rank0["state"] if not torch.equal(rank0["state"][k], rank1["state"][k])]
     assert not different, f"{config}: ranks disagree on {different}"
-    assert rank0["scale"] == rank1["scale"]  # GradScaler took the same decisions on both ranks
+    # GradScaler took the same decisions on both ranks; an overflow on one rank skipped the step on both.
+    assert rank0["scale"] == rank1["scale"] == EXPECTED_SCALE.get(config)
     assert all(torch.isfinite(v).all() for v in rank0["state"].values() if v.is_floating_point())
 
 
@@ -569,8 +617,22 @@ def test_dropin_tutorial_gan_with_plain_ddp_trainer(ddp_out):
     different = [k for k in rank0["params"] if not torch.equal(rank0["params"][k], rank1["params"][k])]
     assert not different, f"ranks disagree on {different}"
     assert rank0["g_loss"] != rank1["g_loss"]  # each rank saw its own data and noise
+    # BatchNorm statistics: rank 0's at the start of every step (as DDP's broadcast_buffers), per rank in between.
+    assert len(rank0["bn_at_step_start"]) == DROPIN_G_STEPS
+    assert torch.equal(rank0["bn_at_step_start"], rank1["bn_at_step_start"])
+    assert not torch.equal(rank0["bn_mid_step"][1:], rank1["bn_mid_step"][1:])
     for key, value in rank0["params"].items():
         assert torch.isfinite(value).all() and not torch.equal(value, rank0["initial"][key]), key
+
+
+def test_all_reduce_gradients_mean_per_dtype_and_clear_error_on_disagreement(ddp_out):
+    rank0, rank1 = load_rank_results(ddp_out, "reduction")
+    for r in (rank0, rank1):
+        assert torch.equal(r["a"], torch.full((3,), 1.5)) and torch.equal(r["b"], torch.full((2,), 15.0, dtype=torch.float64))
+        assert r["c_grad_is_none"]  # no gradient on any rank: stays None (the optimizer skips it, as on one process)
+        assert r["sent"] == (3 + 1 + 1) * 4 + (2 + 1) * 8  # float32 (a, c, count) and float64 (b, count); not frozen
+    assert rank0["error"] is None
+    assert "disagree on which parameters" in rank1["error"]
 
 
 # ---------------------------------------------------------------- random streams under DDP
