@@ -155,9 +155,11 @@ def test_digits_resize_and_cache_key():
 
 
 def test_train_loader_shuffles_drops_last_and_keeps_workers():
-    from torch.utils.data import RandomSampler
+    from torchdata.stateful_dataloader import StatefulDataLoader
+    from torchdata.stateful_dataloader.sampler import RandomSampler
 
     loader = DigitsDataModule(batch_size=100, num_workers=1).train_dataloader()
+    assert isinstance(loader, StatefulDataLoader)  # resumable mid-epoch (test_resume.py)
     assert isinstance(loader.sampler, RandomSampler) and loader.drop_last and loader.persistent_workers
     assert not DigitsDataModule(num_workers=0).train_dataloader().persistent_workers
 
