@@ -220,7 +220,9 @@ def test_concurrent_preparation_waits_for_the_extraction_lock(tmp_path, shared_d
     """The processes of a DDP job all call validate(); only one extracts, the others wait for it."""
     from lightning_regan.data.torchvision import _exclusive
 
-    shutil.copytree(shared_data / "MNIST" / "raw", tmp_path / "MNIST" / "raw")
+    # Only the archives: the shared folder may already hold extracted files, and then nothing would be extracted.
+    shutil.copytree(shared_data / "MNIST" / "raw", tmp_path / "MNIST" / "raw",
+                    ignore=lambda _dir, names: [n for n in names if not n.endswith(".gz")])
     done = threading.Event()
     errors: list[BaseException] = []
 
