@@ -5,12 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Iterator
 from typing import Any, Optional
 
 import lightning as L
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
+
+# torchdata 0.11 calls a torch API that torch 2.14 deprecates, once per iterator: noise for our users.
+warnings.filterwarnings("ignore", message=".*'set_vital' is deprecated.*", category=UserWarning)
 
 #: Bump when a change of the data pipeline changes the pixels or points a module yields (invalidates cached
 #: real FID statistics keyed by :meth:`GANDataModule.cache_key`).
