@@ -173,6 +173,12 @@ class GANDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory,
         )
 
+    def image_transform(self) -> Optional[Any]:
+        """The transform from a PIL image to a ``(C, H, W)`` tensor in [-1, 1] that this module applies to its own
+        images, for preprocessing other images (e.g. generated ones read from a folder) alike; ``None`` when the
+        module does not read images from files."""
+        return None
+
     def reference_dataset(self) -> Dataset:
         """Real samples for FID statistics, in a deterministic order, scaled like the training data.
 

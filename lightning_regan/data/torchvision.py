@@ -134,6 +134,20 @@ class TorchvisionDataModule(GANDataModule):
         steps += [transforms.ToTensor(), transforms.Normalize([0.5] * channels, [0.5] * channels)]
         return transforms.Compose(steps)
 
+    def image_transform(self) -> Any:
+        """PIL image -> ``(C, S, S)`` tensor in [-1, 1] as the dataset's images are prepared (resized to ``S x S``
+        when it is another size; an image of the dataset's size is left as it is)."""
+        from torchvision import transforms
+
+        from lightning_regan.data.image_folder import ConvertMode
+
+        side = self.shape[-1]
+        return transforms.Compose([
+            ConvertMode("L" if self.native_shape[0] == 1 else "RGB"),
+            transforms.Resize((side, side), antialias=True),
+            self._transform(),
+        ])
+
     def _open(self, split: str, download: bool = False) -> Dataset:
         try:
             return self._tv_class()(str(self._root()), train=split == "train", transform=self._transform(), download=download)
