@@ -131,7 +131,7 @@ def _resolve_ckpt_path(cfg: DictConfig) -> Optional[str]:
         candidate = Path(cfg.output_dir) / "checkpoints" / "last.ckpt"
         if not candidate.is_file():
             return None
-        read_checkpoint(candidate, "ckpt_path=last:")
+        read_checkpoint(candidate, "ckpt_path")
         return str(candidate)
     if not Path(path).is_file():
         raise ConfigError(f"ckpt_path={path!r} does not exist; pass an existing .ckpt file or ckpt_path=last.")
