@@ -1,29 +1,45 @@
-"""lightning-regan: PyTorch Lightning GANs with regularized discriminators that know when to stop."""
+"""lightning-regan: PyTorch Lightning GANs with regularized discriminators that know when to stop.
 
-from lightning_regan import callbacks, data, losses, models, regularizers, stopping
-from lightning_regan.callbacks import EarlyTermination, FIDMonitor, ModeCoverageMonitor, RunSummary, SampleGrid
-from lightning_regan.module import GANModule, max_steps_for
-from lightning_regan.stopping import Divergence, FIDPlateau, LossPlateau, StopReason
+The public names are imported on first use (module ``__getattr__``), so ``import lightning_regan`` and the command
+line tools' config checks do not pay for importing torch and Lightning.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Divergence",
-    "EarlyTermination",
-    "FIDMonitor",
-    "FIDPlateau",
-    "GANModule",
-    "LossPlateau",
-    "ModeCoverageMonitor",
-    "RunSummary",
-    "SampleGrid",
-    "StopReason",
-    "__version__",
-    "callbacks",
-    "data",
-    "losses",
-    "max_steps_for",
-    "models",
-    "regularizers",
-    "stopping",
-]
+# Public name -> module that defines it.
+_LAZY = {
+    "EarlyTermination": "lightning_regan.callbacks",
+    "FIDMonitor": "lightning_regan.callbacks",
+    "ModeCoverageMonitor": "lightning_regan.callbacks",
+    "RunSummary": "lightning_regan.callbacks",
+    "SampleGrid": "lightning_regan.callbacks",
+    "GANModule": "lightning_regan.module",
+    "max_steps_for": "lightning_regan.module",
+    "Divergence": "lightning_regan.stopping",
+    "FIDPlateau": "lightning_regan.stopping",
+    "LossPlateau": "lightning_regan.stopping",
+    "StopReason": "lightning_regan.stopping",
+}
+_SUBMODULES = ("callbacks", "data", "losses", "models", "regularizers", "stopping")
+
+__all__ = sorted([*_LAZY, *_SUBMODULES, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # imported once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

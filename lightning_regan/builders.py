@@ -19,47 +19,16 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from lightning_regan.config import drop_unselected  # noqa: F401 (re-exported: torch-free, used by the CLI checks)
 from lightning_regan.callbacks import FID_KEY, FIDMonitor, ModeCoverageMonitor
 from lightning_regan.module import GANModule, max_steps_for
 from lightning_regan.regularizers import spectral_norm
 
 log = logging.getLogger(__name__)
 
-#: Config nodes that hold named instantiable entries (a group chosen as a list) and EarlyTermination's rule slots.
-_NAMED_GROUPS = ("regularizer", "callbacks", "logger")
-_RULE_SLOTS = ("loss_plateau", "fid_plateau", "divergence")
-
 
 def _has_target(node: Any) -> bool:
     return isinstance(node, DictConfig) and "_target_" in node
-
-
-def drop_unselected(cfg: DictConfig) -> list[str]:
-    """Remove settings for entries that are not chosen, so that every ``experiment=`` preset composes with any choice.
-
-    A preset may tune ``regularizer.r1.weight`` or ``early_stopping.fid_plateau.warmup_g_steps``; when the command line
-    then picks ``regularizer=l2`` or ``early_stopping=plateau``, that setting is left without a ``_target_``. Such
-    nodes (under ``regularizer``, ``callbacks``, ``logger`` and EarlyTermination's rule slots) are removed here and
-    named in one info line. Returns their paths.
-    """
-    dropped: list[str] = []
-    with open_dict(cfg):
-        for group in _NAMED_GROUPS:
-            node = cfg.get(group)
-            if isinstance(node, DictConfig):
-                for name in [k for k, v in node.items() if isinstance(v, DictConfig) and "_target_" not in v]:
-                    del node[name]
-                    dropped.append(f"{group}.{name}")
-        early = cfg.get("early_stopping")
-        if _has_target(early):
-            for slot in _RULE_SLOTS:
-                rule = early.get(slot)
-                if isinstance(rule, DictConfig) and "_target_" not in rule:
-                    early[slot] = None
-                    dropped.append(f"early_stopping.{slot}")
-    if dropped:
-        log.info("Settings for entries that are not chosen are ignored: %s.", ", ".join(dropped))
-    return dropped
 
 
 def build_datamodule(cfg: DictConfig, validate: bool = True) -> L.LightningDataModule:

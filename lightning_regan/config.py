@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
+
+log = logging.getLogger(__name__)
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -39,3 +42,36 @@ def compose_config(overrides: Sequence[str] = (), config_name: str = "train", re
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return compose(config_name=config_name, overrides=list(overrides), return_hydra_config=return_hydra_config)
+
+
+#: Config nodes that hold named instantiable entries (a group chosen as a list) and EarlyTermination's rule slots.
+_NAMED_GROUPS = ("regularizer", "callbacks", "logger")
+_RULE_SLOTS = ("loss_plateau", "fid_plateau", "divergence")
+
+
+def drop_unselected(cfg: DictConfig) -> list[str]:
+    """Remove settings for entries that are not chosen, so that every ``experiment=`` preset composes with any choice.
+
+    A preset may tune ``regularizer.r1.weight`` or ``early_stopping.fid_plateau.warmup_g_steps``; when the command line
+    then picks ``regularizer=l2`` or ``early_stopping=plateau``, that setting is left without a ``_target_``. Such
+    nodes (under ``regularizer``, ``callbacks``, ``logger`` and EarlyTermination's rule slots) are removed here and
+    named in one info line. Returns their paths.
+    """
+    dropped: list[str] = []
+    with open_dict(cfg):
+        for group in _NAMED_GROUPS:
+            node = cfg.get(group)
+            if isinstance(node, DictConfig):
+                for name in [k for k, v in node.items() if isinstance(v, DictConfig) and "_target_" not in v]:
+                    del node[name]
+                    dropped.append(f"{group}.{name}")
+        early = cfg.get("early_stopping")
+        if isinstance(early, DictConfig) and "_target_" in early:
+            for slot in _RULE_SLOTS:
+                rule = early.get(slot)
+                if isinstance(rule, DictConfig) and "_target_" not in rule:
+                    early[slot] = None
+                    dropped.append(f"early_stopping.{slot}")
+    if dropped:
+        log.info("Settings for entries that are not chosen are ignored: %s.", ", ".join(dropped))
+    return dropped

@@ -155,9 +155,11 @@ def test_digits_resize_and_cache_key():
 
 
 def test_train_loader_shuffles_drops_last_and_keeps_workers():
-    from torch.utils.data import RandomSampler
+    from torchdata.stateful_dataloader import StatefulDataLoader
+    from torchdata.stateful_dataloader.sampler import RandomSampler
 
     loader = DigitsDataModule(batch_size=100, num_workers=1).train_dataloader()
+    assert isinstance(loader, StatefulDataLoader)  # resumable mid-epoch (test_resume.py)
     assert isinstance(loader.sampler, RandomSampler) and loader.drop_last and loader.persistent_workers
     assert not DigitsDataModule(num_workers=0).train_dataloader().persistent_workers
 
@@ -218,7 +220,9 @@ def test_concurrent_preparation_waits_for_the_extraction_lock(tmp_path, shared_d
     """The processes of a DDP job all call validate(); only one extracts, the others wait for it."""
     from lightning_regan.data.torchvision import _exclusive
 
-    shutil.copytree(shared_data / "MNIST" / "raw", tmp_path / "MNIST" / "raw")
+    # Only the archives: the shared folder may already hold extracted files, and then nothing would be extracted.
+    shutil.copytree(shared_data / "MNIST" / "raw", tmp_path / "MNIST" / "raw",
+                    ignore=lambda _dir, names: [n for n in names if not n.endswith(".gz")])
     done = threading.Event()
     errors: list[BaseException] = []
 

@@ -199,6 +199,35 @@ def scenario_streams(out: Path) -> None:
                                        "resumed": final_state(resumed)})
 
 
+def _mid_epoch_fit(out: Path, g_steps: int, ckpt_path: Optional[str] = None) -> GANModule:
+    """The product's data pipeline (GaussianMixtureDataModule: a StatefulDataLoader, Lightning's distributed
+    sampler): 5 batches per rank and epoch, a checkpoint every G step."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lightning_regan.data import GaussianMixtureDataModule
+
+    L.seed_everything(0, verbose=False)
+    module = GANModule(TinyG(), TinyD(), regularizers={"wgan_gp": WGANGP(1.0)}, ema_decay=0.9)
+    ckpt = ModelCheckpoint(dirpath=out / "mid_epoch" / "ckpt", every_n_train_steps=2, save_top_k=-1, filename="{step}")
+    trainer = L.Trainer(
+        accelerator="cpu", devices=WORLD, strategy=ddp_cpu_strategy(), max_steps=max_steps_for(g_steps, 1),
+        logger=False, callbacks=[ckpt], enable_progress_bar=False, enable_model_summary=False,
+    )
+    datamodule = GaussianMixtureDataModule(n_samples=WORLD * 5 * 8, n_reference=16, batch_size=8)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
+    return module
+
+
+MID_EPOCH_CKPT = "step=14.ckpt"  # G step 7: batch 2 of the second epoch
+
+
+def scenario_mid_epoch(out: Path) -> None:
+    """A DDP run killed mid-epoch and resumed continues bit for bit (data order, noise, weights)."""
+    full = _mid_epoch_fit(out, 10)
+    resumed = _mid_epoch_fit(out, 10, ckpt_path=str(out / "mid_epoch" / "ckpt" / MID_EPOCH_CKPT))
+    save_rank_result(out / "mid_epoch", {"full": final_state(full), "resumed": final_state(resumed)})
+
+
 NAN_RANK, NAN_D_STEP = 1, 3
 
 
@@ -487,6 +516,7 @@ SCENARIOS = {
     "dropin": scenario_dropin,
     "equivalence": scenario_equivalence,
     "streams": scenario_streams,
+    "mid_epoch": scenario_mid_epoch,
     "fid": scenario_fid,
     "divergence": scenario_divergence,
     "reduction": scenario_reduction,
@@ -659,6 +689,16 @@ def test_ddp_resume_is_bit_exact_on_every_rank(stream_runs):
         assert not different, f"rank {r}: the resumed run differs from the uninterrupted one in {different}"
     a, b = ranks[0]["full"]["state"], ranks[1]["full"]["state"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ddp_resume_mid_epoch_is_bit_exact_on_every_rank(ddp_out):
+    ckpt = torch.load(ddp_out / "mid_epoch" / "ckpt" / MID_EPOCH_CKPT, weights_only=True)
+    assert 0 < ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["completed"] < 5  # mid-epoch
+    for r, rank in enumerate(load_rank_results(ddp_out, "mid_epoch")):
+        full, resumed = rank["full"], rank["resumed"]
+        assert full["g_steps"] == resumed["g_steps"] == 10
+        different = [k for k in full["state"] if not torch.equal(full["state"][k], resumed["state"][k])]
+        assert not different, f"rank {r}: the resumed run differs from the uninterrupted one in {different}"
 
 
 # ---------------------------------------------------------------- callbacks under DDP

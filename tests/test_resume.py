@@ -123,6 +123,36 @@ def test_load_from_checkpoint_does_not_touch_the_callers_random_stream(tmp_path)
     assert torch.equal(torch.rand(3), expected)
 
 
+def fit_datamodule(g_steps: int, ckpt_dir: Optional[Path] = None, ckpt_path: Optional[str] = None) -> GANModule:
+    """Like :func:`fit`, with the product's data pipeline (GaussianMixtureDataModule, 5 batches per epoch)."""
+    from lightning_regan.data import GaussianMixtureDataModule
+
+    L.seed_everything(7, verbose=False)
+    module = make_module()
+    callbacks = []
+    if ckpt_dir is not None:
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=2, save_top_k=-1, filename="{step}"))
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, max_steps=max_steps_for(g_steps, 1), logger=False, callbacks=callbacks,
+        enable_checkpointing=bool(callbacks), enable_progress_bar=False, enable_model_summary=False,
+    )
+    datamodule = GaussianMixtureDataModule(n_samples=80, n_reference=16, batch_size=16)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
+    return module
+
+
+def test_mid_epoch_resume_with_the_datamodule_loader_is_bit_exact(tmp_path):
+    """The data modules' StatefulDataLoader is restored mid-epoch: same batches, same noise, same weights."""
+    full = fit_datamodule(12, ckpt_dir=tmp_path)
+    # 5 batches per epoch; global_step 14 = G step 7 = batch 2 of the second epoch.
+    ckpt = tmp_path / "step=14.ckpt"
+    assert torch.load(ckpt, weights_only=True)["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    resumed = fit_datamodule(12, ckpt_path=str(ckpt))
+    assert (resumed.g_steps, resumed.d_steps) == (full.g_steps, full.d_steps) == (12, 12)
+    a, b = full.state_dict(), resumed.state_dict()
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
 # ----------------------------------------------------------------------------- regan-train killed and resumed
 KILL_AT_G_STEP = 12
 FID_EVERY = 5
@@ -130,9 +160,9 @@ BATCH = 64
 RUN_OVERRIDES = [
     "data=gaussians", "model=mlp", "model.generator.hidden=[64,64]", "model.discriminator.hidden=[64,64]",
     f"data.batch_size={BATCH}",
-    # One epoch = one FID interval: every checkpoint (taken at FID evaluations) falls on an epoch end, where the
-    # product's shuffled (not resumable) DataLoader can be continued exactly; see docs/distributed.md.
-    f"data.n_samples={BATCH * FID_EVERY}",
+    # 7 batches per epoch: the checkpoints (taken at FID evaluations, every 5 G steps) fall mid-epoch, where only a
+    # resumable data pipeline (the data modules' StatefulDataLoader) continues with the same batches.
+    f"data.n_samples={BATCH * 7}",
     "regularizer=[r1,lecam]", "module.ema_decay=0.9", "max_g_steps=60",
     f"callbacks.fid.every_n_g_steps={FID_EVERY}", "callbacks.fid.num_samples=256", "callbacks.samples.every_n_g_steps=0",
     "early_stopping=fid", "early_stopping.fid_plateau.patience=2", "early_stopping.fid_plateau.window=1",
@@ -182,7 +212,9 @@ def test_sigkilled_run_resumed_with_ckpt_path_last_matches_the_uninterrupted_run
     assert not (crash_dir / "summary.json").exists()
     last = crash_dir / "checkpoints" / "last.ckpt"
     ckpt = torch.load(last, weights_only=True)  # plain tensors and containers: safe to load weights_only
-    assert ckpt["regan"]["g_steps"] == 10  # the last FID evaluation before the kill
+    assert ckpt["regan"]["g_steps"] == 10  # the last FID evaluation before the kill, in epoch 2
+    assert 0 < ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["completed"] < 7  # mid-epoch
+    before = next(v for k, v in ckpt["callbacks"].items() if k.startswith("RunSummary"))["wall_time_s"]
 
     resumed = regan_train(crash_dir, "ckpt_path=last")
     assert wait(resumed, crash_dir) == 0
@@ -195,6 +227,11 @@ def test_sigkilled_run_resumed_with_ckpt_path_last_matches_the_uninterrupted_run
     # Random streams restored too: the FID values themselves are reproduced exactly.
     assert b["fid_history"] == a["fid_history"]
     assert b["best_fid"] == a["best_fid"]
+    wa = torch.load(full_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    wb = torch.load(last, weights_only=True)["state_dict"]
+    assert [k for k in wa if not torch.equal(wa[k], wb[k])] == []
+    # wall_time_s covers the whole run: the part before the checkpoint is carried over.
+    assert 0 < before < b["wall_time_s"]
 
 
 def _main_that_kills_itself() -> None:

@@ -72,16 +72,24 @@ class RunSummary(GStepCallback):
         #: The last summary written (also on failure).
         self.summary: Optional[dict[str, Any]] = None
         self._start: Optional[float] = None
+        #: Wall time of the run before this process resumed it (from the checkpoint), so ``wall_time_s`` is the
+        #: whole run's: the time up to the checkpoint plus this process's part (work lost after it is not counted).
+        self._elapsed_before = 0.0
 
     @property
     def summary_path(self) -> Path:
         return self.output_dir / "summary.json"
 
     def state_dict(self) -> dict[str, Any]:
-        return {"loss_history": [list(row) for row in self.loss_history]}
+        return {"loss_history": [list(row) for row in self.loss_history], "wall_time_s": self.wall_time_s()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.loss_history = [(int(r[0]), r[1], r[2]) for r in state_dict.get("loss_history") or []]
+        self._elapsed_before = float(state_dict.get("wall_time_s", 0.0))
+
+    def wall_time_s(self) -> float:
+        """Seconds of training so far, including the parts run before a resume."""
+        return self._elapsed_before + (0.0 if self._start is None else time.monotonic() - self._start)
 
     # ------------------------------------------------------------------ hooks
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -137,13 +145,12 @@ class RunSummary(GStepCallback):
                 checkpoint_best = cb.best_model_path
             if getattr(cb, "last_model_path", ""):
                 checkpoint_last = cb.last_model_path
-        start = self._start
         summary: dict[str, Any] = {
             "status": status,
             "stop_reason": stop_reason,
             "g_steps": g_steps,
             "d_steps": int(getattr(pl_module, "d_steps", 0)),
-            "wall_time_s": 0.0 if start is None else time.monotonic() - start,
+            "wall_time_s": self.wall_time_s(),
             "fid_eval_time_s": 0.0,
             "best_fid": None,
             "best_fid_step": None,

@@ -16,7 +16,7 @@ import argparse
 import math
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -39,16 +39,17 @@ class EvaluationError(ValueError):
 
 # ---------------------------------------------------------------------------------------------- inputs
 def build_datamodule(name: str, root: Optional[str] = None, overrides: Sequence[str] = ()) -> Any:
-    """Instantiate the ``conf/data/<name>.yaml`` DataModule (``root`` sets its data folder)."""
-    from hydra.errors import HydraException
-
+    """Instantiate the ``conf/data/<name>.yaml`` DataModule (``root`` sets its data folder; ``overrides`` are
+    Hydra overrides such as ``data.image_size=28``)."""
+    from lightning_regan.cli.checks import ConfigError, compose_checked
     from lightning_regan.builders import build_datamodule as _build
-    from lightning_regan.config import compose_config
 
     try:
-        cfg = compose_config([f"data={name}", *overrides])
-    except HydraException as exc:
-        raise EvaluationError(f"Unknown or broken dataset {name!r}: {exc}") from exc
+        # batch_size=1 first: evaluation batches on its own (--batch-size), so a small folder is not refused for
+        # holding fewer images than a training batch; an explicit data.batch_size=... still wins.
+        cfg = compose_checked([f"data={name}", "data.batch_size=1", *overrides])  # one line, with a did-you-mean
+    except ConfigError as exc:
+        raise EvaluationError(f"--data {name} {' '.join(overrides)}: {exc}".replace("  ", " ")) from None
     return _datamodule_from_cfg(cfg, root, _build)
 
 
@@ -77,8 +78,17 @@ def image_files(folder: Path) -> list[Path]:
     return files
 
 
-def load_images(files: Sequence[Path], channels: int, size: Optional[tuple[int, int]] = None) -> Tensor:
-    """Read images as ``(N, channels, H, W)`` floats in ``[-1, 1]`` (``size``: required ``(H, W)``)."""
+def load_images(files: Sequence[Path], channels: int, size: Optional[tuple[int, int]] = None,
+                transform: Optional[Callable[[Any], Tensor]] = None) -> Tensor:
+    """Read images as ``(N, channels, H, W)`` floats in ``[-1, 1]``.
+
+    Args:
+        files: Image files.
+        channels: 1 (greyscale) or 3 (RGB).
+        size: Required ``(H, W)`` after ``transform`` (``None``: any, as long as all agree).
+        transform: The dataset's own PIL-to-tensor preprocessing (``datamodule.image_transform()``), so that the
+            images are prepared exactly like the real ones; ``None`` scales the pixels only.
+    """
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
@@ -89,25 +99,30 @@ def load_images(files: Sequence[Path], channels: int, size: Optional[tuple[int, 
     for path in files:
         try:
             with Image.open(path) as img:
-                arr = np.asarray(img.convert(mode), dtype=np.float32)
+                image = img.convert(mode)
+                if transform is not None:
+                    t = transform(image)
+                else:
+                    arr = np.asarray(image, dtype=np.float32)
+                    t = torch.from_numpy(arr.copy()).reshape(arr.shape[0], arr.shape[1], -1).permute(2, 0, 1) / 127.5 - 1
         except (OSError, UnidentifiedImageError) as exc:
             raise EvaluationError(f"Cannot read image {str(path)!r}: {exc}") from exc
-        t = torch.from_numpy(arr.copy()).reshape(arr.shape[0], arr.shape[1], -1).permute(2, 0, 1)
         if size is not None and tuple(t.shape[1:]) != tuple(size):
             raise EvaluationError(
                 f"{str(path)!r} is {t.shape[2]}x{t.shape[1]} px, the dataset's images are {size[1]}x{size[0]} px; this "
                 "feature extractor needs the dataset's size (Inception resizes by itself)."
             )
-        out.append(t / 127.5 - 1)
+        out.append(t)
     shapes = {tuple(t.shape) for t in out}
     if len(shapes) > 1:
         raise EvaluationError(f"The images have different sizes {sorted(shapes)}; resize them to one size first.")
     return torch.stack(out)
 
 
-def folder_batches(files: Sequence[Path], channels: int, size: Optional[tuple[int, int]], batch_size: int) -> Iterator[Tensor]:
+def folder_batches(files: Sequence[Path], channels: int, size: Optional[tuple[int, int]], batch_size: int,
+                   transform: Optional[Callable[[Any], Tensor]] = None) -> Iterator[Tensor]:
     for i in range(0, len(files), batch_size):
-        yield load_images(files[i : i + batch_size], channels, size)
+        yield load_images(files[i : i + batch_size], channels, size, transform)
 
 
 def checkpoint_batches(module: Any, num: int, seed: int, batch_size: int, raw: bool = False) -> Iterator[Tensor]:
@@ -139,28 +154,50 @@ def evaluate(
     cache_dir: Optional[str] = None,
     device: str = "cpu",
     extractor: Any = None,
+    progress: bool = False,
+    num_generated: Optional[int] = None,
 ) -> dict[str, Any]:
-    """FID (and KID) of generated ``batches`` against ``datamodule``'s cached real statistics."""
+    """FID (and KID) of generated ``batches`` against ``datamodule``'s cached real statistics.
+
+    With ``progress``, tqdm bars (on stderr, shown once an evaluation has run for 2 s) count the real and the
+    generated samples encoded (``num_generated``: the expected count, for the bar's total).
+
+    Raises:
+        EvaluationError: fewer than 2 generated samples, or a FID that is not finite (the cause named).
+    """
+    from tqdm.auto import tqdm
+
     start = time.perf_counter()
     key = dataset_cache_key(datamodule)
     if extractor is None:
         extractor = build_extractor(feature_extractor, datamodule, weights_path=weights_path, cache=cache_dir, dataset_key=key)
     extractor = extractor.to(device).eval()
-    stats = load_or_compute_real_statistics(
-        real_source_of(datamodule), extractor, num_real_samples, dataset_key=key, cache=cache_dir,
-        batch_size=batch_size, keep_features=kid, device=device,
-    )
+    real = real_source_of(datamodule)
+    total = min(num_real_samples, len(real)) if hasattr(real, "__len__") else num_real_samples
+    with tqdm(total=total, desc="real features", unit="img", delay=2, disable=not progress,
+              file=sys.stderr) as bar:
+        stats = load_or_compute_real_statistics(
+            real, extractor, num_real_samples, dataset_key=key, cache=cache_dir,
+            batch_size=batch_size, keep_features=kid, device=device, progress=bar.update,
+        )
     metric = FeatureDistances(extractor_num_features(extractor), kid=kid, kid_subsets=kid_subsets,
                               kid_subset_size=kid_subset_size, seed=seed).to(device)
     metric.set_real(stats)
-    num = 0
-    with torch.no_grad():
+    num = nonfinite = 0
+    with torch.no_grad(), tqdm(total=num_generated, desc="generated features", unit="img", delay=2,
+                               disable=not progress, file=sys.stderr) as bar:
         for x in batches:
+            nonfinite += int((~torch.isfinite(x)).flatten(1).any(1).sum())
             metric.update(extractor(x.to(device)))
             num += x.shape[0]
+            bar.update(x.shape[0])
     if num < 2:
         raise EvaluationError(f"FID needs at least 2 generated samples, got {num}.")
     result: dict[str, Any] = dict(metric.compute())
+    if not math.isfinite(float(result["fid"])):
+        cause = (f"{nonfinite} of the {num} generated samples hold NaN or inf values" if nonfinite else
+                 "the features' statistics are not finite (the feature extractor returned NaN/inf)")
+        raise EvaluationError(f"FID is {float(result['fid'])}: {cause}; no FID is reported.")
     result.update(
         feature_extractor=extractor_name(extractor), extractor_key=getattr(extractor, "cache_key", None),
         num_samples=num, num_real_samples=stats.num_samples, real_statistics=stats.source,
@@ -178,6 +215,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--images", type=Path, help="a folder of generated images to evaluate instead of a checkpoint")
     parser.add_argument("--data", help="dataset config name (digits, mnist, fashion_mnist, ...); default: the checkpoint's")
     parser.add_argument("--data-root", help="folder of the dataset files (for torchvision datasets / image folders)")
+    parser.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a DataModule option as in regan-train's data.KEY=VALUE (repeatable), e.g. image_size=28")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--feature-extractor", default="auto", choices=EXTRACTOR_CHOICES,
                         help="auto: the dataset's choice (identity for points, inception for images unless it says otherwise)")
     parser.add_argument("-n", "--num-samples", type=int, default=1000, help="generated samples (checkpoint), or max images read")
@@ -202,6 +242,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("--num-real-samples must be >= 2")
     if args.images is not None and args.data is None:
         parser.error("--images needs --data to say which dataset to compare with")
+    for option in args.data_option:
+        if "=" not in option or option.startswith("="):
+            parser.error(f"--data-option {option!r}: write KEY=VALUE, e.g. --data-option image_size=28")
+    data_overrides = [f"data.{o.removeprefix('data.')}" for o in args.data_option]
 
     from lightning_regan.cli.sample import CheckpointError, load_module
 
@@ -210,10 +254,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.checkpoint is not None:
             module, cfg = load_module(args.checkpoint, map_location=args.device)
         if args.data is not None:
-            datamodule = build_datamodule(args.data, args.data_root)
+            datamodule = build_datamodule(args.data, args.data_root, data_overrides)
         else:
             from lightning_regan.builders import build_datamodule as _build
 
+            if data_overrides:
+                from omegaconf import OmegaConf
+
+                cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(data_overrides))
             datamodule = _datamodule_from_cfg(cfg, args.data_root, _build)
         spec = resolve_extractor_spec(args.feature_extractor, datamodule)
         if module is not None:
@@ -225,12 +273,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 raise EvaluationError(f"--images needs an image dataset; {args.data!r} has sample shape {shape}.")
             files = image_files(args.images)[: args.num_samples]
             size = None if spec == "inception" else (int(shape[1]), int(shape[2]))
-            batches = folder_batches(files, int(shape[0]), size, args.batch_size)
+            # Prepared exactly like the real images (e.g. resized to data.image_size), so that only the images differ.
+            transform = datamodule.image_transform() if hasattr(datamodule, "image_transform") else None
+            batches = folder_batches(files, int(shape[0]), size, args.batch_size, transform)
             source = str(args.images)
         result = evaluate(
             batches, datamodule, spec, args.num_real_samples or args.num_samples, kid=args.kid,
             kid_subset_size=args.kid_subset_size, kid_subsets=args.kid_subsets, batch_size=args.batch_size,
             seed=args.seed, weights_path=args.weights, cache_dir=args.cache_dir, device=args.device,
+            progress=not args.no_progress, num_generated=len(files) if module is None else args.num_samples,
         )
     except (CheckpointError, EvaluationError, FileNotFoundError, ValueError) as exc:  # incl. missing weights/data
         print(f"regan-eval: {exc}", file=sys.stderr)

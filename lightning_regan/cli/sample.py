@@ -13,12 +13,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from lightning_regan.atomic import atomic_write
+from lightning_regan.cli.checkpoints import CheckpointError, read_checkpoint
 
 from lightning_regan.module import CHECKPOINT_KEY, GANModule, seeded_noise
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, unreadable or does not fit lightning-regan."""
 
 
 def load_module(ckpt_path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[GANModule, DictConfig]:
@@ -28,20 +25,15 @@ def load_module(ckpt_path: str | os.PathLike, map_location: str | torch.device =
         ``(module, cfg)`` with the module in eval mode on ``map_location``.
 
     Raises:
-        CheckpointError: when the file is missing, unreadable, not a lightning-regan checkpoint, or its weights do
-            not fit the architecture its config describes.
+        CheckpointError: when the file is missing, unreadable, unsafe, not a lightning-regan checkpoint, holds a
+            non-finite weight, or its weights do not fit the architecture its config describes.
     """
     from lightning_regan.builders import build_models, build_module
 
     path = Path(ckpt_path)
-    if not path.is_file():
-        raise CheckpointError(f"Checkpoint {str(path)!r} does not exist.")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # corrupt file, or objects that weights_only refuses
-        raise CheckpointError(f"Cannot read checkpoint {str(path)!r}: {exc}") from exc
-    state = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
-    if not state or not state.get("config"):
+    checkpoint = read_checkpoint(path, "checkpoint", map_location=map_location)  # safe, regan-train's, finite
+    state = checkpoint[CHECKPOINT_KEY]
+    if not state.get("config"):
         raise CheckpointError(
             f"{str(path)!r} is not a regan-train checkpoint (no stored run config). For a checkpoint of your own "
             "GANModule use GANModule.load_from_checkpoint(path, generator=..., discriminator=...)."

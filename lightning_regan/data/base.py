@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import warnings
+from collections.abc import Iterator
 from typing import Any, Optional
 
 import lightning as L
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+# torchdata 0.11 calls a torch API that torch 2.14 deprecates, once per iterator: noise for our users.
+warnings.filterwarnings("ignore", message=".*'set_vital' is deprecated.*", category=UserWarning)
 
 #: Bump when a change of the data pipeline changes the pixels or points a module yields (invalidates cached
 #: real FID statistics keyed by :meth:`GANDataModule.cache_key`).
@@ -20,6 +27,48 @@ class DatasetNotFoundError(FileNotFoundError):
 
 class DatasetError(ValueError):
     """The dataset is there but cannot be used (corrupt file, no images, wrong value)."""
+
+
+class _DistributedSamplerIterator(Iterator[int]):
+    """One epoch of a :class:`StatefulDistributedSampler`: remembers which epoch's order it walks and how far."""
+
+    def __init__(self, sampler: "StatefulDistributedSampler") -> None:
+        self.sampler = sampler
+        self._start(sampler.epoch, 0)
+
+    def _start(self, epoch: int, yielded: int) -> None:
+        saved, self.sampler.epoch = self.sampler.epoch, epoch
+        try:
+            self.indices = list(DistributedSampler.__iter__(self.sampler))
+        finally:
+            self.sampler.epoch = saved
+        self.epoch, self.yielded = epoch, yielded
+
+    def __iter__(self) -> "_DistributedSamplerIterator":
+        return self
+
+    def __next__(self) -> int:
+        if self.yielded >= len(self.indices):
+            raise StopIteration
+        self.yielded += 1
+        return self.indices[self.yielded - 1]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "yielded": self.yielded}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._start(int(state["epoch"]), int(state["yielded"]))
+
+
+class StatefulDistributedSampler(DistributedSampler):
+    """A ``DistributedSampler`` whose position is saved by ``StatefulDataLoader``.
+
+    Lightning restores a loader's state before it sets the sampler's epoch, so a plain ``DistributedSampler``
+    resumed mid-epoch would fast-forward through epoch 0's order; this one stores the epoch it was walking.
+    """
+
+    def __iter__(self) -> Iterator[int]:
+        return _DistributedSamplerIterator(self)
 
 
 class GANDataModule(L.LightningDataModule):
@@ -99,16 +148,36 @@ class GANDataModule(L.LightningDataModule):
         return self._train
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled batches of :attr:`batch_size` with the last incomplete batch dropped."""
-        return DataLoader(
-            self.train_dataset(),
+        """Shuffled batches of :attr:`batch_size` with the last incomplete batch dropped.
+
+        A torchdata ``StatefulDataLoader``: Lightning saves its position (and the epoch's shuffle) in checkpoints and
+        restores it, so a run resumed in the middle of an epoch sees the same batches as the uninterrupted run.
+        """
+        dataset = self.train_dataset()
+        trainer = self.trainer
+        sampler = None
+        if trainer is not None and trainer.world_size > 1:
+            # What Lightning would inject (same seed), but with a position that survives a resume.
+            sampler = StatefulDistributedSampler(
+                dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=True,
+                seed=int(os.getenv("PL_GLOBAL_SEED", 0)),
+            )
+        return StatefulDataLoader(
+            dataset,
             batch_size=self.batch_size,
-            shuffle=True,
+            shuffle=sampler is None,
+            sampler=sampler,
             drop_last=True,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=self.pin_memory,
         )
+
+    def image_transform(self) -> Optional[Any]:
+        """The transform from a PIL image to a ``(C, H, W)`` tensor in [-1, 1] that this module applies to its own
+        images, for preprocessing other images (e.g. generated ones read from a folder) alike; ``None`` when the
+        module does not read images from files."""
+        return None
 
     def reference_dataset(self) -> Dataset:
         """Real samples for FID statistics, in a deterministic order, scaled like the training data.
@@ -129,4 +198,4 @@ class GANDataModule(L.LightningDataModule):
         return f"{self.name}-{digest}"
 
 
-__all__ = ["DatasetError", "DatasetNotFoundError", "GANDataModule", "PIPELINE_VERSION"]
+__all__ = ["DatasetError", "DatasetNotFoundError", "GANDataModule", "PIPELINE_VERSION", "StatefulDistributedSampler"]

@@ -54,21 +54,37 @@ def verify_images(paths: Sequence[Path], max_report: int = 5) -> None:
         )
 
 
+class ConvertMode:
+    """PIL image -> the same image in ``mode`` ("L", "RGB"); picklable, for DataLoader workers."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    def __call__(self, image: Any) -> Any:
+        return image.convert(self.mode)
+
+
+def image_transform(image_size: int, channels: int) -> Any:
+    """PIL image -> ``(channels, S, S)`` tensor in [-1, 1]: short side resized to ``S``, center crop, scaled."""
+    from torchvision import transforms
+
+    return transforms.Compose([
+        ConvertMode(_MODES[channels]),
+        transforms.Resize(image_size, antialias=True),
+        transforms.CenterCrop(image_size),
+        transforms.ToTensor(),
+        transforms.Normalize([0.5] * channels, [0.5] * channels),
+    ])
+
+
 class ImageFileDataset(Dataset):
     """Images from a list of ``(path, label)``: converted to ``channels``, resized and center-cropped to
     ``image_size``, scaled to [-1, 1]. Items are ``(image (C, S, S), label)``."""
 
     def __init__(self, items: Sequence[tuple[Path, int]], image_size: int, channels: int) -> None:
-        from torchvision import transforms
-
         self.items = list(items)
         self.mode = _MODES[channels]
-        self.transform = transforms.Compose([
-            transforms.Resize(image_size, antialias=True),
-            transforms.CenterCrop(image_size),
-            transforms.ToTensor(),
-            transforms.Normalize([0.5] * channels, [0.5] * channels),
-        ])
+        self.transform = image_transform(image_size, channels)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -169,6 +185,9 @@ class ImageFolderDataModule(GANDataModule):
     def _build_reference(self) -> Dataset:
         return self._build_train()
 
+    def image_transform(self) -> Any:
+        return image_transform(self.image_size, self.channels)
+
     def _identity(self) -> dict[str, Any]:
         listing = hashlib.sha1()
         for path, label in self.files():
@@ -177,4 +196,4 @@ class ImageFolderDataModule(GANDataModule):
                 "image_size": self.image_size, "channels": self.channels}
 
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageFileDataset", "ImageFolderDataModule", "list_images", "verify_images"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageFileDataset", "ImageFolderDataModule", "image_transform", "list_images", "verify_images"]

@@ -134,8 +134,42 @@ class TorchvisionDataModule(GANDataModule):
         steps += [transforms.ToTensor(), transforms.Normalize([0.5] * channels, [0.5] * channels)]
         return transforms.Compose(steps)
 
+    def image_transform(self) -> Any:
+        """PIL image -> ``(C, S, S)`` tensor in [-1, 1] as the dataset's images are prepared (resized to ``S x S``
+        when it is another size; an image of the dataset's size is left as it is)."""
+        from torchvision import transforms
+
+        from lightning_regan.data.image_folder import ConvertMode
+
+        side = self.shape[-1]
+        return transforms.Compose([
+            ConvertMode("L" if self.native_shape[0] == 1 else "RGB"),
+            transforms.Resize((side, side), antialias=True),
+            self._transform(),
+        ])
+
     def _open(self, split: str, download: bool = False) -> Dataset:
-        return self._tv_class()(str(self._root()), train=split == "train", transform=self._transform(), download=download)
+        try:
+            return self._tv_class()(str(self._root()), train=split == "train", transform=self._transform(), download=download)
+        except RuntimeError as exc:
+            if "not found" in str(exc).lower():  # torchvision: "Dataset not found or corrupted."
+                raise
+            raise self._damaged(exc) from exc
+        except (ValueError, IndexError, OSError, EOFError) as exc:  # a file cut short or overwritten
+            raise self._damaged(exc) from exc
+
+    def _damaged_files(self, root: Path) -> list[Path]:
+        """Files under ``root`` known to be damaged (subclasses that can tell override this)."""
+        return []
+
+    def _damaged(self, exc: BaseException) -> DatasetError:
+        root = self._root()
+        files = self._damaged_files(root)
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        what = ", ".join(str(f) for f in files) if files else f"a file under data.root={root}"
+        fix = ("delete it so that the verified archive is extracted again, or replace it with the original" if files
+               else "replace the damaged files with the originals")
+        return DatasetError(f"{self.display_name}: {what} is damaged ({type(exc).__name__}: {first}); {fix}.")
 
     def _load(self, split: str) -> Dataset:
         """The torchvision dataset of ``split``; raises :class:`DatasetNotFoundError` when it is not extracted."""
@@ -225,6 +259,32 @@ class _MNISTLike(TorchvisionDataModule):
     def _archives(self, root: Path) -> list[tuple[Path, str]]:
         raw = root / self.torchvision_class / "raw"
         return [(raw / filename, md5) for filename, md5 in self._tv_class().resources]
+
+    def _damaged_files(self, root: Path) -> list[Path]:
+        """Extracted IDX files whose size does not match their header (e.g. cut short)."""
+        bad = []
+        for archive, _ in self._archives(root):
+            path = archive.with_suffix("")  # train-images-idx3-ubyte.gz -> train-images-idx3-ubyte
+            if path.is_file() and not _idx_size_ok(path):
+                bad.append(path)
+        return bad
+
+
+def _idx_size_ok(path: Path) -> bool:
+    """Whether an uncompressed IDX file (MNIST's format, unsigned bytes) is as long as its header says."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        header = handle.read(4)
+        if len(header) < 4:
+            return False
+        ndim = header[3]
+        dims = handle.read(4 * ndim)
+    if len(dims) < 4 * ndim:
+        return False
+    count = 1
+    for i in range(ndim):
+        count *= int.from_bytes(dims[4 * i : 4 * i + 4], "big")
+    return size == 4 + 4 * ndim + count
 
 
 class MNISTDataModule(_MNISTLike):

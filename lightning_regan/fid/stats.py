@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -209,8 +209,12 @@ def compute_real_statistics(
     batch_size: int = 100,
     keep_features: bool = False,
     device: Optional[Union[str, torch.device]] = None,
+    progress: Optional[Callable[[int], Any]] = None,
 ) -> RealStatistics:
-    """Encode the first ``num_samples`` real samples of ``source`` with ``extractor`` (no cache)."""
+    """Encode the first ``num_samples`` real samples of ``source`` with ``extractor`` (no cache).
+
+    ``progress(n)`` is called after each batch of ``n`` samples (e.g. a tqdm bar's ``update``).
+    """
     global encoded_real_samples
     moments: Optional[FeatureMoments] = None
     kept: list[Tensor] = []
@@ -218,6 +222,8 @@ def compute_real_statistics(
         with torch.no_grad():
             feats = extractor(x.to(device) if device is not None else x)
         encoded_real_samples += x.shape[0]
+        if progress is not None:
+            progress(x.shape[0])
         if moments is None:
             moments = FeatureMoments(feats[0].numel()).to(feats.device)
         moments.update(feats)
@@ -268,6 +274,7 @@ def load_or_compute_real_statistics(
     batch_size: int = 100,
     keep_features: bool = False,
     device: Optional[Union[str, torch.device]] = None,
+    progress: Optional[Callable[[int], Any]] = None,
 ) -> RealStatistics:
     """Real statistics from the cache, or computed (and cached when ``dataset_key`` is known).
 
@@ -278,6 +285,7 @@ def load_or_compute_real_statistics(
         dataset_key: Identity of the data (``datamodule.cache_key()``); ``None`` disables the disk cache.
         cache: Cache folder (default :func:`~lightning_regan.fid.weights.cache_dir`).
         keep_features: Also keep the features (KID).
+        progress: Called with the number of samples of each encoded batch (when computed).
     """
     if num_real_samples < 2:
         raise ValueError(f"num_real_samples must be >= 2, got {num_real_samples}.")
@@ -291,7 +299,7 @@ def load_or_compute_real_statistics(
             return stats
     if source is None:
         raise ValueError("No real data to compute FID statistics from (and none cached).")
-    stats = compute_real_statistics(source, extractor, num_real_samples, batch_size, keep_features, device)
+    stats = compute_real_statistics(source, extractor, num_real_samples, batch_size, keep_features, device, progress)
     stats.key = key
     if path is not None:
         atomic_torch_save(stats.to_dict(), path)

@@ -1,0 +1,41 @@
+"""``regan-train``'s console entry point: the command line is checked torch-free, then the Hydra app runs.
+
+Importing torch and Lightning takes most of a second-to-minutes start on a loaded CPU; a wrong key, choice, value or
+output folder is answered before that (:mod:`lightning_regan.cli.checks`), in one line with exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from lightning_regan.cli.checks import ConfigError, preflight
+from lightning_regan.config import config_dir
+
+
+def fail(exc: BaseException) -> None:
+    """Report a user error in one line on stderr and exit with code 2."""
+    print(f"regan-train: error: {exc}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+@hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")
+def _app(cfg: DictConfig) -> float:
+    from lightning_regan.cli.train import run  # torch and Lightning from here on
+
+    return run(cfg)
+
+
+def main() -> None:
+    """``regan-train [hydra overrides]``: validate, then train (see :func:`lightning_regan.cli.train.train`)."""
+    try:
+        preflight(sys.argv[1:])
+    except ConfigError as exc:
+        fail(exc)
+    _app()
+
+
+if __name__ == "__main__":
+    main()
