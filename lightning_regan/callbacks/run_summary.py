@@ -183,6 +183,12 @@ class RunSummary(Callback):
         coverage = self._mode_coverage(trainer)
         if coverage is not None:
             summary["mode_coverage"] = coverage
+        if failure is None:
+            # Callbacks may add fields (OptunaPruning: status/stop_reason "pruned" and the trial it reported to).
+            for cb in trainer.callbacks:
+                fields = getattr(cb, "summary_fields", None)
+                if callable(fields):
+                    summary.update(fields())
         if failure is not None:
             summary["error"] = f"{type(failure).__name__}: {failure}"[:2000]
         return summary

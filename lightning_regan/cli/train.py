@@ -144,6 +144,10 @@ def build_callbacks(cfg: DictConfig, datamodule: Any) -> list[Callback]:
         else:
             extra.update(save_top_k=0)
         callbacks.append(instantiate(cfg.checkpoint, **extra))
+    # The `callbacks` group (conf/callbacks/*.yaml, one _target_ each), e.g. OptunaPruning added by hparams_search.
+    for node in (cfg.get("callbacks") or {}).values():
+        if _has_target(node):
+            callbacks.append(instantiate(node))
     if cfg.get("summary") is not None:
         callbacks.append(instantiate(cfg.summary))
     # Lightning refuses a progress-bar callback when the trainer has the bar switched off.
