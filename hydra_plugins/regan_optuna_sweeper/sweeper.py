@@ -110,6 +110,8 @@ class ReganOptunaSweeper(Sweeper):
         self.config: Optional[DictConfig] = None
         self.launcher: Any = None
         self.study: Any = None
+        #: Set when the sampler stopped the study (its search space is exhausted).
+        self.exhausted = False
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.hydra_context = hydra_context
@@ -195,7 +197,8 @@ class ReganOptunaSweeper(Sweeper):
                  ", ".join(f"{k}: {v}" for k, v in space.items()))
 
         returns: list[Sequence[JobReturn]] = []
-        while done < self.n_trials:
+        self.exhausted = False
+        while done < self.n_trials and not self.exhausted:
             trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - done))]
             batch = [
                 [*fixed, *(f"{k}={_override_value(v)}" for k, v in t.params.items()),
@@ -212,7 +215,17 @@ class ReganOptunaSweeper(Sweeper):
             else:
                 results = [r for t, b in zip(trials, batch) for r in self.launcher.launch([b], initial_job_idx=t.number)]
             for trial, ret in zip(trials, results):
-                self._tell(study, trial, ret)
+                try:
+                    self._tell(study, trial, ret)
+                except RuntimeError as err:
+                    # Grid / brute-force samplers call study.stop() once the space is exhausted; Optuna has
+                    # stored the trial's result by then (tell's `finally`), so the sweep just ends.
+                    if "Study.stop" not in str(err):
+                        raise
+                    self.exhausted = True
+            if self.exhausted:
+                log.info("The sampler has visited its whole search space: the sweep ends after %d trials.",
+                         done + len(trials))
             returns.append(results)
             done += len(trials)
 

@@ -51,6 +51,9 @@ class OptunaPruning(Callback):
         trial_number: The trial this run is (``Trial.number``).
         pruner: An ``optuna.pruners.BasePruner`` (median, successive halving, Hyperband, ...).
         monitor: Logged metric reported to the trial (lower is better for the default study direction).
+        every_n_g_steps: The evaluation cadence of ``monitor`` in G steps (``fid.every_n_g_steps``): the value is
+            reported at each multiple, also when it repeats (a stalled generator). ``None``: report whenever the
+            logged value changes.
 
     Attributes:
         pruned: Whether the pruner stopped this run.
@@ -58,9 +61,14 @@ class OptunaPruning(Callback):
         reported: ``[(g_step, value), ...]`` reported to the trial by this run.
     """
 
-    def __init__(self, storage: str, study_name: str, trial_number: int, pruner: Any, monitor: str = "val/fid") -> None:
+    def __init__(self, storage: str, study_name: str, trial_number: int, pruner: Any, monitor: str = "val/fid",
+                 every_n_g_steps: Optional[int] = None) -> None:
         super().__init__()
         import optuna
+
+        if every_n_g_steps is not None and (not isinstance(every_n_g_steps, int) or isinstance(every_n_g_steps, bool)
+                                            or every_n_g_steps < 1):
+            raise ValueError(f"OptunaPruning: every_n_g_steps must be an integer >= 1 or None, got {every_n_g_steps!r}.")
 
         if not isinstance(trial_number, int) or isinstance(trial_number, bool) or trial_number < 0:
             raise ValueError(
@@ -76,11 +84,11 @@ class OptunaPruning(Callback):
         self.trial_number = trial_number
         self.pruner = pruner
         self.monitor = monitor
+        self.every_n_g_steps = every_n_g_steps
         self.pruned = False
         self.pruned_g_step: Optional[int] = None
         self.reported: list[tuple[int, float]] = []
         self._trial: Any = None
-        self._last_value: Optional[float] = None
 
     # ------------------------------------------------------------------ Optuna
     def _load_trial(self) -> Any:
@@ -114,33 +122,39 @@ class OptunaPruning(Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         # An evaluation logged after our on_train_batch_end (callback order) is read here, still at its G step.
-        self._check(trainer, pl_module)
+        self._check(trainer, pl_module, at_batch_start=True)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self._check(trainer, pl_module)
+        self._check(trainer, pl_module, at_batch_start=False)
 
-    def _new_value(self, trainer: L.Trainer) -> Optional[float]:
+    def _new_value(self, trainer: L.Trainer, g_step: int, at_batch_start: bool) -> Optional[float]:
+        """The value of an evaluation not reported yet, or ``None``."""
         value = trainer.callback_metrics.get(self.monitor)
-        if value is None:
+        if value is None or (self.reported and g_step <= self.reported[-1][0]):
             return None
         value = _to_float(value)
-        if self._last_value is not None and value == self._last_value:
-            return None  # the same logged value: no new evaluation
-        self._last_value = value
-        return value
+        same = self.reported and (value == self.reported[-1][1] or (math.isnan(value) and math.isnan(self.reported[-1][1])))
+        if self.every_n_g_steps is None:
+            return None if same else value
+        if g_step == 0 or g_step % self.every_n_g_steps:
+            return None
+        # At batch end an unchanged value may be the previous evaluation (the monitor runs after us): wait for the
+        # next batch start, same G step, when the monitor has logged whatever it measured here.
+        return None if same and not at_batch_start else value
 
-    def _check(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _check(self, trainer: L.Trainer, pl_module: L.LightningModule, at_batch_start: bool) -> None:
         if trainer.sanity_checking or trainer.fast_dev_run or self.pruned:
             return
-        value = self._new_value(trainer)
+        g_step = g_steps_of(trainer, pl_module)
+        value = self._new_value(trainer, g_step, at_batch_start)
+        # The value and G step are the same on every rank, so every rank enters the broadcast together.
         if value is None:
             return
-        g_step = g_steps_of(trainer, pl_module)
+        self.reported.append((g_step, value))
         decision = False
-        if trainer.is_global_zero and (not self.reported or g_step > self.reported[-1][0]):
-            self.reported.append((g_step, value))
+        if trainer.is_global_zero:
             # Optuna refuses NaN as an intermediate value; a NaN FID is the worst, which is what inf says.
             decision = self.should_prune_trial(self._trial, g_step, value if math.isfinite(value) else math.inf)
         decision = bool(trainer.strategy.broadcast(decision, src=0))
