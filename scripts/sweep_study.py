@@ -4,7 +4,8 @@
 For each sampler seed, runs the same 16-trial sweep twice through ``regan-train -m``: once with a pruner
 (successive halving on ``val/fid``) and once with ``pruner=none``. The sampler is random with that seed, so both
 sweeps visit the same configurations in the same order (the report checks this) and each trial trains with the
-same training seed: a pruned trial is the unpruned one cut short. Reports per seed: G steps run with and without
+same training seed: a pruned trial is the unpruned one cut short. Pruner: conf/hparams_search/ring_lr_r1.yaml's
+(median after 3 finished trials) or ``--pruner``. Reports per seed: G steps run with and without
 pruning (and their ratio), trials pruned, the best trial of each sweep and the gap between their best FIDs.
 
 Targets: G steps with pruning <= 40 % of without, and the same best trial (or its best FID within 5 %), for every
@@ -78,6 +79,9 @@ def compare(pruned_dir: Path, full_dir: Path) -> dict[str, Any]:
             "best_trial": None if best is None else best["trial"],
             "best_fid": None if best is None else best["best_fid"],
             "best_params": None if best is None else best["params"],
+            # Time the trials took (start to end of each), so a resumed study still reports what the sweep cost.
+            "trials_time_min": sum((t.datetime_complete - t.datetime_start).total_seconds() for t in study.trials
+                                   if t.datetime_complete is not None and t.datetime_start is not None) / 60,
             "rows": [{k: r[k] for k in ("trial", "params", "g_steps", "pruned_at", "best_fid", "status")}
                      for r in records],
         }
@@ -92,6 +96,64 @@ def compare(pruned_dir: Path, full_dir: Path) -> dict[str, Any]:
     return out
 
 
+#: Pruners replayed on the unpruned sweeps' FID histories: (label, class name, keyword arguments).
+REPLAY_PRUNERS: list[tuple[str, str, dict[str, Any]]] = [
+    *[(f"successive halving, first rung {m}, factor {rf}", "SuccessiveHalvingPruner",
+       {"min_resource": m, "reduction_factor": rf}) for m in (100, 300) for rf in (2, 3, 4)],
+    *[(f"Hyperband, min {m}, factor {rf}", "HyperbandPruner",
+       {"min_resource": m, "max_resource": "MAX", "reduction_factor": rf}) for m in (100, 200) for rf in (2, 3, 4)],
+    *[(f"median, {n} startup trials, warm-up {w}", "MedianPruner", {"n_startup_trials": n, "n_warmup_steps": w})
+      for n in (1, 2, 3, 4) for w in (100, 300)],
+    *[(f"25th percentile, {n} startup trials, warm-up {w}", "PercentilePruner",
+       {"percentile": 25.0, "n_startup_trials": n, "n_warmup_steps": w}) for n in (2, 3) for w in (100, 300)],
+]
+
+
+def replay(full_dir: Path, pruner: Any) -> dict[str, Any]:
+    """Feed the unpruned sweep's FID histories, trial by trial in order, through ``pruner`` (what OptunaPruning
+    reports); a pruned trial's history is the unpruned one's prefix (deterministic runs), so this is the pruned
+    sweep without training. Returns the G-step ratio and the best trial found."""
+    import optuna
+
+    trials = [t for t in load_study(str(full_dir / "optuna.journal")).trials if t.state.name == "COMPLETE"]
+    study = optuna.create_study(pruner=pruner)
+    steps, kept = 0, []
+    for t in trials:
+        trial = study.ask()
+        pruned_at = None
+        for step, value in sorted(t.intermediate_values.items()):
+            trial.report(value, step)
+            if trial.should_prune():
+                pruned_at = step
+                break
+        if pruned_at is None:
+            study.tell(trial, t.value)
+            steps += int(t.user_attrs["g_steps"])
+            kept.append(t)
+        else:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            steps += pruned_at
+    best_all = min(trials, key=lambda t: t.value)
+    best = min(kept, key=lambda t: t.value)
+    return {"g_steps_ratio": steps / sum(int(t.user_attrs["g_steps"]) for t in trials),
+            "best_trial": best.number, "same_best_trial": best.number == best_all.number,
+            "best_fid_gap": best.value / best_all.value - 1.0}
+
+
+def replay_all(full_dirs: dict[str, Path], max_g_steps: int) -> list[dict[str, Any]]:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    rows = []
+    for label, cls, kwargs in REPLAY_PRUNERS:
+        kwargs = {k: (max_g_steps if v == "MAX" else v) for k, v in kwargs.items()}
+        per_seed = {seed: replay(d, getattr(optuna.pruners, cls)(**kwargs)) for seed, d in full_dirs.items()}
+        rows.append({"pruner": label, "class": cls, "kwargs": kwargs, "seeds": per_seed,
+                     "meets_targets": all(r["g_steps_ratio"] <= 0.40 and (r["same_best_trial"] or r["best_fid_gap"] <= 0.05)
+                                          for r in per_seed.values())})
+    return rows
+
+
 def write_report(results: dict[str, Any], out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "sweep_study.json").write_text(json.dumps(results, indent=1) + "\n")
@@ -101,14 +163,15 @@ def write_report(results: dict[str, Any], out_dir: Path) -> None:
              "",
              f"Sweep: {results['sweep']}", "",
              "| sampler seed | trials | pruned | G steps pruned sweep | unpruned | ratio | best trial pruned / unpruned "
-             "| best FID pruned / unpruned | gap | targets |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| best FID pruned / unpruned | gap | trial time pruned / unpruned | targets |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for seed, r in results["seeds"].items():
         p, u = r["pruned"], r["unpruned"]
         gap = "" if r["best_fid_gap"] is None else f"{r['best_fid_gap']:+.1%}"
         lines.append(f"| {seed} | {p['trials']} | {p['pruned_trials']} | {p['g_steps']:,} | {u['g_steps']:,} | "
                      f"{r['g_steps_ratio']:.0%} | {p['best_trial']} / {u['best_trial']} | "
                      f"{p['best_fid']:.4g} / {u['best_fid']:.4g} | {gap} | "
+                     f"{p['trials_time_min']:.1f} / {u['trials_time_min']:.1f} min | "
                      f"{'met' if r['meets_targets'] else 'NOT met'} |")
     lines += ["", f"Targets (G steps with pruning <= 40 % of without; same best trial or best FID within 5 %; "
                   f"every seed): **{'met' if results['meets_targets'] else 'NOT met'}**. Same configurations in "
@@ -128,6 +191,18 @@ def write_report(results: dict[str, Any], out_dir: Path) -> None:
                 f"{'' if row['best_fid'] is None else format(row['best_fid'], '.4g')} | {row['status']} | "
                 f"{'' if ub is None else format(ub, '.4g')} |")
         lines.append("")
+    if results.get("replay"):
+        seeds = list(results["seeds"])
+        lines += ["## Other pruners, replayed on the unpruned sweeps", "",
+                  "Each unpruned sweep's FID histories fed trial by trial through the pruner (a pruned trial's history "
+                  "is the unpruned one's prefix): G steps against the unpruned sweep, and the best trial found.", "",
+                  "| pruner | " + " | ".join(f"seed {s}: G steps, best trial (gap)" for s in seeds) + " | targets |",
+                  "|---|" + "---|" * len(seeds) + "---|"]
+        for row in results["replay"]:
+            cells = [f"{row['seeds'][s]['g_steps_ratio']:.0%}, {row['seeds'][s]['best_trial']} "
+                     f"({row['seeds'][s]['best_fid_gap']:+.0%})" for s in seeds]
+            lines.append(f"| {row['pruner']} | " + " | ".join(cells) + f" | {'met' if row['meets_targets'] else ''} |")
+        lines.append("")
     (out_dir / "sweep_study.md").write_text("\n".join(lines))
 
 
@@ -136,7 +211,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="sampler seeds")
     parser.add_argument("--n-trials", type=int, default=16)
     parser.add_argument("--max-g-steps", type=int, default=1000)
-    parser.add_argument("--pruner", default="successive_halving", help="conf/pruner/ choice for the pruned sweep")
+    parser.add_argument("--pruner", default="median", help="conf/pruner/ choice for the pruned sweep")
     parser.add_argument("--quick", action="store_true", help="tiny networks and budgets (smoke test)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--work", type=Path, default=None, help="sweep directories (reused: resumes)")
@@ -168,6 +243,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "pruner": args.pruner,
         "seeds": seeds,
         "meets_targets": all(r["meets_targets"] for r in seeds.values()),
+        "replay": replay_all({str(s): work / f"seed{s}_none" for s in args.seeds}, args.max_g_steps),
     }
     write_report(results, args.out)
     print((args.out / "sweep_study.md").read_text())

@@ -264,3 +264,19 @@ def test_a_stalled_curve_is_reported_at_every_evaluation_in_either_callback_orde
     assert cb.reported == [(5, 3.0), (10, 3.0), (15, 3.0)]  # 15: first step past the warm-up
     assert cb.pruned and cb.pruned_g_step == 15 and module.g_steps in (15, 16)
     assert study.trials[trial.number].intermediate_values == {5: 3.0, 10: 3.0, 15: 3.0}
+
+
+def test_a_resumed_seeded_sampler_draws_new_configurations():
+    """A restarted RNG would repeat the first run's configurations: resuming reseeds with seed + trials so far."""
+    from hydra_plugins.regan_optuna_sweeper.sweeper import ReganOptunaSweeper
+
+    sweeper = ReganOptunaSweeper(sampler={"_target_": "optuna.samplers.RandomSampler", "seed": 3})
+    space = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
+
+    def draws(sampler, n=4):
+        study = optuna.create_study(sampler=sampler)
+        return [study.ask(space).params["lr"] for _ in range(n)]
+
+    first = draws(sweeper.sampler_for(0))
+    assert draws(sweeper.sampler_for(0)) == first  # reproducible
+    assert not set(draws(sweeper.sampler_for(4))) & set(first)

@@ -9,7 +9,7 @@ whose ``summary.json`` says ``"pruned"`` is told as ``TrialState.PRUNED``.
 Resume: the study lives in its storage (by default a journal file in the sweep directory), so running the same
 command again with the same ``hydra.sweep.dir`` (or storage) continues it: finished trials (complete, pruned,
 failed) are kept and count towards ``n_trials``; trials a killed sweep left running are marked failed and their
-parameters asked again first.
+parameters asked again first; a seeded sampler is reseeded (seed + trials so far) so it draws new configurations.
 """
 
 from __future__ import annotations
@@ -128,12 +128,25 @@ class ReganOptunaSweeper(Sweeper):
         storage = str(self.storage)
         return storage if "://" in storage else str(Path(storage).expanduser().resolve())
 
-    def _sampler(self) -> Any:
+    def sampler_for(self, n_existing_trials: int) -> Any:
+        """The sampler; a seeded one resuming a study with trials gets ``seed + n_existing_trials`` so that it does
+        not draw the configurations of the first run again (a restarted RNG repeats its sequence)."""
         import optuna
 
-        if self.sampler_config is None or isinstance(self.sampler_config, optuna.samplers.BaseSampler):
-            return self.sampler_config
-        return instantiate(self.sampler_config)
+        config = self.sampler_config
+        if config is None or isinstance(config, optuna.samplers.BaseSampler):
+            return config
+        if n_existing_trials and config.get("seed") is not None:
+            config = OmegaConf.merge(config, {"seed": int(config["seed"]) + n_existing_trials})
+        return instantiate(config)
+
+    def _existing_trials(self, storage: Any) -> int:
+        import optuna
+
+        try:
+            return len(optuna.load_study(study_name=self.study_name, storage=storage).trials)
+        except KeyError:  # no such study yet
+            return 0
 
     def _requeue_orphans(self, study: Any) -> int:
         """Trials a killed sweep left running: mark them failed and ask their parameters again first."""
@@ -184,8 +197,10 @@ class ReganOptunaSweeper(Sweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         storage_url = self.storage_location(sweep_dir)
-        study = optuna.create_study(study_name=self.study_name, storage=open_storage(storage_url),
-                                    sampler=self._sampler(), direction=self.direction, load_if_exists=True)
+        storage = open_storage(storage_url)
+        study = optuna.create_study(study_name=self.study_name, storage=storage,
+                                    sampler=self.sampler_for(self._existing_trials(storage)), direction=self.direction,
+                                    load_if_exists=True)
         self.study = study
         self._requeue_orphans(study)
         done = len(self.finished_trials(study))
