@@ -159,7 +159,9 @@ def write_report(results: dict[str, Any], out_dir: Path) -> None:
     (out_dir / "sweep_study.json").write_text(json.dumps(results, indent=1) + "\n")
     lines = ["# Sweep pruning study", "",
              f"Command: `{results['command']}`  ",
-             f"Machine: {results['machine']}; {results['date']}; study wall time {results['wall_time_min']:.1f} min.",
+             f"Machine: {results['machine']}; {results['date']}; wall time of this invocation "
+             f"{results['wall_time_min']:.1f} min (sweeps already in --work are resumed, not rerun; the trial times "
+             f"below are what the sweeps took).",
              "",
              f"Sweep: {results['sweep']}", "",
              "| sampler seed | trials | pruned | G steps pruned sweep | unpruned | ratio | best trial pruned / unpruned "
