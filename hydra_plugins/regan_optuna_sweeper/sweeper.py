@@ -228,7 +228,8 @@ class ReganOptunaSweeper(Sweeper):
             if consecutive:
                 results = list(self.launcher.launch(batch, initial_job_idx=numbers[0]))
             else:
-                results = [r for t, b in zip(trials, batch) for r in self.launcher.launch([b], initial_job_idx=t.number)]
+                results = [r for t, overrides in zip(trials, batch)
+                           for r in self.launcher.launch([overrides], initial_job_idx=t.number)]
             for trial, ret in zip(trials, results):
                 try:
                     self._tell(study, trial, ret)

@@ -10,6 +10,6 @@ from lightning_regan.callbacks.run_summary import RunSummary
 from lightning_regan.callbacks.samples import SampleGrid
 
 __all__ = [
-    "FID_KEY", "KID_KEY", "EarlyTermination", "FIDMonitor", "GStepProgressBar", "ModeCoverageMonitor", "OptunaPruning", "RunSummary",
-    "SampleGrid",
+    "FID_KEY", "KID_KEY", "EarlyTermination", "FIDMonitor", "GStepProgressBar", "ModeCoverageMonitor", "RunSummary",
+    "SampleGrid", "OptunaPruning",
 ]

@@ -68,7 +68,9 @@ class OptunaPruning(Callback):
 
         if every_n_g_steps is not None and (not isinstance(every_n_g_steps, int) or isinstance(every_n_g_steps, bool)
                                             or every_n_g_steps < 1):
-            raise ValueError(f"OptunaPruning: every_n_g_steps must be an integer >= 1 or None, got {every_n_g_steps!r}.")
+            raise ValueError(
+                f"OptunaPruning: every_n_g_steps must be an integer >= 1 or None, got {every_n_g_steps!r}."
+            )
 
         if not isinstance(trial_number, int) or isinstance(trial_number, bool) or trial_number < 0:
             raise ValueError(
@@ -76,7 +78,9 @@ class OptunaPruning(Callback):
                 "callback through a sweep (regan-train hparams_search=...), which passes optuna_trial.number."
             )
         if not isinstance(pruner, optuna.pruners.BasePruner):
-            raise ValueError(f"OptunaPruning: pruner must be an optuna.pruners.BasePruner, got {type(pruner).__name__}.")
+            raise ValueError(
+                f"OptunaPruning: pruner must be an optuna.pruners.BasePruner, got {type(pruner).__name__}."
+            )
         if not isinstance(study_name, str) or not study_name:
             raise ValueError(f"OptunaPruning: study_name must be a non-empty string, got {study_name!r}.")
         self.storage = storage
@@ -120,7 +124,9 @@ class OptunaPruning(Callback):
         if stage == "fit" and trainer.is_global_zero and self._trial is None:
             self._trial = self._load_trial()  # fails before training when the storage or trial is wrong
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         # An evaluation logged after our on_train_batch_end (callback order) is read here, still at its G step.
         self._check(trainer, pl_module, at_batch_start=True)
 
@@ -135,7 +141,8 @@ class OptunaPruning(Callback):
         if value is None or (self.reported and g_step <= self.reported[-1][0]):
             return None
         value = _to_float(value)
-        same = self.reported and (value == self.reported[-1][1] or (math.isnan(value) and math.isnan(self.reported[-1][1])))
+        last = self.reported[-1][1] if self.reported else None
+        same = last is not None and (value == last or (math.isnan(value) and math.isnan(last)))
         if self.every_n_g_steps is None:
             return None if same else value
         if g_step == 0 or g_step % self.every_n_g_steps:
@@ -166,7 +173,8 @@ class OptunaPruning(Callback):
                          self.trial_number, g_step, self.monitor, value)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"reported": [list(r) for r in self.reported], "pruned": self.pruned, "pruned_g_step": self.pruned_g_step}
+        return {"reported": [list(r) for r in self.reported], "pruned": self.pruned,
+                "pruned_g_step": self.pruned_g_step}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.reported = [(int(g), float(v)) for g, v in state_dict.get("reported") or []]
