@@ -294,3 +294,18 @@ def test_sweep_study_tables_in_readme_and_docs_are_the_committed_results():
         table = [line for line in quoted.splitlines() if line.startswith("| ") and not line.startswith("|---")]
         assert len(table) >= 3, doc  # header and one row per seed
         assert set(table) <= rows, f"{doc} quotes a sweep-study row that bench/results/sweep_study.md does not have"
+
+
+@pytest.mark.slow
+def test_submitit_local_sweep_reaches_the_study_from_separate_jobs(tmp_path):
+    """submitit jobs are separate processes started by submitit: they reach the trial through the journal file."""
+    sweep = tmp_path / "sweep"
+    run_sweep(sweep, "max_g_steps=100", "hydra.sweeper.n_trials=4", "hydra/launcher=submitit_local",
+              "hydra.launcher.timeout_min=10", "hydra.sweeper.n_jobs=2", "pruner=median", "pruner.n_startup_trials=2")
+    assert (sweep / ".submitit").is_dir()
+    study = load_study(str(sweep / "optuna.journal"))
+    assert {t.number: t.state.name for t in study.trials} == {0: "COMPLETE", 1: "COMPLETE", 2: "PRUNED", 3: "PRUNED"}
+    for t in study.trials:
+        s = json.loads((sweep / str(t.number) / "summary.json").read_text())
+        assert t.intermediate_values == {g: pytest.approx(f) for g, f in s["fid_history"]}
+        assert s["status"] == ("pruned" if t.state.name == "PRUNED" else "completed")
