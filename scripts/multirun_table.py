@@ -8,7 +8,9 @@ Usage::
 Every job directory below the multirun directory that holds a ``summary.json`` becomes one row: the job's
 Hydra overrides (from ``.hydra/overrides.yaml``, one column per overridden key) and the summary's fields.
 Writes ``runs.csv``, ``runs.md`` and ``fid_curves.png`` into ``--out`` (default: the multirun directory)
-and prints their paths. Works for any launcher (basic, joblib, submitit) and for Optuna sweeps.
+and prints their paths. Works for any launcher (basic, joblib, submitit) and for Optuna sweeps; for a
+``hydra/sweeper=regan_optuna`` sweep (an ``optuna.journal`` in the directory) it also rebuilds ``sweep.md``,
+``sweep.csv`` and ``best_trial.yaml`` from the study (see ``lightning_regan.sweep``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ SUMMARY_FIELDS = (
 )
 
 
+#: Overrides the regan_optuna sweeper adds to each job (which Optuna trial it is), left out of the table.
+SWEEPER_KEYS = ("optuna_trial.",)
+
+
 def _natural_key(text: str) -> list[Any]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
@@ -45,7 +51,10 @@ def read_overrides(job_dir: Path) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in items:
         key, sep, value = str(item).partition("=")
-        out[key.lstrip("+~")] = value if sep else ""
+        key = key.lstrip("+~")
+        if key.startswith(SWEEPER_KEYS):
+            continue  # the trial's address in the study, not a parameter
+        out[key] = value if sep else ""
     return out
 
 
@@ -176,10 +185,10 @@ def plot_fid_curves(runs: Sequence[dict[str, Any]], path: Path, title: str) -> O
         (line,) = ax.plot(steps, fids, marker=".", label=label)
         if isinstance(run.get("best_fid_step"), int) and run.get("best_fid") is not None:
             ax.plot([run["best_fid_step"]], [run["best_fid"]], "o", color=line.get_color(), markersize=7)
-        if run.get("status") in ("stopped_early", "diverged"):
+        if run.get("status") in ("stopped_early", "diverged", "pruned"):
             ax.plot([steps[-1]], [fids[-1]], "x", color=line.get_color(), markersize=10, markeredgewidth=2)
     ax.plot([], [], "o", color="0.4", label="best FID of a run")
-    ax.plot([], [], "x", color="0.4", markeredgewidth=2, label="stopped early / diverged")
+    ax.plot([], [], "x", color="0.4", markeredgewidth=2, label="stopped early / pruned / diverged")
     ax.set_xlabel("generator step")
     ax.set_ylabel("FID")
     ax.set_title(title)
@@ -197,11 +206,18 @@ def build(multirun_dir: Path, out_dir: Optional[Path] = None) -> dict[str, Optio
     out_dir = Path(out_dir) if out_dir is not None else multirun_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     title = f"regan-train multirun {multirun_dir.name}"
-    return {
+    paths = {
         "csv": write_csv(runs, out_dir / "runs.csv"),
         "markdown": write_markdown(runs, out_dir / "runs.md", title),
         "plot": plot_fid_curves(runs, out_dir / "fid_curves.png", title),
     }
+    journal = multirun_dir / "optuna.journal"
+    if journal.is_file():  # a regan_optuna sweep: its table (trials, pruning, G steps, best trial) from the study
+        from lightning_regan.sweep import load_study, write_sweep_report
+
+        report = write_sweep_report(load_study(str(journal)), out_dir)
+        paths.update(sweep=report["markdown"], best_trial=report["best"])
+    return paths
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,4 +1,4 @@
-"""Hydra multiruns of regan-train (joblib, submitit_local, Optuna) and scripts/multirun_table.py."""
+"""Hydra multiruns of regan-train (joblib, submitit_local) and scripts/multirun_table.py (Optuna sweeps: test_sweep.py)."""
 
 from __future__ import annotations
 
@@ -129,21 +129,6 @@ def test_submitit_local_multirun_one_summary_per_job_and_the_table(tmp_path):
                          "hydra.launcher.timeout_min=10")
     assert (sweep / ".submitit").is_dir()
     check_regularizer_sweep(sweep)
-
-
-def test_optuna_sweep_minimizes_best_fid(tmp_path):
-    sweep = tmp_path / "optuna"
-    regan_train_multirun(sweep, "hparams_search=optuna", "hydra.sweeper.n_trials=3",
-                         "hydra.sweeper.sampler.n_startup_trials=3")
-    fids = [json.loads(p.read_text())["best_fid"] for p in sorted(sweep.glob("*/summary.json"))]
-    assert len(fids) == 3 and all(isinstance(f, float) for f in fids)
-    result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-    # main() returned each job's summary["best_fid"]; the sweeper kept the smallest.
-    assert result["best_value"] == pytest.approx(min(fids), rel=1e-12)
-    assert set(result["best_params"]) == {"regularizer.r1.weight", "module.d_optimizer.lr", "module.g_optimizer.lr"}
-    overrides = [yaml.safe_load((p.parent / ".hydra" / "overrides.yaml").read_text())
-                 for p in sorted(sweep.glob("*/summary.json"))]
-    assert len({tuple(o[:3]) for o in overrides}) == 3  # three different trials
 
 
 def test_slurm_gpu_launcher_asks_one_task_per_gpu(tmp_path):

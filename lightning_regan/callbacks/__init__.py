@@ -5,6 +5,7 @@ from lightning_regan.callbacks.early_termination import EarlyTermination
 from lightning_regan.callbacks.fid_monitor import FID_KEY, FID_STEP_KEY, KID_KEY, FIDMonitor
 from lightning_regan.callbacks.g_step import GStepCallback, g_steps_of, publish_metrics
 from lightning_regan.callbacks.mode_coverage import ModeCoverageMonitor
+from lightning_regan.callbacks.optuna_pruning import OptunaPruning
 from lightning_regan.callbacks.progress import GStepProgressBar
 from lightning_regan.callbacks.random_streams import RandomStreams
 from lightning_regan.callbacks.run_summary import RunSummary, SummaryFields
@@ -12,6 +13,6 @@ from lightning_regan.callbacks.samples import SampleGrid
 
 __all__ = [
     "FID_KEY", "FID_STEP_KEY", "KID_KEY", "EarlyTermination", "FIDMonitor", "GStepCallback", "GStepProgressBar",
-    "ModeCoverageMonitor", "RandomStreams", "RunSummary", "SampleGrid", "SummaryFields", "g_steps_of",
+    "ModeCoverageMonitor", "OptunaPruning", "RandomStreams", "RunSummary", "SampleGrid", "SummaryFields", "g_steps_of",
     "publish_metrics",
 ]
