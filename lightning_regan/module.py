@@ -445,8 +445,9 @@ class GANModule(L.LightningModule):
         g_opt, d_opt = self.optimizers()
         if self.conditional:
             labels = self.check_labels(self.real_labels(batch), real.shape[0])
-            if bool((labels < 0).any()) or bool((labels >= self.num_classes).any()):
-                raise ValueError(f"GANModule: batch labels must lie in [0, {self.num_classes}), got {labels.min()}..{labels.max()}.")
+            low, high = (int(v) for v in torch.aminmax(labels))  # one op and one sync, not four
+            if low < 0 or high >= self.num_classes:
+                raise ValueError(f"GANModule: batch labels must lie in [0, {self.num_classes}), got {low}..{high}.")
             metrics = self.discriminator_step(real, d_opt, labels)
         else:  # the unconditional call, unchanged for subclasses that override discriminator_step(real, d_opt)
             metrics = self.discriminator_step(real, d_opt)
