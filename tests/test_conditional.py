@@ -268,6 +268,12 @@ def test_regan_sample_class_option(tmp_path):
     # the labels matter: another class gives other images
     other = module.generate(z=z, y=torch.full((5,), 1))
     assert not torch.allclose(other, module.generate(z=z, y=y))
+    # regan-eval decodes the same fixed (noise, labels) as FIDMonitor: seeded_inputs under --seed
+    from lightning_regan.cli.evaluate import checkpoint_batches
+
+    z, y = seeded_inputs(module, 10, 4)
+    assert len(set(y.tolist())) > 1
+    torch.testing.assert_close(torch.cat(list(checkpoint_batches(module, 10, 4, batch_size=4))), module.generate(z=z, y=y))
     assert main([str(ckpt), "--class", "10", "-o", str(png)]) == 2
     assert main([str(ckpt), "--class", "0", "--class", "9", "--nrow", "3", "-o", str(tmp_path / "two.png")]) == 0
     assert Image.open(tmp_path / "two.png").size == (3 * 10 + 2, 2 * 10 + 2)
