@@ -8,19 +8,21 @@ when the config leaves the value out).
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lightning_regan.config import drop_unselected  # noqa: F401 (re-exported: torch-free, used by the CLI checks)
 from lightning_regan.callbacks import FID_KEY, FIDMonitor, ModeCoverageMonitor
+from lightning_regan.cli.checks import ConfigError
 from lightning_regan.module import GANModule, max_steps_for
 from lightning_regan.regularizers import spectral_norm
 
@@ -40,22 +42,43 @@ def build_datamodule(cfg: DictConfig, validate: bool = True) -> L.LightningDataM
     return datamodule
 
 
-def build_models(cfg: DictConfig, data_shape: tuple[int, ...]) -> tuple[Any, Any]:
-    """Instantiate G and D for ``data_shape``; apply spectral normalization to D when asked."""
-    generator = instantiate(cfg.model.generator, latent_dim=cfg.model.latent_dim, data_shape=list(data_shape))
-    discriminator = instantiate(cfg.model.discriminator, data_shape=list(data_shape))
+def conditioning_classes(cfg: DictConfig, datamodule: Any) -> Optional[int]:
+    """``datamodule.num_classes`` when ``model.conditional`` is on (clear error when the data has no labels), else None."""
+    if not cfg.model.get("conditional", False):
+        return None
+    num_classes = getattr(datamodule, "num_classes", None)
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ConfigError(
+            f"model.conditional=true needs labelled data with at least 2 classes; {type(datamodule).__name__} has "
+            f"num_classes={num_classes!r}. Use labelled data (e.g. data=mnist, data=digits) or model.conditional=false."
+        )
+    for role in ("generator", "discriminator"):
+        target = cfg.model[role]["_target_"]
+        params = inspect.signature(get_class(target)).parameters
+        if "num_classes" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            raise ConfigError(f"model.conditional=true: the {role} {target} takes no num_classes (it is unconditional).")
+    return num_classes
+
+
+def build_models(cfg: DictConfig, data_shape: tuple[int, ...], num_classes: Optional[int] = None) -> tuple[Any, Any]:
+    """Instantiate G and D for ``data_shape`` (class-conditional with ``num_classes``: both constructors get it);
+    apply spectral normalization to D when asked."""
+    labels = {"num_classes": num_classes} if num_classes is not None else {}
+    generator = instantiate(cfg.model.generator, latent_dim=cfg.model.latent_dim, data_shape=list(data_shape), **labels)
+    discriminator = instantiate(cfg.model.discriminator, data_shape=list(data_shape), **labels)
     if cfg.model.get("spectral_norm", False):
         discriminator = spectral_norm(discriminator)
     return generator, discriminator
 
 
-def build_module(cfg: DictConfig, generator: Any, discriminator: Any) -> GANModule:
-    """Instantiate the GANModule with its loss and regularizers."""
+def build_module(cfg: DictConfig, generator: Any, discriminator: Any, num_classes: Optional[int] = None) -> GANModule:
+    """Instantiate the GANModule with its loss and regularizers (class-conditional with ``num_classes``)."""
     regularizers = {name: instantiate(node) for name, node in (cfg.get("regularizer") or {}).items()}
     loss = instantiate(cfg.loss)
+    labels = {"num_classes": num_classes} if num_classes is not None else {}
     return instantiate(
         cfg.module, generator=generator, discriminator=discriminator, loss=loss, regularizers=regularizers,
-        latent_dim=cfg.model.latent_dim, _convert_="partial",
+        latent_dim=cfg.model.latent_dim, _convert_="partial", **labels,
     )
 
 
@@ -108,10 +131,12 @@ def build_all(cfg: DictConfig, validate_data: bool = True) -> dict[str, Any]:
     """DataModule, module, callbacks, loggers and Trainer of a composed config (nothing is trained)."""
     datamodule = build_datamodule(cfg, validate=validate_data)
     data_shape = tuple(datamodule.shape)
-    generator, discriminator = build_models(cfg, data_shape)
-    module = build_module(cfg, generator, discriminator)
+    num_classes = conditioning_classes(cfg, datamodule)
+    generator, discriminator = build_models(cfg, data_shape, num_classes)
+    module = build_module(cfg, generator, discriminator, num_classes)
     run_config = OmegaConf.to_container(cfg, resolve=True)
     run_config["data_shape"] = list(data_shape)
+    run_config["num_classes"] = num_classes  # regan-sample / regan-eval rebuild the networks without the data
     module.run_config = run_config
     callbacks = build_callbacks(cfg)
     loggers = build_loggers(cfg)
@@ -132,5 +157,5 @@ def fit(objects: dict[str, Any], ckpt_path: Optional[str]) -> dict[str, Any]:
 
 __all__ = [
     "build_all", "build_callbacks", "build_datamodule", "build_loggers", "build_models",
-    "build_module", "build_trainer", "drop_unselected", "fit",
+    "build_module", "build_trainer", "conditioning_classes", "drop_unselected", "fit",
 ]

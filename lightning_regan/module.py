@@ -33,18 +33,45 @@ def max_steps_for(g_steps: int, n_critic: int = 1) -> int:
     return g_steps * (n_critic + 1)
 
 
-def seeded_noise(module: nn.Module, n: int, seed: int) -> Tensor:
-    """``module.sample_noise(n)`` drawn under a fixed seed without disturbing the global random streams.
+def seeded_inputs(module: nn.Module, n: int, seed: int) -> tuple[Tensor, Optional[Tensor]]:
+    """``(module.sample_noise(n), module.sample_labels(n))`` drawn under a fixed seed without disturbing the global
+    random streams; the labels are ``None`` for an unconditional module.
 
-    The one path for fixed evaluation and sampling noise (FID, sample grids, ``regan-eval``, ``regan-sample``), so a
-    custom prior (an overridden ``sample_noise``) is evaluated on the distribution it trains on. Every rank gets the
-    same noise, and a run draws the same training noise with or without the callbacks that call this.
+    The one path for fixed evaluation and sampling inputs (FID, sample grids, ``regan-eval``, ``regan-sample``), so a
+    custom prior (an overridden ``sample_noise`` or ``sample_labels``) is evaluated on the distribution it trains on.
+    Every rank gets the same inputs, and a run draws the same training noise with or without the callbacks that call
+    this. The noise is drawn first, so it does not depend on whether labels follow.
     """
     device = getattr(module, "device", torch.device("cpu"))
     devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        return module.sample_noise(n).detach()
+        z = module.sample_noise(n).detach()
+        labels = module.sample_labels(n) if getattr(module, "conditional", False) else None
+        return z, labels
+
+
+def class_inputs(module: nn.Module, per_class: int, seed: int, classes: Optional[Sequence[int]] = None) -> tuple[Tensor, Tensor]:
+    """Inputs of a per-class grid: ``per_class`` noise vectors (:func:`seeded_noise`) repeated for each class of
+    ``classes`` (default all ``module.num_classes``), labels ``[c0]*per_class + [c1]*per_class + ...``.
+
+    Row ``i`` of a grid with ``per_class`` columns is class ``classes[i]``; a column keeps the same noise.
+    """
+    num_classes = getattr(module, "num_classes", None)
+    if num_classes is None:
+        raise ValueError("class_inputs: the module is unconditional (num_classes=None).")
+    classes = list(range(num_classes)) if classes is None else [int(c) for c in classes]
+    bad = [c for c in classes if not 0 <= c < num_classes]
+    if bad or not classes:
+        raise ValueError(f"class_inputs: classes must lie in [0, {num_classes}), got {classes}.")
+    z = seeded_noise(module, per_class, seed)
+    labels = torch.tensor(classes, device=z.device).repeat_interleave(per_class)
+    return z.repeat(len(classes), *([1] * (z.dim() - 1))), labels
+
+
+def seeded_noise(module: nn.Module, n: int, seed: int) -> Tensor:
+    """The noise of :func:`seeded_inputs` alone (``module.sample_noise(n)`` under ``seed``)."""
+    return seeded_inputs(module, n, seed)[0]
 
 
 def _default_optimizer() -> OptimizerFactory:
@@ -76,6 +103,10 @@ class GANModule(L.LightningModule):
     G step follows. Works with any generator ``G(z)`` and discriminator ``D(x)`` modules and any loader that
     yields images, ``(images, labels)`` or ``{"image": images}``.
 
+    Class-conditional (``num_classes`` set): the loader must yield labels (``(images, labels)`` or
+    ``{"image": ..., "label": ...}``); the networks are called ``G(z, y)`` and ``D(x, y)``, real samples with their
+    own labels and fakes with the labels they were generated for, drawn by :meth:`sample_labels`.
+
     Args:
         generator: Maps latent vectors ``(N, latent_dim)`` to samples.
         discriminator: Maps samples to logits (any shape with leading ``N``; losses average all elements).
@@ -94,6 +125,9 @@ class GANModule(L.LightningModule):
         gradient_clip_algorithm: ``"norm"`` or ``"value"``.
         num_fixed_samples: Size of the fixed latent batch used for sample grids.
         seed: Seed of the fixed latent batch.
+        num_classes: Number of classes for a class-conditional GAN (``None``: unconditional).
+        label_probs: Class frequencies that :meth:`sample_labels` draws fake labels from (e.g. the data's label
+            frequencies); ``None`` draws uniformly. Needs ``num_classes`` entries, non-negative, not all zero.
     """
 
     def __init__(
@@ -112,6 +146,8 @@ class GANModule(L.LightningModule):
         gradient_clip_algorithm: str = "norm",
         num_fixed_samples: int = 64,
         seed: int = 0,
+        num_classes: Optional[int] = None,
+        label_probs: Optional[Sequence[float]] = None,
     ) -> None:
         super().__init__()
         if not isinstance(generator, nn.Module) or not isinstance(discriminator, nn.Module):
@@ -128,6 +164,19 @@ class GANModule(L.LightningModule):
             raise ValueError(f"GANModule: gradient_clip_algorithm must be 'norm' or 'value', got {gradient_clip_algorithm!r}.")
         if num_fixed_samples < 1:
             raise ValueError(f"GANModule: num_fixed_samples must be >= 1, got {num_fixed_samples!r}.")
+        if num_classes is not None and (not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2):
+            raise ValueError(f"GANModule: num_classes must be an integer >= 2 or None (unconditional), got {num_classes!r}.")
+        probs: Optional[Tensor] = None
+        if label_probs is not None:
+            if num_classes is None:
+                raise ValueError("GANModule: label_probs needs num_classes (it is for class-conditional GANs).")
+            probs = torch.as_tensor(list(label_probs), dtype=torch.float64)
+            if probs.shape != (num_classes,) or not bool(torch.isfinite(probs).all()) or bool((probs < 0).any()) or float(probs.sum()) <= 0:
+                raise ValueError(
+                    f"GANModule: label_probs must hold num_classes={num_classes} finite non-negative weights, not all "
+                    f"zero; got {list(label_probs)!r}."
+                )
+            probs = (probs / probs.sum()).float()
         latent_dim = latent_dim if latent_dim is not None else getattr(generator, "latent_dim", None)
         if not isinstance(latent_dim, int) or latent_dim < 1:
             raise ValueError(
@@ -153,6 +202,9 @@ class GANModule(L.LightningModule):
         if ema_decay is not None:
             self.ema_generator = AveragedModel(generator, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
             self.ema_generator.requires_grad_(False)
+        self.num_classes = num_classes
+        #: Class frequencies of :meth:`sample_labels` (``None``: uniform). Not a buffer: part of the config.
+        self.label_probs = probs
         self.num_fixed_samples = num_fixed_samples
         self.fixed_noise_seed = seed
         self._fixed_noise: Optional[Tensor] = None
@@ -181,33 +233,79 @@ class GANModule(L.LightningModule):
             self._fixed_noise = seeded_noise(self, self.num_fixed_samples, self.fixed_noise_seed)
         return self._fixed_noise
 
+    @property
+    def conditional(self) -> bool:
+        """Whether G and D take class labels (``num_classes`` is set)."""
+        return self.num_classes is not None
+
     def sample_noise(self, n: int) -> Tensor:
         """Draw ``n`` latent vectors on the module's device. Override for other priors."""
         return torch.randn(n, self.latent_dim, device=self.device)
 
+    def sample_labels(self, n: int) -> Tensor:
+        """Draw ``n`` class labels for generated samples (uniform, or ``label_probs``). Override for others.
+
+        The one source of fake labels: training, FID, sample grids, ``regan-eval`` and ``regan-sample`` use it.
+        """
+        if self.num_classes is None:
+            raise RuntimeError("sample_labels: this GANModule is unconditional (num_classes=None).")
+        if self.label_probs is None:
+            return torch.randint(self.num_classes, (n,), device=self.device)
+        return torch.multinomial(self.label_probs.to(self.device), n, replacement=True)
+
+    def check_labels(self, labels: Optional[Tensor], n: int) -> Optional[Tensor]:
+        """``labels`` as a long tensor on the module's device for a conditional module (clear errors otherwise);
+        ``None`` for an unconditional one."""
+        if not self.conditional:
+            if labels is not None:
+                raise ValueError("GANModule: labels were given but the module is unconditional (set num_classes=...).")
+            return None
+        if labels is None:
+            raise ValueError(
+                f"GANModule: the module is class-conditional (num_classes={self.num_classes}) and needs labels; pass y=... "
+                "or use a loader that yields (images, labels)."
+            )
+        labels = torch.as_tensor(labels, device=self.device)
+        if labels.shape != (n,) or labels.dtype.is_floating_point or labels.dtype == torch.bool:
+            raise ValueError(f"GANModule: labels must be {n} integer class indices, got shape {tuple(labels.shape)} ({labels.dtype}).")
+        return labels.long()
+
+    def run_generator(self, generator: nn.Module, z: Tensor, labels: Optional[Tensor] = None) -> Tensor:
+        """``generator(z)``, or ``generator(z, labels)`` when labels are given."""
+        return generator(z) if labels is None else generator(z, labels)
+
+    def run_discriminator(self, x: Tensor, labels: Optional[Tensor] = None) -> Tensor:
+        """``discriminator(x)``, or ``discriminator(x, labels)`` when labels are given."""
+        return self.discriminator(x) if labels is None else self.discriminator(x, labels)
+
     @torch.no_grad()
-    def generate(self, n: Optional[int] = None, z: Optional[Tensor] = None) -> Tensor:
+    def generate(self, n: Optional[int] = None, z: Optional[Tensor] = None, y: Optional[Tensor] = None) -> Tensor:
         """Samples from :attr:`eval_generator` in eval mode (train mode is restored afterwards).
 
         Args:
-            n: Number of samples from fresh noise (ignored when ``z`` is given).
+            n: Number of samples from fresh noise (and fresh :meth:`sample_labels` when conditional and ``y`` is
+                not given); ignored when ``z`` is given.
             z: Latent vectors to decode.
+            y: Class labels of the samples (conditional modules; required with ``z``).
         """
         if z is None:
             if n is None:
                 raise ValueError("generate: pass n or z.")
             z = self.sample_noise(n)
+            if self.conditional and y is None:
+                y = self.sample_labels(n)
+        labels = self.check_labels(y, z.shape[0])
         g = self.eval_generator
         was_training = g.training
         g.eval()
         try:
-            return g(z.to(self.device))
+            return self.run_generator(g, z.to(self.device), labels)
         finally:
             g.train(was_training)
 
-    def forward(self, z: Tensor) -> Tensor:
-        """Decode ``z`` with the training generator."""
-        return self.generator(z)
+    def forward(self, z: Tensor, y: Optional[Tensor] = None) -> Tensor:
+        """Decode ``z`` (with labels ``y`` when conditional) with the training generator."""
+        return self.run_generator(self.generator, z, self.check_labels(y, z.shape[0]))
 
     # ------------------------------------------------------------------ optimization
     def configure_optimizers(self) -> list[Optimizer]:
@@ -216,6 +314,18 @@ class GANModule(L.LightningModule):
             self.g_optimizer_factory(self.generator.parameters()),
             self.d_optimizer_factory(self.discriminator.parameters()),
         ]
+
+    @staticmethod
+    def real_labels(batch: Any) -> Optional[Tensor]:
+        """The labels of a batch, or ``None``: ``(x, y, ...)`` or a mapping with ``label(s)``/``y``."""
+        if isinstance(batch, Mapping):
+            for key in ("label", "labels", "y"):
+                if key in batch:
+                    return batch[key]
+            return None
+        if isinstance(batch, (list, tuple)) and len(batch) > 1 and isinstance(batch[1], Tensor):
+            return batch[1]
+        return None
 
     @staticmethod
     def real_samples(batch: Any) -> Tensor:
@@ -278,20 +388,28 @@ class GANModule(L.LightningModule):
         if ddp is not None and ddp.broadcast_buffers:
             broadcast_buffers([self.generator, self.discriminator], ddp.process_group)
 
-    def discriminator_step(self, real: Tensor, d_opt: Any) -> dict[str, Tensor]:
-        """One D update: adversarial loss plus the regularizers due at this D step."""
+    def discriminator_step(self, real: Tensor, d_opt: Any, labels: Optional[Tensor] = None) -> dict[str, Tensor]:
+        """One D update: adversarial loss plus the regularizers due at this D step.
+
+        ``labels``: the real samples' classes (conditional modules); fakes get :meth:`sample_labels`.
+        """
         due = [(name, reg) for name, reg in self.regularizers.items() if reg.is_due(self.d_steps)]
+        z = self.sample_noise(real.shape[0])
+        fake_labels = self.sample_labels(real.shape[0]) if labels is not None else None
         with torch.no_grad():
-            fake = self.generator(self.sample_noise(real.shape[0]))
+            fake = self.run_generator(self.generator, z, fake_labels)
         real_in = real.detach().requires_grad_(any(r.needs_real_grad for _, r in due))
         fake_in = fake.detach().requires_grad_(any(r.needs_fake_grad for _, r in due))
         metrics: dict[str, Tensor] = {}
         with self.toggled_optimizer(d_opt):
-            d_real = self.discriminator(real_in).float()
-            d_fake = self.discriminator(fake_in).float()
+            d_real = self.run_discriminator(real_in, labels).float()
+            d_fake = self.run_discriminator(fake_in, fake_labels).float()
             d_adv = self.loss.d_loss(d_real, d_fake)
             d_loss = d_adv
-            batch = DiscriminatorBatch(self.discriminator, real_in, fake_in, d_real, d_fake, self._grad_scaler())
+            batch = DiscriminatorBatch(
+                self.discriminator, real_in, fake_in, d_real, d_fake, self._grad_scaler(),
+                real_labels=labels, fake_labels=fake_labels,
+            )
             for name, reg in due:
                 value = reg(batch)
                 d_loss = d_loss + (reg.weight * reg.gain) * value
@@ -307,8 +425,10 @@ class GANModule(L.LightningModule):
     def generator_step(self, batch_size: int, g_opt: Any) -> dict[str, Tensor]:
         """One G update; D's parameters are frozen by toggling so no D gradient is computed."""
         with self.toggled_optimizer(g_opt):
-            fake = self.generator(self.sample_noise(batch_size))
-            g_loss = self.loss.g_loss(self.discriminator(fake).float())
+            z = self.sample_noise(batch_size)
+            labels = self.sample_labels(batch_size) if self.conditional else None
+            fake = self.run_generator(self.generator, z, labels)
+            g_loss = self.loss.g_loss(self.run_discriminator(fake, labels).float())
             g_opt.zero_grad(set_to_none=True)
             self.backward_and_reduce(g_loss, g_opt)
             self._clip(g_opt)
@@ -323,7 +443,14 @@ class GANModule(L.LightningModule):
         real = self.real_samples(batch)
         self._broadcast_network_buffers()
         g_opt, d_opt = self.optimizers()
-        metrics = self.discriminator_step(real, d_opt)
+        if self.conditional:
+            labels = self.check_labels(self.real_labels(batch), real.shape[0])
+            low, high = (int(v) for v in torch.aminmax(labels))  # one op and one sync, not four
+            if low < 0 or high >= self.num_classes:
+                raise ValueError(f"GANModule: batch labels must lie in [0, {self.num_classes}), got {low}..{high}.")
+            metrics = self.discriminator_step(real, d_opt, labels)
+        else:  # the unconditional call, unchanged for subclasses that override discriminator_step(real, d_opt)
+            metrics = self.discriminator_step(real, d_opt)
         g_step_taken = self.d_steps % self.n_critic == 0
         if g_step_taken:
             metrics.update(self.generator_step(real.shape[0], g_opt))
@@ -380,4 +507,4 @@ class GANModule(L.LightningModule):
         self.run_config = state.get("config")
 
 
-__all__ = ["GANModule", "max_steps_for", "seeded_noise"]
+__all__ = ["GANModule", "class_inputs", "max_steps_for", "seeded_inputs", "seeded_noise"]

@@ -35,6 +35,8 @@ class DiscriminatorBatch:
         d_fake: D's outputs on ``fake``.
         grad_scaler: The AMP ``GradScaler`` in use (16-mixed), or ``None``. Gradient penalties scale the
             outputs before ``autograd.grad`` and unscale the gradients, as in PyTorch's AMP recipe.
+        real_labels: Class labels D was called with on ``real`` (class-conditional GANs), else ``None``.
+        fake_labels: Class labels D was called with on ``fake`` (those G generated them for), else ``None``.
     """
 
     discriminator: nn.Module
@@ -43,6 +45,12 @@ class DiscriminatorBatch:
     d_real: Tensor
     d_fake: Tensor
     grad_scaler: Optional[torch.amp.GradScaler] = None
+    real_labels: Optional[Tensor] = None
+    fake_labels: Optional[Tensor] = None
+
+    def discriminate(self, x: Tensor, labels: Optional[Tensor] = None) -> Tensor:
+        """``discriminator(x)``, or ``discriminator(x, labels)`` when labels are given (conditional GANs)."""
+        return self.discriminator(x) if labels is None else self.discriminator(x, labels)
 
 
 class Regularizer(nn.Module):
@@ -193,7 +201,8 @@ class R2(Regularizer):
 class WGANGP(Regularizer):
     """WGAN-GP gradient penalty (Gulrajani et al. 2017): ``E ||grad D(x_hat)|| - center)^2``.
 
-    ``x_hat`` interpolates uniformly between paired real and fake samples. Runs its own D forward pass.
+    ``x_hat`` interpolates uniformly between paired real and fake samples. Runs its own D forward pass; in a
+    class-conditional GAN D judges ``x_hat`` with the real sample's label (as StudioGAN does).
 
     Args:
         weight: ``lambda`` (10 in the paper).
@@ -224,7 +233,8 @@ class WGANGP(Regularizer):
         real, fake = real[:n], fake[:n]
         eps = self.interpolation_weights(real)
         x_hat = (eps * real + (1.0 - eps) * fake).requires_grad_(True)
-        grads = input_gradients(batch.discriminator(x_hat), x_hat, batch.grad_scaler)
+        labels = batch.real_labels[:n] if batch.real_labels is not None else None
+        grads = input_gradients(batch.discriminate(x_hat, labels), x_hat, batch.grad_scaler)
         gap = _per_sample_sq_norm(grads).add(1e-12).sqrt() - self.center
         if self.one_sided:
             gap = F.relu(gap)
@@ -277,7 +287,8 @@ class LeCam(Regularizer):
         return F.relu(d_real - self.anchor_fake).square().mean() + F.relu(self.anchor_real - d_fake).square().mean()
 
 
-_SN_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+# nn.Embedding: the class embedding of a projection discriminator is normalized too (Miyato & Koyama 2018).
+_SN_LAYERS = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 def spectral_norm(module: nn.Module, n_power_iterations: int = 1, eps: float = 1e-12) -> nn.Module:

@@ -27,6 +27,38 @@ class TinyD(nn.Module):
         return self.net(x.flatten(1))
 
 
+class TinyCondG(nn.Module):
+    """A user's class-conditional generator ``G(z, y)``: one-hot labels concatenated to ``z``."""
+
+    def __init__(self, latent_dim: int = 4, num_classes: int = 3, out_dim: int = 2) -> None:
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.num_classes = num_classes
+        self.net = nn.Sequential(nn.Linear(latent_dim + num_classes, 16), nn.ReLU(), nn.Linear(16, out_dim))
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([z, nn.functional.one_hot(y, self.num_classes).to(z.dtype)], dim=1))
+
+
+class TinyCondD(nn.Module):
+    """A user's class-conditional discriminator ``D(x, y)``: one logit per class, the one of ``y`` is returned."""
+
+    def __init__(self, num_classes: int = 3, in_dim: int = 2) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_dim, 16), nn.LeakyReLU(0.2), nn.Linear(16, num_classes))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.net(x.flatten(1)).gather(1, y.unsqueeze(1)).squeeze(1)
+
+
+def labelled_points(n: int = 256, num_classes: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """2-D points around one centre per class, and their labels."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(num_classes, (n,), generator=g)
+    centres = torch.tensor([[2.0 * c, -1.0 * c] for c in range(num_classes)])
+    return centres[labels] + 0.1 * torch.randn(n, 2, generator=g), labels
+
+
 def point_loader(n: int = 256, batch_size: int = 32, seed: int = 0, labels: bool = False) -> DataLoader:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 2, generator=g) * 0.5 + 1.0

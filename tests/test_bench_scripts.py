@@ -139,3 +139,14 @@ def test_low_rank_route_equals_full_route(n):
     assert metric.compute()["fid"] == pytest.approx(float(expected), rel=1e-7)
     assert bool(metric.fake_features.features) == (n <= 16)  # features kept only while the low-rank route can use them
 
+
+
+def test_bench_conditional_smoke_writes_both_step_times(tmp_path):
+    out = tmp_path / "bench_conditional.json"
+    load_script("bench_conditional").main(["--smoke", "--setups", "mlp_digits", "--device", "cpu", "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == "conditional" and data["mode"] == "smoke" and MACHINE_KEYS <= set(data["machine"])
+    row = data["setups"]["mlp_digits"]
+    assert finite_positive(row["unconditional_step_ms"]) and finite_positive(row["conditional_step_ms"])
+    assert row["ratio_median"] == pytest.approx(row["conditional_step_ms"] / row["unconditional_step_ms"])
+    assert "| mlp_digits |" in data["markdown"]

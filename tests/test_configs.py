@@ -27,6 +27,7 @@ from lightning_regan.builders import (
     build_loggers,
     build_models,
     build_module,
+    conditioning_classes,
     drop_unselected,
 )
 from lightning_regan.cli.train import validate_config
@@ -236,14 +237,19 @@ def test_several_loggers_at_once(tmp_path):
 
 
 @pytest.mark.parametrize("experiment", choices("experiment"))
-def test_experiment_choice_is_valid_and_builds(tmp_path, experiment):
+def test_experiment_choice_is_valid_and_builds(tmp_path, request, experiment):
     assert (CONF / "experiment" / f"{experiment}.yaml").read_text().startswith("# @package _global_")
     cfg = compose(tmp_path, f"experiment={experiment}")
     assert cfg.task_name == experiment
+    if cfg.data._target_.split(".")[-1] not in EMBEDDED_DATA_CLASSES:  # e.g. experiment=mnist_cond
+        with open_dict(cfg):
+            cfg.data.root = str(request.getfixturevalue("shared_data"))
     validate_config(cfg)
     datamodule = build_datamodule(cfg)
-    module = build_module(cfg, *build_models(cfg, tuple(datamodule.shape)))
+    num_classes = conditioning_classes(cfg, datamodule)
+    module = build_module(cfg, *build_models(cfg, tuple(datamodule.shape), num_classes), num_classes)
     assert isinstance(module, GANModule)
+    assert module.num_classes == (datamodule.num_classes if cfg.model.get("conditional", False) else None)
     assert build_callbacks(cfg)
 
 

@@ -42,7 +42,7 @@ from lightning_regan import GANModule, max_steps_for  # noqa: E402
 from lightning_regan.regularizers import R1, WGANGP, LeCam, Regularizer, WeightL2  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers import TinyD, TinyG  # noqa: E402
+from helpers import TinyCondD, TinyCondG, TinyD, TinyG, labelled_points  # noqa: E402
 
 WORLD = 2
 GLOBAL_BATCH = 16
@@ -510,7 +510,31 @@ def scenario_reduction(out: Path) -> None:
     save_rank_result(out / "reduction", result)
 
 
+COND_G_STEPS, COND_N_CRITIC, COND_CLASSES = 20, 3, 3
+
+
+class LabelledPoints(L.LightningDataModule):
+    """Shuffled labelled 2-D points (one centre per class)."""
+
+    def train_dataloader(self) -> DataLoader:
+        x, y = labelled_points(WORLD * 40 * 8, COND_CLASSES, DATA_SEED)
+        return DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True, drop_last=True)
+
+
+def scenario_conditional(out: Path) -> None:
+    """A class-conditional GAN (the user's own G(z, y), D(x, y)) with n_critic=3, lazy R1, WGAN-GP and LeCam:
+    the replicas must stay bit-identical."""
+    L.seed_everything(0, verbose=False)
+    regs = {"r1": R1(weight=1.0, every=2), "wgan_gp": WGANGP(weight=1.0), "lecam": LeCam(weight=0.3)}
+    module = GANModule(TinyCondG(num_classes=COND_CLASSES), TinyCondD(num_classes=COND_CLASSES), regularizers=regs,
+                       n_critic=COND_N_CRITIC, ema_decay=0.9, num_classes=COND_CLASSES)
+    trainer = _plain_trainer([], COND_G_STEPS, COND_N_CRITIC)
+    trainer.fit(module, datamodule=LabelledPoints())
+    save_rank_result(out / "conditional", final_state(module))
+
+
 SCENARIOS = {
+    "conditional": scenario_conditional,
     "replicas": scenario_replicas,
     "bytes": scenario_bytes,
     "dropin": scenario_dropin,
@@ -622,6 +646,19 @@ def test_replicas_bit_identical_after_50_g_steps(ddp_out, config):
     # GradScaler took the same decisions on both ranks; an overflow on one rank skipped the step on both.
     assert rank0["scale"] == rank1["scale"] == EXPECTED_SCALE.get(config)
     assert all(torch.isfinite(v).all() for v in rank0["state"].values() if v.is_floating_point())
+
+
+def test_conditional_replicas_bit_identical(ddp_out):
+    """Labels drawn per rank (real ones from the rank's data, fake ones from its own stream): only the gradient
+    all-reduce keeps the class-conditional replicas together."""
+    rank0, rank1 = load_rank_results(ddp_out, "conditional")
+    assert (rank0["g_steps"], rank0["d_steps"]) == (COND_G_STEPS, COND_G_STEPS * COND_N_CRITIC)
+    assert rank0["state"].keys() == rank1["state"].keys()
+    different = [k for k in rank0["state"] if not torch.equal(rank0["state"][k], rank1["state"][k])]
+    assert not different, f"ranks disagree on {different}"
+    L.seed_everything(0, verbose=False)
+    init = TinyCondG(num_classes=COND_CLASSES).state_dict()
+    assert all(not torch.equal(rank0["state"][f"generator.{k}"], v) for k, v in init.items())  # G was trained
 
 
 def test_bytes_all_reduced_per_g_step_are_the_minimum(ddp_out):

@@ -2,7 +2,7 @@
 metrics -> decision (early termination) reads them -> outputs (samples, summary, progress bar)."""
 
 from lightning_regan.callbacks.early_termination import EarlyTermination
-from lightning_regan.callbacks.fid_monitor import FID_KEY, FID_STEP_KEY, KID_KEY, FIDMonitor
+from lightning_regan.callbacks.fid_monitor import CLASS_ACCURACY_KEY, FID_KEY, FID_STEP_KEY, KID_KEY, FIDMonitor
 from lightning_regan.callbacks.g_step import GStepCallback, g_steps_of, publish_metrics
 from lightning_regan.callbacks.mode_coverage import ModeCoverageMonitor
 from lightning_regan.callbacks.optuna_pruning import OptunaPruning
@@ -12,7 +12,8 @@ from lightning_regan.callbacks.run_summary import RunSummary, SummaryFields
 from lightning_regan.callbacks.samples import SampleGrid
 
 __all__ = [
-    "FID_KEY", "FID_STEP_KEY", "KID_KEY", "EarlyTermination", "FIDMonitor", "GStepCallback", "GStepProgressBar",
-    "ModeCoverageMonitor", "OptunaPruning", "RandomStreams", "RunSummary", "SampleGrid", "SummaryFields", "g_steps_of",
+    "CLASS_ACCURACY_KEY", "FID_KEY", "FID_STEP_KEY", "KID_KEY", "EarlyTermination", "FIDMonitor", "GStepCallback",
+    "GStepProgressBar", "ModeCoverageMonitor", "OptunaPruning", "RandomStreams", "RunSummary", "SampleGrid",
+    "SummaryFields", "g_steps_of",
     "publish_metrics",
 ]

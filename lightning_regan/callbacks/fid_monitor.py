@@ -29,7 +29,7 @@ from lightning_regan.fid.extractors import (
 from lightning_regan.fid.metric import FeatureDistances
 from lightning_regan.fid.stats import RealSource, RealStatistics, dataset_cache_key, load_or_compute_real_statistics, real_source_of
 from lightning_regan.fid.weights import PathLike
-from lightning_regan.module import seeded_noise
+from lightning_regan.module import seeded_inputs
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,8 @@ FID_KEY = "val/fid"
 KID_KEY = "val/kid"
 #: The G step the latest ``val/fid`` (and ``val/kid``) was measured at, logged with it.
 FID_STEP_KEY = "val/fid_g_step"
+#: Share of class-conditional samples that the FID classifier assigns to the class they were generated for.
+CLASS_ACCURACY_KEY = "val/class_accuracy"
 STATE_VERSION = 1
 
 
@@ -56,6 +58,11 @@ class FIDMonitor(GStepCallback):
     same value. ``val/fid`` (``val/kid``) and ``val/fid_g_step``, the G step it was measured at, go to
     ``trainer.callback_metrics`` and to every logger at every evaluation: ``ModelCheckpoint(monitor="val/fid")``,
     ``EarlyStopping`` and ``EarlyTermination`` read them there.
+
+    For a class-conditional module (``pl_module.conditional``) the fixed inputs include labels
+    (``pl_module.sample_labels`` under the same seed), and with classifier features the monitor also logs
+    ``val/class_accuracy``: the share of generated samples that the classifier (trained on the real labels) assigns
+    to the class they were generated for.
 
     Args:
         every_n_g_steps: Evaluate every this many G steps (``0`` never, except ``evaluate_on_train_end``).
@@ -146,6 +153,9 @@ class FIDMonitor(GStepCallback):
         self.real_stats: Optional[RealStatistics] = None
         self._metric: Optional[FeatureDistances] = None
         self._noise: Optional[Tensor] = None
+        self._labels: Optional[Tensor] = None
+        #: ``[(g_step, class_accuracy), ...]`` for class-conditional modules with classifier features.
+        self.class_accuracy_history: list[tuple[int, float]] = []
         self._last_eval_step: Optional[int] = None
 
     @property
@@ -240,10 +250,19 @@ class FIDMonitor(GStepCallback):
         )
 
     # ------------------------------------------------------------------ evaluation
-    def _fixed_noise(self, pl_module: L.LightningModule) -> Tensor:
+    def _fixed_inputs(self, pl_module: L.LightningModule) -> tuple[Tensor, Optional[Tensor]]:
         if self._noise is None:
-            self._noise = seeded_noise(pl_module, self.num_samples, self.seed).cpu()
-        return self._noise
+            z, labels = seeded_inputs(pl_module, self.num_samples, self.seed)
+            self._noise, self._labels = z.cpu(), (labels.cpu() if labels is not None else None)
+        return self._noise, self._labels
+
+    def _class_head(self, pl_module: L.LightningModule) -> Optional[nn.Module]:
+        """The classifier head mapping features to class logits, when the accuracy of conditional samples applies."""
+        if not getattr(pl_module, "conditional", False) or not isinstance(self.extractor, ClassifierExtractor):
+            return None
+        if self.extractor.classifier.num_classes != pl_module.num_classes:
+            return None
+        return self.extractor.classifier.head
 
     @torch.no_grad()
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
@@ -256,12 +275,25 @@ class FIDMonitor(GStepCallback):
         self._metric = self._metric.to(device)
         self.extractor = self.extractor.to(device)
         self._metric.reset_fake()
-        shard = self._fixed_noise(pl_module)[rank::world]
+        noise, labels = self._fixed_inputs(pl_module)
+        shard = noise[rank::world]
+        label_shard = labels[rank::world].split(self.batch_size) if labels is not None else [None] * len(shard.split(self.batch_size))
+        head = self._class_head(pl_module)
+        correct = torch.zeros(2, dtype=torch.float64, device=device)  # [correct, total]
         with torch.random.fork_rng(devices=[]):  # a generator with noise layers must not move training's RNG
-            for z in shard.split(self.batch_size):
-                samples = pl_module.generate(z=z.to(device))
-                self._metric.update(self.extractor(samples))
+            for z, y in zip(shard.split(self.batch_size), label_shard):
+                y = y.to(device) if y is not None else None
+                samples = pl_module.generate(z=z.to(device), y=y) if y is not None else pl_module.generate(z=z.to(device))
+                features = self.extractor(samples)
+                self._metric.update(features)
+                if head is not None:
+                    correct[0] += (head(features).argmax(1) == y).sum()
+                    correct[1] += y.numel()
         values = self._metric.compute()
+        if head is not None:
+            if world > 1:
+                correct = trainer.strategy.reduce(correct, reduce_op="sum")
+            values["class_accuracy"] = float(correct[0] / correct[1])
         self.eval_time_s += time.perf_counter() - start
         self.evaluations += 1
         return values
@@ -280,10 +312,14 @@ class FIDMonitor(GStepCallback):
             self.kid_history.append((g_step, values["kid_mean"]))
             metrics[KID_KEY] = values["kid_mean"]
             metrics[f"{KID_KEY}_g_step"] = float(g_step)
+        if "class_accuracy" in values:
+            self.class_accuracy_history.append((g_step, values["class_accuracy"]))
+            metrics[CLASS_ACCURACY_KEY] = values["class_accuracy"]
         metrics[FID_STEP_KEY] = float(g_step)
         publish_metrics(trainer, pl_module, metrics, in_training)
         if self.verbose:
             extra = f", KID {self.last_kid:.4g}" if "kid_mean" in values else ""
+            extra += f", class accuracy {values['class_accuracy']:.3f}" if "class_accuracy" in values else ""
             rank_zero_info(f"FIDMonitor: G step {g_step}: FID ({self.extractor_name}) {fid:.4g}{extra}.")
 
     def on_g_step(self, trainer: L.Trainer, pl_module: L.LightningModule, g_step: int) -> None:
@@ -306,6 +342,8 @@ class FIDMonitor(GStepCallback):
             "fid_history": [[int(g), float(f)] for g, f in self.history], "best_fid": best_fid,
             "best_fid_step": best_step, "fid_eval_time_s": float(self.eval_time_s),
             "fid_extractor": self.extractor_name,
+            **({"class_accuracy_history": [[int(g), float(a)] for g, a in self.class_accuracy_history]}
+               if self.class_accuracy_history else {}),
         }
 
     # ------------------------------------------------------------------ checkpoints
@@ -314,6 +352,7 @@ class FIDMonitor(GStepCallback):
             "version": STATE_VERSION,
             "history": [[g, f] for g, f in self.history],
             "kid_history": [[g, k] for g, k in self.kid_history],
+            "class_accuracy_history": [[g, a] for g, a in self.class_accuracy_history],
             "eval_time_s": self.eval_time_s,
             "evaluations": self.evaluations,
             "last_fid": self.last_fid,
@@ -325,6 +364,7 @@ class FIDMonitor(GStepCallback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = [(int(g), float(f)) for g, f in state_dict.get("history") or []]
         self.kid_history = [(int(g), float(k)) for g, k in state_dict.get("kid_history") or []]
+        self.class_accuracy_history = [(int(g), float(a)) for g, a in state_dict.get("class_accuracy_history") or []]
         self.eval_time_s = float(state_dict.get("eval_time_s", 0.0))
         self.evaluations = int(state_dict.get("evaluations", len(self.history)))
         self.last_fid = state_dict.get("last_fid")
@@ -335,4 +375,4 @@ class FIDMonitor(GStepCallback):
             log.warning("FIDMonitor: resumed FID history was measured with %s features, now %s.", saved, self.extractor_name)
 
 
-__all__ = ["FIDMonitor", "FID_KEY", "FID_STEP_KEY", "KID_KEY"]
+__all__ = ["CLASS_ACCURACY_KEY", "FIDMonitor", "FID_KEY", "FID_STEP_KEY", "KID_KEY"]

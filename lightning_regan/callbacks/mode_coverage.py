@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from lightning_regan.callbacks.g_step import GStepCallback, g_steps_of, is_due, publish_metrics
-from lightning_regan.module import seeded_noise
+from lightning_regan.module import seeded_inputs
 from lightning_regan.data.gaussians import MIN_FRACTION, mode_coverage
 
 
@@ -70,6 +70,7 @@ class ModeCoverageMonitor(GStepCallback):
         self.seed = seed
         self.history: list[tuple[int, dict[str, Any]]] = []
         self._noise: Optional[Tensor] = None
+        self._labels: Optional[Tensor] = None
 
     @property
     def last(self) -> Optional[dict[str, Any]]:
@@ -94,8 +95,12 @@ class ModeCoverageMonitor(GStepCallback):
         if self.centers is None or self.std is None:
             raise RuntimeError("ModeCoverageMonitor.evaluate: centers/std are unknown; call setup first or pass them.")
         if self._noise is None:
-            self._noise = seeded_noise(pl_module, self.num_samples, self.seed).cpu()
-        samples = pl_module.generate(z=self._noise.to(pl_module.device))
+            z, labels = seeded_inputs(pl_module, self.num_samples, self.seed)
+            self._noise, self._labels = z.cpu(), labels
+        if self._labels is None:
+            samples = pl_module.generate(z=self._noise.to(pl_module.device))
+        else:
+            samples = pl_module.generate(z=self._noise.to(pl_module.device), y=self._labels.to(pl_module.device))
         if samples.dim() != 2:
             raise ValueError(
                 f"ModeCoverageMonitor: the generator must output 2-D points (N, 2), got {tuple(samples.shape)}; "

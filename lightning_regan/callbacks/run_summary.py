@@ -150,6 +150,10 @@ class RunSummary(GStepCallback):
             "stop_reason": stop_reason,
             "g_steps": g_steps,
             "d_steps": int(getattr(pl_module, "d_steps", 0)),
+            # class conditioning: number of classes (null: unconditional) and how fake labels are drawn
+            "num_classes": getattr(pl_module, "num_classes", None),
+            "label_sampling": None if getattr(pl_module, "num_classes", None) is None else (
+                "uniform" if getattr(pl_module, "label_probs", None) is None else "label_probs"),
             "wall_time_s": self.wall_time_s(),
             "fid_eval_time_s": 0.0,
             "best_fid": None,

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from lightning_regan.atomic import atomic_write
 from lightning_regan.callbacks.g_step import GStepCallback, g_steps_of, is_due
-from lightning_regan.module import seeded_noise
+from lightning_regan.module import class_inputs, seeded_inputs, seeded_noise
 
 
 def save_image_grid(images: Tensor, path: Union[str, Path], nrow: int = 8) -> Path:
@@ -82,7 +82,9 @@ class SampleGrid(GStepCallback):
 
     Images become a grid (``torchvision.utils.save_image``); 2-D points a scatter plot of ``num_points``
     generated points (fixed seeded noise) over real points from ``trainer.datamodule.reference_dataset()``
-    and the mixture ``centers`` when the DataModule has them. Files: ``<dirpath>/step_<g>.png`` and
+    and the mixture ``centers`` when the DataModule has them. For a class-conditional module (``pl_module.conditional``)
+    an image grid has one row per class and ``nrow`` columns (a column keeps the same noise); a scatter plot draws its
+    labels with ``pl_module.sample_labels``. Files: ``<dirpath>/step_<g>.png`` and
     ``<dirpath>/last.png`` (the latest), also written when training ends. Only rank zero writes.
 
     Args:
@@ -118,6 +120,7 @@ class SampleGrid(GStepCallback):
         self.seed = seed
         self.written: list[tuple[int, Path]] = []
         self._point_noise: Optional[Tensor] = None
+        self._point_labels: Optional[Tensor] = None
         self._real: Optional[Tensor] = None
         self._real_loaded = False
 
@@ -139,7 +142,11 @@ class SampleGrid(GStepCallback):
         """Write ``step_<g_step>.png`` and ``last.png`` (rank zero only); returns the step file's path."""
         if not trainer.is_global_zero:
             return None
-        samples = pl_module.generate(z=pl_module.fixed_noise)
+        if getattr(pl_module, "conditional", False):
+            z, labels = class_inputs(pl_module, self.nrow, pl_module.fixed_noise_seed)
+            samples = pl_module.generate(z=z, y=labels)
+        else:
+            samples = pl_module.generate(z=pl_module.fixed_noise)
         target = self.dirpath / f"step_{g_step}.png"
         if samples.dim() == 2:
             self._write_points(trainer, pl_module, target, g_step)
@@ -151,8 +158,12 @@ class SampleGrid(GStepCallback):
 
     def _write_points(self, trainer: L.Trainer, pl_module: L.LightningModule, target: Path, g_step: int) -> None:
         if self._point_noise is None:
-            self._point_noise = seeded_noise(pl_module, self.num_points, self.seed).cpu()
-        points = pl_module.generate(z=self._point_noise.to(pl_module.device))
+            z, labels = seeded_inputs(pl_module, self.num_points, self.seed)
+            self._point_noise, self._point_labels = z.cpu(), labels
+        if self._point_labels is None:
+            points = pl_module.generate(z=self._point_noise.to(pl_module.device))
+        else:
+            points = pl_module.generate(z=self._point_noise.to(pl_module.device), y=self._point_labels.to(pl_module.device))
         datamodule = getattr(trainer, "datamodule", None)
         if not self._real_loaded and self.num_real_points > 0:
             self._real = _real_points(datamodule, self.num_real_points)

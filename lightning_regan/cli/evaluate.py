@@ -126,17 +126,21 @@ def folder_batches(files: Sequence[Path], channels: int, size: Optional[tuple[in
 
 
 def checkpoint_batches(module: Any, num: int, seed: int, batch_size: int, raw: bool = False) -> Iterator[Tensor]:
-    """Samples of ``module`` from its fixed noise: ``module.sample_noise(num)`` drawn under ``seed``."""
-    from lightning_regan.module import seeded_noise
+    """Samples of ``module`` from its fixed inputs: ``module.sample_noise(num)`` (and ``module.sample_labels(num)``
+    when class-conditional) drawn under ``seed``, as FIDMonitor draws them."""
+    from lightning_regan.module import seeded_inputs
 
-    noise = seeded_noise(module, num, seed).cpu()
-    for z in noise.split(batch_size):
+    noise, labels = seeded_inputs(module, num, seed)
+    label_batches = labels.split(batch_size) if labels is not None else [None] * len(noise.split(batch_size))
+    for z, y in zip(noise.split(batch_size), label_batches):
         if raw:
             module.generator.eval()
             with torch.no_grad():
-                yield module.generator(z.to(module.device))
-        else:
+                yield module.run_generator(module.generator, z.to(module.device), y)
+        elif y is None:
             yield module.generate(z=z.to(module.device))
+        else:
+            yield module.generate(z=z.to(module.device), y=y)
 
 
 # ---------------------------------------------------------------------------------------------- evaluation

@@ -15,7 +15,7 @@ from torch import Tensor
 from lightning_regan.atomic import atomic_write
 from lightning_regan.cli.checkpoints import CheckpointError, read_checkpoint
 
-from lightning_regan.module import CHECKPOINT_KEY, GANModule, seeded_noise
+from lightning_regan.module import CHECKPOINT_KEY, GANModule, class_inputs, seeded_inputs
 
 
 def load_module(ckpt_path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[GANModule, DictConfig]:
@@ -39,8 +39,9 @@ def load_module(ckpt_path: str | os.PathLike, map_location: str | torch.device =
             "GANModule use GANModule.load_from_checkpoint(path, generator=..., discriminator=...)."
         )
     cfg = OmegaConf.create(state["config"])
-    generator, discriminator = build_models(cfg, tuple(cfg.data_shape))
-    module = build_module(cfg, generator, discriminator)
+    num_classes = cfg.get("num_classes", None)
+    generator, discriminator = build_models(cfg, tuple(cfg.data_shape), num_classes)
+    module = build_module(cfg, generator, discriminator, num_classes)
     module.on_load_checkpoint(checkpoint)  # first, as Lightning does: it upgrades older checkpoints
     try:
         module.load_state_dict(checkpoint["state_dict"])
@@ -100,6 +101,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="noise seed")
     parser.add_argument("--folder", action="store_true", help="write one PNG per sample into --out")
     parser.add_argument("--raw", action="store_true", help="use the trained G, not its EMA copy")
+    parser.add_argument(
+        "--class", dest="classes", type=int, action="append", metavar="K",
+        help="class-conditional checkpoints: generate class K only (repeat for several classes, one row of --nrow "
+             "samples each); default: labels drawn like training draws them",
+    )
     args = parser.parse_args(argv)
     if args.num < 1 or args.nrow < 1:
         parser.error("--num and --nrow must be >= 1")
@@ -108,13 +114,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except CheckpointError as exc:
         print(f"regan-sample: {exc}", file=sys.stderr)
         return 2
-    z = seeded_noise(module, args.num, args.seed)  # the module's prior (sample_noise) under --seed
+    if args.classes is not None:
+        if not module.conditional:
+            print("regan-sample: --class needs a class-conditional checkpoint; this one is unconditional.", file=sys.stderr)
+            return 2
+        bad = [k for k in args.classes if not 0 <= k < module.num_classes]
+        if bad:
+            print(f"regan-sample: --class must lie in [0, {module.num_classes}), got {bad}.", file=sys.stderr)
+            return 2
+        # one class: --num samples of it; several: one row of --nrow samples per class
+        per_class = args.num if len(args.classes) == 1 else args.nrow
+        z, labels = class_inputs(module, per_class, args.seed, args.classes)
+    else:
+        z, labels = seeded_inputs(module, args.num, args.seed)  # the module's prior (sample_noise) under --seed
     if args.raw:
         module.generator.eval()
         with torch.no_grad():
-            samples = module.generator(z)
-    else:
+            samples = module.run_generator(module.generator, z, labels)
+    elif labels is None:
         samples = module.generate(z=z)
+    else:
+        samples = module.generate(z=z, y=labels)
     written = save_samples(samples, Path(args.out), nrow=args.nrow, folder=args.folder)
     print(written[0].parent if args.folder else written[0])
     return 0

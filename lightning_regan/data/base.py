@@ -91,6 +91,9 @@ class GANDataModule(L.LightningDataModule):
     #: Feature extractor suggested for FID with ``feature_extractor="auto"``: ``"inception"`` (real images),
     #: ``"classifier"`` (small data with a cheap trained classifier) or ``"identity"`` (2-D points).
     fid_feature_extractor: str = "inception"
+    #: Number of classes of the labels the training items carry (``(sample, label)`` with labels in
+    #: ``[0, num_classes)``), or ``None`` for unlabelled data; class-conditional models read it.
+    num_classes: Optional[int] = None
 
     def __init__(self, batch_size: int = 64, num_workers: int = 0, pin_memory: bool = False) -> None:
         super().__init__()

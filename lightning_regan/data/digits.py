@@ -39,6 +39,7 @@ class DigitsDataModule(GANDataModule):
     """
 
     fid_feature_extractor = "classifier"
+    num_classes = 10
 
     def __init__(self, image_size: Optional[int] = None, batch_size: int = 64, num_workers: int = 0, pin_memory: bool = False) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)

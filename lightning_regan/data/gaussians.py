@@ -147,6 +147,7 @@ class GaussianMixtureDataModule(GANDataModule):
             raise ValueError(f"GaussianMixtureDataModule: n_samples and n_reference must be >= 1, got {n_samples}, {n_reference}.")
         self.kind = kind
         self.num_modes = num_modes
+        self.num_classes = num_modes  # the items' labels are the mode indices
         self.std = float(std)
         self.radius = float(radius)
         self.spacing = float(spacing)

@@ -179,6 +179,12 @@ class ImageFolderDataModule(GANDataModule):
         self.prepare_data()  # prepare_data runs on one process per node only; the check is cheap enough to repeat
         super().setup(stage)
 
+    @property
+    def num_classes(self) -> Optional[int]:  # type: ignore[override]
+        """Number of class subfolders holding images, or ``None`` for a flat folder (one label)."""
+        count = len({label for _, label in self.files()})
+        return count if count > 1 else None
+
     def _build_train(self) -> Dataset:
         return ImageFileDataset(self.files(), self.image_size, self.channels)
 

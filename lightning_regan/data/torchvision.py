@@ -59,6 +59,8 @@ class TorchvisionDataModule(GANDataModule):
 
     #: The torchvision dataset class name (``torchvision.datasets.<name>``).
     torchvision_class: ClassVar[str] = ""
+    #: MNIST, Fashion-MNIST and CIFAR-10 all have 10 classes.
+    num_classes = 10
     #: Human-readable name for messages.
     display_name: ClassVar[str] = ""
     native_shape: ClassVar[tuple[int, int, int]] = (1, 28, 28)

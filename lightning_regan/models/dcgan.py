@@ -10,7 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from typing import Optional
+
 from torch import Tensor, nn
+
+from lightning_regan.models.conditioning import LabelEmbedding, ProjectionHead, check_num_classes, need_labels, projected_logits
 
 _NORMS = ("none", "layer", "batch")
 
@@ -71,9 +75,13 @@ class DCGANGenerator(nn.Module):
         data_shape: ``(C, H, W)`` with ``H == W`` (see :func:`dcgan_layout`).
         channels: Feature width at full resolution; it doubles at each lower level up to ``max_channels``.
         max_channels: Cap on the feature width.
+        num_classes: Class-conditional ``G(z, y)``: a label embedding of size ``embed_dim`` (default ``latent_dim``)
+            joined to ``z`` before the projection; ``None`` for ``G(z)``.
+        embed_dim: Size of the label embedding.
     """
 
-    def __init__(self, latent_dim: int, data_shape: Sequence[int], channels: int = 64, max_channels: int = 512) -> None:
+    def __init__(self, latent_dim: int, data_shape: Sequence[int], channels: int = 64, max_channels: int = 512,
+                 num_classes: Optional[int] = None, embed_dim: Optional[int] = None) -> None:
         super().__init__()
         if not isinstance(latent_dim, int) or latent_dim < 1:
             raise ValueError(f"DCGANGenerator: latent_dim must be a positive integer, got {latent_dim!r}.")
@@ -84,8 +92,10 @@ class DCGANGenerator(nn.Module):
         self.data_shape = (out_channels, start * 2**doublings, start * 2**doublings)
         widths = _widths(channels, doublings, max_channels)[::-1]  # start size first
         self.start = start
+        self.num_classes = check_num_classes(num_classes, "DCGANGenerator")
+        embed = (embed_dim or latent_dim) if num_classes else 0
         self.project = nn.Sequential(
-            nn.Linear(latent_dim, widths[0] * start * start), nn.Unflatten(1, (widths[0], start, start)),
+            nn.Linear(latent_dim + embed, widths[0] * start * start), nn.Unflatten(1, (widths[0], start, start)),
             nn.BatchNorm2d(widths[0]), nn.ReLU(),
         )
         blocks: list[nn.Module] = []
@@ -94,10 +104,14 @@ class DCGANGenerator(nn.Module):
         blocks += [nn.Conv2d(widths[-1], out_channels, 3, padding=1), nn.Tanh()]
         self.blocks = nn.Sequential(*blocks)
         _init_dcgan(self)
+        # after the DCGAN init, which would overwrite the embedding's N(0, 1) start (Embedding is not initialized there)
+        self.label_embedding = LabelEmbedding(num_classes, embed) if num_classes else None
 
-    def forward(self, z: Tensor) -> Tensor:
-        """Images ``(N, C, H, W)`` from noise ``(N, latent_dim)``."""
-        return self.blocks(self.project(z))
+    def forward(self, z: Tensor, y: Optional[Tensor] = None) -> Tensor:
+        """Images ``(N, C, H, W)`` from noise ``(N, latent_dim)`` (and labels ``(N,)`` when conditional)."""
+        need_labels(y, self.label_embedding is not None, "DCGANGenerator")
+        h = z if self.label_embedding is None else self.label_embedding(z, y)
+        return self.blocks(self.project(h))
 
 
 class DCGANDiscriminator(nn.Module):
@@ -112,6 +126,8 @@ class DCGANDiscriminator(nn.Module):
         norm: ``"none"`` (default: D stays per-sample, which gradient penalties and DDP equivalence need),
             ``"layer"`` (``GroupNorm(1, C)``: layer norm over C, H, W, per-sample) or ``"batch"`` (BatchNorm2d).
         negative_slope: LeakyReLU slope.
+        num_classes: Class-conditional ``D(x, y)``: a projection head (Miyato & Koyama 2018) on the flattened last
+            feature map; ``None`` for ``D(x)``.
     """
 
     def __init__(
@@ -121,6 +137,7 @@ class DCGANDiscriminator(nn.Module):
         max_channels: int = 512,
         norm: str = "none",
         negative_slope: float = 0.2,
+        num_classes: Optional[int] = None,
     ) -> None:
         super().__init__()
         if norm not in _NORMS:
@@ -141,10 +158,15 @@ class DCGANDiscriminator(nn.Module):
         layers += [nn.Flatten(), nn.Linear(widths[-1] * start * start, 1)]
         self.net = nn.Sequential(*layers)
         _init_dcgan(self)
+        self.num_classes = check_num_classes(num_classes, "DCGANDiscriminator")
+        self.projection = ProjectionHead(num_classes, widths[-1] * start * start) if num_classes else None
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Logits ``(N,)`` for images ``(N, C, H, W)``."""
-        return self.net(x).squeeze(1)
+    def forward(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
+        """Logits ``(N,)`` for images ``(N, C, H, W)`` (of classes ``y`` when conditional)."""
+        need_labels(y, self.projection is not None, "DCGANDiscriminator")
+        if self.projection is None:
+            return self.net(x).squeeze(1)
+        return projected_logits(self.net, self.projection, x, y)
 
 
 __all__ = ["DCGANDiscriminator", "DCGANGenerator", "dcgan_layout"]

@@ -5,7 +5,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from typing import Optional
+
 from torch import Tensor, nn
+
+from lightning_regan.models.conditioning import LabelEmbedding, ProjectionHead, check_num_classes, need_labels, projected_logits
 
 _OUTPUT_ACTIVATIONS = ("auto", "tanh", "sigmoid", "none")
 _NORMS = ("none", "layer", "batch")
@@ -35,6 +39,9 @@ class MLPGenerator(nn.Module):
         output_activation: ``"auto"`` (``tanh`` for images in [-1, 1], none for points), ``"tanh"``,
             ``"sigmoid"`` or ``"none"``.
         batch_norm: BatchNorm after each hidden linear layer.
+        num_classes: Class-conditional ``G(z, y)`` with a label embedding of size ``embed_dim`` (default
+            ``latent_dim``) joined to ``z``; ``None`` for ``G(z)``.
+        embed_dim: Size of the label embedding.
     """
 
     def __init__(
@@ -44,6 +51,8 @@ class MLPGenerator(nn.Module):
         hidden: Sequence[int] = (256, 256),
         output_activation: str = "auto",
         batch_norm: bool = False,
+        num_classes: Optional[int] = None,
+        embed_dim: Optional[int] = None,
     ) -> None:
         super().__init__()
         if not isinstance(latent_dim, int) or latent_dim < 1:
@@ -55,8 +64,10 @@ class MLPGenerator(nn.Module):
         if output_activation == "auto":
             output_activation = "tanh" if len(self.data_shape) > 1 else "none"
         self.output_activation = output_activation
+        self.num_classes = check_num_classes(num_classes, "MLPGenerator")
+        self.label_embedding = LabelEmbedding(num_classes, embed_dim or latent_dim) if num_classes else None
         layers: list[nn.Module] = []
-        width = latent_dim
+        width = latent_dim + ((embed_dim or latent_dim) if num_classes else 0)
         for h in _hidden(hidden, "MLPGenerator"):
             layers.append(nn.Linear(width, h))
             if batch_norm:
@@ -70,9 +81,11 @@ class MLPGenerator(nn.Module):
             layers.append(nn.Sigmoid())
         self.net = nn.Sequential(*layers)
 
-    def forward(self, z: Tensor) -> Tensor:
-        """Map ``(N, latent_dim)`` noise to samples of shape ``(N, *data_shape)``."""
-        return self.net(z).view(z.shape[0], *self.data_shape)
+    def forward(self, z: Tensor, y: Optional[Tensor] = None) -> Tensor:
+        """Map ``(N, latent_dim)`` noise (and labels ``(N,)`` when conditional) to samples ``(N, *data_shape)``."""
+        need_labels(y, self.label_embedding is not None, "MLPGenerator")
+        h = z if self.label_embedding is None else self.label_embedding(z, y)
+        return self.net(h).view(z.shape[0], *self.data_shape)
 
 
 class MLPDiscriminator(nn.Module):
@@ -86,6 +99,8 @@ class MLPDiscriminator(nn.Module):
         negative_slope: LeakyReLU slope.
         norm: ``"none"`` (default; per-sample, as gradient penalties and DDP equivalence need), ``"layer"``
             (LayerNorm, still per-sample) or ``"batch"`` (BatchNorm1d, mixes samples of a batch).
+        num_classes: Class-conditional ``D(x, y)`` with a projection head (Miyato & Koyama 2018) on the last
+            hidden features; ``None`` for ``D(x)``.
     """
 
     def __init__(
@@ -94,6 +109,7 @@ class MLPDiscriminator(nn.Module):
         hidden: Sequence[int] = (256, 256),
         negative_slope: float = 0.2,
         norm: str = "none",
+        num_classes: Optional[int] = None,
     ) -> None:
         super().__init__()
         if norm not in _NORMS:
@@ -109,10 +125,15 @@ class MLPDiscriminator(nn.Module):
             width = h
         layers.append(nn.Linear(width, 1))
         self.net = nn.Sequential(*layers)
+        self.num_classes = check_num_classes(num_classes, "MLPDiscriminator")
+        self.projection = ProjectionHead(num_classes, width) if num_classes else None
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Logits ``(N,)`` for samples ``(N, *data_shape)``."""
-        return self.net(x).squeeze(1)
+    def forward(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
+        """Logits ``(N,)`` for samples ``(N, *data_shape)`` (of classes ``y`` when conditional)."""
+        need_labels(y, self.projection is not None, "MLPDiscriminator")
+        if self.projection is None:
+            return self.net(x).squeeze(1)
+        return projected_logits(self.net, self.projection, x, y)
 
 
 __all__ = ["MLPDiscriminator", "MLPGenerator"]
