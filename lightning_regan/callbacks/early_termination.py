@@ -20,9 +20,10 @@ from torch import Tensor
 
 from lightning_regan.stopping import (
     CODE_REASONS,
+    FID_RULES,
     REASON_CODES,
+    Collapse,
     Divergence,
-    FIDPlateau,
     LossPlateau,
     StopReason,
     StopRule,
@@ -79,16 +80,17 @@ def _to_float(value: Any) -> float:
 
 
 class EarlyTermination(Callback):
-    """Stop GAN training when the losses plateau, the FID plateaus or training diverges.
+    """Stop GAN training when the losses plateau, the FID plateaus, the samples collapse or training diverges.
 
     On every generator step (``pl_module.g_steps`` changed) the ``divergence`` and ``loss_plateau`` rules
-    read ``trainer.callback_metrics``; on every new FID evaluation the ``fid_plateau`` rule reads it. New
+    read ``trainer.callback_metrics``; on every new FID evaluation the ``fid_plateau`` and ``collapse`` rules read
+    it (the FID, and the evaluation's ``val/fid_std`` / ``val/recall`` from ``trainer.callback_metrics``). New
     evaluations are taken from the ``FIDMonitor``'s ``history`` when one is in ``trainer.callbacks``
     (its ``history``, or ``kid_history`` for ``val/kid``; whichever order the callbacks run in), else from a
     change of the value of ``trainer.callback_metrics[fid_monitor]``.
     The local decision is reduced with ``trainer.strategy.reduce_boolean_decision(..., all=False)`` so every
     rank stops together when any rank's data triggers, and the reason is reduced with a max over
-    :data:`~lightning_regan.stopping.REASON_CODES` (divergence > FID plateau > loss plateau), so every rank
+    :data:`~lightning_regan.stopping.REASON_CODES` (divergence > collapsed > FID plateau > loss plateau), so every rank
     records it. Sanity checks and ``fast_dev_run`` are skipped.
 
     The best FID seen (raw, not smoothed) and its G step are tracked in any case, with a CPU copy of
@@ -101,8 +103,11 @@ class EarlyTermination(Callback):
 
     Args:
         loss_plateau: Loss plateau rule, or ``None``.
-        fid_plateau: FID plateau rule, or ``None``.
+        fid_plateau: FID plateau rule (``FIDTrend``, ``FIDPlateau``, ``FIDNoisePlateau`` or ``FIDPowerLaw``), or ``None``.
         divergence: Divergence rule, or ``None``.
+        collapse: Mode-collapse rule (reason ``collapsed``; reads ``val/recall``), or ``None``.
+        tolerance: The user's knob: stop when going on is unlikely to improve the FID by more than this share
+            (0.05 = 5 %); sets ``fid_plateau.tolerance``. ``None`` keeps the rule's own value.
         fid_monitor: Name of the logged FID metric.
         restore_best_generator: Load the best-FID generator back into the model when training ends.
         loss_plateau_only_without_fid: Apply ``loss_plateau`` only in runs that measure no FID during training
@@ -124,24 +129,38 @@ class EarlyTermination(Callback):
     def __init__(
         self,
         loss_plateau: Optional[LossPlateau] = None,
-        fid_plateau: Optional[FIDPlateau] = None,
+        fid_plateau: Optional[StopRule] = None,
         divergence: Optional[Divergence] = None,
         fid_monitor: str = "val/fid",
         restore_best_generator: bool = True,
         verbose: bool = True,
         loss_plateau_only_without_fid: bool = False,
+        collapse: Optional[Collapse] = None,
+        tolerance: Optional[float] = None,
     ) -> None:
         super().__init__()
-        for name, value, cls in (
-            ("loss_plateau", loss_plateau, LossPlateau),
-            ("fid_plateau", fid_plateau, FIDPlateau),
-            ("divergence", divergence, Divergence),
+        for name, value, classes in (
+            ("loss_plateau", loss_plateau, (LossPlateau,)),
+            ("fid_plateau", fid_plateau, FID_RULES),
+            ("divergence", divergence, (Divergence,)),
+            ("collapse", collapse, (Collapse,)),
         ):
-            if value is not None and not isinstance(value, cls):
+            if value is not None and not isinstance(value, classes):
+                names = " or ".join(f"lightning_regan.stopping.{c.__name__}" for c in classes)
+                raise ValueError(f"EarlyTermination: {name} must be a {names} or None, got {type(value).__name__}.")
+        if tolerance is not None:
+            if not hasattr(fid_plateau, "tolerance"):
                 raise ValueError(
-                    f"EarlyTermination: {name} must be a lightning_regan.stopping.{cls.__name__} or None, "
-                    f"got {type(value).__name__}."
+                    "EarlyTermination: tolerance needs an fid_plateau rule with a tolerance (FIDTrend, FIDNoisePlateau, "
+                    f"FIDPowerLaw), got {type(fid_plateau).__name__}."
                 )
+            if not (isinstance(tolerance, (int, float)) and not isinstance(tolerance, bool) and 0 < tolerance < 1):
+                raise ValueError(f"EarlyTermination: tolerance must be a number in (0, 1) (0.05 = 5 %), got {tolerance!r}.")
+            fid_plateau.tolerance = float(tolerance)
+        if collapse is not None and collapse.monitor != fid_monitor:
+            raise ValueError(
+                f"EarlyTermination: collapse.monitor ({collapse.monitor!r}) differs from fid_monitor ({fid_monitor!r})."
+            )
         if not isinstance(fid_monitor, str) or not fid_monitor:
             raise ValueError(
                 f"EarlyTermination: fid_monitor must be a metric name such as 'val/fid', got {fid_monitor!r}."
@@ -154,6 +173,7 @@ class EarlyTermination(Callback):
         self.loss_plateau = loss_plateau
         self.fid_plateau = fid_plateau
         self.divergence = divergence
+        self.collapse = collapse
         self.fid_monitor = fid_monitor
         self.restore_best_generator = bool(restore_best_generator)
         self.verbose = bool(verbose)
@@ -184,7 +204,8 @@ class EarlyTermination(Callback):
     @property
     def rules(self) -> dict[str, StopRule]:
         """The configured rules by name."""
-        named = {"loss_plateau": self.loss_plateau, "fid_plateau": self.fid_plateau, "divergence": self.divergence}
+        named = {"loss_plateau": self.loss_plateau, "fid_plateau": self.fid_plateau, "divergence": self.divergence,
+                 "collapse": self.collapse}
         return {name: rule for name, rule in named.items() if rule is not None}
 
     @property
@@ -304,7 +325,7 @@ class EarlyTermination(Callback):
     def _stop(self, trainer: L.Trainer, reason: StopReason, message: str, g_step: int) -> None:
         self.stop_reason = reason
         self.stopped_g_step = g_step
-        self.status = "diverged" if reason is StopReason.DIVERGENCE else "stopped_early"
+        self.status = "diverged" if reason is StopReason.DIVERGENCE else "stopped_early"  # collapsed: stopped_early
         self.stop_message = f"{message} Signaling Trainer to stop."
         trainer.should_stop = True
         if self.verbose and trainer.is_global_zero:
@@ -382,12 +403,28 @@ class EarlyTermination(Callback):
                     self.best_generator_step = g_step
                 if self.verbose and trainer.is_global_zero:
                     log.info("EarlyTermination: new best %s = %.4g at G step %d.", self.fid_monitor, fid, g_step)
-            if self.fid_plateau is not None:
-                stop, message = self.fid_plateau.update(g_step, {self.fid_plateau.monitor: fid})
+            metrics = self._evaluation_metrics(trainer, pl_module, g_step, fid)
+            for rule in (self.collapse, self.fid_plateau):
+                if rule is None:
+                    continue
+                stop, message = rule.update(g_step, metrics)
                 if stop:
-                    self._pending.append((self.fid_plateau.reason, message))
+                    self._pending.append((rule.reason, message))
                 elif message:
                     log.debug(message)
+
+    def _evaluation_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule, g_step: int,
+                            fid: float) -> dict[str, float]:
+        """The FID of an evaluation plus what the evaluation rules also read (noise, recall), taken from
+        ``trainer.callback_metrics`` when the evaluation is the current G step's (older entries: FID only)."""
+        metrics = {self.fid_monitor: fid}
+        if g_step != g_steps_of(trainer, pl_module):
+            return metrics
+        keys = [k for rule in (self.fid_plateau, self.collapse) if rule is not None
+                for k in getattr(rule, "keys", ()) if k != self.fid_monitor]
+        available = trainer.callback_metrics
+        metrics.update({k: _to_float(available[k]) for k in dict.fromkeys(keys) if k in available})
+        return metrics
 
     def describe(self) -> dict[str, Any]:
         """A JSON-friendly account of the configuration and the outcome (used by ``RunSummary``)."""

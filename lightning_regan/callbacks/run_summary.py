@@ -180,6 +180,8 @@ class RunSummary(Callback):
             "final_metrics": {k: json_safe(v) for k, v in sorted(trainer.callback_metrics.items())},
             "early_termination": None if early is None else early.describe(),
         }
+        if getattr(fid_monitor, "extra_history", None):  # FID noise, precision, recall per evaluation
+            summary["coverage_history"] = [dict(row) for row in fid_monitor.extra_history]
         coverage = self._mode_coverage(trainer)
         if coverage is not None:
             summary["mode_coverage"] = coverage
@@ -225,12 +227,13 @@ class RunSummary(Callback):
         """The running median the FID plateau rule compares (``None`` without such a rule or smoothing)."""
         early = next((cb for cb in trainer.callbacks if isinstance(cb, EarlyTermination)), None)
         rule = getattr(early, "fid_plateau", None)
-        if rule is None or rule.window < 2:
+        window = getattr(rule, "window", None)
+        if not isinstance(window, int) or window < 2:  # only FIDPlateau smooths with a running median
             return None
         out, recent = [], []
         for g, f in fid_history:
             if math.isfinite(f):
-                recent = (recent + [f])[-rule.window:]
+                recent = (recent + [f])[-window:]
             if recent:
                 out.append((int(g), statistics.median(recent)))
         return out
@@ -249,7 +252,8 @@ class RunSummary(Callback):
                 if summary["best_fid"] is not None:
                     best = (int(summary["best_fid_step"]), float(summary["best_fid"]))
                 plot_fid(summary["fid_history"], plot_dir / "fid.png", stop=stop, best=best,
-                         smoothed=self._smoothed_fid(trainer, summary["fid_history"]))
+                         smoothed=self._smoothed_fid(trainer, summary["fid_history"]),
+                         coverage=summary.get("coverage_history"))
                 written["fid"] = "plots/fid.png"
         except Exception as err:  # a plot must never cost the run its summary
             log.warning("RunSummary: could not write plots into %s: %s", plot_dir, err)
