@@ -3,15 +3,17 @@
 from lightning_regan import callbacks, data, losses, models, regularizers, stopping
 from lightning_regan.callbacks import EarlyTermination, FIDMonitor, ModeCoverageMonitor, RunSummary, SampleGrid
 from lightning_regan.module import GANModule, max_steps_for
-from lightning_regan.stopping import Divergence, FIDPlateau, LossPlateau, StopReason
+from lightning_regan.stopping import Collapse, Divergence, FIDPlateau, FIDTrend, LossPlateau, StopReason
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Collapse",
     "Divergence",
     "EarlyTermination",
     "FIDMonitor",
     "FIDPlateau",
+    "FIDTrend",
     "GANModule",
     "LossPlateau",
     "ModeCoverageMonitor",

@@ -473,8 +473,12 @@ class _EvaluationRule(StopRule):
     """
 
     def _init_common(self, tolerance: float, warmup_g_steps: int, min_evaluations: int,
-                     recall_tolerance: Optional[float], monitor: str, noise_key: str, recall_key: str) -> None:
+                     recall_tolerance: Optional[float], monitor: str, noise_key: str, recall_key: str,
+                     min_progress: float) -> None:
         name = type(self).__name__
+        self.min_progress = _need_number(name, "min_progress", min_progress, 0.0)
+        if self.min_progress >= 1.0:
+            raise ValueError(f"{name}: min_progress is a share of the first FID and must be < 1, got {min_progress!r}.")
         self.tolerance = _need_number(name, "tolerance", tolerance, 0.0, strict=True)
         if self.tolerance >= 1.0:
             raise ValueError(f"{name}: tolerance is relative and must be < 1 (0.05 = 5 %), got {tolerance!r}.")
@@ -494,7 +498,7 @@ class _EvaluationRule(StopRule):
         return (self.monitor, self.noise_key, self.recall_key)
 
     def _common_config(self) -> dict[str, Any]:
-        return {"tolerance": self.tolerance, "warmup_g_steps": self.warmup_g_steps,
+        return {"tolerance": self.tolerance, "warmup_g_steps": self.warmup_g_steps, "min_progress": self.min_progress,
                 "min_evaluations": self.min_evaluations, "recall_tolerance": self.recall_tolerance,
                 "monitor": self.monitor, "noise_key": self.noise_key, "recall_key": self.recall_key}
 
@@ -509,7 +513,14 @@ class _EvaluationRule(StopRule):
         std, recall = metrics.get(self.noise_key), metrics.get(self.recall_key)
         self.history.append([int(g_step), float(value), float(std) if _is_finite(std) else None,
                              float(recall) if _is_finite(recall) else None])
-        return g_step >= self.warmup_g_steps and len(self.history) >= self.min_evaluations
+        return (g_step >= self.warmup_g_steps and len(self.history) >= self.min_evaluations
+                and self.started())
+
+    def started(self) -> bool:
+        """Whether the FID has fallen below ``(1 - min_progress)`` x its first value: before that the run has not
+        taken off (GANs often sit near their initial FID for a while) and no plateau is called."""
+        first = self.history[0][1]
+        return min(row[1] for row in self.history) <= (1.0 - self.min_progress) * first
 
     def _window(self, g_step: int, fraction: float) -> list[list[Optional[float]]]:
         """Evaluations from G step ``(1 - fraction) * g_step`` on (at least ``min_evaluations`` of them)."""
@@ -586,6 +597,8 @@ class FIDTrend(_EvaluationRule):
         recall_tolerance: Projected absolute recall gain that blocks a stop; ``None`` ignores recall.
         warmup_g_steps: No decision before this G step.
         monitor: FID metric name. ``noise_key``: its measurement noise (unused here). ``recall_key``: recall.
+        min_progress: No plateau before the best FID is below ``(1 - min_progress)`` x the first one (the run has
+            taken off); a warmup that needs no G-step count per dataset.
     """
 
     reason = StopReason.FID_PLATEAU
@@ -602,9 +615,11 @@ class FIDTrend(_EvaluationRule):
         monitor: str = "val/fid",
         noise_key: str = "val/fid_std",
         recall_key: str = "val/recall",
+        min_progress: float = 0.5,
     ) -> None:
         name = type(self).__name__
-        self._init_common(tolerance, warmup_g_steps, min_evaluations, recall_tolerance, monitor, noise_key, recall_key)
+        self._init_common(tolerance, warmup_g_steps, min_evaluations, recall_tolerance, monitor, noise_key, recall_key,
+                          min_progress)
         self.horizon = _need_number(name, "horizon", horizon, 0.0, strict=True)
         self.window = _need_number(name, "window", window, 0.0, strict=True)
         if self.window > 1.0:
@@ -647,7 +662,7 @@ class FIDNoisePlateau(_EvaluationRule):
         patience: Share of the run without improvement before stopping (0.3 = the last 30 % of G steps).
         min_delta_share: Share of ``tolerance`` an improvement must beat besides the noise.
         min_evaluations: Fewest evaluations without improvement before stopping.
-        recall_tolerance, warmup_g_steps, monitor, noise_key, recall_key: As in :class:`FIDTrend`.
+        recall_tolerance, warmup_g_steps, monitor, noise_key, recall_key, min_progress: As in :class:`FIDTrend`.
     """
 
     reason = StopReason.FID_PLATEAU
@@ -664,9 +679,11 @@ class FIDNoisePlateau(_EvaluationRule):
         monitor: str = "val/fid",
         noise_key: str = "val/fid_std",
         recall_key: str = "val/recall",
+        min_progress: float = 0.5,
     ) -> None:
         name = type(self).__name__
-        self._init_common(tolerance, warmup_g_steps, min_evaluations, recall_tolerance, monitor, noise_key, recall_key)
+        self._init_common(tolerance, warmup_g_steps, min_evaluations, recall_tolerance, monitor, noise_key, recall_key,
+                          min_progress)
         self.z = _need_number(name, "z", z, 0.0)
         self.patience = _need_number(name, "patience", patience, 0.0, strict=True)
         if self.patience >= 1.0:
@@ -765,9 +782,11 @@ class FIDPowerLaw(_EvaluationRule):
         monitor: str = "val/fid",
         noise_key: str = "val/fid_std",
         recall_key: str = "val/recall",
+        min_progress: float = 0.5,
     ) -> None:
         name = type(self).__name__
-        self._init_common(tolerance, warmup_g_steps, min_evaluations, recall_tolerance, monitor, noise_key, recall_key)
+        self._init_common(tolerance, warmup_g_steps, min_evaluations, recall_tolerance, monitor, noise_key, recall_key,
+                          min_progress)
         self.horizon = _need_number(name, "horizon", horizon, 0.0, strict=True)
         self.window = _need_number(name, "window", window, 0.0, strict=True)
         if self.window > 1.0:

@@ -452,10 +452,14 @@ def analyse(runs: list[dict[str, Any]], selection_seeds: tuple[int, ...], held_o
             "all": summarize(graded, runs),
         }
 
-    def score(name: str) -> tuple[float, float, float]:
+    def score(name: str) -> tuple[float, ...]:
+        # Safe first (the gap targets), then the most of the eps-oracle's saving, then the most saving, then the
+        # smaller gap, then the fewest diverged/collapsed calls on healthy runs; ties keep the listed order.
         s = table[name]["selection"]
-        safe = (s["healthy_gap_within_eps_share"] or 0) >= 0.9 and (s["healthy_gap_median"] or 0) <= 0.01
-        return (float(safe), s["healthy_oracle_share_median"] or 0.0, -(s["healthy_gap_median"] or 0.0))
+        safe = (s["healthy_gap_within_eps_share"] or 0) >= 0.9 and (s["healthy_gap_median"] or 0) <= 0.01 \
+            and s["healthy_called_diverged_or_collapsed"] == 0
+        return (float(safe), s["healthy_oracle_share_median"] or 0.0, s["healthy_saving_median"] or 0.0,
+                -(s["healthy_gap_max"] or 0.0))
 
     chosen = chosen or max(table, key=score)
     return {"candidates": table, "chosen": chosen, "selection_seeds": list(selection_seeds),
@@ -516,6 +520,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"study wall time {report['wall_time_s'] / 60:.1f} min; the {len(report['runs'])} runs took "
         f"{sum(r.get('process_wall_s', 0) for r in report['runs']) / 60:.1f} min of process time "
         f"({report['jobs']} at a time).", "",
+        *([f"Analysis (replay of the recorded runs with the current rule code): `{report['analysis_command']}`", ""]
+          if report.get("analysis_command") else []),
         f"Chosen rule (by the selection seeds {a['selection_seeds']}): **{chosen}**; targets below are on the held-out "
         f"seeds {a['held_out_seeds']}, which the choice never saw.", "",
         "## Targets (held-out seeds, chosen rule)", "",
@@ -601,6 +607,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         report = build_report(saved["runs"], saved["command"], saved["wall_time_s"], saved["jobs"], args.chosen)
         report["date"] = saved["date"]
         report["machine"] = saved["machine"]
+        report["analysis_command"] = command
     else:
         work = args.work or Path(tempfile.mkdtemp(prefix="es_study_"))
         specs = run_specs(args.setups, args.seeds, args.quick, work)

@@ -49,6 +49,7 @@ def test_a_collapsing_run_stops_as_collapsed_and_gets_the_pre_collapse_generator
 def test_recall_logged_with_the_evaluation_reaches_the_fid_rule():
     # Flat FID from G step 5 on; recall keeps rising: the FID rule must not call a plateau.
     fids = {g: 10.0 + (0.1 if (g // 5) % 2 else 0.0) for g in range(5, 201, 5)}
+    fids[5] = 100.0  # the run took off at G step 10
     rising = {g: min(0.95, 0.005 * g) for g in fids}
     et = EarlyTermination(fid_plateau=FIDTrend())
     fit(ScriptedGAN(), [ScriptedFIDRecall(fids, rising), et], g_steps=200)

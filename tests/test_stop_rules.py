@@ -91,7 +91,7 @@ def test_noise_plateau_waits_out_a_pause_within_its_patience():
 
 @pytest.mark.parametrize("rule_cls", RULES)
 def test_a_flat_noisy_curve_stops_as_an_fid_plateau(rule_cls):
-    fids = noisy([10.0] * 60, 0.03, seed=3)
+    fids = [100.0, 40.0] + noisy([10.0] * 58, 0.03, seed=3)  # takes off, then flat with 3 % noise
     rule = rule_cls()
     stop, message = feed(rule, fids, stds=[0.3] * 60)
     assert stop is not None and stop <= 30 * EVERY, message
@@ -100,7 +100,7 @@ def test_a_flat_noisy_curve_stops_as_an_fid_plateau(rule_cls):
 
 @pytest.mark.parametrize("rule_cls", RULES)
 def test_recall_rising_blocks_a_plateau_stop(rule_cls):
-    fids = noisy([10.0] * 40, 0.02, seed=4)
+    fids = [100.0, 40.0] + noisy([10.0] * 38, 0.02, seed=4)
     rising = [min(0.95, 0.05 + 0.02 * i) for i in range(40)]
     stop, message = feed(rule_cls(), fids, recalls=rising)
     assert stop is None, message
@@ -170,6 +170,16 @@ def test_bad_collapse_and_noise_arguments_are_refused():
         Collapse(recall_drop=1.0)
     with pytest.raises(ValueError, match="patience"):
         FIDNoisePlateau(patience=1.0)
+
+
+@pytest.mark.parametrize("rule_cls", RULES)
+def test_no_plateau_before_the_run_takes_off(rule_cls):
+    # 12 evaluations near the first FID (as the MNIST MLP runs of the study, ~1,000 G steps), then the fall.
+    fids = noisy([1600.0] * 12, 0.01, seed=8) + power_curve(40, scale=1500.0)[2:]
+    stop, message = feed(rule_cls(), fids)
+    assert stop is None, message
+    stop, _ = feed(rule_cls(min_progress=0.0), fids)
+    assert stop is not None and stop <= 12 * EVERY  # without the guard the flat start reads as a plateau
 
 
 def test_non_finite_fids_are_left_to_the_divergence_rule():
