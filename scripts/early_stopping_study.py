@@ -362,6 +362,12 @@ def grade(run: dict[str, Any], outcome: dict[str, Any]) -> dict[str, Any]:
             "full_best_g_step": ref.get("best_g_step")}
 
 
+def exploded_from(run: dict[str, Any]) -> int:
+    """First G step with an exploded loss that the divergence rule may act on: its warmup ignores earlier ones
+    (``experiment=diverging``'s critic is beyond its ceilings from G step 1; the rule looks from G step 100 on)."""
+    return max(int(run["first_exploded_g_step"]), int(run["divergence_rule"].get("warmup_g_steps", 0)))
+
+
 def _median(values: list[float]) -> Optional[float]:
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
@@ -376,7 +382,7 @@ def summarize(graded: list[dict[str, Any]], runs: list[dict[str, Any]]) -> dict[
     collapsing = [g for g in graded if g["kind"] == "collapsing"]
     div_ok = [
         r.get("first_exploded_g_step") is not None and g["reason"] == "divergence"
-        and g["stop_g_step"] - r["first_exploded_g_step"] <= r["every"]
+        and g["stop_g_step"] - exploded_from(r) <= r["every"]
         for g, r in diverging
     ]
     out = {

@@ -34,7 +34,8 @@ def synthetic_run(fids, test_fids=None, kind="healthy", every=100, **extra):
     rows = [{"g_step": (i + 1) * every, "fid": f, "fid_std": None, "precision": None, "recall": None,
              "test_fid": (test_fids or fids)[i], "modes": None} for i, f in enumerate(fids)]
     return {"setup": "toy", "seed": 0, "kind": kind, "max_g_steps": len(fids) * every, "g_steps": len(fids) * every,
-            "every": every, "evaluations": rows, "divergence_g_step": None, "first_exploded_g_step": None, **extra}
+            "every": every, "evaluations": rows, "divergence_g_step": None, "first_exploded_g_step": None,
+            "divergence_rule": {"warmup_g_steps": 0}, **extra}
 
 
 def test_oracle_gap_and_saving_arithmetic():
@@ -116,4 +117,3 @@ def test_default_config_is_the_rule_the_study_chose():
     expected = {**defaults, **chosen["args"]}
     assert {k: v for k, v in rule.config().items() if k in expected and k != "warmup_g_steps"} == \
         {k: v for k, v in expected.items() if k != "warmup_g_steps"}
-    assert isinstance(et.collapse, Collapse) and et.collapse.config() == Collapse().config()
