@@ -64,7 +64,7 @@ DATA_ROOT = os.environ.get("REGAN_DATA_ROOT", str(REPO.parent / "shared" / "data
 EPSILON = 0.05
 TUTORIAL_MLP = ("model=mlp", "model.generator.hidden=[128,256,512,1024]", "model.discriminator.hidden=[512,256]")
 COMMON = ("logger=none", "trainer.enable_progress_bar=false", "samples.every_n_g_steps=0", "checkpoint=null",
-          "summary=null", "early_stopping=none", "+fid.noise_draws=10", "+fid.precision_recall=true")
+          "summary=null", "early_stopping=none", "fid.noise_draws=10", "fid.precision_recall=true")
 
 
 @dataclass(frozen=True)
