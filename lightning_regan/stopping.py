@@ -715,8 +715,7 @@ class FIDNoisePlateau(_EvaluationRule):
         blocked = self._recall_rising(self._window(g_step, self.patience), self.patience * g_step)
         why = (f"no improvement beyond {self.z:g} x the measurement noise since G step {ref[0]} "
                f"({ref[1]:.4g})")
-        stop, message = self._verdict(g_step, flat, why, blocked, 1)
-        return stop, message
+        return self._verdict(g_step, flat, why, blocked, 1)
 
     def _state(self) -> dict[str, Any]:
         return {**self._common_state(), "reference": None if self.reference is None else list(self.reference)}
@@ -735,7 +734,6 @@ def fit_power_law(steps: Sequence[float], values: Sequence[float]) -> tuple[floa
     Returns:
         ``(c, a, alpha)``; ``a = 0`` (and ``c`` the mean) when the data do not decrease.
     """
-    n = len(steps)
     mean_y = statistics.fmean(values)
     best = (sum((y - mean_y) ** 2 for y in values), mean_y, 0.0, 1.0)
     for alpha in [0.05 * i for i in range(1, 61)]:
@@ -753,7 +751,6 @@ def fit_power_law(steps: Sequence[float], values: Sequence[float]) -> tuple[floa
         sse = sum((c + a * x - y) ** 2 for x, y in zip(xs, values))
         if sse < best[0]:
             best = (sse, c, a, alpha)
-    del n
     return best[1], best[2], best[3]
 
 
