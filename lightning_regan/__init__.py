@@ -20,8 +20,12 @@ _LAZY = {
     "SampleGrid": "lightning_regan.callbacks",
     "GANModule": "lightning_regan.module",
     "max_steps_for": "lightning_regan.module",
+    "Collapse": "lightning_regan.stopping",
     "Divergence": "lightning_regan.stopping",
+    "FIDNoisePlateau": "lightning_regan.stopping",
     "FIDPlateau": "lightning_regan.stopping",
+    "FIDPowerLaw": "lightning_regan.stopping",
+    "FIDTrend": "lightning_regan.stopping",
     "LossPlateau": "lightning_regan.stopping",
     "StopReason": "lightning_regan.stopping",
 }

@@ -46,7 +46,7 @@ def compose_config(overrides: Sequence[str] = (), config_name: str = "train", re
 
 #: Config nodes that hold named instantiable entries (a group chosen as a list) and EarlyTermination's rule slots.
 _NAMED_GROUPS = ("regularizer", "callbacks", "logger")
-_RULE_SLOTS = ("loss_plateau", "fid_plateau", "divergence")
+_RULE_SLOTS = ("loss_plateau", "fid_plateau", "divergence", "collapse")
 
 
 def drop_unselected(cfg: DictConfig) -> list[str]:

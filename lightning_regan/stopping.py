@@ -1,4 +1,5 @@
-"""Pure stop rules for GAN training: loss plateau, FID plateau, divergence.
+"""Pure stop rules for GAN training: loss plateau, FID plateau (patience, noise-aware, trend, learning curve),
+mode collapse, divergence.
 
 No Lightning here: each rule is a small state machine fed ``update(g_step, metrics)`` with plain floats
 and answering ``(should_stop, message)``. :class:`~lightning_regan.callbacks.EarlyTermination` feeds them
@@ -26,6 +27,7 @@ class StopReason(str, Enum):
     MAX_STEPS = "max_steps"
     LOSS_PLATEAU = "loss_plateau"
     FID_PLATEAU = "fid_plateau"
+    COLLAPSED = "collapsed"
     DIVERGENCE = "divergence"
 
 
@@ -34,7 +36,8 @@ REASON_CODES: dict[Optional[StopReason], int] = {
     None: 0,
     StopReason.LOSS_PLATEAU: 1,
     StopReason.FID_PLATEAU: 2,
-    StopReason.DIVERGENCE: 3,
+    StopReason.COLLAPSED: 3,
+    StopReason.DIVERGENCE: 4,
 }
 CODE_REASONS: dict[int, Optional[StopReason]] = {code: reason for reason, code in REASON_CODES.items()}
 
@@ -449,4 +452,454 @@ class Divergence(StopRule):
         self.first_violation_step = None if first is None else int(first)
 
 
-__all__ = ["CODE_REASONS", "REASON_CODES", "Divergence", "FIDPlateau", "LossPlateau", "StopReason", "StopRule"]
+
+def theil_sen_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Theil-Sen slope: the median of the pairwise slopes ``(y_j - y_i) / (x_j - x_i)`` (robust to outliers).
+
+    Returns 0.0 when fewer than two distinct ``xs`` are given.
+    """
+    slopes = [
+        (ys[j] - ys[i]) / (xs[j] - xs[i])
+        for i in range(len(xs)) for j in range(i + 1, len(xs)) if xs[j] != xs[i]
+    ]
+    return statistics.median(slopes) if slopes else 0.0
+
+
+class _EvaluationRule(StopRule):
+    """Shared part of the rules fed once per FID evaluation: input checks, warmup, history, recall guard.
+
+    ``history`` holds ``[g_step, fid, fid_std, recall]`` per evaluation with a finite FID (``fid_std`` and
+    ``recall`` are ``None`` when not logged). A non-finite FID is left to the ``Divergence`` rule.
+    """
+
+    def _init_common(self, tolerance: float, warmup_g_steps: int, min_evaluations: int,
+                     recall_tolerance: Optional[float], monitor: str, noise_key: str, recall_key: str,
+                     min_progress: float) -> None:
+        name = type(self).__name__
+        self.min_progress = _need_number(name, "min_progress", min_progress, 0.0)
+        if self.min_progress >= 1.0:
+            raise ValueError(f"{name}: min_progress is a share of the first FID and must be < 1, got {min_progress!r}.")
+        self.tolerance = _need_number(name, "tolerance", tolerance, 0.0, strict=True)
+        if self.tolerance >= 1.0:
+            raise ValueError(f"{name}: tolerance is relative and must be < 1 (0.05 = 5 %), got {tolerance!r}.")
+        self.warmup_g_steps = _need_int(name, "warmup_g_steps", warmup_g_steps, 0)
+        self.min_evaluations = _need_int(name, "min_evaluations", min_evaluations, 2)
+        self.recall_tolerance = _need_number(name, "recall_tolerance", recall_tolerance, 0.0, optional=True)
+        self.monitor = _need_keys(name, "monitor", monitor)[0]
+        self.noise_key = _need_keys(name, "noise_key", noise_key)[0]
+        self.recall_key = _need_keys(name, "recall_key", recall_key)[0]
+        self.history: list[list[Optional[float]]] = []
+        self.evaluations = 0
+        self.flat_count = 0
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Every metric name this rule reads."""
+        return (self.monitor, self.noise_key, self.recall_key)
+
+    def _common_config(self) -> dict[str, Any]:
+        return {"tolerance": self.tolerance, "warmup_g_steps": self.warmup_g_steps, "min_progress": self.min_progress,
+                "min_evaluations": self.min_evaluations, "recall_tolerance": self.recall_tolerance,
+                "monitor": self.monitor, "noise_key": self.noise_key, "recall_key": self.recall_key}
+
+    def _record(self, g_step: int, metrics: Mapping[str, float]) -> bool:
+        """Append this evaluation; return whether the rule should judge now."""
+        value = metrics.get(self.monitor)
+        if value is None:
+            return False
+        self.evaluations += 1
+        if not _is_finite(value):
+            return False
+        std, recall = metrics.get(self.noise_key), metrics.get(self.recall_key)
+        self.history.append([int(g_step), float(value), float(std) if _is_finite(std) else None,
+                             float(recall) if _is_finite(recall) else None])
+        return (g_step >= self.warmup_g_steps and len(self.history) >= self.min_evaluations
+                and self.started())
+
+    def started(self) -> bool:
+        """Whether the FID has fallen below ``(1 - min_progress)`` x its first value: before that the run has not
+        taken off (GANs often sit near their initial FID for a while) and no plateau is called."""
+        first = self.history[0][1]
+        return min(row[1] for row in self.history) <= (1.0 - self.min_progress) * first
+
+    def _window(self, g_step: int, fraction: float) -> list[list[Optional[float]]]:
+        """Evaluations from G step ``(1 - fraction) * g_step`` on (at least ``min_evaluations`` of them)."""
+        start = (1.0 - fraction) * g_step
+        recent = [row for row in self.history if row[0] >= start]
+        return recent if len(recent) >= self.min_evaluations else self.history[-self.min_evaluations:]
+
+    def _recall_rising(self, rows: Sequence[Sequence[Optional[float]]], horizon_steps: float) -> Optional[str]:
+        """A message when the recall trend projects a gain above ``recall_tolerance`` over the horizon."""
+        if self.recall_tolerance is None:
+            return None
+        points = [(row[0], row[3]) for row in rows if row[3] is not None]
+        if len(points) < self.min_evaluations:
+            return None
+        slope = theil_sen_slope([p[0] for p in points], [p[1] for p in points])
+        if slope * horizon_steps > self.recall_tolerance:
+            return f"recall still rising (+{slope * horizon_steps:.3f} projected over {horizon_steps:.0f} G steps)"
+        return None
+
+    def _verdict(self, g_step: int, flat: bool, why: str, blocked: Optional[str], patience: int) -> tuple[bool, str]:
+        if not flat or blocked:
+            self.flat_count = 0
+            return False, (f"{type(self).__name__}: {blocked} at G step {g_step}; no plateau." if flat else "")
+        self.flat_count += 1
+        if self.flat_count < patience:
+            return False, ""
+        best = min(self.history, key=lambda row: row[1])
+        return True, (
+            f"FID plateau ({type(self).__name__}): {why} for {self.flat_count} evaluations, at G step {g_step}; "
+            f"best {self.monitor} {best[1]:.4g} at G step {best[0]}."
+        )
+
+    def _common_state(self) -> dict[str, Any]:
+        return {"history": [list(row) for row in self.history], "evaluations": self.evaluations,
+                "flat_count": self.flat_count}
+
+    def _load_common_state(self, state: Mapping[str, Any]) -> None:
+        self.history = [
+            [int(r[0]), float(r[1]), None if r[2] is None else float(r[2]), None if r[3] is None else float(r[3])]
+            for r in state.get("history") or []
+        ]
+        self.evaluations = int(state.get("evaluations", len(self.history)))
+        self.flat_count = int(state.get("flat_count", 0))
+
+    def _state(self) -> dict[str, Any]:
+        return self._common_state()
+
+    def _load_state(self, state: Mapping[str, Any]) -> None:
+        self._load_common_state(state)
+
+
+class FIDTrend(_EvaluationRule):
+    """Stop when the FID's recent trend projects less than ``tolerance`` of improvement over the horizon.
+
+    Rule: at each evaluation (from ``warmup_g_steps`` on, once ``min_evaluations`` FIDs are in), take the
+    evaluations of the last ``window`` share of the run (G steps ``(1 - window) * t`` to ``t``) and fit the
+    Theil-Sen slope ``b`` of ``log FID`` against the G step. Going on for ``horizon * t`` more G steps is then
+    projected to improve the FID by ``1 - exp(b * horizon * t)`` (0 when the trend is flat or rising). When that
+    is below ``tolerance`` for ``patience`` evaluations in a row, training stops, unless the recall trend
+    (``recall_key``, when logged) projects a gain above ``recall_tolerance`` over the same horizon: then
+    coverage is still improving and the plateau is not called.
+
+    Why: a median of pairwise slopes ignores single noisy evaluations (up to ~29 % of them can be outliers),
+    so a noisy but improving curve keeps a negative slope and a short pause inside the window does not flatten
+    it; the window and horizon grow with the run, so the same defaults fit a run of 2,000 or 50,000 G steps,
+    and the tolerance reads like the user's question: "would going on improve the FID by more than 5 %?".
+
+    Args:
+        tolerance: Projected relative FID gain under which the run is called flat (0.05 = 5 %).
+        horizon: How far ahead to project, as a share of the G steps so far (1.0 = doubling the run).
+        window: Share of the run (most recent G steps) whose evaluations the trend is fitted on.
+        patience: Consecutive flat evaluations before stopping.
+        min_evaluations: Fewest evaluations in a fit (and before any decision).
+        recall_tolerance: Projected absolute recall gain that blocks a stop; ``None`` ignores recall.
+        warmup_g_steps: No decision before this G step.
+        monitor: FID metric name. ``noise_key``: its measurement noise (unused here). ``recall_key``: recall.
+        min_progress: No plateau before the best FID is below ``(1 - min_progress)`` x the first one (the run has
+            taken off); a warmup that needs no G-step count per dataset.
+    """
+
+    reason = StopReason.FID_PLATEAU
+
+    def __init__(
+        self,
+        tolerance: float = 0.05,
+        horizon: float = 1.0,
+        window: float = 0.5,
+        patience: int = 2,
+        min_evaluations: int = 5,
+        recall_tolerance: Optional[float] = 0.02,
+        warmup_g_steps: int = 0,
+        monitor: str = "val/fid",
+        noise_key: str = "val/fid_std",
+        recall_key: str = "val/recall",
+        min_progress: float = 0.5,
+    ) -> None:
+        name = type(self).__name__
+        self._init_common(tolerance, warmup_g_steps, min_evaluations, recall_tolerance, monitor, noise_key, recall_key,
+                          min_progress)
+        self.horizon = _need_number(name, "horizon", horizon, 0.0, strict=True)
+        self.window = _need_number(name, "window", window, 0.0, strict=True)
+        if self.window > 1.0:
+            raise ValueError(f"{name}: window is a share of the run and must be <= 1, got {window!r}.")
+        self.patience = _need_int(name, "patience", patience, 1)
+
+    def config(self) -> dict[str, Any]:
+        return {"horizon": self.horizon, "window": self.window, "patience": self.patience, **self._common_config()}
+
+    def projected_gain(self, g_step: int) -> float:
+        """Relative FID improvement the current trend projects over the horizon (0 when flat or rising)."""
+        rows = self._window(g_step, self.window)
+        slope = theil_sen_slope([r[0] for r in rows], [math.log(max(r[1], 1e-300)) for r in rows])
+        return max(0.0, 1.0 - math.exp(slope * self.horizon * g_step))
+
+    def update(self, g_step: int, metrics: Mapping[str, float]) -> tuple[bool, str]:
+        if not self._record(g_step, metrics):
+            return False, ""
+        gain = self.projected_gain(g_step)
+        horizon_steps = self.horizon * g_step
+        blocked = self._recall_rising(self._window(g_step, self.window), horizon_steps)
+        why = (f"the trend of log {self.monitor} over the last {self.window:.0%} of the run projects a gain of "
+               f"{gain:.1%} < {self.tolerance:.1%} over the next {horizon_steps:.0f} G steps")
+        return self._verdict(g_step, gain < self.tolerance, why, blocked, self.patience)
+
+
+class FIDNoisePlateau(_EvaluationRule):
+    """Stop when the FID has not improved by more than its measurement noise for a share of the run.
+
+    Rule: an evaluation improves on the reference (the FID of the last improvement) when
+    ``fid < ref * (1 - tolerance * min_delta_share) - z * sqrt(std^2 + std_ref^2)``, with ``std`` the
+    logged measurement noise of the FID (``noise_key``, e.g. a bootstrap standard deviation; 0 when not
+    logged). When no evaluation improved during the last ``patience`` share of the run (G steps since the
+    last improvement >= ``patience * t``) and for at least ``min_evaluations`` evaluations, training stops,
+    unless recall is still rising (see :class:`FIDTrend`).
+
+    Args:
+        tolerance: Relative improvement scale (0.05 = 5 %); ``min_delta_share`` of it must be beaten.
+        z: Noise multiple an improvement must exceed.
+        patience: Share of the run without improvement before stopping (0.3 = the last 30 % of G steps).
+        min_delta_share: Share of ``tolerance`` an improvement must beat besides the noise.
+        min_evaluations: Fewest evaluations without improvement before stopping.
+        recall_tolerance, warmup_g_steps, monitor, noise_key, recall_key, min_progress: As in :class:`FIDTrend`.
+    """
+
+    reason = StopReason.FID_PLATEAU
+
+    def __init__(
+        self,
+        tolerance: float = 0.05,
+        z: float = 2.0,
+        patience: float = 0.3,
+        min_delta_share: float = 0.2,
+        min_evaluations: int = 5,
+        recall_tolerance: Optional[float] = 0.02,
+        warmup_g_steps: int = 0,
+        monitor: str = "val/fid",
+        noise_key: str = "val/fid_std",
+        recall_key: str = "val/recall",
+        min_progress: float = 0.5,
+    ) -> None:
+        name = type(self).__name__
+        self._init_common(tolerance, warmup_g_steps, min_evaluations, recall_tolerance, monitor, noise_key, recall_key,
+                          min_progress)
+        self.z = _need_number(name, "z", z, 0.0)
+        self.patience = _need_number(name, "patience", patience, 0.0, strict=True)
+        if self.patience >= 1.0:
+            raise ValueError(f"{name}: patience is a share of the run and must be < 1, got {patience!r}.")
+        self.min_delta_share = _need_number(name, "min_delta_share", min_delta_share, 0.0)
+        self.reference: Optional[list[Optional[float]]] = None
+
+    def config(self) -> dict[str, Any]:
+        return {"z": self.z, "patience": self.patience, "min_delta_share": self.min_delta_share,
+                **self._common_config()}
+
+    def update(self, g_step: int, metrics: Mapping[str, float]) -> tuple[bool, str]:
+        judge = self._record(g_step, metrics)
+        if not self.history or self.history[-1][0] != g_step:
+            return False, ""
+        row = self.history[-1]
+        ref = self.reference
+        if ref is None:
+            self.reference = row
+            return False, ""
+        noise = math.sqrt((row[2] or 0.0) ** 2 + (ref[2] or 0.0) ** 2)
+        if row[1] < ref[1] * (1.0 - self.tolerance * self.min_delta_share) - self.z * noise:
+            self.reference, self.flat_count = row, 0
+            return False, f"{self.monitor} improved beyond its noise to {row[1]:.4g} at G step {g_step}."
+        if not judge:
+            return False, ""
+        since = sum(1 for r in self.history if r[0] > ref[0])
+        flat = g_step - ref[0] >= self.patience * g_step and since >= self.min_evaluations
+        blocked = self._recall_rising(self._window(g_step, self.patience), self.patience * g_step)
+        why = (f"no improvement beyond {self.z:g} x the measurement noise since G step {ref[0]} "
+               f"({ref[1]:.4g})")
+        return self._verdict(g_step, flat, why, blocked, 1)
+
+    def _state(self) -> dict[str, Any]:
+        return {**self._common_state(), "reference": None if self.reference is None else list(self.reference)}
+
+    def _load_state(self, state: Mapping[str, Any]) -> None:
+        self._load_common_state(state)
+        ref = state.get("reference")
+        self.reference = None if ref is None else [int(ref[0]), float(ref[1]),
+                                                   None if ref[2] is None else float(ref[2]),
+                                                   None if ref[3] is None else float(ref[3])]
+
+
+def fit_power_law(steps: Sequence[float], values: Sequence[float]) -> tuple[float, float, float]:
+    """Least-squares fit of ``f(t) = c + a * t ** -alpha`` with ``c, a >= 0``; ``alpha`` on a grid in (0, 3].
+
+    Returns:
+        ``(c, a, alpha)``; ``a = 0`` (and ``c`` the mean) when the data do not decrease.
+    """
+    mean_y = statistics.fmean(values)
+    best = (sum((y - mean_y) ** 2 for y in values), mean_y, 0.0, 1.0)
+    for alpha in [0.05 * i for i in range(1, 61)]:
+        xs = [t ** -alpha for t in steps]
+        mean_x = statistics.fmean(xs)
+        sxx = sum((x - mean_x) ** 2 for x in xs)
+        if sxx <= 0:
+            continue
+        a = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, values)) / sxx
+        c = mean_y - a * mean_x
+        if c < 0:  # the floor of a distance is >= 0: refit through the origin
+            c, a = 0.0, sum(x * y for x, y in zip(xs, values)) / sum(x * x for x in xs)
+        if a <= 0:
+            continue
+        sse = sum((c + a * x - y) ** 2 for x, y in zip(xs, values))
+        if sse < best[0]:
+            best = (sse, c, a, alpha)
+    return best[1], best[2], best[3]
+
+
+class FIDPowerLaw(_EvaluationRule):
+    """Stop when a power-law learning curve fitted to the FID projects less than ``tolerance`` of gain.
+
+    Rule: fit ``FID(t) = c + a * t^-alpha`` (Domhan et al., IJCAI 2015, use this among their curve family) to
+    the evaluations of the last ``window`` share of the run; the projected gain over ``horizon * t`` more
+    G steps is ``(FID(t) - FID((1 + horizon) t)) / FID(t)``. Below ``tolerance`` for ``patience`` evaluations
+    in a row, training stops, unless recall is still rising (see :class:`FIDTrend`).
+
+    Args: as :class:`FIDTrend`.
+    """
+
+    reason = StopReason.FID_PLATEAU
+
+    def __init__(
+        self,
+        tolerance: float = 0.05,
+        horizon: float = 1.0,
+        window: float = 0.5,
+        patience: int = 2,
+        min_evaluations: int = 5,
+        recall_tolerance: Optional[float] = 0.02,
+        warmup_g_steps: int = 0,
+        monitor: str = "val/fid",
+        noise_key: str = "val/fid_std",
+        recall_key: str = "val/recall",
+        min_progress: float = 0.5,
+    ) -> None:
+        name = type(self).__name__
+        self._init_common(tolerance, warmup_g_steps, min_evaluations, recall_tolerance, monitor, noise_key, recall_key,
+                          min_progress)
+        self.horizon = _need_number(name, "horizon", horizon, 0.0, strict=True)
+        self.window = _need_number(name, "window", window, 0.0, strict=True)
+        if self.window > 1.0:
+            raise ValueError(f"{name}: window is a share of the run and must be <= 1, got {window!r}.")
+        self.patience = _need_int(name, "patience", patience, 1)
+
+    def config(self) -> dict[str, Any]:
+        return {"horizon": self.horizon, "window": self.window, "patience": self.patience, **self._common_config()}
+
+    def projected_gain(self, g_step: int) -> float:
+        rows = self._window(g_step, self.window)
+        c, a, alpha = fit_power_law([float(max(r[0], 1)) for r in rows], [r[1] for r in rows])
+        now = c + a * max(g_step, 1) ** -alpha
+        later = c + a * ((1.0 + self.horizon) * max(g_step, 1)) ** -alpha
+        return max(0.0, (now - later) / now) if now > 0 else 0.0
+
+    def update(self, g_step: int, metrics: Mapping[str, float]) -> tuple[bool, str]:
+        if not self._record(g_step, metrics):
+            return False, ""
+        gain = self.projected_gain(g_step)
+        horizon_steps = self.horizon * g_step
+        blocked = self._recall_rising(self._window(g_step, self.window), horizon_steps)
+        why = (f"a power law fitted to {self.monitor} projects a gain of {gain:.1%} < {self.tolerance:.1%} over the "
+               f"next {horizon_steps:.0f} G steps")
+        return self._verdict(g_step, gain < self.tolerance, why, blocked, self.patience)
+
+
+class Collapse(StopRule):
+    """Stop a run that mode-collapses: recall falling while the FID rises, for ``patience`` evaluations.
+
+    Rule: at each evaluation (from ``warmup_g_steps`` on) the smoothed FID and recall are the medians of the
+    last ``window`` evaluations. The run is collapsing when the smoothed recall is below
+    ``(1 - recall_drop)`` times the best smoothed recall so far AND the smoothed FID is above
+    ``(1 + fid_rise)`` times the best smoothed FID so far. ``patience`` collapsing evaluations in a row stop
+    training with the reason ``collapsed``; the callback then restores the best (pre-collapse) generator.
+    Without a logged recall the rule never fires.
+
+    Args:
+        recall_drop: Relative fall of the smoothed recall from its best (0.5 = halved).
+        fid_rise: Relative rise of the smoothed FID above its best (0 = any rise: the FID is not improving).
+        window: Evaluations in the running medians.
+        patience: Consecutive collapsing evaluations before stopping.
+        warmup_g_steps: No decision before this G step.
+        monitor: FID metric name. ``recall_key``: recall metric name.
+    """
+
+    reason = StopReason.COLLAPSED
+
+    def __init__(
+        self,
+        recall_drop: float = 0.5,
+        fid_rise: float = 0.0,
+        window: int = 3,
+        patience: int = 2,
+        warmup_g_steps: int = 0,
+        monitor: str = "val/fid",
+        recall_key: str = "val/recall",
+    ) -> None:
+        name = type(self).__name__
+        self.recall_drop = _need_number(name, "recall_drop", recall_drop, 0.0, strict=True)
+        if self.recall_drop >= 1.0:
+            raise ValueError(f"{name}: recall_drop is relative and must be < 1, got {recall_drop!r}.")
+        self.fid_rise = _need_number(name, "fid_rise", fid_rise, 0.0)
+        self.window = _need_int(name, "window", window, 1)
+        self.patience = _need_int(name, "patience", patience, 1)
+        self.warmup_g_steps = _need_int(name, "warmup_g_steps", warmup_g_steps, 0)
+        self.monitor = _need_keys(name, "monitor", monitor)[0]
+        self.recall_key = _need_keys(name, "recall_key", recall_key)[0]
+        self.recent: list[list[float]] = []
+        self.best_fid: Optional[float] = None
+        self.best_recall: Optional[float] = None
+        self.count = 0
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return (self.monitor, self.recall_key)
+
+    def config(self) -> dict[str, Any]:
+        return {"recall_drop": self.recall_drop, "fid_rise": self.fid_rise, "window": self.window,
+                "patience": self.patience, "warmup_g_steps": self.warmup_g_steps, "monitor": self.monitor,
+                "recall_key": self.recall_key}
+
+    def update(self, g_step: int, metrics: Mapping[str, float]) -> tuple[bool, str]:
+        fid, recall = metrics.get(self.monitor), metrics.get(self.recall_key)
+        if not (_is_finite(fid) and _is_finite(recall)):
+            return False, ""
+        self.recent = (self.recent + [[float(fid), float(recall)]])[-self.window:]
+        sm_fid = statistics.median(r[0] for r in self.recent)
+        sm_recall = statistics.median(r[1] for r in self.recent)
+        self.best_fid = sm_fid if self.best_fid is None else min(self.best_fid, sm_fid)
+        self.best_recall = sm_recall if self.best_recall is None else max(self.best_recall, sm_recall)
+        collapsing = (g_step >= self.warmup_g_steps and sm_recall < (1 - self.recall_drop) * self.best_recall
+                      and sm_fid > (1 + self.fid_rise) * self.best_fid)
+        self.count = self.count + 1 if collapsing else 0
+        if self.count < self.patience:
+            return False, ""
+        return True, (
+            f"Collapsed: the smoothed {self.recall_key} fell to {sm_recall:.3g} (best {self.best_recall:.3g}) while "
+            f"the smoothed {self.monitor} rose to {sm_fid:.4g} (best {self.best_fid:.4g}), for {self.count} "
+            f"evaluations, at G step {g_step}."
+        )
+
+    def _state(self) -> dict[str, Any]:
+        return {"recent": [list(r) for r in self.recent], "best_fid": self.best_fid,
+                "best_recall": self.best_recall, "count": self.count}
+
+    def _load_state(self, state: Mapping[str, Any]) -> None:
+        self.recent = [[float(a), float(b)] for a, b in state.get("recent") or []][-self.window:]
+        self.best_fid = None if state.get("best_fid") is None else float(state["best_fid"])
+        self.best_recall = None if state.get("best_recall") is None else float(state["best_recall"])
+        self.count = int(state.get("count", 0))
+
+
+#: Rules that can fill EarlyTermination's ``fid_plateau`` slot (fed once per FID evaluation).
+FID_RULES: tuple[type, ...] = (FIDPlateau, FIDTrend, FIDNoisePlateau, FIDPowerLaw)
+
+
+__all__ = ["CODE_REASONS", "FID_RULES", "REASON_CODES", "Collapse", "Divergence", "FIDNoisePlateau", "FIDPlateau",
+           "FIDPowerLaw", "FIDTrend", "LossPlateau", "StopReason", "StopRule", "fit_power_law", "theil_sen_slope"]

@@ -363,3 +363,15 @@ def test_wheel_ships_the_configs_and_finds_them_installed(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                          env=dict(os.environ, PYTHONPATH=str(site), OMP_NUM_THREADS="1"), check=True).stdout.split()
     assert out[-2:] == [str(site / "lightning_regan" / "conf"), "ring"]
+
+
+def test_a_collapse_setting_left_without_its_rule_is_dropped_and_trend_builds_it(tmp_path):
+    # A preset tuning the collapse rule composes with an early_stopping choice that has no collapse rule.
+    cfg = compose(tmp_path, "early_stopping=default", "+early_stopping.collapse.patience=3")
+    assert drop_unselected(cfg) == ["early_stopping.collapse"]
+    early = next(cb for cb in build_callbacks(cfg) if type(cb).__name__ == "EarlyTermination")
+    assert early.collapse is None
+    cfg = compose(tmp_path, "early_stopping=trend")
+    assert drop_unselected(cfg) == []
+    early = next(cb for cb in build_callbacks(cfg) if type(cb).__name__ == "EarlyTermination")
+    assert type(early.collapse).__name__ == "Collapse" and early.fid_plateau.tolerance == 0.05

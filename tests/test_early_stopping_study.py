@@ -1,15 +1,22 @@
-"""scripts/early_stopping_study.py: its pairing, its arithmetic, and a quick study checked against its runs' files."""
+"""scripts/early_stopping_study.py (v2): its grading arithmetic, a quick study end to end, and the replay of the
+committed study: the committed histories fed to the pure rules give the committed stop steps."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 
 import pytest
+from hydra.utils import instantiate
+
+from lightning_regan.config import compose_config
+from lightning_regan.stopping import Collapse
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+COMMITTED = REPO_ROOT / "bench" / "results" / "early_stopping_study.json"
 
 
 def load_study():
@@ -23,108 +30,90 @@ def load_study():
 study = load_study()
 
 
-def test_plan_pairs_each_run_with_and_without_early_termination():
-    runs = study.plan(["digits", "ring"], ["r1", "l2", "lecam"], [0, 1], quick=False)
-    assert len(runs) == 2 * 3 * 2 * 2
-    for with_es, without in zip(runs[::2], runs[1::2]):
-        assert with_es.early_stopping and not without.early_stopping
-        assert with_es.overrides[0] == "early_stopping=default" and without.overrides[0] == "early_stopping=none"
-        # Same seed, regularizer, budget and FID cadence on both sides: only the stopping differs.
-        assert with_es.overrides[1:] == without.overrides[1:]
-        assert f"seed={with_es.seed}" in without.overrides
-    budgets = {r.setup: r.overrides for r in runs}
-    assert "max_g_steps=10000" in budgets["digits"] and "max_g_steps=5000" in budgets["ring"]
-    assert "max_g_steps=123" in study.plan(["ring"], ["r1"], [0], quick=False, max_g_steps=123)[0].overrides
-    # experiment=ring tunes r1's weight; with regularizer=l2 the preset still composes, no workaround needed.
-    ring_l2 = study.plan(["ring"], ["l2"], [0], quick=False)[0].overrides
-    assert "regularizer=l2" in ring_l2 and not any(o.startswith("~") for o in ring_l2)
+def synthetic_run(fids, test_fids=None, kind="healthy", every=100, **extra):
+    rows = [{"g_step": (i + 1) * every, "fid": f, "fid_std": None, "precision": None, "recall": None,
+             "test_fid": (test_fids or fids)[i], "modes": None} for i, f in enumerate(fids)]
+    return {"setup": "toy", "seed": 0, "kind": kind, "max_g_steps": len(fids) * every, "g_steps": len(fids) * every,
+            "every": every, "evaluations": rows, "divergence_g_step": None, "first_exploded_g_step": None,
+            "divergence_rule": {"warmup_g_steps": 0}, **extra}
 
 
-def _run(name: str, g_steps: int, history: list, eval_s: float, **extra) -> dict:
-    best_step, best = min(history, key=lambda h: h[1])
-    setup, reg, seed, kind = name.split("-")
-    return {"name": name, "setup": setup, "regularizer": reg, "seed": int(seed[1:]), "early_stopping": kind == "es",
-            "status": "completed", "stop_reason": "max_steps", "g_steps": g_steps, "best_fid": best,
-            "best_fid_step": best_step, "fid_history": history, "fid_evals": len(history), "fid_eval_time_s": eval_s,
-            **extra}
+def test_oracle_gap_and_saving_arithmetic():
+    # Monitor best 10.0 at G step 600; the eps-oracle (within 5 %: <= 10.5) is G step 400.
+    fids = [40, 20, 15, 10.4, 11, 10.0, 12, 12, 12, 12]
+    tests = [41, 21, 16, 11.0, 12, 10.5, 13, 13, 13, 14]
+    run = synthetic_run(fids, tests)
+    ref = study.run_reference(run)
+    assert ref["best_g_step"] == 600 and ref["oracle_g_step"] == 400 and ref["oracle_saving"] == pytest.approx(0.6)
+    assert ref["best_test_fid"] == 10.5 and ref["last_test_fid"] == 14
+    # Stopping at G step 500 hands over G step 400's generator (the best monitor FID so far).
+    graded = study.grade(run, {"stop_g_step": 500, "reason": "fid_plateau", "restored_index": 3})
+    assert graded["saving"] == pytest.approx(0.5) and graded["oracle_share"] == pytest.approx(0.5 / 0.6)
+    assert graded["gap"] == pytest.approx(11.0 / 10.5 - 1)
 
 
-def test_pair_and_aggregate_arithmetic():
-    full = [[100 * i, 10.0 / i] for i in range(1, 31)]  # best 1/3 at the last evaluation (G step 3000)
-    without = _run("ring-r1-s0-full", 3000, full, 3.0)
-    with_es = _run("ring-r1-s0-es", 1200, full[:12], 1.2, status="stopped_early", stop_reason="fid_plateau")
-    pair = study.pair_result(with_es, without)
-    assert pair["g_steps_saved"] == pytest.approx(0.6)
-    assert pair["best_fid_gap"] == pytest.approx((10 / 12) / (10 / 30) - 1)
-    assert pair["oracle_g_steps_saved"] == 0.0 and pair["same_run_until_stop"]
-    assert not study.pair_result(dict(with_es, fid_history=[[100, 9.0]]), without)["same_run_until_stop"]
-
-    other = dict(pair, g_steps_saved=0.2, best_fid_gap=0.01, g_steps_with_es=2400, oracle_g_steps_saved=0.5)
-    total = study.aggregate([pair, other], [with_es, without], max_gap=0.05, min_saved=0.4)
-    assert total["g_steps_saved_mean"] == pytest.approx(0.4) and total["g_steps_saved_median"] == pytest.approx(0.4)
-    assert total["g_steps_saved_total"] == pytest.approx(1 - 3600 / 6000)
-    assert total["best_fid_gap_median"] == pytest.approx((pair["best_fid_gap"] + 0.01) / 2)
-    assert total["best_fid_gap_max"] == pytest.approx(pair["best_fid_gap"])
-    assert total["pairs_within_gap"] == 1 and total["pairs_meeting_target"] == 0
-    assert total["fid_eval_s_per_eval"] == pytest.approx(4.2 / 42)
-    assert total["target_met"] is False  # median gap 75 % > 5 %
-    # pair: full run ends on its best (last 1/3 = best 1/3); other: last FID 0.5 > best 1/3, and ES best 0.4 < 0.5
-    other.update(last_fid_without=0.5, best_fid_with_es=0.4)
-    pair["last_fid_without"] = without["fid_history"][-1][1]
-    counts = study.aggregate([pair, other], [], max_gap=0.05, min_saved=0.4)
-    assert counts["pairs_full_last_worse_than_its_best"] == 1 and counts["pairs_es_best_better_than_full_last"] == 1
-    good = study.aggregate([dict(pair, best_fid_gap=0.0)], [], max_gap=0.05, min_saved=0.4)
-    assert good["target_met"] is True and good["pairs_meeting_target"] == 1 and good["fid_eval_s_per_eval"] is None
+def test_replay_stops_where_the_rule_fires_and_divergence_comes_first():
+    fids = [40, 20, 15, 10.4, 11, 10.0] + [12.0] * 30
+    run = synthetic_run(fids)
+    out = study.replay_rule(run, study.make("FIDTrend", {}), Collapse)
+    assert out["reason"] == "fid_plateau" and out["stop_g_step"] < 3600
+    assert run["evaluations"][out["restored_index"]]["g_step"] == 600
+    diverged = synthetic_run(fids, kind="diverging", divergence_g_step=250, first_exploded_g_step=240)
+    out = study.replay_rule(diverged, study.make("FIDTrend", {}), Collapse)
+    assert out == {"stop_g_step": 250, "reason": "divergence", "restored_index": 1}
+    never = study.replay_rule(synthetic_run([10 / (i + 1) for i in range(20)]), study.make("FIDTrend", {}), Collapse)
+    assert never["reason"] == "max_steps" and never["stop_g_step"] == 2000 and never["restored_index"] == 19
 
 
-def test_modes_at_reads_the_coverage_history():
-    coverage = {"num_modes": 8, "history": [[100, 5, 0.2], [200, 8, 0.4]]}
-    assert study.modes_at(coverage, 200) == "8/8" and study.modes_at(coverage, 100) == "5/8"
-    assert study.modes_at(coverage, 300) is None and study.modes_at(None, 200) is None
-    assert study.modes_at(coverage, None) is None
+def test_summary_counts_the_issue_targets():
+    healthy = synthetic_run([40, 20, 15, 10.4, 11, 10.0] + [12.0] * 10)
+    diverging = synthetic_run([5.0] * 8, kind="diverging", every=50, divergence_g_step=160, first_exploded_g_step=120)
+    runs = [healthy, diverging]
+    graded = [study.grade(r, study.replay_rule(r, study.make("FIDTrend", {}), Collapse)) for r in runs]
+    summary = study.summarize(graded, runs)
+    assert summary["healthy_pairs"] == 1 and summary["healthy_gap_within_eps"] == 1
+    assert summary["diverging_stopped_within_one_interval"] == 1
+    assert summary["targets"]["diverging runs stopped within one evaluation interval"]
 
 
-def test_quick_study_reports_what_its_runs_wrote(tmp_path):
-    out, work = tmp_path / "out", tmp_path / "runs"
-    # --jobs 2: the pair's two runs at once; the report must still pair them and keep the plan's order.
-    assert study.main(["--quick", "--setups", "ring", "--regularizers", "r1", "--seeds", "0", "--threads", "1",
-                       "--jobs", "2", "--out", str(out), "--work", str(work)]) == 0
+def test_quick_study_runs_end_to_end(tmp_path):
+    """The CI smoke test: two tiny runs (ring, diverging) trained, recorded, replayed and reported."""
+    out = tmp_path / "out"
+    assert study.main(["--quick", "--setups", "ring", "diverging", "--seeds", "0", "--jobs", "2",
+                       "--work", str(tmp_path / "work"), "--out", str(out)]) == 0
     report = json.loads((out / "early_stopping_study.json").read_text())
-    assert report["quick"] and report["machine"]["cores"] and report["command"].startswith("python scripts/")
-    assert {"pairs", "by_setup", "overall", "runs", "target", "wall_time_s", "date"} <= set(report)
-    (pair,) = report["pairs"]
-    with_es = json.loads((work / "ring-r1-s0-es" / "summary.json").read_text())
-    without = json.loads((work / "ring-r1-s0-full" / "summary.json").read_text())
-    # --quick's stopping rule makes the run with early termination stop before the budget.
-    assert without["g_steps"] == 60 and without["early_termination"] is None
-    assert with_es["status"] == "stopped_early" and with_es["stop_reason"] == "fid_plateau" == pair["stop_reason_with_es"]
-    assert pair["g_steps_with_es"] == with_es["g_steps"] < 60 and pair["g_steps_without"] == 60
-    assert pair["g_steps_saved"] == pytest.approx(1 - with_es["g_steps"] / 60) and pair["g_steps_saved"] > 0
-    assert pair["best_fid_with_es"] == with_es["best_fid"] and pair["best_fid_without"] == without["best_fid"]
-    assert pair["best_fid_gap"] == pytest.approx(with_es["best_fid"] / without["best_fid"] - 1)
-    assert pair["oracle_g_steps_saved"] == pytest.approx(1 - without["best_fid_step"] / 60)
-    # Same seed: until the stop both runs are one run (same FIDs at the same G steps).
-    assert pair["same_run_until_stop"]
-    assert [r["name"] for r in report["runs"]] == ["ring-r1-s0-es", "ring-r1-s0-full"]
-    # The ring's mode coverage at each run's best-FID step, from its summary.json.
-    coverage = {step: modes for step, modes, _ in without["mode_coverage"]["history"]}
-    assert pair["modes_at_best_without"] == f"{coverage[without['best_fid_step']]}/8"
-    assert with_es["fid_history"] == without["fid_history"][:len(with_es["fid_history"])]
-    evals = len(with_es["fid_history"]) + len(without["fid_history"])
-    assert report["overall"]["fid_eval_s_per_eval"] == pytest.approx(
-        (with_es["fid_eval_time_s"] + without["fid_eval_time_s"]) / evals)
-    assert report["overall"]["g_steps_saved_median"] == pytest.approx(pair["g_steps_saved"])
-    # Replaying the FID rule (the quick settings) on the full run's history stops where the real callback stopped.
-    replayed = study.replay_fid_plateau(without["fid_history"], 60, patience=2, min_delta=0.5, window=3,
-                                        warmup_g_steps=0)
-    assert replayed["g_steps"] == with_es["g_steps"] and replayed["best_fid"] == with_es["best_fid"]
-    assert replayed["best_fid_gap"] == pytest.approx(pair["best_fid_gap"])
-    table = (out / "early_stopping_study.md").read_text()
-    assert "| ring | r1 | 0 |" in table and report["command"] in table
-    assert report["reused_runs"] == 0 and pair["last_fid_without"] == without["fid_history"][-1][1]
-    # --resume reads the finished runs instead of training again, and reports the same pair.
-    assert study.main(["--quick", "--setups", "ring", "--regularizers", "r1", "--seeds", "0", "--resume",
-                       "--out", str(out), "--work", str(work)]) == 0
-    again = json.loads((out / "early_stopping_study.json").read_text())
-    assert again["reused_runs"] == 2 and again["pairs"] == report["pairs"]
-    assert "2 runs reused" in (out / "early_stopping_study.md").read_text()
+    runs = {r["setup"]: r for r in report["runs"]}
+    assert set(runs) == {"ring", "diverging"}
+    for run in runs.values():
+        assert [e["g_step"] for e in run["evaluations"]] == list(range(10, run["max_g_steps"] + 1, 10))
+        for e in run["evaluations"]:
+            if math.isfinite(e["fid"]):
+                assert e["fid_std"] >= 0 and 0 <= e["recall"] <= 1 and e["test_fid"] > 0
+    # experiment=diverging blows up within its 120 quick G steps: the recorder saw it and the rule fired.
+    assert runs["diverging"]["first_exploded_g_step"] is not None and runs["diverging"]["divergence_g_step"] is not None
+    assert report["analysis"]["chosen"] in report["analysis"]["candidates"]
+    assert "Targets (held-out seeds, chosen rule)" in (out / "early_stopping_study.md").read_text()
+
+
+@pytest.mark.skipif(not COMMITTED.is_file(), reason="no committed study")
+def test_committed_histories_replayed_give_the_committed_stop_steps():
+    report = json.loads(COMMITTED.read_text())
+    analysis = report["analysis"]
+    for name, cand in analysis["candidates"].items():
+        rule = study.make(cand["family"], cand["args"])
+        for run, graded in zip(report["runs"], cand["graded"]):
+            out = study.replay_rule(run, rule, Collapse)
+            assert (out["stop_g_step"], out["reason"]) == (graded["stop_g_step"], graded["reason"]), (name, run["setup"])
+
+
+@pytest.mark.skipif(not COMMITTED.is_file(), reason="no committed study")
+def test_default_config_is_the_rule_the_study_chose():
+    analysis = json.loads(COMMITTED.read_text())["analysis"]
+    chosen = analysis["candidates"][analysis["chosen"]]
+    et = instantiate(compose_config(["output_dir=/tmp/unused"]).early_stopping)
+    rule = et.fid_plateau
+    assert type(rule).__name__ == chosen["family"]
+    defaults = study.FAMILIES[chosen["family"]]().config()
+    expected = {**defaults, **chosen["args"]}
+    assert {k: v for k, v in rule.config().items() if k in expected and k != "warmup_g_steps"} == \
+        {k: v for k, v in expected.items() if k != "warmup_g_steps"}

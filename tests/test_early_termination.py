@@ -502,7 +502,7 @@ def compose_early_stopping(name: str):
 @pytest.mark.parametrize(
     ("name", "rules"),
     [("plateau", {"loss_plateau", "divergence"}), ("fid", {"fid_plateau", "divergence"}),
-     ("default", {"loss_plateau", "fid_plateau", "divergence"})],
+     ("default", {"loss_plateau", "fid_plateau", "divergence"}), ("trend", {"fid_plateau", "divergence", "collapse"})],
 )
 def test_configs_build_the_documented_rules(name, rules):
     from hydra.utils import instantiate
@@ -515,7 +515,9 @@ def test_configs_build_the_documented_rules(name, rules):
     if "divergence" in rules:
         assert et.divergence.check_finite and et.divergence.d_loss_floor is not None
     if "fid_plateau" in rules:
-        assert et.fid_plateau.monitor == et.fid_monitor == "val/fid" and et.fid_plateau.window >= 3
+        assert et.fid_plateau.monitor == et.fid_monitor == "val/fid"
+        if isinstance(et.fid_plateau, FIDPlateau):
+            assert et.fid_plateau.window >= 3
 
 
 def test_callbacks_package_exports_the_config_targets():

@@ -36,11 +36,12 @@ def fids(values, every=100):
 
 # ---------------------------------------------------------------------------------------------- StopReason
 def test_stop_reason_values_and_codes():
-    assert [r.value for r in StopReason] == ["max_steps", "loss_plateau", "fid_plateau", "divergence"]
+    assert [r.value for r in StopReason] == ["max_steps", "loss_plateau", "fid_plateau", "collapsed", "divergence"]
     assert StopReason("fid_plateau") is StopReason.FID_PLATEAU and StopReason.DIVERGENCE == "divergence"
     # divergence outranks the plateaus when ranks or rules disagree; codes round-trip
-    codes = [REASON_CODES[r] for r in (StopReason.DIVERGENCE, StopReason.FID_PLATEAU, StopReason.LOSS_PLATEAU)]
-    assert codes[0] > codes[1] > codes[2] > 0
+    codes = [REASON_CODES[r] for r in (StopReason.DIVERGENCE, StopReason.COLLAPSED, StopReason.FID_PLATEAU,
+                                       StopReason.LOSS_PLATEAU)]
+    assert codes[0] > codes[1] > codes[2] > codes[3] > 0
     assert all(CODE_REASONS[code] is reason for reason, code in REASON_CODES.items())
 
 

@@ -19,9 +19,10 @@ from torch import Tensor
 from lightning_regan.callbacks.g_step import GStepCallback, g_steps_of, to_float
 from lightning_regan.stopping import (
     CODE_REASONS,
+    FID_RULES,
     REASON_CODES,
+    Collapse,
     Divergence,
-    FIDPlateau,
     LossPlateau,
     StopReason,
     StopRule,
@@ -33,15 +34,16 @@ STATE_VERSION = 2
 
 
 class EarlyTermination(GStepCallback):
-    """Stop GAN training when the losses plateau, the FID plateaus or training diverges.
+    """Stop GAN training when the losses plateau, the FID plateaus, the samples collapse or training diverges.
 
     On every G step the ``divergence`` and ``loss_plateau`` rules read ``trainer.callback_metrics``. A new FID
     evaluation is a new value of ``<fid_monitor>_g_step`` (the G step it was measured at, which ``FIDMonitor`` logs
-    with ``val/fid``), else a change of the value of ``<fid_monitor>``; it feeds the ``fid_plateau`` rule, whichever
-    order the callbacks run in. The local decision is reduced with
+    with ``val/fid``), else a change of the value of ``<fid_monitor>``; it feeds the ``collapse`` and
+    ``fid_plateau`` rules, whichever order the callbacks run in, with the other keys they read (``val/fid_std``,
+    ``val/recall``, logged with the FID) from ``trainer.callback_metrics``. The local decision is reduced with
     ``trainer.strategy.reduce_boolean_decision(..., all=False)`` so every rank stops together when any rank's data
     triggers, and the reason is reduced with a max over :data:`~lightning_regan.stopping.REASON_CODES`
-    (divergence > FID plateau > loss plateau), so every rank records it. Sanity checks and ``fast_dev_run`` are
+    (divergence > collapsed > FID plateau > loss plateau), so every rank records it. Sanity checks and ``fast_dev_run`` are
     skipped.
 
     The best FID (raw) and its G step are tracked, with an in-memory CPU copy of ``pl_module.eval_generator`` (the
@@ -54,8 +56,12 @@ class EarlyTermination(GStepCallback):
 
     Args:
         loss_plateau: Loss plateau rule, or ``None``.
-        fid_plateau: FID plateau rule, or ``None``.
+        fid_plateau: FID plateau rule (``FIDTrend``, ``FIDPlateau``, ``FIDNoisePlateau`` or ``FIDPowerLaw``), or
+            ``None``.
         divergence: Divergence rule, or ``None``.
+        collapse: Mode-collapse rule (reason ``collapsed``; reads ``val/recall``), or ``None``.
+        tolerance: The user's knob: stop when going on is unlikely to improve the FID by more than this share
+            (0.05 = 5 %); sets ``fid_plateau.tolerance``. ``None`` keeps the rule's own value.
         fid_monitor: Name of the logged FID metric.
         restore_best_generator: Load the best-FID generator back into the model when training ends.
         loss_plateau_only_without_fid: Apply ``loss_plateau`` only while no FID has been logged in the run: where an
@@ -64,36 +70,52 @@ class EarlyTermination(GStepCallback):
         verbose: Log the stop message (rank zero) and FID improvements.
 
     Attributes:
-        status: ``"completed"`` (no stop by this callback), ``"stopped_early"`` or ``"diverged"``.
+        status: ``"completed"`` (no stop by this callback), ``"stopped_early"`` (also when collapsed) or
+            ``"diverged"``.
         stop_reason: A :class:`~lightning_regan.stopping.StopReason` or ``None``.
         stop_message: The message logged when stopping, ending "Signaling Trainer to stop.".
         stopped_g_step: G step of the stop, or ``None``.
         best_fid: Lowest FID seen, or ``None``; ``best_fid_step`` its G step.
-        smoothed_fid: ``[(g_step, smoothed FID), ...]`` that the FID plateau rule compared (for the FID plot).
+        smoothed_fid: ``[(g_step, smoothed FID), ...]`` that the FID plateau rule compared (for the FID plot; rules
+            with a ``smoothed`` value only, i.e. ``FIDPlateau``).
         restored_best_generator: Whether the best generator was loaded back; ``restored_into`` says where.
     """
 
     def __init__(
         self,
         loss_plateau: Optional[LossPlateau] = None,
-        fid_plateau: Optional[FIDPlateau] = None,
+        fid_plateau: Optional[StopRule] = None,
         divergence: Optional[Divergence] = None,
         fid_monitor: str = "val/fid",
         restore_best_generator: bool = True,
         verbose: bool = True,
         loss_plateau_only_without_fid: bool = False,
+        collapse: Optional[Collapse] = None,
+        tolerance: Optional[float] = None,
     ) -> None:
         super().__init__()
-        for name, value, cls in (
-            ("loss_plateau", loss_plateau, LossPlateau),
-            ("fid_plateau", fid_plateau, FIDPlateau),
-            ("divergence", divergence, Divergence),
+        for name, value, classes in (
+            ("loss_plateau", loss_plateau, (LossPlateau,)),
+            ("fid_plateau", fid_plateau, FID_RULES),
+            ("divergence", divergence, (Divergence,)),
+            ("collapse", collapse, (Collapse,)),
         ):
-            if value is not None and not isinstance(value, cls):
+            if value is not None and not isinstance(value, classes):
+                names = " or ".join(f"lightning_regan.stopping.{c.__name__}" for c in classes)
+                raise ValueError(f"EarlyTermination: {name} must be a {names} or None, got {type(value).__name__}.")
+        if tolerance is not None:
+            if not hasattr(fid_plateau, "tolerance"):
                 raise ValueError(
-                    f"EarlyTermination: {name} must be a lightning_regan.stopping.{cls.__name__} or None, "
-                    f"got {type(value).__name__}."
+                    "EarlyTermination: tolerance needs an fid_plateau rule with a tolerance (FIDTrend, FIDNoisePlateau, "
+                    f"FIDPowerLaw), got {type(fid_plateau).__name__}."
                 )
+            if not (isinstance(tolerance, (int, float)) and not isinstance(tolerance, bool) and 0 < tolerance < 1):
+                raise ValueError(f"EarlyTermination: tolerance must be a number in (0, 1) (0.05 = 5 %), got {tolerance!r}.")
+            fid_plateau.tolerance = float(tolerance)
+        if collapse is not None and collapse.monitor != fid_monitor:
+            raise ValueError(
+                f"EarlyTermination: collapse.monitor ({collapse.monitor!r}) differs from fid_monitor ({fid_monitor!r})."
+            )
         if not isinstance(fid_monitor, str) or not fid_monitor:
             raise ValueError(
                 f"EarlyTermination: fid_monitor must be a metric name such as 'val/fid', got {fid_monitor!r}."
@@ -106,6 +128,7 @@ class EarlyTermination(GStepCallback):
         self.loss_plateau = loss_plateau
         self.fid_plateau = fid_plateau
         self.divergence = divergence
+        self.collapse = collapse
         self.fid_monitor = fid_monitor
         self.restore_best_generator = bool(restore_best_generator)
         self.verbose = bool(verbose)
@@ -133,7 +156,8 @@ class EarlyTermination(GStepCallback):
     @property
     def rules(self) -> dict[str, StopRule]:
         """The configured rules by name."""
-        named = {"loss_plateau": self.loss_plateau, "fid_plateau": self.fid_plateau, "divergence": self.divergence}
+        named = {"loss_plateau": self.loss_plateau, "fid_plateau": self.fid_plateau, "divergence": self.divergence,
+                 "collapse": self.collapse}
         return {name: rule for name, rule in named.items() if rule is not None}
 
     @property
@@ -250,7 +274,7 @@ class EarlyTermination(GStepCallback):
     def _stop(self, trainer: L.Trainer, reason: StopReason, message: str, g_step: int) -> None:
         self.stop_reason = reason
         self.stopped_g_step = g_step
-        self.status = "diverged" if reason is StopReason.DIVERGENCE else "stopped_early"
+        self.status = "diverged" if reason is StopReason.DIVERGENCE else "stopped_early"  # collapsed: stopped_early
         self.stop_message = f"{message} Signaling Trainer to stop."
         trainer.should_stop = True
         if self.verbose and trainer.is_global_zero:
@@ -335,14 +359,29 @@ class EarlyTermination(GStepCallback):
                 self.best_generator_step = g_step
             if self.verbose and trainer.is_global_zero:
                 log.info("EarlyTermination: new best %s = %.4g at G step %d.", self.fid_monitor, fid, g_step)
-        if self.fid_plateau is not None:
-            stop, message = self.fid_plateau.update(g_step, {self.fid_plateau.monitor: fid})
-            if self.fid_plateau.smoothed is not None:
-                self.smoothed_fid.append((g_step, float(self.fid_plateau.smoothed)))
+        metrics = self._evaluation_metrics(trainer, fid)
+        for rule in (self.collapse, self.fid_plateau):
+            if rule is None:
+                continue
+            stop, message = rule.update(g_step, metrics)
             if stop:
-                self._pending.append((self.fid_plateau.reason, message))
+                self._pending.append((rule.reason, message))
             elif message:
                 log.debug(message)
+        smoothed = getattr(self.fid_plateau, "smoothed", None)
+        if smoothed is not None:
+            self.smoothed_fid.append((g_step, float(smoothed)))
+
+    def _evaluation_metrics(self, trainer: L.Trainer, fid: float) -> dict[str, float]:
+        """The evaluation's FID plus the other keys the evaluation rules read (noise, recall), by key from
+        ``trainer.callback_metrics``, where the evaluation logged them together with the FID (a key not logged is
+        left out: the rules then do without it)."""
+        keys = [k for rule in (self.fid_plateau, self.collapse) if rule is not None
+                for k in getattr(rule, "keys", ()) if k != self.fid_monitor]
+        available = trainer.callback_metrics
+        metrics = {k: to_float(available[k]) for k in dict.fromkeys(keys) if k in available}
+        metrics[self.fid_monitor] = fid
+        return metrics
 
     def describe(self) -> dict[str, Any]:
         """A JSON-friendly account of the configuration and the outcome."""

@@ -18,6 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from lightning_regan.callbacks.g_step import GStepCallback, g_steps_of, is_due, publish_metrics
+from lightning_regan.fid.coverage import fid_bootstrap_std, precision_recall
 from lightning_regan.fid.extractors import (
     EXTRACTOR_CHOICES,
     ClassifierExtractor,
@@ -39,6 +40,10 @@ KID_KEY = "val/kid"
 FID_STEP_KEY = "val/fid_g_step"
 #: Share of class-conditional samples that the FID classifier assigns to the class they were generated for.
 CLASS_ACCURACY_KEY = "val/class_accuracy"
+#: The FID's measurement noise (bootstrap standard deviation) and the coverage of the real data, logged with it.
+FID_STD_KEY = "val/fid_std"
+PRECISION_KEY = "val/precision"
+RECALL_KEY = "val/recall"
 STATE_VERSION = 1
 
 
@@ -85,9 +90,15 @@ class FIDMonitor(GStepCallback):
         dataset_key: Cache key of ``real_data``.
         weights_path: Inception weights file (else found by ``resolve_inception_weights``).
         allow_download: Let torch-fidelity download the Inception weights when none is on disk.
+        noise_draws: Also log ``val/fid_std``, the FID's measurement noise: the standard deviation over this many
+            bootstrap resamples of the generated features (``0`` off).
+        precision_recall: Also log ``val/precision`` and ``val/recall`` (Kynkäänniemi et al. 2019, ``k=pr_k``)
+            of the generated against the real features (keeps the real features in memory).
+        pr_k: Neighbourhood size of precision/recall.
 
     Attributes:
-        history: ``[(g_step, fid), ...]``; ``kid_history`` likewise when ``kid``.
+        history: ``[(g_step, fid), ...]``; ``kid_history`` likewise when ``kid``; ``extra_history``:
+            ``[{"g_step", "fid_std", "precision", "recall"}, ...]`` when ``noise_draws`` or ``precision_recall``.
         eval_time_s: Total seconds spent in evaluations (not counting the real statistics, see ``setup_time_s``).
         last_fid: Latest FID or ``None``. ``evaluations``: number of evaluations.
         extractor: The feature extractor (after setup); ``extractor_name`` says which one was used.
@@ -111,6 +122,9 @@ class FIDMonitor(GStepCallback):
         weights_path: Optional[PathLike] = None,
         allow_download: Optional[bool] = None,
         verbose: bool = True,
+        noise_draws: int = 0,
+        precision_recall: bool = False,
+        pr_k: int = 3,
     ) -> None:
         super().__init__()
         _check_int("every_n_g_steps", every_n_g_steps, 0)
@@ -120,6 +134,11 @@ class FIDMonitor(GStepCallback):
         _check_int("batch_size", batch_size, 1)
         _check_int("kid_subset_size", kid_subset_size, 2)
         _check_int("kid_subsets", kid_subsets, 1)
+        if noise_draws != 0:
+            _check_int("noise_draws", noise_draws, 2)
+        _check_int("pr_k", pr_k, 1)
+        if not isinstance(precision_recall, bool):
+            raise ValueError(f"FIDMonitor: precision_recall must be true or false, got {precision_recall!r}.")
         if not isinstance(feature_extractor, nn.Module) and feature_extractor not in EXTRACTOR_CHOICES:
             raise ValueError(
                 f"FIDMonitor: feature_extractor must be one of {EXTRACTOR_CHOICES} or an nn.Module, got {feature_extractor!r}."
@@ -140,7 +159,11 @@ class FIDMonitor(GStepCallback):
         self.weights_path = weights_path
         self.allow_download = allow_download
         self.verbose = verbose
+        self.noise_draws = noise_draws
+        self.precision_recall = precision_recall
+        self.pr_k = pr_k
 
+        self.extra_history: list[dict[str, Any]] = []
         self.history: list[tuple[int, float]] = []
         self.kid_history: list[tuple[int, float]] = []
         self.eval_time_s = 0.0
@@ -207,7 +230,8 @@ class FIDMonitor(GStepCallback):
             if is_zero:
                 stats = load_or_compute_real_statistics(
                     source, extractor.to(strategy.root_device), self.num_real_samples, dataset_key=key,
-                    cache=self.cache_dir, batch_size=self.batch_size, keep_features=self.kid, device=strategy.root_device,
+                    cache=self.cache_dir, batch_size=self.batch_size, keep_features=self.kid or self.precision_recall,
+                    device=strategy.root_device,
                 )
                 payload = {"stats": stats.to_dict(), "source": stats.source}
                 if isinstance(extractor, ClassifierExtractor):
@@ -280,12 +304,15 @@ class FIDMonitor(GStepCallback):
         label_shard = labels[rank::world].split(self.batch_size) if labels is not None else [None] * len(shard.split(self.batch_size))
         head = self._class_head(pl_module)
         correct = torch.zeros(2, dtype=torch.float64, device=device)  # [correct, total]
+        kept: list[Tensor] = []
         with torch.random.fork_rng(devices=[]):  # a generator with noise layers must not move training's RNG
             for z, y in zip(shard.split(self.batch_size), label_shard):
                 y = y.to(device) if y is not None else None
                 samples = pl_module.generate(z=z.to(device), y=y) if y is not None else pl_module.generate(z=z.to(device))
                 features = self.extractor(samples)
                 self._metric.update(features)
+                if self.noise_draws or self.precision_recall:
+                    kept.append(features)
                 if head is not None:
                     correct[0] += (head(features).argmax(1) == y).sum()
                     correct[1] += y.numel()
@@ -294,9 +321,25 @@ class FIDMonitor(GStepCallback):
             if world > 1:
                 correct = trainer.strategy.reduce(correct, reduce_op="sum")
             values["class_accuracy"] = float(correct[0] / correct[1])
+        if kept:
+            values.update(self._extras(trainer, torch.cat(kept)))
         self.eval_time_s += time.perf_counter() - start
         self.evaluations += 1
         return values
+
+    def _extras(self, trainer: L.Trainer, features: Tensor) -> dict[str, float]:
+        """Measurement noise and precision/recall on all ranks' generated features (collective under DDP)."""
+        if trainer.world_size > 1:
+            features = trainer.strategy.all_gather(features).reshape(-1, features.shape[-1])
+        assert self.real_stats is not None
+        out: dict[str, float] = {}
+        if self.noise_draws:
+            out["fid_std"] = fid_bootstrap_std(self.real_stats.mean(), self.real_stats.cov(), features,
+                                               self.noise_draws, seed=self.seed)
+        if self.precision_recall and self.real_stats.features is not None:
+            out["precision"], out["recall"] = precision_recall(self.real_stats.features.to(features.device),
+                                                               features, self.pr_k)
+        return out
 
     def _record(self, trainer: L.Trainer, pl_module: L.LightningModule, g_step: int, values: dict[str, float],
                 in_training: bool) -> None:
@@ -315,11 +358,17 @@ class FIDMonitor(GStepCallback):
         if "class_accuracy" in values:
             self.class_accuracy_history.append((g_step, values["class_accuracy"]))
             metrics[CLASS_ACCURACY_KEY] = values["class_accuracy"]
+        extras = {key: values[name] for name, key in (("fid_std", FID_STD_KEY), ("precision", PRECISION_KEY),
+                                                      ("recall", RECALL_KEY)) if name in values}
+        if extras:
+            metrics.update(extras)
+            self.extra_history.append({"g_step": g_step, **{k.split("/")[-1]: v for k, v in extras.items()}})
         metrics[FID_STEP_KEY] = float(g_step)
         publish_metrics(trainer, pl_module, metrics, in_training)
         if self.verbose:
             extra = f", KID {self.last_kid:.4g}" if "kid_mean" in values else ""
             extra += f", class accuracy {values['class_accuracy']:.3f}" if "class_accuracy" in values else ""
+            extra += "".join(f", {k.split('/')[-1]} {v:.3g}" for k, v in extras.items())
             rank_zero_info(f"FIDMonitor: G step {g_step}: FID ({self.extractor_name}) {fid:.4g}{extra}.")
 
     def on_g_step(self, trainer: L.Trainer, pl_module: L.LightningModule, g_step: int) -> None:
@@ -335,7 +384,8 @@ class FIDMonitor(GStepCallback):
         self._record(trainer, pl_module, g, self.evaluate(trainer, pl_module), in_training=False)
 
     def summary_fields(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
-        """The FID part of ``summary.json``: history, best value and its G step, evaluation time."""
+        """The FID part of ``summary.json``: history, best value and its G step, evaluation time, and
+        ``coverage_history`` (FID noise, precision, recall per evaluation) when measured."""
         finite = [(f, g) for g, f in self.history if math.isfinite(f)]
         best_fid, best_step = min(finite) if finite else (None, None)
         return {
@@ -344,6 +394,7 @@ class FIDMonitor(GStepCallback):
             "fid_extractor": self.extractor_name,
             **({"class_accuracy_history": [[int(g), float(a)] for g, a in self.class_accuracy_history]}
                if self.class_accuracy_history else {}),
+            **({"coverage_history": [dict(row) for row in self.extra_history]} if self.extra_history else {}),
         }
 
     # ------------------------------------------------------------------ checkpoints
@@ -353,6 +404,7 @@ class FIDMonitor(GStepCallback):
             "history": [[g, f] for g, f in self.history],
             "kid_history": [[g, k] for g, k in self.kid_history],
             "class_accuracy_history": [[g, a] for g, a in self.class_accuracy_history],
+            "extra_history": [dict(row) for row in self.extra_history],
             "eval_time_s": self.eval_time_s,
             "evaluations": self.evaluations,
             "last_fid": self.last_fid,
@@ -365,6 +417,7 @@ class FIDMonitor(GStepCallback):
         self.history = [(int(g), float(f)) for g, f in state_dict.get("history") or []]
         self.kid_history = [(int(g), float(k)) for g, k in state_dict.get("kid_history") or []]
         self.class_accuracy_history = [(int(g), float(a)) for g, a in state_dict.get("class_accuracy_history") or []]
+        self.extra_history = [dict(row) for row in state_dict.get("extra_history") or []]
         self.eval_time_s = float(state_dict.get("eval_time_s", 0.0))
         self.evaluations = int(state_dict.get("evaluations", len(self.history)))
         self.last_fid = state_dict.get("last_fid")
@@ -375,4 +428,5 @@ class FIDMonitor(GStepCallback):
             log.warning("FIDMonitor: resumed FID history was measured with %s features, now %s.", saved, self.extractor_name)
 
 
-__all__ = ["CLASS_ACCURACY_KEY", "FIDMonitor", "FID_KEY", "FID_STEP_KEY", "KID_KEY"]
+__all__ = ["CLASS_ACCURACY_KEY", "FIDMonitor", "FID_KEY", "FID_STD_KEY", "FID_STEP_KEY", "KID_KEY", "PRECISION_KEY",
+           "RECALL_KEY"]

@@ -204,7 +204,7 @@ class RunSummary(GStepCallback):
                 if summary["best_fid"] is not None:
                     best = (int(summary["best_fid_step"]), float(summary["best_fid"]))
                 plot_fid(summary["fid_history"], plot_dir / "fid.png", stop=stop, best=best,
-                         smoothed=summary.get("fid_smoothed"))
+                         smoothed=summary.get("fid_smoothed"), coverage=summary.get("coverage_history"))
                 written["fid"] = "plots/fid.png"
         except Exception as err:  # a plot must never cost the run its summary
             log.warning("RunSummary: could not write plots into %s: %s", plot_dir, err)

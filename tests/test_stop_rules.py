@@ -1,0 +1,188 @@
+"""Scripted FID / recall sequences for the evaluation stop rules (FIDTrend, FIDNoisePlateau, FIDPowerLaw, Collapse).
+
+Pure: no Lightning. Each sequence is fed evaluation by evaluation, exactly as EarlyTermination feeds the rules.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+
+from lightning_regan.stopping import (
+    Collapse,
+    Divergence,
+    FIDNoisePlateau,
+    FIDPowerLaw,
+    FIDTrend,
+    StopReason,
+    fit_power_law,
+    theil_sen_slope,
+)
+
+EVERY = 100
+
+
+def feed(rule, fids, recalls=None, stds=None, every=EVERY):
+    """Feed the sequence; return the G step of the first stop (or None) and its message."""
+    for i, fid in enumerate(fids):
+        g = (i + 1) * every
+        metrics = {"val/fid": fid}
+        if recalls is not None:
+            metrics["val/recall"] = recalls[i]
+        if stds is not None:
+            metrics["val/fid_std"] = stds[i]
+        stop, message = rule.update(g, metrics)
+        if stop:
+            return g, message
+    return None, ""
+
+
+def noisy(values, rel, seed=0):
+    rng = random.Random(seed)
+    return [v * (1 + rel * rng.gauss(0, 1)) for v in values]
+
+
+def power_curve(n, floor=0.0, alpha=0.5, scale=100.0):
+    return [floor + scale * ((i + 1) * EVERY / EVERY) ** -alpha for i in range(n)]
+
+
+RULES = [FIDTrend, FIDPowerLaw, FIDNoisePlateau]
+
+
+def test_theil_sen_ignores_an_outlier_and_the_power_law_fit_recovers_its_parameters():
+    xs = list(range(10))
+    ys = [2 * x + 1 for x in xs]
+    ys[4] = 100.0
+    assert theil_sen_slope(xs, ys) == pytest.approx(2.0)
+    assert theil_sen_slope([1, 1], [0, 5]) == 0.0
+    steps = [100.0 * i for i in range(1, 30)]
+    c, a, alpha = fit_power_law(steps, [3 + 50 * t ** -0.5 for t in steps])
+    assert (c, a, alpha) == pytest.approx((3, 50, 0.5), rel=1e-6)
+
+
+@pytest.mark.parametrize("rule_cls", RULES)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_noisy_but_improving_never_stops(rule_cls, seed):
+    # FID ~ t^-0.5 with 3 % measurement noise (std given), 120 evaluations: improving all along.
+    clean = power_curve(120)
+    fids = noisy(clean, 0.03, seed)
+    stop, message = feed(rule_cls(), fids, stds=[0.03 * f for f in clean])
+    assert stop is None, message
+
+
+# FIDPowerLaw fails this one (the fitted curve flattens during the pause and projects < 5 %): one reason it
+# was not chosen (docs/early_stopping.md).
+@pytest.mark.parametrize("rule_cls", [FIDTrend])
+def test_a_pause_shorter_than_the_horizon_followed_by_improvement_does_not_stop(rule_cls):
+    # Falls for 20 evaluations, pauses for 6 (a sixth of the run so far), then falls again.
+    fids = power_curve(20) + [power_curve(20)[-1]] * 6 + [power_curve(20)[-1] * 0.97 ** k for k in range(1, 20)]
+    stop, message = feed(rule_cls(), fids)
+    assert stop is None, message
+
+
+def test_noise_plateau_waits_out_a_pause_within_its_patience():
+    fids = power_curve(20) + [power_curve(20)[-1]] * 5 + [power_curve(20)[-1] * 0.9 ** k for k in range(1, 10)]
+    stop, message = feed(FIDNoisePlateau(patience=0.3), fids)
+    assert stop is None, message
+
+
+@pytest.mark.parametrize("rule_cls", RULES)
+def test_a_flat_noisy_curve_stops_as_an_fid_plateau(rule_cls):
+    fids = [100.0, 40.0] + noisy([10.0] * 58, 0.03, seed=3)  # takes off, then flat with 3 % noise
+    rule = rule_cls()
+    stop, message = feed(rule, fids, stds=[0.3] * 60)
+    assert stop is not None and stop <= 30 * EVERY, message
+    assert rule.reason is StopReason.FID_PLATEAU and "plateau" in message.lower()
+
+
+@pytest.mark.parametrize("rule_cls", RULES)
+def test_recall_rising_blocks_a_plateau_stop(rule_cls):
+    fids = [100.0, 40.0] + noisy([10.0] * 38, 0.02, seed=4)
+    rising = [min(0.95, 0.05 + 0.02 * i) for i in range(40)]
+    stop, message = feed(rule_cls(), fids, recalls=rising)
+    assert stop is None, message
+    # The same FIDs with a flat recall stop; and ignoring recall (recall_tolerance=None) stops too.
+    assert feed(rule_cls(), fids, recalls=[0.5] * 40)[0] is not None
+    assert feed(rule_cls(recall_tolerance=None), fids, recalls=rising)[0] is not None
+
+
+def test_collapse_fires_with_its_own_reason_and_not_on_a_healthy_run():
+    # Improves with recall 0.6, then recall falls to 0.1 while the FID climbs back up.
+    fids = [50, 30, 20, 15, 12, 11, 10, 12, 15, 20, 26, 33, 40]
+    recalls = [0.2, 0.4, 0.5, 0.6, 0.6, 0.62, 0.6, 0.4, 0.25, 0.15, 0.1, 0.08, 0.05]
+    rule = Collapse()
+    stop, message = feed(rule, fids, recalls=recalls)
+    assert rule.reason is StopReason.COLLAPSED and stop is not None and message.startswith("Collapsed")
+    assert 9 * EVERY <= stop <= 11 * EVERY
+    # Healthy: FID falls, recall rises with noise -> never collapsed.
+    healthy = noisy(power_curve(60), 0.03, seed=5)
+    assert feed(Collapse(), healthy, recalls=noisy([min(0.8, 0.1 + 0.02 * i) for i in range(60)], 0.05, 6))[0] is None
+    # Without a recall the rule never fires.
+    assert feed(Collapse(), fids)[0] is None
+
+
+def test_divergence_fires_with_its_own_reason():
+    rule = Divergence()
+    stop, message = rule.update(5, {"train/d_loss": math.nan, "train/g_loss": 1.0})
+    assert stop and rule.reason is StopReason.DIVERGENCE and "not finite" in message
+
+
+@pytest.mark.parametrize("rule_cls", [*RULES, Collapse])
+def test_resume_mid_plateau_gives_the_same_decision_at_the_same_step(rule_cls):
+    fids = power_curve(15) + noisy([power_curve(15)[-1]] * 45, 0.03, seed=7)
+    fids = [f * (1.0 + 0.5 * max(0, i - 30) / 30) for i, f in enumerate(fids)]  # rises at the end (collapse)
+    recalls = [0.5] * 30 + [0.5 * (1 - (i + 1) / 30) for i in range(30)]
+    stds = [0.01 * f for f in fids]
+    reference = feed(rule_cls(), fids, recalls, stds)
+    assert reference[0] is not None
+    stop_index = reference[0] // EVERY
+    for cut in (stop_index - 3, stop_index - 1):
+        first = rule_cls()
+        assert feed(first, fids[:cut], recalls[:cut], stds[:cut])[0] is None
+        state = json.loads(json.dumps(first.state_dict()))  # a checkpoint holds plain data
+        resumed = rule_cls()
+        resumed.load_state_dict(state)
+        rest = None
+        for i in range(cut, len(fids)):
+            stop, message = resumed.update((i + 1) * EVERY, {"val/fid": fids[i], "val/recall": recalls[i],
+                                                             "val/fid_std": stds[i]})
+            if stop:
+                rest = ((i + 1) * EVERY, message)
+                break
+        assert rest == reference
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"tolerance": 0}, "tolerance"), ({"tolerance": 1.5}, "tolerance"), ({"horizon": 0}, "horizon"),
+    ({"window": 1.5}, "window"), ({"patience": 0}, "patience"), ({"min_evaluations": 1}, "min_evaluations"),
+    ({"recall_tolerance": -1}, "recall_tolerance"),
+])
+def test_bad_arguments_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        FIDTrend(**kwargs)
+
+
+def test_bad_collapse_and_noise_arguments_are_refused():
+    with pytest.raises(ValueError, match="recall_drop"):
+        Collapse(recall_drop=1.0)
+    with pytest.raises(ValueError, match="patience"):
+        FIDNoisePlateau(patience=1.0)
+
+
+@pytest.mark.parametrize("rule_cls", RULES)
+def test_no_plateau_before_the_run_takes_off(rule_cls):
+    # 12 evaluations near the first FID (as the MNIST MLP runs of the study, ~1,000 G steps), then the fall.
+    fids = noisy([1600.0] * 12, 0.01, seed=8) + power_curve(40, scale=1500.0)[2:]
+    stop, message = feed(rule_cls(), fids)
+    assert stop is None, message
+    stop, _ = feed(rule_cls(min_progress=0.0), fids)
+    assert stop is not None and stop <= 12 * EVERY  # without the guard the flat start reads as a plateau
+
+
+def test_non_finite_fids_are_left_to_the_divergence_rule():
+    rule = FIDTrend()
+    fids = [10.0] * 3 + [math.nan] * 20
+    assert feed(rule, fids)[0] is None and rule.evaluations == 23 and len(rule.history) == 3
