@@ -641,9 +641,12 @@ class FIDTrend(_EvaluationRule):
         gain = self.projected_gain(g_step)
         horizon_steps = self.horizon * g_step
         blocked = self._recall_rising(self._window(g_step, self.window), horizon_steps)
-        why = (f"the trend of log {self.monitor} over the last {self.window:.0%} of the run projects a gain of "
-               f"{gain:.1%} < {self.tolerance:.1%} over the next {horizon_steps:.0f} G steps")
+        why = (f"{self._fit_description()} projects a gain of {gain:.1%} < {self.tolerance:.1%} over the next "
+               f"{horizon_steps:.0f} G steps")
         return self._verdict(g_step, gain < self.tolerance, why, blocked, self.patience)
+
+    def _fit_description(self) -> str:
+        return f"the trend of log {self.monitor} over the last {self.window:.0%} of the run"
 
 
 class FIDNoisePlateau(_EvaluationRule):
@@ -754,7 +757,7 @@ def fit_power_law(steps: Sequence[float], values: Sequence[float]) -> tuple[floa
     return best[1], best[2], best[3]
 
 
-class FIDPowerLaw(_EvaluationRule):
+class FIDPowerLaw(FIDTrend):
     """Stop when a power-law learning curve fitted to the FID projects less than ``tolerance`` of gain.
 
     Rule: fit ``FID(t) = c + a * t^-alpha`` (Domhan et al., IJCAI 2015, use this among their curve family) to
@@ -765,34 +768,6 @@ class FIDPowerLaw(_EvaluationRule):
     Args: as :class:`FIDTrend`.
     """
 
-    reason = StopReason.FID_PLATEAU
-
-    def __init__(
-        self,
-        tolerance: float = 0.05,
-        horizon: float = 1.0,
-        window: float = 0.5,
-        patience: int = 2,
-        min_evaluations: int = 5,
-        recall_tolerance: Optional[float] = 0.02,
-        warmup_g_steps: int = 0,
-        monitor: str = "val/fid",
-        noise_key: str = "val/fid_std",
-        recall_key: str = "val/recall",
-        min_progress: float = 0.5,
-    ) -> None:
-        name = type(self).__name__
-        self._init_common(tolerance, warmup_g_steps, min_evaluations, recall_tolerance, monitor, noise_key, recall_key,
-                          min_progress)
-        self.horizon = _need_number(name, "horizon", horizon, 0.0, strict=True)
-        self.window = _need_number(name, "window", window, 0.0, strict=True)
-        if self.window > 1.0:
-            raise ValueError(f"{name}: window is a share of the run and must be <= 1, got {window!r}.")
-        self.patience = _need_int(name, "patience", patience, 1)
-
-    def config(self) -> dict[str, Any]:
-        return {"horizon": self.horizon, "window": self.window, "patience": self.patience, **self._common_config()}
-
     def projected_gain(self, g_step: int) -> float:
         rows = self._window(g_step, self.window)
         c, a, alpha = fit_power_law([float(max(r[0], 1)) for r in rows], [r[1] for r in rows])
@@ -800,15 +775,8 @@ class FIDPowerLaw(_EvaluationRule):
         later = c + a * ((1.0 + self.horizon) * max(g_step, 1)) ** -alpha
         return max(0.0, (now - later) / now) if now > 0 else 0.0
 
-    def update(self, g_step: int, metrics: Mapping[str, float]) -> tuple[bool, str]:
-        if not self._record(g_step, metrics):
-            return False, ""
-        gain = self.projected_gain(g_step)
-        horizon_steps = self.horizon * g_step
-        blocked = self._recall_rising(self._window(g_step, self.window), horizon_steps)
-        why = (f"a power law fitted to {self.monitor} projects a gain of {gain:.1%} < {self.tolerance:.1%} over the "
-               f"next {horizon_steps:.0f} G steps")
-        return self._verdict(g_step, gain < self.tolerance, why, blocked, self.patience)
+    def _fit_description(self) -> str:
+        return f"a power law fitted to {self.monitor}"
 
 
 class Collapse(StopRule):
