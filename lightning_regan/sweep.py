@@ -18,7 +18,8 @@ import yaml
 TRIAL_FIELDS = ("g_steps", "pruned_at", "best_fid", "status")
 
 
-def _fmt(value: Any) -> str:
+def format_cell(value: Any) -> str:
+    """A table cell: empty for ``None``, 4 significant digits for a finite float."""
     if value is None:
         return ""
     if isinstance(value, float):
@@ -106,7 +107,7 @@ def write_sweep_report(study: Any, sweep_dir: Path) -> dict[str, Optional[Path]]
              f"{len(records)} trials, {n_pruned} pruned. Steps are generator updates (G steps).", "",
              "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for r, row in zip(records, rows):
-        cells = [_fmt(v) for v in row]
+        cells = [format_cell(v) for v in row]
         if best is not None and r is best:
             cells = [f"**{c}**" if c else c for c in cells]
         lines.append("| " + " | ".join(cells) + " |")
@@ -117,8 +118,8 @@ def write_sweep_report(study: Any, sweep_dir: Path) -> dict[str, Optional[Path]]
                      f"counted at their max_g_steps): {share:.0%}.")
     best_path: Optional[Path] = None
     if best is not None:
-        params = ", ".join(f"{k}={_fmt(v)}" for k, v in best["params"].items())
-        lines.append(f"Best trial: {best['trial']} ({params}), best FID {_fmt(best['best_fid'])}; its config: "
+        params = ", ".join(f"{k}={format_cell(v)}" for k, v in best["params"].items())
+        lines.append(f"Best trial: {best['trial']} ({params}), best FID {format_cell(best['best_fid'])}; its config: "
                      f"best_trial.yaml.")
         config = None
         if best["output_dir"] and (Path(best["output_dir"]) / ".hydra" / "config.yaml").is_file():
@@ -150,4 +151,4 @@ def load_study(storage: str, study_name: Optional[str] = None) -> Any:
     return optuna.load_study(study_name=study_name, storage=backend)
 
 
-__all__ = ["best_record", "g_step_totals", "load_study", "trial_records", "write_sweep_report"]
+__all__ = ["best_record", "format_cell", "g_step_totals", "load_study", "trial_records", "write_sweep_report"]

@@ -27,6 +27,8 @@ from typing import Any, Optional
 
 import yaml
 
+from lightning_regan.sweep import format_cell
+
 #: summary.json fields copied into the table, in this order.
 SUMMARY_FIELDS = (
     "status", "stop_reason", "g_steps", "d_steps", "best_fid", "best_fid_step", "final_fid",
@@ -117,13 +119,6 @@ def table_rows(runs: Sequence[dict[str, Any]]) -> tuple[list[str], list[dict[str
     return header, rows
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4g}" if math.isfinite(value) else str(value)
-    return str(value)
-
 
 def best_run(runs: Sequence[dict[str, Any]]) -> Optional[dict[str, Any]]:
     """The run with the lowest finite ``best_fid`` (``None`` when no run has one)."""
@@ -147,12 +142,12 @@ def write_markdown(runs: Sequence[dict[str, Any]], path: Path, title: str) -> Pa
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join("---" for _ in header) + "|")
     for run, row in zip(runs, rows):
-        cells = [_fmt(row[h]) for h in header]
+        cells = [format_cell(row[h]) for h in header]
         if best is not None and run is best:
             cells = [f"**{c}**" if c else c for c in cells]
         lines.append("| " + " | ".join(cells) + " |")
     if best is not None:
-        lines += ["", f"Best FID: job `{best['job']}` ({_describe(best)}), best_fid={_fmt(best['best_fid'])} "
+        lines += ["", f"Best FID: job `{best['job']}` ({_describe(best)}), best_fid={format_cell(best['best_fid'])} "
                       f"at G step {best['best_fid_step']}."]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
