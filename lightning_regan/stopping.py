@@ -465,6 +465,12 @@ def theil_sen_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
     return statistics.median(slopes) if slopes else 0.0
 
 
+def _history_row(row: Sequence[Any]) -> list[Optional[float]]:
+    """A ``[g_step, fid, fid_std, recall]`` row read back from a state dict."""
+    return [int(row[0]), float(row[1]), None if row[2] is None else float(row[2]),
+            None if row[3] is None else float(row[3])]
+
+
 class _EvaluationRule(StopRule):
     """Shared part of the rules fed once per FID evaluation: input checks, warmup, history, recall guard.
 
@@ -558,10 +564,7 @@ class _EvaluationRule(StopRule):
                 "flat_count": self.flat_count}
 
     def _load_common_state(self, state: Mapping[str, Any]) -> None:
-        self.history = [
-            [int(r[0]), float(r[1]), None if r[2] is None else float(r[2]), None if r[3] is None else float(r[3])]
-            for r in state.get("history") or []
-        ]
+        self.history = [_history_row(r) for r in state.get("history") or []]
         self.evaluations = int(state.get("evaluations", len(self.history)))
         self.flat_count = int(state.get("flat_count", 0))
 
@@ -726,9 +729,7 @@ class FIDNoisePlateau(_EvaluationRule):
     def _load_state(self, state: Mapping[str, Any]) -> None:
         self._load_common_state(state)
         ref = state.get("reference")
-        self.reference = None if ref is None else [int(ref[0]), float(ref[1]),
-                                                   None if ref[2] is None else float(ref[2]),
-                                                   None if ref[3] is None else float(ref[3])]
+        self.reference = None if ref is None else _history_row(ref)
 
 
 def fit_power_law(steps: Sequence[float], values: Sequence[float]) -> tuple[float, float, float]:
