@@ -14,8 +14,10 @@ from torch.optim import Optimizer
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from lightning_regan.distributed import all_reduce_gradients, broadcast_buffers, ddp_model, optimizer_parameters
+from lightning_regan.inputs import batch_labels, batch_samples, check_labels, label_distribution
+from lightning_regan.inputs import class_inputs, seeded_inputs, seeded_noise  # public here too (their first home)
 from lightning_regan.losses import AdversarialLoss, get_loss
-from lightning_regan.regularizers import DiscriminatorBatch, Regularizer
+from lightning_regan.regularizers import DiscriminatorBatch, Regularizer, regularizer_dict
 
 OptimizerFactory = Callable[..., Optimizer]
 CHECKPOINT_KEY = "regan"
@@ -33,66 +35,8 @@ def max_steps_for(g_steps: int, n_critic: int = 1) -> int:
     return g_steps * (n_critic + 1)
 
 
-def seeded_inputs(module: nn.Module, n: int, seed: int) -> tuple[Tensor, Optional[Tensor]]:
-    """``(module.sample_noise(n), module.sample_labels(n))`` drawn under a fixed seed without disturbing the global
-    random streams; the labels are ``None`` for an unconditional module.
-
-    The one path for fixed evaluation and sampling inputs (FID, sample grids, ``regan-eval``, ``regan-sample``), so a
-    custom prior (an overridden ``sample_noise`` or ``sample_labels``) is evaluated on the distribution it trains on.
-    Every rank gets the same inputs, and a run draws the same training noise with or without the callbacks that call
-    this. The noise is drawn first, so it does not depend on whether labels follow.
-    """
-    device = getattr(module, "device", torch.device("cpu"))
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        z = module.sample_noise(n).detach()
-        labels = module.sample_labels(n) if getattr(module, "conditional", False) else None
-        return z, labels
-
-
-def class_inputs(module: nn.Module, per_class: int, seed: int, classes: Optional[Sequence[int]] = None) -> tuple[Tensor, Tensor]:
-    """Inputs of a per-class grid: ``per_class`` noise vectors (:func:`seeded_noise`) repeated for each class of
-    ``classes`` (default all ``module.num_classes``), labels ``[c0]*per_class + [c1]*per_class + ...``.
-
-    Row ``i`` of a grid with ``per_class`` columns is class ``classes[i]``; a column keeps the same noise.
-    """
-    num_classes = getattr(module, "num_classes", None)
-    if num_classes is None:
-        raise ValueError("class_inputs: the module is unconditional (num_classes=None).")
-    classes = list(range(num_classes)) if classes is None else [int(c) for c in classes]
-    bad = [c for c in classes if not 0 <= c < num_classes]
-    if bad or not classes:
-        raise ValueError(f"class_inputs: classes must lie in [0, {num_classes}), got {classes}.")
-    z = seeded_noise(module, per_class, seed)
-    labels = torch.tensor(classes, device=z.device).repeat_interleave(per_class)
-    return z.repeat(len(classes), *([1] * (z.dim() - 1))), labels
-
-
-def seeded_noise(module: nn.Module, n: int, seed: int) -> Tensor:
-    """The noise of :func:`seeded_inputs` alone (``module.sample_noise(n)`` under ``seed``)."""
-    return seeded_inputs(module, n, seed)[0]
-
-
 def _default_optimizer() -> OptimizerFactory:
     return functools.partial(torch.optim.Adam, lr=2e-4, betas=(0.5, 0.999))
-
-
-def _as_module_dict(regularizers: Union[None, Mapping[str, Regularizer], Sequence[Regularizer]]) -> nn.ModuleDict:
-    if regularizers is None:
-        return nn.ModuleDict()
-    if isinstance(regularizers, Mapping):
-        items = list(regularizers.items())
-    else:
-        items = [(getattr(r, "default_name", type(r).__name__.lower()), r) for r in regularizers]
-    out = nn.ModuleDict()
-    for name, reg in items:
-        if not isinstance(reg, Regularizer):
-            raise TypeError(f"regularizer {name!r} must be a lightning_regan.regularizers.Regularizer, got {type(reg).__name__}.")
-        if name in out:
-            raise ValueError(f"Two regularizers are named {name!r}; pass a dict to give them distinct names.")
-        out[name] = reg
-    return out
 
 
 class GANModule(L.LightningModule):
@@ -166,17 +110,6 @@ class GANModule(L.LightningModule):
             raise ValueError(f"GANModule: num_fixed_samples must be >= 1, got {num_fixed_samples!r}.")
         if num_classes is not None and (not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2):
             raise ValueError(f"GANModule: num_classes must be an integer >= 2 or None (unconditional), got {num_classes!r}.")
-        probs: Optional[Tensor] = None
-        if label_probs is not None:
-            if num_classes is None:
-                raise ValueError("GANModule: label_probs needs num_classes (it is for class-conditional GANs).")
-            probs = torch.as_tensor(list(label_probs), dtype=torch.float64)
-            if probs.shape != (num_classes,) or not bool(torch.isfinite(probs).all()) or bool((probs < 0).any()) or float(probs.sum()) <= 0:
-                raise ValueError(
-                    f"GANModule: label_probs must hold num_classes={num_classes} finite non-negative weights, not all "
-                    f"zero; got {list(label_probs)!r}."
-                )
-            probs = (probs / probs.sum()).float()
         latent_dim = latent_dim if latent_dim is not None else getattr(generator, "latent_dim", None)
         if not isinstance(latent_dim, int) or latent_dim < 1:
             raise ValueError(
@@ -189,7 +122,7 @@ class GANModule(L.LightningModule):
         self.generator = generator
         self.discriminator = discriminator
         self.loss = get_loss(loss)
-        self.regularizers = _as_module_dict(regularizers)
+        self.regularizers = regularizer_dict(regularizers)
         self.g_optimizer_factory = g_optimizer or _default_optimizer()
         self.d_optimizer_factory = d_optimizer or _default_optimizer()
         self.n_critic = n_critic
@@ -204,7 +137,7 @@ class GANModule(L.LightningModule):
             self.ema_generator.requires_grad_(False)
         self.num_classes = num_classes
         #: Class frequencies of :meth:`sample_labels` (``None``: uniform). Not a buffer: part of the config.
-        self.label_probs = probs
+        self.label_probs = label_distribution(label_probs, num_classes)
         self.num_fixed_samples = num_fixed_samples
         self.fixed_noise_seed = seed
         self._fixed_noise: Optional[Tensor] = None
@@ -256,19 +189,7 @@ class GANModule(L.LightningModule):
     def check_labels(self, labels: Optional[Tensor], n: int) -> Optional[Tensor]:
         """``labels`` as a long tensor on the module's device for a conditional module (clear errors otherwise);
         ``None`` for an unconditional one."""
-        if not self.conditional:
-            if labels is not None:
-                raise ValueError("GANModule: labels were given but the module is unconditional (set num_classes=...).")
-            return None
-        if labels is None:
-            raise ValueError(
-                f"GANModule: the module is class-conditional (num_classes={self.num_classes}) and needs labels; pass y=... "
-                "or use a loader that yields (images, labels)."
-            )
-        labels = torch.as_tensor(labels, device=self.device)
-        if labels.shape != (n,) or labels.dtype.is_floating_point or labels.dtype == torch.bool:
-            raise ValueError(f"GANModule: labels must be {n} integer class indices, got shape {tuple(labels.shape)} ({labels.dtype}).")
-        return labels.long()
+        return check_labels(labels, n, self.num_classes, self.device)
 
     def run_generator(self, generator: nn.Module, z: Tensor, labels: Optional[Tensor] = None) -> Tensor:
         """``generator(z)``, or ``generator(z, labels)`` when labels are given."""
@@ -315,33 +236,9 @@ class GANModule(L.LightningModule):
             self.d_optimizer_factory(self.discriminator.parameters()),
         ]
 
-    @staticmethod
-    def real_labels(batch: Any) -> Optional[Tensor]:
-        """The labels of a batch, or ``None``: ``(x, y, ...)`` or a mapping with ``label(s)``/``y``."""
-        if isinstance(batch, Mapping):
-            for key in ("label", "labels", "y"):
-                if key in batch:
-                    return batch[key]
-            return None
-        if isinstance(batch, (list, tuple)) and len(batch) > 1 and isinstance(batch[1], Tensor):
-            return batch[1]
-        return None
-
-    @staticmethod
-    def real_samples(batch: Any) -> Tensor:
-        """Extract the real samples from a batch: a tensor, ``(x, y, ...)`` or a mapping with ``image(s)``."""
-        if isinstance(batch, Mapping):
-            for key in ("image", "images", "x"):
-                if key in batch:
-                    batch = batch[key]
-                    break
-            else:
-                raise ValueError(f"Batch mapping has no 'image'/'images'/'x' key (keys: {sorted(batch)}).")
-        elif isinstance(batch, (list, tuple)):
-            batch = batch[0]
-        if not isinstance(batch, Tensor):
-            raise TypeError(f"Expected the batch to hold a tensor of samples, got {type(batch).__name__}.")
-        return batch
+    #: The samples and the labels of a batch (override for other batch layouts).
+    real_samples = staticmethod(batch_samples)
+    real_labels = staticmethod(batch_labels)
 
     def _attached_trainer(self) -> Optional[L.Trainer]:
         """The Trainer running this module, or ``None`` outside ``fit`` (public API: ``trainer`` raises then)."""

@@ -13,7 +13,8 @@ single lazy term); set the D optimizer yourself if you want it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from collections.abc import Mapping, Sequence
+from typing import Optional, Union
 
 import torch
 import torch.distributed as dist
@@ -313,6 +314,27 @@ def has_spectral_norm(module: nn.Module) -> bool:
     return any(parametrize.is_parametrized(m, "weight") for m in module.modules() if isinstance(m, _SN_LAYERS))
 
 
+def regularizer_dict(regularizers: Union[None, Mapping[str, Regularizer], Sequence[Regularizer]]) -> nn.ModuleDict:
+    """Regularizers as a ``{name: regularizer}`` ModuleDict: a mapping keeps its names, a list takes each one's
+    ``default_name`` (clear errors for a non-regularizer or a repeated name)."""
+    if regularizers is None:
+        return nn.ModuleDict()
+    if isinstance(regularizers, Mapping):
+        items = list(regularizers.items())
+    else:
+        items = [(getattr(r, "default_name", type(r).__name__.lower()), r) for r in regularizers]
+    out = nn.ModuleDict()
+    for name, reg in items:
+        if not isinstance(reg, Regularizer):
+            raise TypeError(
+                f"regularizer {name!r} must be a lightning_regan.regularizers.Regularizer, got {type(reg).__name__}."
+            )
+        if name in out:
+            raise ValueError(f"Two regularizers are named {name!r}; pass a dict to give them distinct names.")
+        out[name] = reg
+    return out
+
+
 __all__ = [
     "DiscriminatorBatch",
     "LeCam",
@@ -324,5 +346,6 @@ __all__ = [
     "WeightL2",
     "has_spectral_norm",
     "input_gradients",
+    "regularizer_dict",
     "spectral_norm",
 ]

@@ -16,7 +16,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_regan.callbacks.mode_coverage import ModeCoverageMonitor
-from lightning_regan.callbacks.samples import SampleGrid, seeded_noise
+from lightning_regan.callbacks.samples import SampleGrid
+from lightning_regan.inputs import seeded_noise
 from lightning_regan.data import DigitsDataModule, GaussianMixtureDataModule
 
 pytestmark = [

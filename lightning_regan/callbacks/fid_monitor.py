@@ -30,7 +30,7 @@ from lightning_regan.fid.extractors import (
 from lightning_regan.fid.metric import FeatureDistances
 from lightning_regan.fid.stats import RealSource, RealStatistics, dataset_cache_key, load_or_compute_real_statistics, real_source_of
 from lightning_regan.fid.weights import PathLike
-from lightning_regan.module import seeded_inputs
+from lightning_regan.inputs import seeded_inputs
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ import torch
 from torch import Tensor
 
 from lightning_regan.callbacks.g_step import GStepCallback, g_steps_of, is_due, publish_metrics
-from lightning_regan.module import seeded_inputs
 from lightning_regan.data.gaussians import MIN_FRACTION, mode_coverage
+from lightning_regan.inputs import seeded_inputs
 
 
 class ModeCoverageMonitor(GStepCallback):

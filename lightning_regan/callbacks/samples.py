@@ -12,7 +12,7 @@ from torch import Tensor
 
 from lightning_regan.atomic import atomic_write
 from lightning_regan.callbacks.g_step import GStepCallback, g_steps_of, is_due
-from lightning_regan.module import class_inputs, seeded_inputs, seeded_noise
+from lightning_regan.inputs import class_inputs, seeded_inputs
 
 
 def save_image_grid(images: Tensor, path: Union[str, Path], nrow: int = 8) -> Path:
@@ -177,4 +177,4 @@ class SampleGrid(GStepCallback):
         self.written = [(int(g), Path(p)) for g, p in state_dict.get("written", [])]
 
 
-__all__ = ["SampleGrid", "save_image_grid", "save_scatter", "seeded_noise"]
+__all__ = ["SampleGrid", "save_image_grid", "save_scatter"]

@@ -15,7 +15,8 @@ from torch import Tensor
 from lightning_regan.atomic import atomic_write
 from lightning_regan.cli.checkpoints import CheckpointError, read_checkpoint
 
-from lightning_regan.module import CHECKPOINT_KEY, GANModule, class_inputs, seeded_inputs
+from lightning_regan.inputs import class_inputs, seeded_inputs
+from lightning_regan.module import CHECKPOINT_KEY, GANModule
 
 
 def load_module(ckpt_path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[GANModule, DictConfig]:
