@@ -1,4 +1,4 @@
-"""Loss and FID curves of a run, marking where and why training stopped.
+"""A run's pictures: loss and FID curves marking where and why training stopped, sample grids, 2-D scatter plots.
 
 Figures are drawn with matplotlib's object API on the Agg canvas (no pyplot state, no display needed),
 so plotting never changes the user's matplotlib backend.
@@ -6,13 +6,20 @@ so plotting never changes the user's matplotlib backend.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
+import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from torch import Tensor
+
+from lightning_regan.atomic import atomic_write
+
+log = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
 StopMark = Optional[tuple[int, str]]
@@ -139,4 +146,73 @@ def plot_fid(
     return _save(fig, path)
 
 
-__all__ = ["plot_fid", "plot_losses"]
+def plot_run(summary: Mapping[str, Any], loss_history: Sequence[Sequence[Optional[float]]],
+             plot_dir: Path) -> dict[str, str]:
+    """``losses.png`` and (with an FID history) ``fid.png`` of a run in ``plot_dir``, from its ``summary.json``
+    fields; returns the written plots relative to the run folder. A plot that fails is logged, never raised, so it
+    cannot cost the run its summary."""
+    written: dict[str, str] = {}
+    stop = (int(summary["stopped_g_step"]), str(summary["stop_reason"]))
+    try:
+        plot_losses(loss_history, plot_dir / "losses.png", stop=stop)
+        written["losses"] = "plots/losses.png"
+        if summary["fid_history"]:
+            best = None
+            if summary["best_fid"] is not None:
+                best = (int(summary["best_fid_step"]), float(summary["best_fid"]))
+            plot_fid(summary["fid_history"], plot_dir / "fid.png", stop=stop, best=best,
+                     smoothed=summary.get("fid_smoothed"), coverage=summary.get("coverage_history"))
+            written["fid"] = "plots/fid.png"
+    except Exception as err:
+        log.warning("RunSummary: could not write plots into %s: %s", plot_dir, err)
+    return written
+
+
+def save_image_grid(images: Tensor, path: Union[str, Path], nrow: int = 8) -> Path:
+    """Save images ``(N, C, H, W)`` (or ``(N, H, W)``) in [-1, 1] as one PNG grid, atomically."""
+    from torchvision.utils import save_image
+
+    if images.dim() == 3:
+        images = images.unsqueeze(1)
+    if images.dim() != 4:
+        raise ValueError(f"save_image_grid: expected images of shape (N, C, H, W), got {tuple(images.shape)}.")
+    unit = (images.detach().float().cpu().nan_to_num(0.0).clamp(-1, 1) + 1) / 2
+    return atomic_write(Path(path), lambda p: save_image(unit, p, nrow=nrow, format="png"))
+
+
+def save_scatter(
+    points: Tensor,
+    path: Union[str, Path],
+    real: Optional[Tensor] = None,
+    centers: Optional[Tensor] = None,
+    title: Optional[str] = None,
+) -> Path:
+    """Save a scatter PNG of generated 2-D ``points`` over ``real`` points (and mixture ``centers``), atomically."""
+    if points.dim() != 2 or points.shape[1] < 2:
+        raise ValueError(f"save_scatter: expected points of shape (N, 2), got {tuple(points.shape)}.")
+    fig = Figure(figsize=(4, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    if real is not None:
+        r = real.detach().float().cpu()
+        ax.scatter(r[:, 0], r[:, 1], s=2, c="tab:gray", alpha=0.3, label="real")
+    g = points.detach().float().cpu()
+    ax.scatter(g[:, 0], g[:, 1], s=2, c="tab:blue", alpha=0.5, label="generated")
+    if centers is not None:
+        c = centers.detach().float().cpu()
+        ax.scatter(c[:, 0], c[:, 1], s=12, c="tab:red", marker="x", linewidths=0.8, label="modes")
+    if real is not None or centers is not None:  # frame on the data, so that far-off samples do not squash it
+        ref = torch.cat([t.detach().float().cpu()[:, :2] for t in (real, centers) if t is not None])
+        lo, hi = ref.min(0).values, ref.max(0).values
+        pad = 0.25 * (hi - lo).clamp_min(1e-3)
+        ax.set_xlim(float(lo[0] - pad[0]), float(hi[0] + pad[0]))
+        ax.set_ylim(float(lo[1] - pad[1]), float(hi[1] + pad[1]))
+    ax.set_aspect("equal", adjustable="box")
+    ax.legend(loc="upper right", fontsize=6, markerscale=3)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return atomic_write(Path(path), lambda p: fig.savefig(p, format="png"))
+
+
+__all__ = ["plot_fid", "plot_losses", "plot_run", "save_image_grid", "save_scatter"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional, Protocol, Union, runtime_checkable
 
@@ -128,7 +127,9 @@ class RunSummary(GStepCallback):
             return
         summary = self.build_summary(trainer, pl_module, failure)
         if self.plots:
-            summary["plots"] = self._write_plots(trainer, summary)
+            from lightning_regan.plots import plot_run
+
+            summary["plots"] = plot_run(summary, self.loss_history, self.output_dir / "plots")
         self.summary = summary
         write_json_atomic(self.summary_path, summary)
         log.info("RunSummary: %s (%s) -> %s", summary["status"], summary["stop_reason"], self.summary_path)
@@ -189,26 +190,6 @@ class RunSummary(GStepCallback):
         if trainer.should_stop:
             return "stopped_early", "trainer_should_stop"
         return "completed", "max_steps"
-
-    def _write_plots(self, trainer: L.Trainer, summary: Mapping[str, Any]) -> dict[str, str]:
-        from lightning_regan.plots import plot_fid, plot_losses
-
-        written: dict[str, str] = {}
-        stop = (int(summary["stopped_g_step"]), str(summary["stop_reason"]))
-        plot_dir = self.output_dir / "plots"
-        try:
-            plot_losses(self.loss_history, plot_dir / "losses.png", stop=stop)
-            written["losses"] = "plots/losses.png"
-            if summary["fid_history"]:
-                best = None
-                if summary["best_fid"] is not None:
-                    best = (int(summary["best_fid_step"]), float(summary["best_fid"]))
-                plot_fid(summary["fid_history"], plot_dir / "fid.png", stop=stop, best=best,
-                         smoothed=summary.get("fid_smoothed"), coverage=summary.get("coverage_history"))
-                written["fid"] = "plots/fid.png"
-        except Exception as err:  # a plot must never cost the run its summary
-            log.warning("RunSummary: could not write plots into %s: %s", plot_dir, err)
-        return written
 
 
 __all__ = ["RunSummary", "SummaryFields", "write_json_atomic"]

@@ -15,57 +15,6 @@ from lightning_regan.callbacks.g_step import GStepCallback, g_steps_of, is_due
 from lightning_regan.inputs import class_inputs, seeded_inputs
 
 
-def save_image_grid(images: Tensor, path: Union[str, Path], nrow: int = 8) -> Path:
-    """Save images ``(N, C, H, W)`` (or ``(N, H, W)``) in [-1, 1] as one PNG grid, atomically."""
-    from torchvision.utils import save_image
-
-    if images.dim() == 3:
-        images = images.unsqueeze(1)
-    if images.dim() != 4:
-        raise ValueError(f"save_image_grid: expected images of shape (N, C, H, W), got {tuple(images.shape)}.")
-    unit = (images.detach().float().cpu().nan_to_num(0.0).clamp(-1, 1) + 1) / 2
-    return atomic_write(Path(path), lambda p: save_image(unit, p, nrow=nrow, format="png"))
-
-
-def save_scatter(
-    points: Tensor,
-    path: Union[str, Path],
-    real: Optional[Tensor] = None,
-    centers: Optional[Tensor] = None,
-    title: Optional[str] = None,
-) -> Path:
-    """Save a scatter PNG of generated 2-D ``points`` over ``real`` points (and mixture ``centers``), atomically.
-
-    Uses a bare ``matplotlib.figure.Figure``, so it neither needs nor changes pyplot's backend.
-    """
-    from matplotlib.figure import Figure
-
-    if points.dim() != 2 or points.shape[1] < 2:
-        raise ValueError(f"save_scatter: expected points of shape (N, 2), got {tuple(points.shape)}.")
-    fig = Figure(figsize=(4, 4), dpi=100)
-    ax = fig.add_subplot()
-    if real is not None:
-        r = real.detach().float().cpu()
-        ax.scatter(r[:, 0], r[:, 1], s=2, c="tab:gray", alpha=0.3, label="real")
-    g = points.detach().float().cpu()
-    ax.scatter(g[:, 0], g[:, 1], s=2, c="tab:blue", alpha=0.5, label="generated")
-    if centers is not None:
-        c = centers.detach().float().cpu()
-        ax.scatter(c[:, 0], c[:, 1], s=12, c="tab:red", marker="x", linewidths=0.8, label="modes")
-    if real is not None or centers is not None:  # frame on the data, so that far-off samples do not squash it
-        ref = torch.cat([t.detach().float().cpu()[:, :2] for t in (real, centers) if t is not None])
-        lo, hi = ref.min(0).values, ref.max(0).values
-        pad = 0.25 * (hi - lo).clamp_min(1e-3)
-        ax.set_xlim(float(lo[0] - pad[0]), float(hi[0] + pad[0]))
-        ax.set_ylim(float(lo[1] - pad[1]), float(hi[1] + pad[1]))
-    ax.set_aspect("equal", adjustable="box")
-    ax.legend(loc="upper right", fontsize=6, markerscale=3)
-    if title:
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    return atomic_write(Path(path), lambda p: fig.savefig(p, format="png"))
-
-
 def _real_points(datamodule: Any, n: int) -> Optional[Tensor]:
     """The first ``n`` samples of ``datamodule.reference_dataset()`` stacked, or ``None``."""
     fn = getattr(datamodule, "reference_dataset", None)
@@ -142,6 +91,8 @@ class SampleGrid(GStepCallback):
         """Write ``step_<g_step>.png`` and ``last.png`` (rank zero only); returns the step file's path."""
         if not trainer.is_global_zero:
             return None
+        from lightning_regan.plots import save_image_grid
+
         if getattr(pl_module, "conditional", False):
             z, labels = class_inputs(pl_module, self.nrow, pl_module.fixed_noise_seed)
             samples = pl_module.generate(z=z, y=labels)
@@ -157,6 +108,8 @@ class SampleGrid(GStepCallback):
         return target
 
     def _write_points(self, trainer: L.Trainer, pl_module: L.LightningModule, target: Path, g_step: int) -> None:
+        from lightning_regan.plots import save_scatter
+
         if self._point_noise is None:
             z, labels = seeded_inputs(pl_module, self.num_points, self.seed)
             self._point_noise, self._point_labels = z.cpu(), labels
@@ -177,4 +130,4 @@ class SampleGrid(GStepCallback):
         self.written = [(int(g), Path(p)) for g, p in state_dict.get("written", [])]
 
 
-__all__ = ["SampleGrid", "save_image_grid", "save_scatter"]
+__all__ = ["SampleGrid"]

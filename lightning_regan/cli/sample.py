@@ -63,9 +63,11 @@ def save_samples(samples: Tensor, out: Path, nrow: int = 8, folder: bool = False
     """
     from torchvision.utils import save_image
 
+    from lightning_regan.plots import save_image_grid, save_scatter
+
     out.parent.mkdir(parents=True, exist_ok=True)
     if samples.dim() == 2:  # points
-        return [_save_scatter(samples, out)]
+        return [save_scatter(samples, out)]
     if folder:
         out.mkdir(parents=True, exist_ok=True)
         written = []
@@ -74,23 +76,7 @@ def save_samples(samples: Tensor, out: Path, nrow: int = 8, folder: bool = False
             atomic_write(target, lambda p, img=img: save_image(img, p, format="png"))
             written.append(target)
         return written
-    atomic_write(out, lambda p: save_image(to_unit_range(samples), p, nrow=nrow, format="png"))
-    return [out]
-
-
-def _save_scatter(points: Tensor, out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4, 4))
-    pts = points.float().cpu()
-    ax.scatter(pts[:, 0], pts[:, 1], s=3, alpha=0.5)
-    ax.set_aspect("equal")
-    atomic_write(out, lambda p: fig.savefig(p, format="png", dpi=100))
-    plt.close(fig)
-    return out
+    return [save_image_grid(samples, out, nrow=nrow)]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
