@@ -1,4 +1,5 @@
-"""The table of an Optuna sweep (``hydra/sweeper=regan_optuna``): one row per trial, the best trial, the G steps.
+"""The table of an Optuna sweep (``hydra/sweeper=regan_optuna``): one row per trial, the best trial, the G steps;
+and the study's storage (:func:`open_storage`), shared by the sweeper, the pruning callback and the table.
 
 Built from the study alone (its storage holds each trial's parameters, state, intermediate FIDs and the fields
 the sweeper copied from the job's ``summary.json``), so it can be rebuilt at any time, also for a killed sweep:
@@ -136,11 +137,26 @@ def write_sweep_report(study: Any, sweep_dir: Path) -> dict[str, Optional[Path]]
     return {"csv": csv_path, "markdown": md_path, "best": best_path}
 
 
+def open_storage(storage: str) -> Any:
+    """An Optuna storage from a URL (``sqlite:///...``, ``postgresql://...``) or a journal file path.
+
+    A journal file (``optuna.storages.JournalStorage`` on ``JournalFileBackend``) needs no server and works
+    on any folder all jobs share (NFS included); a URL is handed to Optuna as it is.
+    """
+    import optuna
+
+    if not isinstance(storage, str) or not storage.strip():
+        raise ValueError(f"Optuna storage must be a URL or a journal file path, got {storage!r}.")
+    if "://" in storage:
+        return optuna.storages.get_storage(storage)
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(str(storage)))
+
+
 def load_study(storage: str, study_name: Optional[str] = None) -> Any:
     """Load a study from a storage URL or journal file (the only study there when ``study_name`` is ``None``)."""
     import optuna
-
-    from lightning_regan.callbacks.optuna_pruning import open_storage
 
     backend = open_storage(storage)
     if study_name is None:
@@ -151,4 +167,5 @@ def load_study(storage: str, study_name: Optional[str] = None) -> Any:
     return optuna.load_study(study_name=study_name, storage=backend)
 
 
-__all__ = ["best_record", "format_cell", "g_step_totals", "load_study", "trial_records", "write_sweep_report"]
+__all__ = ["best_record", "format_cell", "g_step_totals", "load_study", "open_storage", "trial_records",
+           "write_sweep_report"]

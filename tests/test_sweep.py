@@ -15,8 +15,7 @@ import pytest
 import yaml
 
 from lightning_regan.callbacks import OptunaPruning, RunSummary
-from lightning_regan.callbacks.optuna_pruning import open_storage
-from lightning_regan.sweep import load_study, trial_records, write_sweep_report
+from lightning_regan.sweep import load_study, open_storage, trial_records, write_sweep_report
 
 from test_early_termination import ScriptedFID, ScriptedGAN, fit
 

@@ -177,8 +177,7 @@ class ReganOptunaSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> Any:
         import optuna
 
-        from lightning_regan.callbacks.optuna_pruning import open_storage
-        from lightning_regan.sweep import write_sweep_report
+        from lightning_regan.sweep import open_storage, write_sweep_report
 
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)

@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from lightning_regan.callbacks.g_step import GStepCallback, g_steps_of, to_float
+from lightning_regan.callbacks.g_step import GStepCallback, NewEvaluations, g_steps_of, to_float
 from lightning_regan.stopping import (
     CODE_REASONS,
     FID_RULES,
@@ -112,19 +112,16 @@ class EarlyTermination(GStepCallback):
             if not (isinstance(tolerance, (int, float)) and not isinstance(tolerance, bool) and 0 < tolerance < 1):
                 raise ValueError(f"EarlyTermination: tolerance must be a number in (0, 1) (0.05 = 5 %), got {tolerance!r}.")
             fid_plateau.tolerance = float(tolerance)
-        if collapse is not None and collapse.monitor != fid_monitor:
-            raise ValueError(
-                f"EarlyTermination: collapse.monitor ({collapse.monitor!r}) differs from fid_monitor ({fid_monitor!r})."
-            )
         if not isinstance(fid_monitor, str) or not fid_monitor:
             raise ValueError(
                 f"EarlyTermination: fid_monitor must be a metric name such as 'val/fid', got {fid_monitor!r}."
             )
-        if fid_plateau is not None and fid_plateau.monitor != fid_monitor:
-            raise ValueError(
-                f"EarlyTermination: fid_plateau.monitor ({fid_plateau.monitor!r}) differs from fid_monitor "
-                f"({fid_monitor!r}); give both the same metric name."
-            )
+        for name, rule in (("fid_plateau", fid_plateau), ("collapse", collapse)):
+            if rule is not None and rule.monitor != fid_monitor:
+                raise ValueError(
+                    f"EarlyTermination: {name}.monitor ({rule.monitor!r}) differs from fid_monitor ({fid_monitor!r}); "
+                    "give both the same metric name."
+                )
         self.loss_plateau = loss_plateau
         self.fid_plateau = fid_plateau
         self.divergence = divergence
@@ -146,8 +143,7 @@ class EarlyTermination(GStepCallback):
         self.restored_into: Optional[str] = None
 
         self._best_generator: Optional[dict[str, Tensor]] = None
-        self._last_fid_step: Optional[float] = None
-        self._last_fid_value: Optional[float] = None
+        self._evaluations = NewEvaluations(fid_monitor, f"{fid_monitor}_g_step")
         self._fid_seen = False
         self._pending: list[tuple[StopReason, str]] = []
         self._warned_missing = False
@@ -161,11 +157,6 @@ class EarlyTermination(GStepCallback):
         return {name: rule for name, rule in named.items() if rule is not None}
 
     @property
-    def fid_step_key(self) -> str:
-        """The logged G step of the latest ``fid_monitor`` value."""
-        return f"{self.fid_monitor}_g_step"
-
-    @property
     def state_key(self) -> str:
         return self._generate_state_key(fid_monitor=self.fid_monitor)
 
@@ -176,8 +167,8 @@ class EarlyTermination(GStepCallback):
             "best_fid": self.best_fid,
             "best_fid_step": self.best_fid_step,
             "smoothed_fid": [[g, f] for g, f in self.smoothed_fid],
-            "last_fid_step": self._last_fid_step,
-            "last_fid_value": self._last_fid_value,
+            "last_fid_step": self._evaluations.last_step,
+            "last_fid_value": self._evaluations.last_value,
             "fid_seen": self._fid_seen,
             "status": self.status,
             "stop_reason": None if self.stop_reason is None else self.stop_reason.value,
@@ -193,8 +184,8 @@ class EarlyTermination(GStepCallback):
         self.best_fid = state_dict.get("best_fid")
         self.best_fid_step = state_dict.get("best_fid_step")
         self.smoothed_fid = [(int(g), float(f)) for g, f in state_dict.get("smoothed_fid") or []]
-        self._last_fid_step = state_dict.get("last_fid_step")
-        self._last_fid_value = state_dict.get("last_fid_value")
+        self._evaluations.last_step = state_dict.get("last_fid_step")
+        self._evaluations.last_value = state_dict.get("last_fid_value")
         self._fid_seen = bool(state_dict.get("fid_seen", self.best_fid is not None))
 
     # ------------------------------------------------------------------ hooks
@@ -280,19 +271,6 @@ class EarlyTermination(GStepCallback):
         if self.verbose and trainer.is_global_zero:
             (log.warning if reason is StopReason.DIVERGENCE else log.info)(self.stop_message)
 
-    def _read_metrics(self, trainer: L.Trainer, keys: Iterable[str]) -> dict[str, float]:
-        available = trainer.callback_metrics
-        keys = list(dict.fromkeys(keys))
-        missing = [k for k in keys if k not in available]
-        if missing and not self._warned_missing:
-            self._warned_missing = True
-            if trainer.is_global_zero:
-                log.warning(
-                    "EarlyTermination: %s not logged, so the rules reading them ignore them. Logged metrics: %s.",
-                    ", ".join(missing), ", ".join(sorted(available)) or "none",
-                )
-        return {k: to_float(available[k]) for k in keys if k in available}
-
     @property
     def loss_plateau_active(self) -> bool:
         """Whether the loss-plateau rule applies now (see ``loss_plateau_only_without_fid``)."""
@@ -304,44 +282,37 @@ class EarlyTermination(GStepCallback):
         if g_step <= 0:  # before the first G update (n_critic > 1) there is no G loss to read yet
             return
         loss_plateau = self.loss_plateau if self.loss_plateau_active else None
-        step_rules: list[StopRule] = [r for r in (self.divergence, loss_plateau) if r is not None]
-        if not step_rules:
-            return
-        keys: list[str] = []
-        if self.divergence is not None:
-            keys += self.divergence.keys
-        if loss_plateau is not None:
-            keys += loss_plateau.monitors
-        metrics = self._read_metrics(trainer, keys)
-        for rule in step_rules:
+        keys = [*(self.divergence.keys if self.divergence else ()), *(loss_plateau.monitors if loss_plateau else ())]
+        if keys:
+            self._update_rules(g_step, (self.divergence, loss_plateau), self._read(trainer, keys, warn=True))
+
+    def _update_rules(self, g_step: int, rules: Iterable[Optional[StopRule]], metrics: dict[str, float]) -> None:
+        for rule in rules:
+            if rule is None:
+                continue
             stop, message = rule.update(g_step, metrics)
             if stop:
                 self._pending.append((rule.reason, message))
             elif message:
                 log.debug(message)
 
-    def _new_fid(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Optional[tuple[int, float]]:
-        """The ``(g_step, value)`` of an evaluation logged since the last call, or ``None``."""
-        metrics = trainer.callback_metrics
-        value = metrics.get(self.fid_monitor)
-        if value is None:
-            return None
-        value = to_float(value)
-        step = metrics.get(self.fid_step_key)
-        if step is not None:
-            step = to_float(step)
-            if step == self._last_fid_step:
-                return None
-            self._last_fid_step = step
-            return int(step), value
-        last = self._last_fid_value  # no G step logged with it: a changed value is a new evaluation
-        if last is not None and (value == last or (math.isnan(value) and math.isnan(last))):
-            return None
-        self._last_fid_value = value
-        return g_steps_of(trainer, pl_module), value
+    def _read(self, trainer: L.Trainer, keys: Iterable[str], warn: bool = False) -> dict[str, float]:
+        """The logged ``keys`` that ``trainer.callback_metrics`` holds (with ``warn``, the missing ones are named once:
+        the rules reading them do without)."""
+        available = trainer.callback_metrics
+        keys = list(dict.fromkeys(keys))
+        missing = [k for k in keys if k not in available]
+        if warn and missing and not self._warned_missing:
+            self._warned_missing = True
+            if trainer.is_global_zero:
+                log.warning(
+                    "EarlyTermination: %s not logged, so the rules reading them ignore them. Logged metrics: %s.",
+                    ", ".join(missing), ", ".join(sorted(available)) or "none",
+                )
+        return {k: to_float(available[k]) for k in keys if k in available}
 
     def _ingest_fid(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        new = self._new_fid(trainer, pl_module)
+        new = self._evaluations.read(trainer.callback_metrics, g_steps_of(trainer, pl_module))
         if new is None:
             return
         g_step, fid = new
@@ -359,29 +330,13 @@ class EarlyTermination(GStepCallback):
                 self.best_generator_step = g_step
             if self.verbose and trainer.is_global_zero:
                 log.info("EarlyTermination: new best %s = %.4g at G step %d.", self.fid_monitor, fid, g_step)
-        metrics = self._evaluation_metrics(trainer, fid)
-        for rule in (self.collapse, self.fid_plateau):
-            if rule is None:
-                continue
-            stop, message = rule.update(g_step, metrics)
-            if stop:
-                self._pending.append((rule.reason, message))
-            elif message:
-                log.debug(message)
+        # The evaluation rules get the FID and the other keys they read (noise, recall), logged with it.
+        rules = (self.collapse, self.fid_plateau)
+        metrics = self._read(trainer, [k for rule in rules if rule is not None for k in getattr(rule, "keys", ())])
+        self._update_rules(g_step, rules, {**metrics, self.fid_monitor: fid})
         smoothed = getattr(self.fid_plateau, "smoothed", None)
         if smoothed is not None:
             self.smoothed_fid.append((g_step, float(smoothed)))
-
-    def _evaluation_metrics(self, trainer: L.Trainer, fid: float) -> dict[str, float]:
-        """The evaluation's FID plus the other keys the evaluation rules read (noise, recall), by key from
-        ``trainer.callback_metrics``, where the evaluation logged them together with the FID (a key not logged is
-        left out: the rules then do without it)."""
-        keys = [k for rule in (self.fid_plateau, self.collapse) if rule is not None
-                for k in getattr(rule, "keys", ()) if k != self.fid_monitor]
-        available = trainer.callback_metrics
-        metrics = {k: to_float(available[k]) for k in dict.fromkeys(keys) if k in available}
-        metrics[self.fid_monitor] = fid
-        return metrics
 
     def describe(self) -> dict[str, Any]:
         """A JSON-friendly account of the configuration and the outcome."""

@@ -1,16 +1,17 @@
-"""The G-step event and metric publishing shared by every callback that works in generator updates.
+"""The G-step event, metric publishing and reading, shared by every callback that works in generator updates.
 
 A GAN run is counted in generator updates (G steps); Lightning counts batches and optimizer steps. Here, and only
 here, batches become G-step events: ``GANModule.training_step`` records whether its batch took a G step
 (``g_step_taken``) and :class:`GStepCallback` turns that into one ``on_g_step(trainer, pl_module, g_step)`` call.
-Evaluation callbacks hand their values to Lightning with :func:`publish_metrics` (public API only).
+Evaluation callbacks hand their values to Lightning with :func:`publish_metrics` (public API only); decision
+callbacks find new evaluations among ``trainer.callback_metrics`` with :class:`NewEvaluations`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Optional
 
 import lightning as L
 import torch
@@ -28,6 +29,12 @@ def to_float(value: Any) -> float:
     if isinstance(value, torch.Tensor):
         return float(value.detach().float().mean()) if value.numel() else math.nan
     return float(value)
+
+
+def check_int(owner: str, name: str, value: Any, minimum: int) -> None:
+    """A clear ``ValueError`` unless ``value`` is an integer (not a bool) >= ``minimum``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r}.")
 
 
 def is_due(g_step: int, every: int) -> bool:
@@ -71,6 +78,38 @@ def publish_metrics(trainer: L.Trainer, pl_module: L.LightningModule, metrics: M
         logger.log_metrics(dict(metrics), step=step)
 
 
+class NewEvaluations:
+    """Tells a new evaluation of ``monitor`` in ``trainer.callback_metrics`` from one already seen.
+
+    A new value of ``step_key`` (the G step the evaluation was measured at, logged with it) is a new evaluation, also
+    when the value repeats (a stalled generator); without ``step_key`` logged, a changed value is one, measured now.
+    ``last_step`` and ``last_value`` are what a decision callback keeps in its checkpoint state.
+    """
+
+    def __init__(self, monitor: str, step_key: str) -> None:
+        self.monitor = monitor
+        self.step_key = step_key
+        self.last_step: Optional[float] = None
+        self.last_value: Optional[float] = None
+
+    def read(self, metrics: Mapping[str, Any], g_step: int) -> Optional[tuple[int, float]]:
+        """``(G step it was measured at, value)`` of an evaluation not seen yet, else ``None``."""
+        if self.monitor not in metrics:
+            return None
+        value = to_float(metrics[self.monitor])
+        if self.step_key in metrics:
+            step = to_float(metrics[self.step_key])
+            if step == self.last_step:
+                return None
+            self.last_step = step
+            return int(step), value
+        last = self.last_value
+        if last is not None and (value == last or (math.isnan(value) and math.isnan(last))):
+            return None
+        self.last_value = value
+        return g_step, value
+
+
 def logger_step(trainer: L.Trainer, pl_module: L.LightningModule) -> int:
     """Lightning's logger step during a training batch (batches finished before it): GANModule takes one D step
     per batch, so it is ``d_steps - 1``; else ``trainer.global_step``."""
@@ -78,4 +117,5 @@ def logger_step(trainer: L.Trainer, pl_module: L.LightningModule) -> int:
     return max(int(d_steps) - 1, 0) if d_steps is not None else int(trainer.global_step)
 
 
-__all__ = ["GStepCallback", "g_steps_of", "is_due", "logger_step", "publish_metrics", "to_float"]
+__all__ = ["GStepCallback", "NewEvaluations", "check_int", "g_steps_of", "is_due", "logger_step", "publish_metrics",
+           "to_float"]

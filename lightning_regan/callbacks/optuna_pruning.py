@@ -1,7 +1,8 @@
 """OptunaPruning: the decision callback that stops a sweep trial whose FID curve an Optuna pruner finds hopeless.
 
 It only reads metrics: at each new evaluation of ``monitor`` (``val/fid``, logged by ``FIDMonitor`` with the G step it
-was measured at, ``val/fid_g_step``) it reports the value at that G step to the trial (``Trial.report``) and asks the study's pruner (``Trial.should_prune``).
+was measured at, ``val/fid_g_step``) it reports the value at that G step to the trial (``Trial.report``) and asks the
+study's pruner (``Trial.should_prune``).
 The pruner compares the curve with the other trials' at the same G step through the study's storage, so it works
 with any launcher whose jobs reach that storage (a journal file on a shared folder, SQLite, an RDB server).
 Within the trial, ``EarlyTermination`` keeps its own rules; whichever decides first stops the run.
@@ -15,26 +16,10 @@ from typing import Any, Optional
 
 import lightning as L
 
-from lightning_regan.callbacks.g_step import GStepCallback, to_float
+from lightning_regan.callbacks.g_step import GStepCallback, NewEvaluations
+from lightning_regan.sweep import open_storage
 
 log = logging.getLogger(__name__)
-
-
-def open_storage(storage: str) -> Any:
-    """An Optuna storage from a URL (``sqlite:///...``, ``postgresql://...``) or a journal file path.
-
-    A journal file (``optuna.storages.JournalStorage`` on ``JournalFileBackend``) needs no server and works
-    on any folder all jobs share (NFS included); a URL is handed to Optuna as it is.
-    """
-    import optuna
-
-    if not isinstance(storage, str) or not storage.strip():
-        raise ValueError(f"Optuna storage must be a URL or a journal file path, got {storage!r}.")
-    if "://" in storage:
-        return optuna.storages.get_storage(storage)
-    from optuna.storages.journal import JournalFileBackend
-
-    return optuna.storages.JournalStorage(JournalFileBackend(str(storage)))
 
 
 class OptunaPruning(GStepCallback):
@@ -65,7 +50,6 @@ class OptunaPruning(GStepCallback):
         super().__init__()
         import optuna
 
-
         if not isinstance(trial_number, int) or isinstance(trial_number, bool) or trial_number < 0:
             raise ValueError(
                 f"OptunaPruning: trial_number must be an integer >= 0, got {trial_number!r}; run the pruning "
@@ -87,6 +71,7 @@ class OptunaPruning(GStepCallback):
         self.pruned_g_step: Optional[int] = None
         self.reported: list[tuple[int, float]] = []
         self._trial: Any = None
+        self._evaluations = NewEvaluations(monitor, step_key)
 
     # ------------------------------------------------------------------ Optuna
     def _load_trial(self) -> Any:
@@ -119,28 +104,10 @@ class OptunaPruning(GStepCallback):
             self._trial = self._load_trial()  # fails before training when the storage or trial is wrong
 
     def on_g_step(self, trainer: L.Trainer, pl_module: L.LightningModule, g_step: int) -> None:
-        self._check(trainer, g_step)
-
-    def _new_evaluation(self, trainer: L.Trainer, g_step: int) -> Optional[tuple[int, float]]:
-        """``(g_step measured at, value)`` of an evaluation not reported yet, or ``None``."""
-        metrics = trainer.callback_metrics
-        value = metrics.get(self.monitor)
-        if value is None:
-            return None
-        value = to_float(value)
-        last = self.reported[-1] if self.reported else None
-        if self.step_key in metrics:
-            step = int(to_float(metrics[self.step_key]))
-            return None if last is not None and step <= last[0] else (step, value)
-        if last is not None and (g_step <= last[0] or value == last[1] or (math.isnan(value) and math.isnan(last[1]))):
-            return None
-        return g_step, value
-
-    def _check(self, trainer: L.Trainer, g_step: int) -> None:
         if trainer.sanity_checking or trainer.fast_dev_run or self.pruned:
             return
         # The value and G step are the same on every rank, so every rank enters the broadcast together.
-        evaluation = self._new_evaluation(trainer, g_step)
+        evaluation = self._evaluations.read(trainer.callback_metrics, g_step)
         if evaluation is None:
             return
         g_step, value = evaluation
@@ -163,6 +130,8 @@ class OptunaPruning(GStepCallback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.reported = [(int(g), float(v)) for g, v in state_dict.get("reported") or []]
+        if self.reported:
+            self._evaluations.last_step, self._evaluations.last_value = self.reported[-1]
         self.pruned = bool(state_dict.get("pruned", False))
         self.pruned_g_step = state_dict.get("pruned_g_step")
 
@@ -179,4 +148,4 @@ class OptunaPruning(GStepCallback):
         return fields
 
 
-__all__ = ["OptunaPruning", "open_storage"]
+__all__ = ["OptunaPruning"]
