@@ -1,8 +1,8 @@
 """The networks' inputs, free of Lightning: samples and labels from a batch, label checks, seeded noise and labels.
 
 ``GANModule`` uses these in its step; the evaluation callbacks, ``regan-eval`` and ``regan-sample`` draw their fixed
-inputs with :func:`seeded_inputs` / :func:`class_inputs`, so they go through the module's own ``sample_noise`` and
-``sample_labels``.
+inputs with :func:`seeded_inputs` / :class:`FixedInputs` / :func:`class_inputs`, so they go through the module's own
+``sample_noise`` and ``sample_labels``, and decode them with :func:`generate`.
 """
 
 from __future__ import annotations
@@ -98,6 +98,30 @@ def seeded_noise(module: nn.Module, n: int, seed: int) -> Tensor:
     return seeded_inputs(module, n, seed)[0]
 
 
+class FixedInputs:
+    """The inputs of :func:`seeded_inputs` (``n`` under ``seed``), drawn at the first call and kept on the CPU: what an
+    evaluation decodes every time."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n = n
+        self.seed = seed
+        self._inputs: Optional[tuple[Tensor, Optional[Tensor]]] = None
+
+    def __call__(self, module: nn.Module) -> tuple[Tensor, Optional[Tensor]]:
+        if self._inputs is None:
+            z, labels = seeded_inputs(module, self.n, self.seed)
+            self._inputs = z.cpu(), None if labels is None else labels.cpu()
+        return self._inputs
+
+
+def generate(module: nn.Module, z: Tensor, labels: Optional[Tensor] = None) -> Tensor:
+    """``module.generate(z=z, y=labels)`` on the module's device, ``y`` passed only with labels (so a user module
+    whose ``generate`` takes no ``y`` works when unconditional)."""
+    if labels is None:
+        return module.generate(z=z.to(module.device))
+    return module.generate(z=z.to(module.device), y=labels.to(module.device))
+
+
 def class_inputs(module: nn.Module, per_class: int, seed: int,
                  classes: Optional[Sequence[int]] = None) -> tuple[Tensor, Tensor]:
     """Inputs of a per-class grid: ``per_class`` noise vectors (:func:`seeded_noise`) repeated for each class of
@@ -117,5 +141,5 @@ def class_inputs(module: nn.Module, per_class: int, seed: int,
     return z.repeat(len(classes), *([1] * (z.dim() - 1))), labels
 
 
-__all__ = ["batch_labels", "batch_samples", "check_labels", "class_inputs", "label_distribution", "seeded_inputs",
-           "seeded_noise"]
+__all__ = ["FixedInputs", "batch_labels", "batch_samples", "check_labels", "class_inputs", "generate",
+           "label_distribution", "seeded_inputs", "seeded_noise"]

@@ -137,7 +137,7 @@ def test_sample_grid_scatter_for_points(tmp_path):
     img = Image.open(tmp_path / "step_4.png")
     assert img.format == "PNG" and img.size == (400, 400)
     assert cb._real is not None and cb._real.shape == (100, 2)
-    assert cb._point_noise.shape == (200, 3)
+    assert cb._point_inputs(module)[0].shape == (200, 3)  # drawn once, kept
 
 
 def test_sample_grid_writes_on_rank_zero_only(tmp_path):

@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from lightning_regan.callbacks.g_step import GStepCallback, g_steps_of, is_due, publish_metrics
+from lightning_regan.callbacks.g_step import GStepCallback, check_int, g_steps_of, is_due, publish_metrics
 from lightning_regan.fid.coverage import fid_bootstrap_std, precision_recall
 from lightning_regan.fid.extractors import (
     EXTRACTOR_CHOICES,
@@ -30,7 +30,7 @@ from lightning_regan.fid.extractors import (
 from lightning_regan.fid.metric import FeatureDistances
 from lightning_regan.fid.stats import RealSource, RealStatistics, dataset_cache_key, load_or_compute_real_statistics, real_source_of
 from lightning_regan.fid.weights import PathLike
-from lightning_regan.inputs import seeded_inputs
+from lightning_regan.inputs import FixedInputs, generate
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +44,10 @@ CLASS_ACCURACY_KEY = "val/class_accuracy"
 FID_STD_KEY = "val/fid_std"
 PRECISION_KEY = "val/precision"
 RECALL_KEY = "val/recall"
+#: The logged key of each value an evaluation publishes (``FeatureDistances`` names the mean KID ``kid_mean``).
+LOGGED = {"fid": FID_KEY, "kid_mean": KID_KEY, "class_accuracy": CLASS_ACCURACY_KEY, "fid_std": FID_STD_KEY,
+          "precision": PRECISION_KEY, "recall": RECALL_KEY}
 STATE_VERSION = 1
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"FIDMonitor: {name} must be an integer >= {minimum}, got {value!r}.")
 
 
 class FIDMonitor(GStepCallback):
@@ -127,16 +125,13 @@ class FIDMonitor(GStepCallback):
         pr_k: int = 3,
     ) -> None:
         super().__init__()
-        _check_int("every_n_g_steps", every_n_g_steps, 0)
-        _check_int("num_samples", num_samples, 2)
-        if num_real_samples is not None:
-            _check_int("num_real_samples", num_real_samples, 2)
-        _check_int("batch_size", batch_size, 1)
-        _check_int("kid_subset_size", kid_subset_size, 2)
-        _check_int("kid_subsets", kid_subsets, 1)
-        if noise_draws != 0:
-            _check_int("noise_draws", noise_draws, 2)
-        _check_int("pr_k", pr_k, 1)
+        for name, value, minimum in (
+            ("every_n_g_steps", every_n_g_steps, 0), ("num_samples", num_samples, 2), ("batch_size", batch_size, 1),
+            ("num_real_samples", num_samples if num_real_samples is None else num_real_samples, 2),
+            ("kid_subset_size", kid_subset_size, 2), ("kid_subsets", kid_subsets, 1), ("pr_k", pr_k, 1),
+            ("noise_draws", noise_draws, 0 if noise_draws == 0 else 2),
+        ):
+            check_int("FIDMonitor", name, value, minimum)
         if not isinstance(precision_recall, bool):
             raise ValueError(f"FIDMonitor: precision_recall must be true or false, got {precision_recall!r}.")
         if not isinstance(feature_extractor, nn.Module) and feature_extractor not in EXTRACTOR_CHOICES:
@@ -175,8 +170,7 @@ class FIDMonitor(GStepCallback):
         self.extractor_name: Optional[str] = None
         self.real_stats: Optional[RealStatistics] = None
         self._metric: Optional[FeatureDistances] = None
-        self._noise: Optional[Tensor] = None
-        self._labels: Optional[Tensor] = None
+        self._fixed_inputs = FixedInputs(num_samples, seed)
         #: ``[(g_step, class_accuracy), ...]`` for class-conditional modules with classifier features.
         self.class_accuracy_history: list[tuple[int, float]] = []
         self._last_eval_step: Optional[int] = None
@@ -207,38 +201,41 @@ class FIDMonitor(GStepCallback):
 
     def _prepare(self, trainer: L.Trainer, datamodule: Any, source: Optional[RealSource]) -> None:
         """Build the extractor and the real statistics (rank zero computes, the others receive them)."""
-        # DataLoader iterators draw a seed from the global RNG: keep training's random stream untouched.
-        with torch.random.fork_rng(devices=[]):
-            self._prepare_impl(trainer, datamodule, source)
-
-    def _prepare_impl(self, trainer: L.Trainer, datamodule: Any, source: Optional[RealSource]) -> None:
         start = time.perf_counter()
         if source is None:
             raise ValueError(
                 "FIDMonitor: no real data. Use a DataModule with reference_dataset() (or train_dataloader()), or pass "
                 "real_data=... to FIDMonitor."
             )
-        strategy, world, is_zero = trainer.strategy, trainer.world_size, trainer.is_global_zero
-        key = self.dataset_key if self.dataset_key is not None else (dataset_cache_key(datamodule) if self.real_data is None else None)
+        strategy, is_zero = trainer.strategy, trainer.is_global_zero
+        key = self.dataset_key
+        if key is None and self.real_data is None:
+            key = dataset_cache_key(datamodule)
         spec = resolve_extractor_spec(self.feature_extractor, datamodule)
         extractor: Optional[nn.Module] = None
         payload: Optional[dict[str, Any]] = None
         error: Optional[BaseException] = None
-        try:
-            if spec != "classifier" or is_zero:  # Inception weights are looked up on every rank (fail fast everywhere)
-                extractor = self._build_extractor(spec, datamodule, key)
-            if is_zero:
-                stats = load_or_compute_real_statistics(
-                    source, extractor.to(strategy.root_device), self.num_real_samples, dataset_key=key,
-                    cache=self.cache_dir, batch_size=self.batch_size, keep_features=self.kid or self.precision_recall,
-                    device=strategy.root_device,
-                )
-                payload = {"stats": stats.to_dict(), "source": stats.source}
-                if isinstance(extractor, ClassifierExtractor):
-                    payload["classifier"] = extractor.export()
-        except Exception as exc:  # re-raised below, after telling the other ranks (no rank left waiting)
-            error = exc
-        if world > 1:
+        # DataLoader iterators draw a seed from the global RNG: keep training's random stream untouched.
+        with torch.random.fork_rng(devices=[]):
+            try:
+                if spec != "classifier" or is_zero:  # Inception weights are looked up on every rank (fail fast)
+                    extractor = build_extractor(
+                        spec, datamodule, reference=self.real_data if spec == "classifier" else None,
+                        weights_path=self.weights_path, allow_download=self.allow_download, cache=self.cache_dir,
+                        dataset_key=key,
+                    )
+                if is_zero:
+                    stats = load_or_compute_real_statistics(
+                        source, extractor.to(strategy.root_device), self.num_real_samples, dataset_key=key,
+                        cache=self.cache_dir, batch_size=self.batch_size,
+                        keep_features=self.kid or self.precision_recall, device=strategy.root_device,
+                    )
+                    payload = {"stats": stats.to_dict(), "source": stats.source}
+                    if isinstance(extractor, ClassifierExtractor):
+                        payload["classifier"] = extractor.export()
+            except Exception as exc:  # re-raised below, after telling the other ranks (no rank left waiting)
+                error = exc
+        if trainer.world_size > 1:
             if strategy.reduce_boolean_decision(error is not None, all=False):
                 raise error or RuntimeError("FIDMonitor: preparing the FID failed on another rank; see its error.")
             payload = strategy.broadcast(payload, src=0)
@@ -247,39 +244,21 @@ class FIDMonitor(GStepCallback):
         assert payload is not None
         if extractor is None:  # classifier on the other ranks: rank zero's weights, nothing trained again
             extractor = ClassifierExtractor.from_export(payload["classifier"])
-        stats = RealStatistics.from_dict(payload["stats"], source=payload["source"])
         self.extractor = extractor.eval()
         self.extractor_name = extractor_name(extractor)
-        self.real_stats = stats
-        metric = FeatureDistances(
-            extractor_num_features(extractor), kid=self.kid, kid_subsets=self.kid_subsets,
-            kid_subset_size=self.kid_subset_size, seed=self.seed,
-        )
-        metric.set_real(stats)
-        self._metric = metric
+        self.real_stats = RealStatistics.from_dict(payload["stats"], source=payload["source"])
+        num_features = extractor_num_features(extractor)
+        self._metric = FeatureDistances(num_features, kid=self.kid, kid_subsets=self.kid_subsets,
+                                        kid_subset_size=self.kid_subset_size, seed=self.seed)
+        self._metric.set_real(self.real_stats)
         self.setup_time_s += time.perf_counter() - start
         if self.verbose:
             rank_zero_info(
-                f"FIDMonitor: {self.extractor_name} features ({extractor_num_features(extractor)}-d), real statistics "
-                f"of {stats.num_samples} samples ({stats.source}, {self.setup_time_s:.1f} s)."
+                f"FIDMonitor: {self.extractor_name} features ({num_features}-d), real statistics of "
+                f"{self.real_stats.num_samples} samples ({self.real_stats.source}, {self.setup_time_s:.1f} s)."
             )
 
-    def _build_extractor(self, spec: Union[str, nn.Module], datamodule: Any, key: Optional[str]) -> nn.Module:
-        reference = None
-        if spec == "classifier" and self.real_data is not None:
-            reference = self.real_data
-        return build_extractor(
-            spec, datamodule, reference=reference, weights_path=self.weights_path, allow_download=self.allow_download,
-            cache=self.cache_dir, dataset_key=key,
-        )
-
     # ------------------------------------------------------------------ evaluation
-    def _fixed_inputs(self, pl_module: L.LightningModule) -> tuple[Tensor, Optional[Tensor]]:
-        if self._noise is None:
-            z, labels = seeded_inputs(pl_module, self.num_samples, self.seed)
-            self._noise, self._labels = z.cpu(), (labels.cpu() if labels is not None else None)
-        return self._noise, self._labels
-
     def _class_head(self, pl_module: L.LightningModule) -> Optional[nn.Module]:
         """The classifier head mapping features to class logits, when the accuracy of conditional samples applies."""
         if not getattr(pl_module, "conditional", False) or not isinstance(self.extractor, ClassifierExtractor):
@@ -300,21 +279,19 @@ class FIDMonitor(GStepCallback):
         self.extractor = self.extractor.to(device)
         self._metric.reset_fake()
         noise, labels = self._fixed_inputs(pl_module)
-        shard = noise[rank::world]
-        label_shard = labels[rank::world].split(self.batch_size) if labels is not None else [None] * len(shard.split(self.batch_size))
+        batches = noise[rank::world].split(self.batch_size)
+        label_batches = [None] * len(batches) if labels is None else labels[rank::world].split(self.batch_size)
         head = self._class_head(pl_module)
         correct = torch.zeros(2, dtype=torch.float64, device=device)  # [correct, total]
         kept: list[Tensor] = []
         with torch.random.fork_rng(devices=[]):  # a generator with noise layers must not move training's RNG
-            for z, y in zip(shard.split(self.batch_size), label_shard):
-                y = y.to(device) if y is not None else None
-                samples = pl_module.generate(z=z.to(device), y=y) if y is not None else pl_module.generate(z=z.to(device))
-                features = self.extractor(samples)
+            for z, y in zip(batches, label_batches):
+                features = self.extractor(generate(pl_module, z, y))
                 self._metric.update(features)
                 if self.noise_draws or self.precision_recall:
                     kept.append(features)
                 if head is not None:
-                    correct[0] += (head(features).argmax(1) == y).sum()
+                    correct[0] += (head(features).argmax(1) == y.to(device)).sum()
                     correct[1] += y.numel()
         values = self._metric.compute()
         if head is not None:
@@ -344,32 +321,25 @@ class FIDMonitor(GStepCallback):
     def _record(self, trainer: L.Trainer, pl_module: L.LightningModule, g_step: int, values: dict[str, float],
                 in_training: bool) -> None:
         # float32 precision everywhere, so history, callback_metrics and the loggers hold the very same number
-        values = {k: float(torch.tensor(v, dtype=torch.float32)) for k, v in values.items()}
-        fid = values["fid"]
-        self.history.append((g_step, fid))
-        self.last_fid = fid
+        values = {k: float(torch.tensor(v, dtype=torch.float32)) for k, v in values.items() if k in LOGGED}
+        self.history.append((g_step, values["fid"]))
+        self.last_fid = values["fid"]
         self._last_eval_step = g_step
-        metrics = {FID_KEY: fid}
+        metrics = {LOGGED[name]: value for name, value in values.items()}
+        metrics[FID_STEP_KEY] = float(g_step)
         if "kid_mean" in values:
             self.last_kid = values["kid_mean"]
-            self.kid_history.append((g_step, values["kid_mean"]))
-            metrics[KID_KEY] = values["kid_mean"]
+            self.kid_history.append((g_step, self.last_kid))
             metrics[f"{KID_KEY}_g_step"] = float(g_step)
         if "class_accuracy" in values:
             self.class_accuracy_history.append((g_step, values["class_accuracy"]))
-            metrics[CLASS_ACCURACY_KEY] = values["class_accuracy"]
-        extras = {key: values[name] for name, key in (("fid_std", FID_STD_KEY), ("precision", PRECISION_KEY),
-                                                      ("recall", RECALL_KEY)) if name in values}
+        extras = {name: values[name] for name in ("fid_std", "precision", "recall") if name in values}
         if extras:
-            metrics.update(extras)
-            self.extra_history.append({"g_step": g_step, **{k.split("/")[-1]: v for k, v in extras.items()}})
-        metrics[FID_STEP_KEY] = float(g_step)
+            self.extra_history.append({"g_step": g_step, **extras})
         publish_metrics(trainer, pl_module, metrics, in_training)
         if self.verbose:
-            extra = f", KID {self.last_kid:.4g}" if "kid_mean" in values else ""
-            extra += f", class accuracy {values['class_accuracy']:.3f}" if "class_accuracy" in values else ""
-            extra += "".join(f", {k.split('/')[-1]} {v:.3g}" for k, v in extras.items())
-            rank_zero_info(f"FIDMonitor: G step {g_step}: FID ({self.extractor_name}) {fid:.4g}{extra}.")
+            others = "".join(f", {LOGGED[k].split('/')[-1]} {v:.4g}" for k, v in values.items() if k != "fid")
+            rank_zero_info(f"FIDMonitor: G step {g_step}: FID ({self.extractor_name}) {self.last_fid:.4g}{others}.")
 
     def on_g_step(self, trainer: L.Trainer, pl_module: L.LightningModule, g_step: int) -> None:
         if is_due(g_step, self.every_n_g_steps) and g_step != self._last_eval_step:

@@ -8,9 +8,9 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from lightning_regan.callbacks.g_step import GStepCallback, g_steps_of, is_due, publish_metrics
+from lightning_regan.callbacks.g_step import GStepCallback, check_int, g_steps_of, is_due, publish_metrics
 from lightning_regan.data.gaussians import MIN_FRACTION, mode_coverage
-from lightning_regan.inputs import seeded_inputs
+from lightning_regan.inputs import FixedInputs, generate
 
 
 class ModeCoverageMonitor(GStepCallback):
@@ -50,10 +50,8 @@ class ModeCoverageMonitor(GStepCallback):
         std: Optional[float] = None,
         seed: int = 0,
     ) -> None:
-        if not isinstance(every_n_g_steps, int) or isinstance(every_n_g_steps, bool) or every_n_g_steps < 0:
-            raise ValueError(f"ModeCoverageMonitor: every_n_g_steps must be an integer >= 0, got {every_n_g_steps!r}.")
-        if not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"ModeCoverageMonitor: num_samples must be a positive integer, got {num_samples!r}.")
+        check_int("ModeCoverageMonitor", "every_n_g_steps", every_n_g_steps, 0)
+        check_int("ModeCoverageMonitor", "num_samples", num_samples, 1)
         if not n_std > 0:
             raise ValueError(f"ModeCoverageMonitor: n_std must be > 0, got {n_std!r}.")
         if min_count is not None and min_count < 1:
@@ -69,8 +67,7 @@ class ModeCoverageMonitor(GStepCallback):
         self.std = std
         self.seed = seed
         self.history: list[tuple[int, dict[str, Any]]] = []
-        self._noise: Optional[Tensor] = None
-        self._labels: Optional[Tensor] = None
+        self._fixed_inputs = FixedInputs(num_samples, seed)
 
     @property
     def last(self) -> Optional[dict[str, Any]]:
@@ -94,13 +91,7 @@ class ModeCoverageMonitor(GStepCallback):
         """Score ``num_samples`` generated points (fixed seeded noise); does not log."""
         if self.centers is None or self.std is None:
             raise RuntimeError("ModeCoverageMonitor.evaluate: centers/std are unknown; call setup first or pass them.")
-        if self._noise is None:
-            z, labels = seeded_inputs(pl_module, self.num_samples, self.seed)
-            self._noise, self._labels = z.cpu(), labels
-        if self._labels is None:
-            samples = pl_module.generate(z=self._noise.to(pl_module.device))
-        else:
-            samples = pl_module.generate(z=self._noise.to(pl_module.device), y=self._labels.to(pl_module.device))
+        samples = generate(pl_module, *self._fixed_inputs(pl_module))
         if samples.dim() != 2:
             raise ValueError(
                 f"ModeCoverageMonitor: the generator must output 2-D points (N, 2), got {tuple(samples.shape)}; "

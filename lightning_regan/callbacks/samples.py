@@ -11,8 +11,8 @@ import torch
 from torch import Tensor
 
 from lightning_regan.atomic import atomic_write
-from lightning_regan.callbacks.g_step import GStepCallback, g_steps_of, is_due
-from lightning_regan.inputs import class_inputs, seeded_inputs
+from lightning_regan.callbacks.g_step import GStepCallback, check_int, g_steps_of, is_due
+from lightning_regan.inputs import FixedInputs, class_inputs, generate
 
 
 def _real_points(datamodule: Any, n: int) -> Optional[Tensor]:
@@ -57,10 +57,9 @@ class SampleGrid(GStepCallback):
         num_real_points: int = 1000,
         seed: int = 0,
     ) -> None:
-        for name, value, minimum in (("every_n_g_steps", every_n_g_steps, 0), ("nrow", nrow, 1), ("num_points", num_points, 1),
-                                     ("num_real_points", num_real_points, 0)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                raise ValueError(f"SampleGrid: {name} must be an integer >= {minimum}, got {value!r}.")
+        for name, value, minimum in (("every_n_g_steps", every_n_g_steps, 0), ("nrow", nrow, 1),
+                                     ("num_points", num_points, 1), ("num_real_points", num_real_points, 0)):
+            check_int("SampleGrid", name, value, minimum)
         self.dirpath = Path(dirpath)
         self.every_n_g_steps = every_n_g_steps
         self.nrow = nrow
@@ -68,8 +67,7 @@ class SampleGrid(GStepCallback):
         self.num_real_points = num_real_points
         self.seed = seed
         self.written: list[tuple[int, Path]] = []
-        self._point_noise: Optional[Tensor] = None
-        self._point_labels: Optional[Tensor] = None
+        self._point_inputs = FixedInputs(num_points, seed)
         self._real: Optional[Tensor] = None
         self._real_loaded = False
 
@@ -110,13 +108,7 @@ class SampleGrid(GStepCallback):
     def _write_points(self, trainer: L.Trainer, pl_module: L.LightningModule, target: Path, g_step: int) -> None:
         from lightning_regan.plots import save_scatter
 
-        if self._point_noise is None:
-            z, labels = seeded_inputs(pl_module, self.num_points, self.seed)
-            self._point_noise, self._point_labels = z.cpu(), labels
-        if self._point_labels is None:
-            points = pl_module.generate(z=self._point_noise.to(pl_module.device))
-        else:
-            points = pl_module.generate(z=self._point_noise.to(pl_module.device), y=self._point_labels.to(pl_module.device))
+        points = generate(pl_module, *self._point_inputs(pl_module))
         datamodule = getattr(trainer, "datamodule", None)
         if not self._real_loaded and self.num_real_points > 0:
             self._real = _real_points(datamodule, self.num_real_points)

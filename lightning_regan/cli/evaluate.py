@@ -128,7 +128,7 @@ def folder_batches(files: Sequence[Path], channels: int, size: Optional[tuple[in
 def checkpoint_batches(module: Any, num: int, seed: int, batch_size: int, raw: bool = False) -> Iterator[Tensor]:
     """Samples of ``module`` from its fixed inputs: ``module.sample_noise(num)`` (and ``module.sample_labels(num)``
     when class-conditional) drawn under ``seed``, as FIDMonitor draws them."""
-    from lightning_regan.inputs import seeded_inputs
+    from lightning_regan.inputs import generate, seeded_inputs
 
     noise, labels = seeded_inputs(module, num, seed)
     label_batches = labels.split(batch_size) if labels is not None else [None] * len(noise.split(batch_size))
@@ -137,10 +137,8 @@ def checkpoint_batches(module: Any, num: int, seed: int, batch_size: int, raw: b
             module.generator.eval()
             with torch.no_grad():
                 yield module.run_generator(module.generator, z.to(module.device), y)
-        elif y is None:
-            yield module.generate(z=z.to(module.device))
         else:
-            yield module.generate(z=z.to(module.device), y=y)
+            yield generate(module, z, y)
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
