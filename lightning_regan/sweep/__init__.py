@@ -1,5 +1,6 @@
-"""The table of an Optuna sweep (``hydra/sweeper=regan_optuna``): one row per trial, the best trial, the G steps;
-and the study's storage (:func:`open_storage`), shared by the sweeper, the pruning callback and the table.
+"""The Optuna sweep (``hydra/sweeper=regan_optuna``): its table (one row per trial, the best trial, the G steps) and
+the study's storage (:func:`open_storage`), shared by the sweeper, the table and the pruning callback of each trial
+(:mod:`lightning_regan.sweep.pruning`, imported on its own: this module needs neither torch nor Lightning).
 
 Built from the study alone (its storage holds each trial's parameters, state, intermediate FIDs and the fields
 the sweeper copied from the job's ``summary.json``), so it can be rebuilt at any time, also for a killed sweep:
