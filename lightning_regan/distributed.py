@@ -5,12 +5,13 @@ parameter to get a gradient in every backward pass, which a GAN step never gives
 in G's), and with ``find_unused_parameters=True`` it all-reduces the buckets of both networks at every backward.
 :class:`~lightning_regan.GANModule` instead runs each backward under DDP's public ``no_sync()`` (the reducer stays
 idle) and then all-reduces the flattened gradients of the network about to step, once, as StyleGAN3's training loop
-does. The functions here are that reduction; they do nothing on a single process.
+does. The functions here are that reduction (and the random states of every rank, for checkpoints); they do
+nothing on a single process.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Optional
 
 import torch
@@ -102,4 +103,30 @@ def broadcast_buffers(modules: Sequence[nn.Module], group: Any = None) -> int:
     return sent
 
 
-__all__ = ["all_reduce_gradients", "broadcast_buffers", "ddp_model", "optimizer_parameters"]
+def gather_rng_states(device: torch.device) -> dict[str, Tensor]:
+    """The global random states (CPU, and CUDA on a CUDA ``device``) of every rank, stacked on a leading rank
+    dimension (gathered under ``torch.distributed``; one row on a single process)."""
+    local = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        local["cuda"] = torch.cuda.get_rng_state(device)
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return {k: v.unsqueeze(0) for k, v in local.items()}
+    gathered = {}
+    for key, value in local.items():
+        value = value.to(device)  # NCCL gathers device tensors only
+        parts = [torch.empty_like(value) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, value)
+        gathered[key] = torch.stack(parts).cpu()
+    return gathered
+
+
+def set_rng_states(states: Mapping[str, Tensor], rank: int, device: torch.device) -> None:
+    """Put back row ``rank`` of :func:`gather_rng_states`' states."""
+    # clone(): torch.set_rng_state crashes (segfault, torch 2.14) on a view with a storage offset, e.g. states[1].
+    torch.set_rng_state(states["cpu"][rank].clone().cpu())
+    if "cuda" in states and device.type == "cuda":
+        torch.cuda.set_rng_state(states["cuda"][rank].clone().cpu(), device)
+
+
+__all__ = ["all_reduce_gradients", "broadcast_buffers", "ddp_model", "gather_rng_states", "optimizer_parameters",
+           "set_rng_states"]

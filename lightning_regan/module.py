@@ -9,7 +9,6 @@ from typing import Any, Callable, Optional, Union
 import lightning as L
 import torch
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -263,15 +262,12 @@ class GANModule(L.LightningModule):
             clip_val = clip_val * scaler.get_scale()
         self.clip_gradients(optimizer, gradient_clip_val=clip_val, gradient_clip_algorithm=self.gradient_clip_algorithm)
 
-    def _ddp_model(self) -> Optional[DistributedDataParallel]:
-        return ddp_model(self.trainer.strategy)
-
     def backward_and_reduce(self, loss: Tensor, optimizer: Any) -> None:
         """``manual_backward(loss)``; under DDP inside ``no_sync()`` (DDP's reducer stays idle), then one
         all-reduce (mean) of ``optimizer``'s gradients, before clipping and ``optimizer.step()``
         (:mod:`lightning_regan.distributed`). Subclasses that override a step call this instead of ``manual_backward``.
         """
-        ddp = self._ddp_model()
+        ddp = ddp_model(self.trainer.strategy)
         if ddp is None:
             self.manual_backward(loss)
             return
@@ -281,7 +277,7 @@ class GANModule(L.LightningModule):
 
     def _broadcast_network_buffers(self) -> None:
         """Under DDP with ``broadcast_buffers`` (its default), rank 0's buffers of G and D, as DDP's forward would."""
-        ddp = self._ddp_model()
+        ddp = ddp_model(self.trainer.strategy)
         if ddp is not None and ddp.broadcast_buffers:
             broadcast_buffers([self.generator, self.discriminator], ddp.process_group)
 
@@ -359,11 +355,9 @@ class GANModule(L.LightningModule):
         return None
 
     def _publish_train_metrics(self, metrics: Mapping[str, Tensor]) -> None:
-        """This step's ``train/*`` metrics as ``self.log(on_step=True, on_epoch=False)`` would publish them: into
-        ``trainer.callback_metrics`` at once (the stop rules read them every step) and to every logger every
-        ``trainer.log_every_n_steps`` batches (one D step per batch: ``d_steps`` counts them), with Lightning's step
-        and ``epoch`` columns. Not ``self.log``: about 1 ms per key on a CPU (``docs/benchmarks.md``).
-        """
+        """``train/*`` into ``trainer.callback_metrics`` now (the stop rules read them every step) and to the loggers
+        every ``log_every_n_steps`` batches (= D steps), as ``self.log(on_step=True)`` would, without its ~1 ms per
+        key on a CPU (``docs/benchmarks.md``)."""
         trainer = self._attached_trainer()
         if trainer is None:
             return
@@ -384,8 +378,7 @@ class GANModule(L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Called on every rank (Trainer.save_checkpoint), so gathering the ranks' random states is safe here.
-        # RandomStreams (a callback, called before this hook) adds the random states to the same section.
+        # RandomStreams (a callback, called before this hook) adds the ranks' random states to the same section.
         checkpoint.setdefault(CHECKPOINT_KEY, {}).update(
             version=CHECKPOINT_VERSION, g_steps=self.g_steps, d_steps=self.d_steps, config=self.run_config,
         )

@@ -51,8 +51,8 @@ class EarlyTermination(GStepCallback):
     written into checkpoints (``ModelCheckpoint(monitor="val/fid")``'s best checkpoint holds it): after a resume
     whose best FID predates the resume, the generator is not restored.
 
-    Checkpoints hold the rules' counters and the best FID. On resume the current constructor arguments win over the
-    checkpoint's, and the stop decision itself is not restored: a resumed fit decides again.
+    Checkpoints hold the rules' counters and the best FID, not the stop decision: a resumed fit decides again (with
+    the current constructor arguments, not the checkpoint's).
 
     Args:
         loss_plateau: Loss plateau rule, or ``None``.
@@ -170,10 +170,6 @@ class EarlyTermination(GStepCallback):
             "last_fid_step": self._evaluations.last_step,
             "last_fid_value": self._evaluations.last_value,
             "fid_seen": self._fid_seen,
-            "status": self.status,
-            "stop_reason": None if self.stop_reason is None else self.stop_reason.value,
-            "stopped_g_step": self.stopped_g_step,
-            "stop_message": self.stop_message,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

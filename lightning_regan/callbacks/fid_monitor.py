@@ -18,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from lightning_regan.callbacks.g_step import GStepCallback, check_int, g_steps_of, is_due, publish_metrics
-from lightning_regan.fid.coverage import fid_bootstrap_std, precision_recall
+from lightning_regan.fid.coverage import noise_and_coverage
 from lightning_regan.fid.extractors import (
     EXTRACTOR_CHOICES,
     ClassifierExtractor,
@@ -308,15 +308,9 @@ class FIDMonitor(GStepCallback):
         """Measurement noise and precision/recall on all ranks' generated features (collective under DDP)."""
         if trainer.world_size > 1:
             features = trainer.strategy.all_gather(features).reshape(-1, features.shape[-1])
-        assert self.real_stats is not None
-        out: dict[str, float] = {}
-        if self.noise_draws:
-            out["fid_std"] = fid_bootstrap_std(self.real_stats.mean(), self.real_stats.cov(), features,
-                                               self.noise_draws, seed=self.seed)
-        if self.precision_recall and self.real_stats.features is not None:
-            out["precision"], out["recall"] = precision_recall(self.real_stats.features.to(features.device),
-                                                               features, self.pr_k)
-        return out
+        real = self.real_stats
+        return noise_and_coverage(real.mean(), real.cov(), real.features if self.precision_recall else None, features,
+                                  self.noise_draws, self.pr_k, seed=self.seed)
 
     def _record(self, trainer: L.Trainer, pl_module: L.LightningModule, g_step: int, values: dict[str, float],
                 in_training: bool) -> None:

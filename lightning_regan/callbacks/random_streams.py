@@ -9,10 +9,11 @@ from typing import Any, Optional
 
 import lightning as L
 import torch
-import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
+
+from lightning_regan.distributed import gather_rng_states, set_rng_states
 
 #: Section of the checkpoint that holds the random states (GANModule's section).
 CHECKPOINT_KEY = "regan"
@@ -38,14 +39,14 @@ class RandomStreams(Callback):
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         # Called on every rank (Trainer.save_checkpoint), so gathering the ranks' states is safe here.
-        checkpoint.setdefault(CHECKPOINT_KEY, {})["rng"] = self._gather(pl_module.device)
+        checkpoint.setdefault(CHECKPOINT_KEY, {})["rng"] = gather_rng_states(pl_module.device)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         states, self._loaded = self._loaded, None
         rank, world = trainer.global_rank, trainer.world_size
         if states is not None and trainer.ckpt_path is not None:
             if int(states["cpu"].shape[0]) == world:
-                self._set(states, rank, pl_module.device)
+                set_rng_states(states, rank, pl_module.device)
                 self._rewind = {k: v[rank : rank + 1] for k, v in states.items()}
                 return
             rank_zero_warn(
@@ -65,31 +66,8 @@ class RandomStreams(Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         if self._rewind is not None:
-            self._set(self._rewind, 0, pl_module.device)
+            set_rng_states(self._rewind, 0, pl_module.device)
             self._rewind = None
-
-    @staticmethod
-    def _gather(device: torch.device) -> dict[str, Tensor]:
-        """The random states of every rank, stacked on a leading rank dimension (gathered under DDP)."""
-        local = {"cpu": torch.get_rng_state()}
-        if device.type == "cuda":
-            local["cuda"] = torch.cuda.get_rng_state(device)
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return {k: v.unsqueeze(0) for k, v in local.items()}
-        gathered = {}
-        for key, value in local.items():
-            value = value.to(device)  # NCCL gathers device tensors only
-            parts = [torch.empty_like(value) for _ in range(dist.get_world_size())]
-            dist.all_gather(parts, value)
-            gathered[key] = torch.stack(parts).cpu()
-        return gathered
-
-    @staticmethod
-    def _set(states: Mapping[str, Tensor], rank: int, device: torch.device) -> None:
-        # clone(): torch.set_rng_state crashes (segfault, torch 2.14) on a view with a storage offset, e.g. states[1].
-        torch.set_rng_state(states["cpu"][rank].clone().cpu())
-        if "cuda" in states and device.type == "cuda":
-            torch.cuda.set_rng_state(states["cuda"][rank].clone().cpu(), device)
 
 
 __all__ = ["RandomStreams"]

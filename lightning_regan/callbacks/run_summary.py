@@ -10,7 +10,7 @@ from typing import Any, Optional, Protocol, Union, runtime_checkable
 import lightning as L
 
 from lightning_regan.atomic import json_safe, write_json_atomic
-from lightning_regan.callbacks.g_step import GStepCallback, g_steps_of, is_due, to_float
+from lightning_regan.callbacks.g_step import GStepCallback, check_int, g_steps_of, is_due, to_float
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +29,8 @@ class RunSummary(GStepCallback):
 
     ``summary.json`` is written on rank zero at ``on_fit_end`` (also after an early stop or a divergence)
     and from ``on_exception`` with status ``"failed"`` and the exception's class as ``stop_reason``. It
-    follows the product schema (``status``, ``stop_reason``, ``g_steps``, ``d_steps``, ``wall_time_s``,
-    ``fid_eval_time_s``, ``best_fid``, ``best_fid_step``, ``fid_history``, ``checkpoint_best``,
-    ``world_size``) plus ``stopped_g_step``, ``global_step``, ``checkpoint_last``, ``final_metrics``,
-    ``early_termination`` (rules, message, best-generator restoration), ``plots`` and, on failure, ``error``.
+    follows the product schema (:meth:`build_summary`) plus ``stopped_g_step``, ``global_step``, ``checkpoint_last``,
+    ``final_metrics``, ``early_termination``, ``plots`` and, on failure, ``error``.
     Steps count generator updates. Every callback with a ``summary_fields(trainer, pl_module) -> dict`` method
     (:class:`SummaryFields`) contributes its entries, in callback order; the checkpoint paths come from
     ``trainer.checkpoint_callbacks``. Each is optional.
@@ -56,11 +54,7 @@ class RunSummary(GStepCallback):
         super().__init__()
         if output_dir is None or str(output_dir) == "":
             raise ValueError("RunSummary: output_dir must be a folder path, e.g. output_dir=outputs/run1.")
-        if not isinstance(loss_log_every_n_g_steps, int) or isinstance(loss_log_every_n_g_steps, bool) \
-                or loss_log_every_n_g_steps < 1:
-            raise ValueError(
-                f"RunSummary: loss_log_every_n_g_steps must be an integer >= 1, got {loss_log_every_n_g_steps!r}."
-            )
+        check_int("RunSummary", "loss_log_every_n_g_steps", loss_log_every_n_g_steps, 1)
         self.output_dir = Path(output_dir)
         self.loss_log_every_n_g_steps = loss_log_every_n_g_steps
         self.d_loss_key = d_loss_key
@@ -112,12 +106,9 @@ class RunSummary(GStepCallback):
         if self.loss_history and self.loss_history[-1][0] >= g_step:
             return
         metrics = trainer.callback_metrics
-        row = [g_step]
-        for key in (self.d_loss_key, self.g_loss_key):
-            value = metrics.get(key)
-            row.append(None if value is None else to_float(value))
-        if row[1] is not None or row[2] is not None:
-            self.loss_history.append((row[0], row[1], row[2]))
+        d_loss, g_loss = (to_float(metrics[k]) if k in metrics else None for k in (self.d_loss_key, self.g_loss_key))
+        if d_loss is not None or g_loss is not None:
+            self.loss_history.append((g_step, d_loss, g_loss))
 
     def _finish(self, trainer: L.Trainer, pl_module: L.LightningModule, failure: Optional[BaseException]) -> None:
         g_step = g_steps_of(trainer, pl_module)

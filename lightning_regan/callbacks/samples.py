@@ -7,23 +7,12 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import lightning as L
-import torch
 from torch import Tensor
 
 from lightning_regan.atomic import atomic_write
 from lightning_regan.callbacks.g_step import GStepCallback, check_int, g_steps_of, is_due
+from lightning_regan.fid.stats import iter_real_batches, reference_dataset_of
 from lightning_regan.inputs import FixedInputs, class_inputs, generate
-
-
-def _real_points(datamodule: Any, n: int) -> Optional[Tensor]:
-    """The first ``n`` samples of ``datamodule.reference_dataset()`` stacked, or ``None``."""
-    fn = getattr(datamodule, "reference_dataset", None)
-    if not callable(fn):
-        return None
-    dataset = fn()
-    items = [dataset[i] for i in range(min(n, len(dataset)))]
-    items = [item[0] if isinstance(item, (tuple, list)) else item for item in items]
-    return torch.stack(items) if items else None
 
 
 class SampleGrid(GStepCallback):
@@ -111,7 +100,9 @@ class SampleGrid(GStepCallback):
         points = generate(pl_module, *self._point_inputs(pl_module))
         datamodule = getattr(trainer, "datamodule", None)
         if not self._real_loaded and self.num_real_points > 0:
-            self._real = _real_points(datamodule, self.num_real_points)
+            reference = reference_dataset_of(datamodule)
+            if reference is not None:  # the first num_real_points samples, one batch
+                self._real = next(iter_real_batches(reference, self.num_real_points, self.num_real_points), None)
             self._real_loaded = True
         save_scatter(points, target, real=self._real, centers=getattr(datamodule, "centers", None), title=f"G step {g_step}")
 

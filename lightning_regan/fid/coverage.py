@@ -111,4 +111,16 @@ def fid_bootstrap_std(
     return float(torch.tensor(values, dtype=torch.float64).std(unbiased=True))
 
 
-__all__ = ["fid_bootstrap_std", "knn_radii", "precision_recall"]
+def noise_and_coverage(real_mean: Tensor, real_cov: Tensor, real_features: Optional[Tensor], fake: Tensor,
+                       num_draws: int, k: int = 3, seed: int = 0) -> dict[str, float]:
+    """``fid_std`` (:func:`fid_bootstrap_std`, when ``num_draws``) and ``precision``/``recall``
+    (:func:`precision_recall`, when ``real_features`` are given) of the generated features ``fake``."""
+    out: dict[str, float] = {}
+    if num_draws:
+        out["fid_std"] = fid_bootstrap_std(real_mean, real_cov, fake, num_draws, seed=seed)
+    if real_features is not None:
+        out["precision"], out["recall"] = precision_recall(real_features.to(fake.device), fake, k)
+    return out
+
+
+__all__ = ["fid_bootstrap_std", "knn_radii", "noise_and_coverage", "precision_recall"]
