@@ -16,7 +16,8 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from lightning_regan.callbacks.g_step import GStepCallback, NewEvaluations, g_steps_of, to_float
+from lightning_regan.callbacks.g_step import GStepCallback, g_steps_of
+from lightning_regan.logged import NewEvaluations, to_float
 from lightning_regan.stopping import (
     CODE_REASONS,
     FID_RULES,
@@ -36,15 +37,12 @@ STATE_VERSION = 2
 class EarlyTermination(GStepCallback):
     """Stop GAN training when the losses plateau, the FID plateaus, the samples collapse or training diverges.
 
-    On every G step the ``divergence`` and ``loss_plateau`` rules read ``trainer.callback_metrics``. A new FID
-    evaluation is a new value of ``<fid_monitor>_g_step`` (the G step it was measured at, which ``FIDMonitor`` logs
-    with ``val/fid``), else a change of the value of ``<fid_monitor>``; it feeds the ``collapse`` and
-    ``fid_plateau`` rules, whichever order the callbacks run in, with the other keys they read (``val/fid_std``,
-    ``val/recall``, logged with the FID) from ``trainer.callback_metrics``. The local decision is reduced with
-    ``trainer.strategy.reduce_boolean_decision(..., all=False)`` so every rank stops together when any rank's data
-    triggers, and the reason is reduced with a max over :data:`~lightning_regan.stopping.REASON_CODES`
-    (divergence > collapsed > FID plateau > loss plateau), so every rank records it. Sanity checks and ``fast_dev_run`` are
-    skipped.
+    On every G step the ``divergence`` and ``loss_plateau`` rules read ``trainer.callback_metrics``. Each new FID
+    evaluation there (a new ``<fid_monitor>_g_step``, else a changed ``<fid_monitor>``) feeds the ``collapse`` and
+    ``fid_plateau`` rules with the keys logged with it (``val/fid_std``, ``val/recall``), whichever order the
+    callbacks run in. The decision is reduced over ranks (any rank stops all) and so is the reason, by priority
+    (:data:`~lightning_regan.stopping.REASON_CODES`: divergence > collapsed > FID plateau > loss plateau). Sanity
+    checks and ``fast_dev_run`` are skipped.
 
     The best FID (raw) and its G step are tracked, with an in-memory CPU copy of ``pl_module.eval_generator`` (the
     EMA copy when EMA is on) at that step, loaded back at the end with ``restore_best_generator``. The copy is not

@@ -28,7 +28,14 @@ from lightning_regan.fid.extractors import (
     resolve_extractor_spec,
 )
 from lightning_regan.fid.metric import FeatureDistances
-from lightning_regan.fid.stats import RealSource, RealStatistics, dataset_cache_key, load_or_compute_real_statistics, real_source_of
+from lightning_regan.fid.stats import (
+    RealSource,
+    RealStatistics,
+    dataset_cache_key,
+    real_side_from_payload,
+    real_side_payload,
+    real_source_of,
+)
 from lightning_regan.fid.weights import PathLike
 from lightning_regan.inputs import FixedInputs, generate
 
@@ -53,14 +60,12 @@ STATE_VERSION = 1
 class FIDMonitor(GStepCallback):
     """Log the FID of the generator against real data every ``every_n_g_steps`` generator steps.
 
-    At ``setup`` (stage ``fit``) rank zero builds the feature extractor and the real statistics (from the
-    disk cache when the DataModule has a ``cache_key()``), then every rank receives them by broadcast. An
-    evaluation runs on every ``every_n_g_steps``-th G step: ``num_samples`` samples are decoded from a FIXED noise
-    (``pl_module.sample_noise`` under ``seed``) with ``pl_module.generate(z=...)`` (the EMA generator when EMA is
-    on), split over the ranks, encoded and reduced exactly through torchmetrics' state sync, so every rank logs the
-    same value. ``val/fid`` (``val/kid``) and ``val/fid_g_step``, the G step it was measured at, go to
-    ``trainer.callback_metrics`` and to every logger at every evaluation: ``ModelCheckpoint(monitor="val/fid")``,
-    ``EarlyStopping`` and ``EarlyTermination`` read them there.
+    At ``setup`` rank zero builds the feature extractor and the real statistics (from the disk cache when the
+    DataModule has a ``cache_key()``) and broadcasts them. Each evaluation decodes ``num_samples`` FIXED inputs
+    (``pl_module.sample_noise`` under ``seed``) with ``pl_module.generate`` (EMA generator when on), split over the
+    ranks and reduced exactly through torchmetrics' state sync, so every rank publishes the same ``val/fid``
+    (``val/kid``) with ``val/fid_g_step``, the G step it was measured at, into ``trainer.callback_metrics`` and every
+    logger: ``ModelCheckpoint(monitor="val/fid")``, ``EarlyStopping`` and ``EarlyTermination`` read them there.
 
     For a class-conditional module (``pl_module.conditional``) the fixed inputs include labels
     (``pl_module.sample_labels`` under the same seed), and with classifier features the monitor also logs
@@ -225,14 +230,11 @@ class FIDMonitor(GStepCallback):
                         dataset_key=key,
                     )
                 if is_zero:
-                    stats = load_or_compute_real_statistics(
+                    payload = real_side_payload(
                         source, extractor.to(strategy.root_device), self.num_real_samples, dataset_key=key,
                         cache=self.cache_dir, batch_size=self.batch_size,
                         keep_features=self.kid or self.precision_recall, device=strategy.root_device,
                     )
-                    payload = {"stats": stats.to_dict(), "source": stats.source}
-                    if isinstance(extractor, ClassifierExtractor):
-                        payload["classifier"] = extractor.export()
             except Exception as exc:  # re-raised below, after telling the other ranks (no rank left waiting)
                 error = exc
         if trainer.world_size > 1:
@@ -242,12 +244,10 @@ class FIDMonitor(GStepCallback):
         elif error is not None:
             raise error
         assert payload is not None
-        if extractor is None:  # classifier on the other ranks: rank zero's weights, nothing trained again
-            extractor = ClassifierExtractor.from_export(payload["classifier"])
-        self.extractor = extractor.eval()
-        self.extractor_name = extractor_name(extractor)
-        self.real_stats = RealStatistics.from_dict(payload["stats"], source=payload["source"])
-        num_features = extractor_num_features(extractor)
+        # the classifier on the other ranks: rank zero's, from the payload
+        self.extractor, self.real_stats = real_side_from_payload(payload, extractor)
+        self.extractor_name = extractor_name(self.extractor)
+        num_features = extractor_num_features(self.extractor)
         self._metric = FeatureDistances(num_features, kid=self.kid, kid_subsets=self.kid_subsets,
                                         kid_subset_size=self.kid_subset_size, seed=self.seed)
         self._metric.set_real(self.real_stats)
@@ -259,14 +259,6 @@ class FIDMonitor(GStepCallback):
             )
 
     # ------------------------------------------------------------------ evaluation
-    def _class_head(self, pl_module: L.LightningModule) -> Optional[nn.Module]:
-        """The classifier head mapping features to class logits, when the accuracy of conditional samples applies."""
-        if not getattr(pl_module, "conditional", False) or not isinstance(self.extractor, ClassifierExtractor):
-            return None
-        if self.extractor.classifier.num_classes != pl_module.num_classes:
-            return None
-        return self.extractor.classifier.head
-
     @torch.no_grad()
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         """Compute the FID (and KID) of ``pl_module.generate`` now. Collective under DDP: call on every rank."""
@@ -281,7 +273,10 @@ class FIDMonitor(GStepCallback):
         noise, labels = self._fixed_inputs(pl_module)
         batches = noise[rank::world].split(self.batch_size)
         label_batches = [None] * len(batches) if labels is None else labels[rank::world].split(self.batch_size)
-        head = self._class_head(pl_module)
+        # class accuracy: a conditional module with the features of a classifier of its classes
+        with_classes = getattr(pl_module, "conditional", False) and isinstance(self.extractor, ClassifierExtractor)
+        classifier = self.extractor.classifier if with_classes else None
+        head = classifier.head if classifier is not None and classifier.num_classes == pl_module.num_classes else None
         correct = torch.zeros(2, dtype=torch.float64, device=device)  # [correct, total]
         kept: list[Tensor] = []
         with torch.random.fork_rng(devices=[]):  # a generator with noise layers must not move training's RNG

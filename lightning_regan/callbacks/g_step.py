@@ -1,17 +1,16 @@
-"""The G-step event, metric publishing and reading, shared by every callback that works in generator updates.
+"""The G-step event and metric publishing, shared by every callback that works in generator updates.
 
 A GAN run is counted in generator updates (G steps); Lightning counts batches and optimizer steps. Here, and only
 here, batches become G-step events: ``GANModule.training_step`` records whether its batch took a G step
 (``g_step_taken``) and :class:`GStepCallback` turns that into one ``on_g_step(trainer, pl_module, g_step)`` call.
 Evaluation callbacks hand their values to Lightning with :func:`publish_metrics` (public API only); decision
-callbacks find new evaluations among ``trainer.callback_metrics`` with :class:`NewEvaluations`.
+callbacks read them back with :mod:`lightning_regan.logged`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any
 
 import lightning as L
 import torch
@@ -22,13 +21,6 @@ def g_steps_of(trainer: L.Trainer, pl_module: L.LightningModule) -> int:
     """G steps taken so far: ``pl_module.g_steps`` (GANModule), else ``trainer.global_step``."""
     g_steps = getattr(pl_module, "g_steps", None)
     return int(trainer.global_step if g_steps is None else g_steps)
-
-
-def to_float(value: Any) -> float:
-    """A logged metric (tensor or number) as a float (NaN for an empty tensor)."""
-    if isinstance(value, torch.Tensor):
-        return float(value.detach().float().mean()) if value.numel() else math.nan
-    return float(value)
 
 
 def check_int(owner: str, name: str, value: Any, minimum: int) -> None:
@@ -73,49 +65,11 @@ def publish_metrics(trainer: L.Trainer, pl_module: L.LightningModule, metrics: M
                           sync_dist=False, batch_size=1)
         else:
             trainer.callback_metrics[name] = torch.tensor(float(value))
-    step = logger_step(trainer, pl_module)
+    # Lightning's logger step during a batch counts the batches before it: GANModule takes one D step per batch.
+    d_steps = getattr(pl_module, "d_steps", None)
+    step = max(int(d_steps) - 1, 0) if d_steps is not None else int(trainer.global_step)
     for logger in trainer.loggers:
         logger.log_metrics(dict(metrics), step=step)
 
 
-class NewEvaluations:
-    """Tells a new evaluation of ``monitor`` in ``trainer.callback_metrics`` from one already seen.
-
-    A new value of ``step_key`` (the G step the evaluation was measured at, logged with it) is a new evaluation, also
-    when the value repeats (a stalled generator); without ``step_key`` logged, a changed value is one, measured now.
-    ``last_step`` and ``last_value`` are what a decision callback keeps in its checkpoint state.
-    """
-
-    def __init__(self, monitor: str, step_key: str) -> None:
-        self.monitor = monitor
-        self.step_key = step_key
-        self.last_step: Optional[float] = None
-        self.last_value: Optional[float] = None
-
-    def read(self, metrics: Mapping[str, Any], g_step: int) -> Optional[tuple[int, float]]:
-        """``(G step it was measured at, value)`` of an evaluation not seen yet, else ``None``."""
-        if self.monitor not in metrics:
-            return None
-        value = to_float(metrics[self.monitor])
-        if self.step_key in metrics:
-            step = to_float(metrics[self.step_key])
-            if step == self.last_step:
-                return None
-            self.last_step = step
-            return int(step), value
-        last = self.last_value
-        if last is not None and (value == last or (math.isnan(value) and math.isnan(last))):
-            return None
-        self.last_value = value
-        return g_step, value
-
-
-def logger_step(trainer: L.Trainer, pl_module: L.LightningModule) -> int:
-    """Lightning's logger step during a training batch (batches finished before it): GANModule takes one D step
-    per batch, so it is ``d_steps - 1``; else ``trainer.global_step``."""
-    d_steps = getattr(pl_module, "d_steps", None)
-    return max(int(d_steps) - 1, 0) if d_steps is not None else int(trainer.global_step)
-
-
-__all__ = ["GStepCallback", "NewEvaluations", "check_int", "g_steps_of", "is_due", "logger_step", "publish_metrics",
-           "to_float"]
+__all__ = ["GStepCallback", "check_int", "g_steps_of", "is_due", "publish_metrics"]

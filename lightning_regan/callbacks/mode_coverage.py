@@ -19,10 +19,8 @@ class ModeCoverageMonitor(GStepCallback):
     ``num_samples`` points are decoded with ``pl_module.generate`` from noise drawn under a fixed seed, and scored
     with :func:`~lightning_regan.data.gaussians.mode_coverage` against the mixture's ``centers`` and ``std``
     (taken from ``trainer.datamodule``, e.g. a :class:`~lightning_regan.data.GaussianMixtureDataModule`, unless
-    given here). Every rank computes the same value (same noise, same replica of G), so it goes into
-    ``trainer.callback_metrics`` with ``pl_module.log(..., rank_zero_only=False)`` and no reduction, and straight
-    to the loggers at every evaluation (``self.log`` alone reaches them only every ``log_every_n_steps``). When
-    training ends the final G step is scored too, unless it was just scored.
+    given here). Every rank computes the same value and publishes it (``publish_metrics``) with
+    ``val/modes_g_step``. When training ends the final G step is scored too, unless it was just scored.
 
     Args:
         every_n_g_steps: Evaluate every this many G steps (``0``: only when training ends).

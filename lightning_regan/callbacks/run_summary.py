@@ -10,7 +10,8 @@ from typing import Any, Optional, Protocol, Union, runtime_checkable
 import lightning as L
 
 from lightning_regan.atomic import json_safe, write_json_atomic
-from lightning_regan.callbacks.g_step import GStepCallback, check_int, g_steps_of, is_due, to_float
+from lightning_regan.callbacks.g_step import GStepCallback, check_int, g_steps_of, is_due
+from lightning_regan.logged import to_float
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics import Metric
 
-from lightning_regan.fid.extractors import extractor_key, extractor_num_features
+from lightning_regan.fid.extractors import ClassifierExtractor, extractor_key, extractor_num_features
 from lightning_regan.fid.weights import PathLike, atomic_torch_save, cache_dir
 
 log = logging.getLogger(__name__)
@@ -307,6 +307,26 @@ def load_or_compute_real_statistics(
     return stats
 
 
+def real_side_payload(source: Optional[RealSource], extractor: nn.Module, num_real_samples: int,
+                      **kwargs: Any) -> dict[str, Any]:
+    """What one process prepares for all: the real statistics of ``source`` (``kwargs`` as in
+    :func:`load_or_compute_real_statistics`) and, for a trained classifier, its weights; plain data to broadcast."""
+    stats = load_or_compute_real_statistics(source, extractor, num_real_samples, **kwargs)
+    payload = {"stats": stats.to_dict(), "source": stats.source}
+    if isinstance(extractor, ClassifierExtractor):
+        payload["classifier"] = extractor.export()
+    return payload
+
+
+def real_side_from_payload(payload: Mapping[str, Any],
+                           extractor: Optional[nn.Module] = None) -> tuple[nn.Module, RealStatistics]:
+    """The extractor (in eval mode) and the real statistics of a :func:`real_side_payload`; without ``extractor``,
+    the payload's classifier (its weights, nothing trained again)."""
+    if extractor is None:
+        extractor = ClassifierExtractor.from_export(payload["classifier"])
+    return extractor.eval(), RealStatistics.from_dict(payload["stats"], source=payload["source"])
+
+
 __all__ = [
     "RealStatistics",
     "FeatureMoments",
@@ -317,6 +337,8 @@ __all__ = [
     "dataset_cache_key",
     "iter_real_batches",
     "load_or_compute_real_statistics",
+    "real_side_from_payload",
+    "real_side_payload",
     "real_source_of",
     "reference_dataset_of",
     "statistics_key",

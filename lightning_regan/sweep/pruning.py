@@ -16,7 +16,8 @@ from typing import Any, Optional
 
 import lightning as L
 
-from lightning_regan.callbacks.g_step import GStepCallback, NewEvaluations
+from lightning_regan.callbacks.g_step import GStepCallback
+from lightning_regan.logged import NewEvaluations
 from lightning_regan.sweep import open_storage
 
 log = logging.getLogger(__name__)
