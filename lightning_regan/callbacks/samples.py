@@ -80,11 +80,10 @@ class SampleGrid(GStepCallback):
             return None
         from lightning_regan.plots import save_image_grid
 
-        if getattr(pl_module, "conditional", False):
-            z, labels = class_inputs(pl_module, self.nrow, pl_module.fixed_noise_seed)
-            samples = pl_module.generate(z=z, y=labels)
+        if getattr(pl_module, "conditional", False):  # one row of nrow samples per class
+            samples = generate(pl_module, *class_inputs(pl_module, self.nrow, pl_module.fixed_noise_seed))
         else:
-            samples = pl_module.generate(z=pl_module.fixed_noise)
+            samples = generate(pl_module, pl_module.fixed_noise)
         target = self.dirpath / f"step_{g_step}.png"
         if samples.dim() == 2:
             self._write_points(trainer, pl_module, target, g_step)
