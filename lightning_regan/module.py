@@ -9,6 +9,7 @@ from typing import Any, Callable, Optional, Union
 import lightning as L
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -262,12 +263,16 @@ class GANModule(L.LightningModule):
             clip_val = clip_val * scaler.get_scale()
         self.clip_gradients(optimizer, gradient_clip_val=clip_val, gradient_clip_algorithm=self.gradient_clip_algorithm)
 
+    def _ddp_model(self) -> Optional[DistributedDataParallel]:
+        # a seam: the "before" measurements (tests/test_ddp.py, scripts/bench_step.py) return None here
+        return ddp_model(self.trainer.strategy)
+
     def backward_and_reduce(self, loss: Tensor, optimizer: Any) -> None:
         """``manual_backward(loss)``; under DDP inside ``no_sync()`` (DDP's reducer stays idle), then one
         all-reduce (mean) of ``optimizer``'s gradients, before clipping and ``optimizer.step()``
         (:mod:`lightning_regan.distributed`). Subclasses that override a step call this instead of ``manual_backward``.
         """
-        ddp = ddp_model(self.trainer.strategy)
+        ddp = self._ddp_model()
         if ddp is None:
             self.manual_backward(loss)
             return
@@ -277,7 +282,7 @@ class GANModule(L.LightningModule):
 
     def _broadcast_network_buffers(self) -> None:
         """Under DDP with ``broadcast_buffers`` (its default), rank 0's buffers of G and D, as DDP's forward would."""
-        ddp = ddp_model(self.trainer.strategy)
+        ddp = self._ddp_model()
         if ddp is not None and ddp.broadcast_buffers:
             broadcast_buffers([self.generator, self.discriminator], ddp.process_group)
 
