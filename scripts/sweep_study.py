@@ -103,18 +103,19 @@ def compare(pruned_dir: Path, full_dir: Path) -> dict[str, Any]:
 
 #: Pruner candidates, chosen among on the selection seeds: (label, conf/pruner option, its settings). Settings named
 #: ``*_evals`` are in FID evaluations and become G steps (``every`` G steps per evaluation): a warm-up of 1 evaluation
-#: is 100 G steps in the study. ``interval_steps`` is the reporting cadence the pruner acts on (every evaluation, or
+#: is 100 G steps in the study (labels give G steps at the study's FID every 100 G steps). ``interval_steps`` is the reporting cadence the pruner acts on (every evaluation, or
 #: every second one); the FID cadence itself stays the sweep's (changing it would change the trials).
+CADENCE = {1: "checked at each FID", 2: "checked at every 2nd FID"}
 CANDIDATES: list[tuple[str, str, dict[str, Any]]] = [
-    *[(f"median, {n} startup trials, warm-up {w}, every {i} eval", "median",
+    *[(f"median, {n} startup trials, warm-up {w * 100}, {CADENCE[i]}", "median",
        {"n_startup_trials": n, "n_warmup_evals": w, "interval_evals": i})
       for n in (1, 2, 3, 4) for w in (1, 2, 3) for i in (1, 2)],
-    *[(f"{p}th percentile, {n} startup trials, warm-up {w}, every {i} eval", "percentile",
+    *[(f"{p}th percentile, {n} startup trials, warm-up {w * 100}, {CADENCE[i]}", "percentile",
        {"percentile": float(p), "n_startup_trials": n, "n_warmup_evals": w, "interval_evals": i})
       for p in (10, 25) for n in (2, 3, 4) for w in (1, 2, 3) for i in (1, 2)],
-    *[(f"successive halving, first rung {m} eval, factor {rf}", "successive_halving",
+    *[(f"successive halving, first rung {m * 100}, factor {rf}", "successive_halving",
        {"min_resource_evals": m, "reduction_factor": rf}) for m in (1, 2, 3) for rf in (2, 3, 4)],
-    *[(f"Hyperband, min {m} eval, factor {rf}", "hyperband", {"min_resource_evals": m, "reduction_factor": rf})
+    *[(f"Hyperband, min {m * 100}, factor {rf}", "hyperband", {"min_resource_evals": m, "reduction_factor": rf})
       for m in (1, 2) for rf in (2, 3, 4)],
 ]
 
@@ -294,6 +295,23 @@ def write_report(results: dict[str, Any], out_dir: Path) -> None:
         label = f"**{row['pruner']}**" if row["pruner"] == chosen["pruner"] else row["pruner"]
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {mark} |")
     lines.append("")
+    if results.get("heldout_candidates"):
+        rows = results["heldout_candidates"]
+        rank = next(i for i, r in enumerate(rows, 1) if r["pruner"] == chosen["pruner"])
+        lines += [f"## After the choice, for reference: the candidates on the held-out seeds {', '.join(held)}", "",
+                  f"The same replay on the held-out seeds' unpruned sweeps (not read by the choice). "
+                  f"{sum(r['meets_targets'] for r in rows)} of {len(rows)} candidates meet both targets on every "
+                  f"held-out seed, {sum(r['keeps_best'] for r in rows)} keep the best trial on every held-out seed; "
+                  f"the chosen one ranks {rank} of {len(rows)} by the selection rule's order here.", "",
+                  "| pruner | " + " | ".join(f"seed {s}: G steps, best trial (gap)" for s in held) + " | targets |",
+                  "|---|" + "---|" * len(held) + "---|"]
+        for row in rows:
+            cells = [f"{row['seeds'][s]['g_steps_ratio']:.0%}, {row['seeds'][s]['best_trial']} "
+                     f"({row['seeds'][s]['best_fid_gap']:+.0%})" for s in held]
+            mark = "met" if row["meets_targets"] else ("best kept" if row["keeps_best"] else "")
+            label = f"**{row['pruner']}**" if row["pruner"] == chosen["pruner"] else row["pruner"]
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | {mark} |")
+        lines.append("")
     (out_dir / "sweep_study.md").write_text("\n".join(lines))
 
 
@@ -375,6 +393,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         "meets_targets": all(r["meets_targets"] for r in seeds.values()),
         "candidates": candidates,
     }
+    # 3. After the choice, for reference only: every candidate on the held-out seeds (how the choice ranks there).
+    heldout = replay_candidates({str(s): unpruned_trials(work / f"seed{s}_none") for s in args.heldout_seeds},
+                                args.max_g_steps, every)
+    heldout.sort(key=rank_key(heldout))
+    results["heldout_candidates"] = heldout
     write_report(results, args.out)
     print((args.out / "sweep_study.md").read_text())
     return 0
