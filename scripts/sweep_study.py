@@ -244,7 +244,8 @@ def write_report(results: dict[str, Any], out_dir: Path) -> None:
              f"{results['wall_time_min']:.1f} min (sweeps already in --work are resumed, not rerun; the trial times "
              f"below are what the sweeps took).", "",
              f"Sweep: {results['sweep']}", "",
-             f"Pruner chosen on the selection sampler seeds {', '.join(sel)} (unpruned sweeps only, replayed): "
+             f"Pruner chosen on the selection sampler seeds {', '.join(sel)} (their unpruned sweeps in "
+             f"{results['selection_sweeps']}, replayed): "
              f"**{chosen['pruner']}** (`pruner={chosen['option']} "
              + " ".join(f"pruner.{k}={v}" for k, v in chosen["overrides"].items()) + "`). "
              f"Rule: {results['selection_rule']}.", "",
@@ -335,6 +336,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny networks and budgets (smoke test)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--work", type=Path, default=None, help="sweep directories (reused: resumes)")
+    parser.add_argument("--selection-work", type=Path, default=None,
+                        help="folder of the selection seeds' unpruned sweeps, when not --work (e.g. an earlier run's)")
     args = parser.parse_args(argv)
     if set(args.selection_seeds) & set(args.heldout_seeds):
         parser.error("--selection-seeds and --heldout-seeds must not share a seed")
@@ -345,14 +348,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
 
-    def sweep(seed: int, name: str, pruner_args: list[str]) -> Path:
-        sweep_dir = work / f"seed{seed}_{name}"
+    def sweep(seed: int, name: str, pruner_args: list[str], folder: Optional[Path] = None) -> Path:
+        sweep_dir = (folder or work) / f"seed{seed}_{name}"
         wall = run_sweep(sweep_dir, seed, pruner_args, args)
         print(f"seed {seed}, {name}: {wall / 60:.1f} min", flush=True)
         return sweep_dir
 
     # 1. The choice: candidates replayed on the selection seeds' unpruned sweeps (no held-out sweep is read here).
-    selection = {str(s): unpruned_trials(sweep(s, "none", ["pruner=none"])) for s in args.selection_seeds}
+    selection = {str(s): unpruned_trials(sweep(s, "none", ["pruner=none"], args.selection_work))
+                 for s in args.selection_seeds}
     candidates = replay_candidates(selection, args.max_g_steps, every)
     if args.pruner == "auto":
         chosen = choose(candidates)
@@ -386,6 +390,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                   f"[0.01, 10]; FID on the 2-D points themselves (identity features) every {every} G steps; trials "
                   f"run one after the other (basic launcher)." + (" QUICK smoke-test budgets." if args.quick else "")),
         "selection_seeds": [str(s) for s in args.selection_seeds],
+        "selection_sweeps": str(args.selection_work or work),
         "heldout_seeds": [str(s) for s in args.heldout_seeds],
         "selection_rule": SELECTION_RULE if args.pruner == "auto" else f"none (--pruner {args.pruner})",
         "chosen": {k: chosen[k] for k in ("pruner", "option", "overrides")},
