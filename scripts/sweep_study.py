@@ -68,36 +68,35 @@ def run_sweep(sweep_dir: Path, seed: int, pruner_args: list[str], args: argparse
     return time.monotonic() - start
 
 
-def compare(pruned_dir: Path, full_dir: Path) -> dict[str, Any]:
-    """The figures of one seed: G steps, pruned trials, best trials and their FID gap."""
-    out: dict[str, Any] = {}
-    studies = {}
-    for name, path in (("pruned", pruned_dir), ("unpruned", full_dir)):
-        study = load_study(str(path / "optuna.journal"))
-        records = trial_records(study)
-        best = best_record(study, records)
-        studies[name] = records
-        out[name] = {
-            "trials": len(records),
-            "g_steps": sum(int(r["g_steps"]) for r in records),
-            "pruned_trials": sum(r["status"] == "pruned" for r in records),
-            "best_trial": None if best is None else best["trial"],
-            "best_fid": None if best is None else best["best_fid"],
-            "best_params": None if best is None else best["params"],
-            # Time the trials took (start to end of each), so a resumed study still reports what the sweep cost.
-            "trials_time_min": sum((t.datetime_complete - t.datetime_start).total_seconds() for t in study.trials
-                                   if t.datetime_complete is not None and t.datetime_start is not None) / 60,
-            "rows": [{k: r[k] for k in ("trial", "params", "g_steps", "pruned_at", "best_fid", "status")}
-                     for r in records],
-        }
-    same_configs = [r["params"] for r in studies["pruned"]] == [r["params"] for r in studies["unpruned"]]
-    p, u = out["pruned"], out["unpruned"]
-    out["same_configurations"] = same_configs
+def summarize(sweep_dir: Path) -> dict[str, Any]:
+    """The figures of one sweep from its journal: G steps, pruned trials, best trial, trial time, one row per trial."""
+    study = load_study(str(sweep_dir / "optuna.journal"))
+    records = trial_records(study)
+    best = best_record(study, records)
+    return {
+        "trials": len(records),
+        "g_steps": sum(int(r["g_steps"]) for r in records),
+        "pruned_trials": sum(r["status"] == "pruned" for r in records),
+        "best_trial": None if best is None else best["trial"],
+        "best_fid": None if best is None else best["best_fid"],
+        "best_params": None if best is None else best["params"],
+        # Time the trials took (start to end of each), so a resumed study still reports what the sweep cost.
+        "trials_time_min": sum((t.datetime_complete - t.datetime_start).total_seconds() for t in study.trials
+                               if t.datetime_complete is not None and t.datetime_start is not None) / 60,
+        "rows": [{k: r[k] for k in ("trial", "params", "g_steps", "pruned_at", "best_fid", "status")}
+                 for r in records],
+    }
+
+
+def compare(pruned: dict[str, Any], unpruned: dict[str, Any]) -> dict[str, Any]:
+    """The figures of one seed from its two sweeps' summaries: G-step ratio, best trials and their FID gap."""
+    out: dict[str, Any] = {"pruned": pruned, "unpruned": unpruned}
+    p, u = pruned, unpruned
+    out["same_configurations"] = [r["params"] for r in p["rows"]] == [r["params"] for r in u["rows"]]
     out["g_steps_ratio"] = p["g_steps"] / u["g_steps"]
     out["same_best_trial"] = p["best_trial"] == u["best_trial"]
     out["best_fid_gap"] = (p["best_fid"] / u["best_fid"] - 1.0) if p["best_fid"] and u["best_fid"] else None
-    out["meets_targets"] = bool(out["g_steps_ratio"] <= 0.40 and (
-        out["same_best_trial"] or (out["best_fid_gap"] is not None and out["best_fid_gap"] <= 0.05)))
+    out["meets_targets"] = meets(out)
     return out
 
 
@@ -159,7 +158,7 @@ def replay(trials: list[Any], pruner: Any) -> dict[str, Any]:
 
     # A fixed name: Hyperband assigns trials to brackets by a hash of the study name and trial number.
     study = optuna.create_study(study_name="replay", pruner=pruner)
-    steps, kept, n_pruned = 0, [], 0
+    steps, kept, n_pruned, rows = 0, [], 0, []
     for t in trials:
         trial = study.ask()
         pruned_at = None
@@ -172,15 +171,22 @@ def replay(trials: list[Any], pruner: Any) -> dict[str, Any]:
             study.tell(trial, t.value)
             steps += int(t.user_attrs["g_steps"])
             kept.append(t)
+            rows.append({"trial": t.number, "params": dict(t.params), "g_steps": int(t.user_attrs["g_steps"]),
+                         "pruned_at": None, "best_fid": t.user_attrs.get("best_fid", t.value),
+                         "status": t.user_attrs.get("status", "completed")})
         else:
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             steps += pruned_at
             n_pruned += 1
+            rows.append({"trial": t.number, "params": dict(t.params), "g_steps": pruned_at, "pruned_at": pruned_at,
+                         "best_fid": min(v for k, v in t.intermediate_values.items() if k <= pruned_at),
+                         "status": "pruned"})
     best_all = min(trials, key=lambda t: t.value)
     best = min(kept, key=lambda t: t.value)
     return {"g_steps": steps, "g_steps_ratio": steps / sum(int(t.user_attrs["g_steps"]) for t in trials),
             "pruned_trials": n_pruned, "best_trial": best.number, "same_best_trial": best.number == best_all.number,
-            "best_fid_gap": best.value / best_all.value - 1.0}
+            "best_fid_gap": best.value / best_all.value - 1.0, "best_fid": best.user_attrs.get("best_fid", best.value),
+            "best_params": dict(best.params), "rows": rows}
 
 
 def unpruned_trials(sweep_dir: Path) -> list[Any]:
@@ -249,8 +255,10 @@ def write_report(results: dict[str, Any], out_dir: Path) -> None:
              f"**{chosen['pruner']}** (`pruner={chosen['option']} "
              + " ".join(f"pruner.{k}={v}" for k, v in chosen["overrides"].items()) + "`). "
              f"Rule: {results['selection_rule']}.", "",
-             f"Held-out sampler seeds {', '.join(held)} (never seen by the choice), real sweeps with and without the "
-             f"chosen pruner:", "",
+             f"Held-out sampler seeds {', '.join(held)} (never seen by the choice): their unpruned sweeps and "
+             + ("real sweeps with the chosen pruner:" if all(r["pruned_sweep"] == "run" for r in results["seeds"].values())
+                else "the chosen pruner replayed on them (--heldout-pruned replay; a pruned trial's FID history is the "
+                     "unpruned one's prefix, so this is the pruned sweep without training it):"), "",
              "| sampler seed | trials | pruned | G steps pruned sweep | unpruned | ratio "
              "| best trial pruned / unpruned | best FID pruned / unpruned | gap | trial time pruned / unpruned | targets |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -260,16 +268,19 @@ def write_report(results: dict[str, Any], out_dir: Path) -> None:
         lines.append(f"| {seed} | {p['trials']} | {p['pruned_trials']} | {p['g_steps']:,} | {u['g_steps']:,} | "
                      f"{r['g_steps_ratio']:.0%} | {p['best_trial']} / {u['best_trial']} | "
                      f"{p['best_fid']:.4g} / {u['best_fid']:.4g} | {gap} | "
-                     f"{p['trials_time_min']:.1f} / {u['trials_time_min']:.1f} min | "
+                     + (f"{p['trials_time_min']:.1f}" if p["trials_time_min"] is not None else "replayed")
+                     + f" / {u['trials_time_min']:.1f} min | "
                      f"{'met' if r['meets_targets'] else 'NOT met'} |")
     lines += ["", f"Targets on the held-out seeds (G steps with pruning <= 40 % of without; same best trial or best "
                   f"FID within 5 %; every seed): **{'met' if results['meets_targets'] else 'NOT met'}**. Same "
                   f"configurations in both sweeps of a seed: "
-                  f"{all(r['same_configurations'] for r in results['seeds'].values())}. The chosen pruner replayed on "
-                  f"each held-out unpruned sweep gives the real pruned sweep's G steps and best trial: "
-                  f"{all(r['replay_agrees'] for r in results['seeds'].values())}.", ""]
+                  f"{all(r['same_configurations'] for r in results['seeds'].values())}."
+                  + ("" if any(r["pruned_sweep"] == "replay" for r in results["seeds"].values()) else
+                     f" The chosen pruner replayed on each held-out unpruned sweep gives the real pruned sweep's G "
+                     f"steps and best trial: {all(r['replay_agrees'] for r in results['seeds'].values())}."), ""]
     for seed, r in results["seeds"].items():
-        lines += [f"## Held-out sampler seed {seed}: trials of the pruned sweep (unpruned best FID beside)", "",
+        lines += [f"## Held-out sampler seed {seed}: trials of the pruned sweep"
+                  + (" (replayed;" if r["pruned_sweep"] == "replay" else " (") + " unpruned best FID beside)", "",
                   "| trial | r1 weight | D lr | G lr | G steps | pruned at | best FID | status | unpruned best FID |",
                   "|---|---|---|---|---|---|---|---|---|"]
         full = {row["trial"]: row for row in r["unpruned"]["rows"]}
@@ -333,6 +344,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--max-g-steps", type=int, default=1000)
     parser.add_argument("--pruner", default="auto",
                         help="'auto' (choose among CANDIDATES on the selection seeds) or a conf/pruner/ option as is")
+    parser.add_argument("--heldout-pruned", choices=("run", "replay"), default="run",
+                        help="held-out pruned sweeps: run them, or replay the chosen pruner on the unpruned ones")
     parser.add_argument("--quick", action="store_true", help="tiny networks and budgets (smoke test)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--work", type=Path, default=None, help="sweep directories (reused: resumes)")
@@ -370,11 +383,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     # 2. The held-out seeds: real sweeps with the chosen pruner and without.
     seeds: dict[str, Any] = {}
     for seed in args.heldout_seeds:
-        pruned_dir, full_dir = sweep(seed, name, pruner_args), sweep(seed, "none", ["pruner=none"])
-        r = compare(pruned_dir, full_dir)
+        full_dir = sweep(seed, "none", ["pruner=none"])
         check = replay(unpruned_trials(full_dir),
                        make_pruner(chosen["option"], chosen["overrides"], args.max_g_steps, every))
-        r["replay"] = check
+        check["trials"] = len(check["rows"])
+        if args.heldout_pruned == "run":
+            r = compare(summarize(sweep(seed, name, pruner_args)), summarize(full_dir))
+        else:  # the chosen pruner replayed on the unpruned sweep stands for the pruned sweep (no trial time)
+            r = compare({**check, "trials_time_min": None}, summarize(full_dir))
+        r["pruned_sweep"] = args.heldout_pruned
+        r["replay"] = {k: v for k, v in check.items() if k != "rows"}
         r["replay_agrees"] = (check["g_steps"] == r["pruned"]["g_steps"]
                               and check["best_trial"] == r["pruned"]["best_trial"])
         seeds[str(seed)] = r
