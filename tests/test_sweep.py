@@ -322,10 +322,14 @@ def test_sweep_study_replays_candidates_and_chooses_by_the_declared_rule():
     trials = unpruned_sweep([[3.0, 2.0, 1.0, 0.8, 0.6], slow_best, *[[3.6 + 0.01 * k] * 5 for k in range(6)]])
 
     none = study.replay(trials, study.make_pruner("none", {}, 500, 100))
-    assert none == {"g_steps": 4000, "g_steps_ratio": 1.0, "pruned_trials": 0, "best_trial": 1,
-                    "same_best_trial": True, "best_fid_gap": 0.0}
+    assert {k: none[k] for k in ("g_steps", "g_steps_ratio", "pruned_trials", "best_trial", "same_best_trial",
+                                 "best_fid_gap", "best_fid")} == {
+        "g_steps": 4000, "g_steps_ratio": 1.0, "pruned_trials": 0, "best_trial": 1, "same_best_trial": True,
+        "best_fid_gap": 0.0, "best_fid": 0.1}
     eager = study.replay(trials, optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=100))
     assert eager["best_trial"] == 0 and eager["pruned_trials"] == 7 and eager["best_fid_gap"] == pytest.approx(5.0)
+    assert eager["rows"][1] == {"trial": 1, "params": {}, "g_steps": 100, "pruned_at": 100, "best_fid": 3.5,
+                                "status": "pruned"}
 
     candidates = [("eager", "median", {"n_startup_trials": 1, "n_warmup_evals": 1, "interval_evals": 1}),
                   ("late", "median", {"n_startup_trials": 2, "n_warmup_evals": 3, "interval_evals": 1}),
@@ -343,6 +347,19 @@ def test_sweep_study_replays_candidates_and_chooses_by_the_declared_rule():
     assert study.choose([by["late"], by["off"], by["eager"]])["pruner"] == "late"  # none meets: cheapest that keeps
     assert study.choose([by["eager"]])["pruner"] == "eager"
     assert study.slug("percentile", by["strict"]["overrides"]) == "percentile_p25_n2_w100_i200"
+
+
+def test_sweep_study_choice_is_the_ring_sweeps_default_pruner():
+    """conf/hparams_search/ring_lr_r1.yaml prunes with what the committed study chose on its selection seeds, and the
+    study's targets are judged on seeds the choice did not read."""
+    results = json.loads((REPO_ROOT / "bench" / "results" / "sweep_study.json").read_text())
+    assert not set(results["selection_seeds"]) & set(results["heldout_seeds"])
+    assert set(results["seeds"]) == set(results["heldout_seeds"])
+    chosen = results["chosen"]
+    search = yaml.safe_load((REPO_ROOT / "conf" / "hparams_search" / "ring_lr_r1.yaml").read_text())
+    assert {"/pruner": chosen["option"]} in search["defaults"]
+    default = yaml.safe_load((REPO_ROOT / "conf" / "pruner" / f"{chosen['option']}.yaml").read_text())
+    assert {k: default[k] for k in chosen["overrides"]} == chosen["overrides"]
 
 
 @pytest.mark.slow
