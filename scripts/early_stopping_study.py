@@ -252,6 +252,58 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------------------------------------- Inception check
+def inception_confirmation(report: dict[str, Any], setup_name: str, seed: int, work: Path, num_samples: int,
+                           threads: int) -> dict[str, Any]:
+    """Real-Inception FID (torch-fidelity's network, offline weights) of the generators one run hands over.
+
+    For one (setup, seed) of a finished study (its G snapshots saved in ``work``): the generator the chosen rule
+    restores, the full run's best-by-monitor and its last, each on ``num_samples`` samples of a noise seed no
+    monitor used, against as many images of the test split.
+    """
+    import torch
+
+    from lightning_regan.builders import build_datamodule, build_models
+    from lightning_regan.config import compose_config
+    from lightning_regan.fid.extractors import build_extractor
+    from lightning_regan.fid.metric import FeatureDistances
+    from lightning_regan.fid.stats import compute_real_statistics
+
+    torch.set_num_threads(threads)
+    setup = SETUPS[setup_name]
+    chosen = report["analysis"]["chosen"]
+    run = next(r for r in report["runs"] if r["setup"] == setup_name and r["seed"] == seed)
+    graded = next(g for g in report["analysis"]["candidates"][chosen]["graded"]
+                  if g["setup"] == setup_name and g["seed"] == seed)
+    steps = {"restored (with stopping)": graded["restored_g_step"], "full run's best": graded["full_best_g_step"],
+             "full run's last": run["evaluations"][-1]["g_step"]}
+    cfg = compose_config([*setup.overrides, f"seed={seed}", f"data.root={DATA_ROOT}", "output_dir=/tmp"])
+    datamodule = build_datamodule(cfg)
+    generator, _ = build_models(cfg, tuple(datamodule.shape))
+    generator.eval()
+    extractor = build_extractor("inception")
+    start = time.perf_counter()
+    real = compute_real_statistics(datamodule._load("test"), extractor, num_samples)
+    metric = FeatureDistances(real.num_features)
+    metric.set_real(real)
+    noise = torch.randn(num_samples, int(cfg.model.latent_dim), generator=torch.Generator().manual_seed(30_000 + seed))
+    fids: dict[str, float] = {}
+    for name, step in steps.items():
+        if step in [steps[k] for k in fids]:
+            fids[name] = fids[next(k for k in fids if steps[k] == step)]
+            continue
+        generator.load_state_dict(torch.load(work / f"{setup_name}-s{seed}" / "snapshots" / f"g{step}.pt"))
+        metric.reset_fake()
+        with torch.no_grad():
+            for z in noise.split(100):
+                metric.update(extractor(generator(z)))
+        fids[name] = float(metric.compute()["fid"])
+    return {"setup": setup_name, "seed": seed, "rule": chosen, "num_samples": num_samples, "g_steps": steps,
+            "inception_fid": fids, "stop_g_step": graded["stop_g_step"], "reason": graded["reason"],
+            "gap": fids["restored (with stopping)"] / fids["full run's best"] - 1,
+            "classifier_gap": graded["gap"], "wall_s": time.perf_counter() - start, "threads": threads}
+
+
 # ---------------------------------------------------------------------------------------------- driver
 def run_specs(setups: list[str], seeds: list[int], quick: bool, work: Path) -> list[dict[str, Any]]:
     specs = []
@@ -319,6 +371,8 @@ def replay_rule(run: dict[str, Any], make_rule: Optional[Callable[[], StopRule]]
     """
     rows = run["evaluations"]
     rule = make_rule() if make_rule else None
+    if rule is not None and getattr(rule, "budget_g_steps", False) is None:
+        rule.budget_g_steps = run["max_g_steps"]  # as EarlyTermination does from the Trainer's max_steps
     collapse = make_collapse() if make_collapse else None
     divergence_step = run.get("divergence_g_step") if use_divergence else None
     stop, reason = None, None
@@ -438,11 +492,11 @@ def candidates() -> dict[str, dict[str, Any]]:
                                        "args": {"patience": 4, "min_delta": 0.01, "window": 3, "warmup_g_steps": 500}},
     }
     for z in (1.0, 2.0):
-        for patience in (0.2, 0.3, 0.4, 0.5):
+        for patience in (0.2, 0.3, 0.4):
             out[f"noise z={z:g} patience={patience:g}"] = {"family": "FIDNoisePlateau",
                                                            "args": {"z": z, "patience": patience}}
-    for family in ("FIDTrend", "FIDPowerLaw"):
-        for horizon in (0.5, 1.0, 2.0):
+    for family, horizons in (("FIDTrend", (0.5, 1.0, 2.0, 4.0)), ("FIDPowerLaw", (1.0, 2.0, 4.0))):
+        for horizon in horizons:
             for window in (0.3, 0.5):
                 for patience in (1, 2):
                     out[f"{'trend' if family == 'FIDTrend' else 'powerlaw'} h={horizon:g} w={window:g} p={patience}"] = {
@@ -535,7 +589,7 @@ def markdown(report: dict[str, Any]) -> str:
     chosen = a["chosen"]
     m = report["machine"]
     lines = [
-        "# Early-termination study v2", "",
+        "# Early-termination study v3", "",
         f"Command: `{report['command']}`  ",
         f"Machine: {m['cpu']} ({m['cores']} cores), Python {m['python']}, torch {m['torch']}; {report['date']}; "
         f"study wall time {report['wall_time_s'] / 60:.1f} min; the {len(report['runs'])} runs took "
@@ -610,7 +664,22 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--chosen", default=None, help="report this candidate instead of the selection's pick")
     parser.add_argument("--replay", type=Path, default=None, metavar="JSON",
                         help="re-analyse the runs recorded in a study JSON (no training)")
+    parser.add_argument("--inception", nargs=2, default=None, metavar=("SETUP", "SEED"),
+                        help="with --replay and --work: real-Inception FID of one run's handed-over generators")
+    parser.add_argument("--inception-samples", type=int, default=2000)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of the Inception check")
     args = parser.parse_args(argv)
+
+    if args.inception:
+        if not (args.replay and args.work):
+            parser.error("--inception needs --replay (the study JSON) and --work (its runs' G snapshots)")
+        result = inception_confirmation(json.loads(args.replay.read_text()), args.inception[0], int(args.inception[1]),
+                                        args.work, args.inception_samples, args.threads)
+        result["command"] = "python scripts/early_stopping_study.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "early_stopping_inception.json").write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps(result, indent=1))
+        return 0
 
     if args.worker:
         for spec in json.loads(args.worker):

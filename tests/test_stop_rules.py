@@ -186,3 +186,23 @@ def test_non_finite_fids_are_left_to_the_divergence_rule():
     rule = FIDTrend()
     fids = [10.0] * 3 + [math.nan] * 20
     assert feed(rule, fids)[0] is None and rule.evaluations == 23 and len(rule.history) == 3
+
+
+def test_the_horizon_stops_at_the_budget():
+    # Still improving 1 % per evaluation at the end: projected over the run so far (h=1) that is far above 5 %,
+    # but with 2 evaluations of a 40-evaluation budget left only ~2 % can still come: the budget-aware rule stops.
+    fids = [100.0, 40.0] + [30.0 * 0.99 ** k for k in range(38)]
+    assert feed(FIDTrend(), fids)[0] is None
+    capped = FIDTrend(budget_g_steps=40 * EVERY)
+    stop, message = feed(capped, fids)
+    assert stop is not None and stop >= 36 * EVERY, message
+    assert "over the next" in message and capped.config()["budget_g_steps"] == 40 * EVERY
+
+
+@pytest.mark.parametrize("rule_cls", [FIDTrend, FIDPowerLaw])
+def test_the_horizon_is_capped_at_what_is_left_of_the_budget(rule_cls):
+    assert rule_cls(horizon=2.0).horizon_steps(3000) == 6000
+    capped = rule_cls(horizon=1.0, budget_g_steps=4000)
+    assert capped.horizon_steps(2000) == 2000 and capped.horizon_steps(3700) == 300 and capped.horizon_steps(4500) == 0
+    with pytest.raises(ValueError, match="budget_g_steps"):
+        rule_cls(budget_g_steps=0)
