@@ -522,15 +522,22 @@ class _EvaluationRule(StopRule):
         return (g_step >= self.warmup_g_steps and len(self.history) >= self.min_evaluations
                 and self.started())
 
-    def started(self) -> bool:
-        """Whether the FID has fallen below ``(1 - min_progress)`` x its first value: before that the run has not
-        taken off (GANs often sit near their initial FID for a while) and no plateau is called."""
+    def takeoff_g_step(self) -> Optional[int]:
+        """G step of the first FID below ``(1 - min_progress)`` x the first one (``None``: not yet)."""
         first = self.history[0][1]
-        return min(row[1] for row in self.history) <= (1.0 - self.min_progress) * first
+        return next((int(row[0]) for row in self.history if row[1] <= (1.0 - self.min_progress) * first), None)
+
+    def started(self) -> bool:
+        """Whether the run has taken off, ``min_evaluations`` evaluations ago or more: GANs often sit near their
+        first FID for a while (or fall back to it and stay), and a fit over those flat evaluations would call a
+        plateau in the middle of the descent that follows."""
+        takeoff = self.takeoff_g_step()
+        return takeoff is not None and sum(row[0] >= takeoff for row in self.history) >= self.min_evaluations
 
     def _window(self, g_step: int, fraction: float) -> list[list[Optional[float]]]:
-        """Evaluations from G step ``(1 - fraction) * g_step`` on (at least ``min_evaluations`` of them)."""
-        start = (1.0 - fraction) * g_step
+        """Evaluations from G step ``(1 - fraction) * g_step`` on, never before the take-off (at least
+        ``min_evaluations`` of them)."""
+        start = max((1.0 - fraction) * g_step, self.takeoff_g_step() or 0)
         recent = [row for row in self.history if row[0] >= start]
         return recent if len(recent) >= self.min_evaluations else self.history[-self.min_evaluations:]
 
@@ -601,8 +608,9 @@ class FIDTrend(_EvaluationRule):
         recall_tolerance: Projected absolute recall gain that blocks a stop; ``None`` ignores recall.
         warmup_g_steps: No decision before this G step.
         monitor: FID metric name. ``noise_key``: its measurement noise (unused here). ``recall_key``: recall.
-        min_progress: No plateau before the best FID is below ``(1 - min_progress)`` x the first one (the run has
-            taken off); a warmup that needs no G-step count per dataset.
+        min_progress: The run takes off at the first FID below ``(1 - min_progress)`` x the first one; no plateau
+            before ``min_evaluations`` evaluations from there on, and no fit reaches back before it (a warmup that
+            needs no G-step count per dataset).
         budget_g_steps: The run's budget in G steps: nothing beyond it is projected ("would going on to the end of
             the budget gain more than ``tolerance``?"). ``None``: :class:`EarlyTermination` fills it in from the
             Trainer's ``max_steps`` (left uncapped when the Trainer has none).

@@ -206,3 +206,16 @@ def test_the_horizon_is_capped_at_what_is_left_of_the_budget(rule_cls):
     assert capped.horizon_steps(2000) == 2000 and capped.horizon_steps(3700) == 300 and capped.horizon_steps(4500) == 0
     with pytest.raises(ValueError, match="budget_g_steps"):
         rule_cls(budget_g_steps=0)
+
+
+@pytest.mark.parametrize("rule_cls", RULES)
+def test_a_late_take_off_is_not_a_plateau(rule_cls):
+    # Seen in the study (mnist_dcgan seed 1): the FID dips, falls back to a constant for 20 evaluations, then
+    # takes off. A fit over the constant stretch calls a plateau in the middle of the descent; the rules fit from
+    # the take-off on, and only once min_evaluations evaluations are in after it.
+    fids = [1700.0, 1200.0] + [1595.0] * 20 + [900.0 * 0.8 ** k for k in range(12)]
+    stop, message = feed(rule_cls(), fids)
+    assert stop is None, message
+    rule = rule_cls()
+    feed(rule, fids[:25])
+    assert rule.takeoff_g_step() == 24 * EVERY and not rule.started()  # 720 is the first FID under 850
