@@ -496,7 +496,7 @@ def summarize(graded: list[dict[str, Any]], runs: list[dict[str, Any]]) -> dict[
 def candidates() -> dict[str, dict[str, Any]]:
     """Every rule configuration replayed: name -> {"family", "args"}."""
     out: dict[str, dict[str, Any]] = {
-        "patience (current default)": {"family": "FIDPlateau",
+        "patience (v1 rule)": {"family": "FIDPlateau",
                                        "args": {"patience": 4, "min_delta": 0.01, "window": 3, "warmup_g_steps": 500}},
     }
     for z in (1.0, 2.0):
