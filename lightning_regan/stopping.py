@@ -668,7 +668,8 @@ class FIDTrend(_EvaluationRule):
         blocked = self._recall_rising(self._window(g_step, self.window), horizon_steps)
         why = (f"{self._fit_description()} projects a gain of {gain:.1%} < {self.tolerance:.1%} over the next "
                f"{horizon_steps:.0f} G steps")
-        return self._verdict(g_step, gain < self.tolerance, why, blocked, self.patience)
+        # At the end of the budget there is nothing left to save: the run completes, it is not a plateau.
+        return self._verdict(g_step, gain < self.tolerance and horizon_steps > 0, why, blocked, self.patience)
 
     def _fit_description(self) -> str:
         return f"the trend of log {self.monitor} over the last {self.window:.0%} of the run"

@@ -197,6 +197,11 @@ def test_the_horizon_stops_at_the_budget():
     stop, message = feed(capped, fids)
     assert stop is not None and stop >= 36 * EVERY, message
     assert "over the next" in message and capped.config()["budget_g_steps"] == 40 * EVERY
+    # Improving 10 % per evaluation to the end: at the last evaluation nothing is left of the budget (a projected
+    # gain of 0 over 0 G steps), and the run completes rather than stopping on a plateau.
+    last = FIDTrend(budget_g_steps=12 * EVERY, patience=1)
+    assert feed(last, [100.0, 40.0] + [40.0 * 0.9 ** k for k in range(1, 11)])[0] is None
+    assert last.horizon_steps(12 * EVERY) == 0 and last.evaluations == 12
 
 
 @pytest.mark.parametrize("rule_cls", [FIDTrend, FIDPowerLaw])
