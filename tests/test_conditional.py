@@ -194,12 +194,29 @@ def test_builtin_mlp_networks_take_labels(shape):
     y = torch.tensor([0, 1, 2, 3])
     x = g(torch.randn(4, 8), y)
     assert x.shape == (4, *shape) and d(x, y).shape == (4,)
-    # the projection term makes D's output depend on the label
+    # the projection term makes D's output depend on the label, the class bias G's
     assert not torch.allclose(d(x, y), d(x, (y + 1) % 4))
+    z = torch.randn(4, 8)
+    assert not torch.allclose(g(z, y), g(z, (y + 1) % 4))
     with pytest.raises(ValueError, match="labels"):
         g(torch.randn(4, 8))
     with pytest.raises(ValueError, match="unconditional"):
         MLPDiscriminator(shape)(x, y)
+
+
+def test_class_bias_is_a_label_embedding_joined_to_the_input_folded_into_the_layer():
+    """``Linear(cat(z, E[y]))`` equals ``Linear_z(z) + b[y]`` with ``b = E @ W_e^T``: MLPGenerator's ClassBias."""
+    from lightning_regan.models.conditioning import ClassBias
+
+    torch.manual_seed(0)
+    joined, embed = nn.Linear(6 + 3, 5), torch.randn(4, 3)
+    folded, bias = nn.Linear(6, 5), ClassBias(4, 5)
+    with torch.no_grad():
+        folded.weight.copy_(joined.weight[:, :6])
+        folded.bias.copy_(joined.bias)
+        bias.embed.weight.copy_(embed @ joined.weight[:, 6:].T)
+    z, y = torch.randn(7, 6), torch.tensor([0, 3, 1, 1, 2, 0, 3])
+    torch.testing.assert_close(bias(folded(z), y), joined(torch.cat([z, embed[y]], dim=1)))
 
 
 def test_builtin_dcgan_networks_take_labels_and_spectral_norm_covers_the_projection():

@@ -9,7 +9,7 @@ from typing import Optional
 
 from torch import Tensor, nn
 
-from lightning_regan.models.conditioning import LabelEmbedding, ProjectionHead, check_num_classes, need_labels, projected_logits
+from lightning_regan.models.conditioning import ClassBias, ProjectionHead, check_num_classes, need_labels, projected_logits
 
 _OUTPUT_ACTIVATIONS = ("auto", "tanh", "sigmoid", "none")
 _NORMS = ("none", "layer", "batch")
@@ -39,9 +39,8 @@ class MLPGenerator(nn.Module):
         output_activation: ``"auto"`` (``tanh`` for images in [-1, 1], none for points), ``"tanh"``,
             ``"sigmoid"`` or ``"none"``.
         batch_norm: BatchNorm after each hidden linear layer.
-        num_classes: Class-conditional ``G(z, y)`` with a label embedding of size ``embed_dim`` (default
-            ``latent_dim``) joined to ``z``; ``None`` for ``G(z)``.
-        embed_dim: Size of the label embedding.
+        num_classes: Class-conditional ``G(z, y)``: a label embedding joined to ``z``, folded into the first linear
+            layer as a per-class bias (:class:`~lightning_regan.models.conditioning.ClassBias`); ``None`` for ``G(z)``.
     """
 
     def __init__(
@@ -52,7 +51,6 @@ class MLPGenerator(nn.Module):
         output_activation: str = "auto",
         batch_norm: bool = False,
         num_classes: Optional[int] = None,
-        embed_dim: Optional[int] = None,
     ) -> None:
         super().__init__()
         if not isinstance(latent_dim, int) or latent_dim < 1:
@@ -65,10 +63,11 @@ class MLPGenerator(nn.Module):
             output_activation = "tanh" if len(self.data_shape) > 1 else "none"
         self.output_activation = output_activation
         self.num_classes = check_num_classes(num_classes, "MLPGenerator")
-        self.label_embedding = LabelEmbedding(num_classes, embed_dim or latent_dim) if num_classes else None
+        sizes = _hidden(hidden, "MLPGenerator")
+        self.class_bias = ClassBias(num_classes, sizes[0]) if num_classes else None
         layers: list[nn.Module] = []
-        width = latent_dim + ((embed_dim or latent_dim) if num_classes else 0)
-        for h in _hidden(hidden, "MLPGenerator"):
+        width = latent_dim
+        for h in sizes:
             layers.append(nn.Linear(width, h))
             if batch_norm:
                 layers.append(nn.BatchNorm1d(h))
@@ -83,9 +82,13 @@ class MLPGenerator(nn.Module):
 
     def forward(self, z: Tensor, y: Optional[Tensor] = None) -> Tensor:
         """Map ``(N, latent_dim)`` noise (and labels ``(N,)`` when conditional) to samples ``(N, *data_shape)``."""
-        need_labels(y, self.label_embedding is not None, "MLPGenerator")
-        h = z if self.label_embedding is None else self.label_embedding(z, y)
-        return self.net(h).view(z.shape[0], *self.data_shape)
+        need_labels(y, self.class_bias is not None, "MLPGenerator")
+        if self.class_bias is None:
+            return self.net(z).view(z.shape[0], *self.data_shape)
+        h = z
+        for i, layer in enumerate(self.net):  # not self.net[1:]: slicing builds a new Sequential per call
+            h = self.class_bias(layer(h), y) if i == 0 else layer(h)  # net[0] is the first Linear
+        return h.view(z.shape[0], *self.data_shape)
 
 
 class MLPDiscriminator(nn.Module):
