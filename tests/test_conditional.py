@@ -204,19 +204,15 @@ def test_builtin_mlp_networks_take_labels(shape):
         MLPDiscriminator(shape)(x, y)
 
 
-def test_class_bias_is_a_label_embedding_joined_to_the_input_folded_into_the_layer():
-    """``Linear(cat(z, E[y]))`` equals ``Linear_z(z) + b[y]`` with ``b = E @ W_e^T``: MLPGenerator's ClassBias."""
-    from lightning_regan.models.conditioning import ClassBias
-
+def test_mlp_generator_joins_the_one_hot_label_to_z():
+    """The first layer sees ``cat(z, one_hot(y))``: a per-class bias, the unconditional weights on ``z``."""
     torch.manual_seed(0)
-    joined, embed = nn.Linear(6 + 3, 5), torch.randn(4, 3)
-    folded, bias = nn.Linear(6, 5), ClassBias(4, 5)
-    with torch.no_grad():
-        folded.weight.copy_(joined.weight[:, :6])
-        folded.bias.copy_(joined.bias)
-        bias.embed.weight.copy_(embed @ joined.weight[:, 6:].T)
+    g = MLPGenerator(6, (2,), hidden=[5], num_classes=4, output_activation="none")
+    first = g.net[0]
+    assert first.in_features == 6 + 4
     z, y = torch.randn(7, 6), torch.tensor([0, 3, 1, 1, 2, 0, 3])
-    torch.testing.assert_close(bias(folded(z), y), joined(torch.cat([z, embed[y]], dim=1)))
+    h = torch.relu(z @ first.weight[:, :6].T + first.bias + first.weight[:, 6:].T[y])
+    torch.testing.assert_close(g(z, y), g.net[-1](h))
 
 
 def test_builtin_dcgan_networks_take_labels_and_spectral_norm_covers_the_projection():

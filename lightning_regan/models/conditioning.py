@@ -36,27 +36,6 @@ class LabelEmbedding(nn.Module):
         return torch.cat([z, self.embed(y).to(z.dtype)], dim=1)
 
 
-class ClassBias(nn.Module):
-    """A label embedding joined to the input of a linear layer, folded into that layer: ``cat(z, e_y) @ W`` is
-    ``z @ W_z + (E @ W_e)[y]``, so the label's part is a per-class bias ``b[y]`` of the layer's output. One table
-    lookup instead of a matrix product as wide again as ``z``'s (the cost of conditioning a small MLP).
-
-    Args:
-        num_classes: Number of classes.
-        features: Output width of the layer it follows.
-        std: Initial scale of the biases (about that of ``(E @ W_e)[y]`` for an N(0, 1) embedding of ``z``'s size
-            and PyTorch's default ``Linear`` init).
-    """
-
-    def __init__(self, num_classes: int, features: int, std: float = 0.5) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(num_classes, features)
-        nn.init.normal_(self.embed.weight, 0.0, std)
-
-    def forward(self, h: Tensor, y: Tensor) -> Tensor:
-        return h + self.embed(y).to(h.dtype)
-
-
 class ProjectionHead(nn.Module):
     """The class term of a projection discriminator: ``<embed(y), h>`` for features ``h (N, F)``.
 
@@ -116,4 +95,4 @@ def need_labels(y: Optional[Tensor], conditional: bool, who: str) -> None:
         raise ValueError(f"{who} is unconditional: build it with num_classes=... to pass labels.")
 
 
-__all__ = ["ClassBias", "ConditionalBatchNorm2d", "LabelEmbedding", "ProjectionHead", "check_num_classes", "need_labels", "projected_logits"]
+__all__ = ["ConditionalBatchNorm2d", "LabelEmbedding", "ProjectionHead", "check_num_classes", "need_labels", "projected_logits"]

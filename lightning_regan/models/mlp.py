@@ -7,9 +7,10 @@ from collections.abc import Sequence
 
 from typing import Optional
 
+import torch
 from torch import Tensor, nn
 
-from lightning_regan.models.conditioning import ClassBias, ProjectionHead, check_num_classes, need_labels, projected_logits
+from lightning_regan.models.conditioning import ProjectionHead, check_num_classes, need_labels, projected_logits
 
 _OUTPUT_ACTIVATIONS = ("auto", "tanh", "sigmoid", "none")
 _NORMS = ("none", "layer", "batch")
@@ -39,8 +40,10 @@ class MLPGenerator(nn.Module):
         output_activation: ``"auto"`` (``tanh`` for images in [-1, 1], none for points), ``"tanh"``,
             ``"sigmoid"`` or ``"none"``.
         batch_norm: BatchNorm after each hidden linear layer.
-        num_classes: Class-conditional ``G(z, y)``: a label embedding joined to ``z``, folded into the first linear
-            layer as a per-class bias (:class:`~lightning_regan.models.conditioning.ClassBias`); ``None`` for ``G(z)``.
+        num_classes: Class-conditional ``G(z, y)``: the one-hot label joined to ``z`` (Mirza & Osindero 2014): the
+            first layer then adds a learned per-class bias, which is what a learned embedding joined to ``z`` amounts
+            to, without an extra parameter tensor (whose optimizer step is a sizeable share of a small MLP's step);
+            ``None`` for ``G(z)``.
     """
 
     def __init__(
@@ -63,11 +66,9 @@ class MLPGenerator(nn.Module):
             output_activation = "tanh" if len(self.data_shape) > 1 else "none"
         self.output_activation = output_activation
         self.num_classes = check_num_classes(num_classes, "MLPGenerator")
-        sizes = _hidden(hidden, "MLPGenerator")
-        self.class_bias = ClassBias(num_classes, sizes[0]) if num_classes else None
         layers: list[nn.Module] = []
-        width = latent_dim
-        for h in sizes:
+        width = latent_dim + (num_classes or 0)
+        for h in _hidden(hidden, "MLPGenerator"):
             layers.append(nn.Linear(width, h))
             if batch_norm:
                 layers.append(nn.BatchNorm1d(h))
@@ -82,13 +83,9 @@ class MLPGenerator(nn.Module):
 
     def forward(self, z: Tensor, y: Optional[Tensor] = None) -> Tensor:
         """Map ``(N, latent_dim)`` noise (and labels ``(N,)`` when conditional) to samples ``(N, *data_shape)``."""
-        need_labels(y, self.class_bias is not None, "MLPGenerator")
-        if self.class_bias is None:
-            return self.net(z).view(z.shape[0], *self.data_shape)
-        h = z
-        for i, layer in enumerate(self.net):  # not self.net[1:]: slicing builds a new Sequential per call
-            h = self.class_bias(layer(h), y) if i == 0 else layer(h)  # net[0] is the first Linear
-        return h.view(z.shape[0], *self.data_shape)
+        need_labels(y, self.num_classes is not None, "MLPGenerator")
+        h = z if self.num_classes is None else torch.cat([z, nn.functional.one_hot(y, self.num_classes).to(z.dtype)], 1)
+        return self.net(h).view(z.shape[0], *self.data_shape)
 
 
 class MLPDiscriminator(nn.Module):
