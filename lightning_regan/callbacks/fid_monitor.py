@@ -27,6 +27,7 @@ from lightning_regan.fid.extractors import (
     extractor_num_features,
     resolve_extractor_spec,
 )
+from lightning_regan.fid.intra import IntraClassFID, load_or_compute_class_statistics
 from lightning_regan.fid.metric import FeatureDistances
 from lightning_regan.fid.stats import RealSource, RealStatistics, dataset_cache_key, load_or_compute_real_statistics, real_source_of
 from lightning_regan.fid.weights import PathLike
@@ -44,6 +45,8 @@ CLASS_ACCURACY_KEY = "val/class_accuracy"
 FID_STD_KEY = "val/fid_std"
 PRECISION_KEY = "val/precision"
 RECALL_KEY = "val/recall"
+#: Intra-class FID of class-conditional modules (mean of per-class FIDs), with ``intra_fid=True``.
+INTRA_FID_KEY = "val/intra_fid"
 STATE_VERSION = 1
 
 
@@ -95,6 +98,10 @@ class FIDMonitor(GStepCallback):
         precision_recall: Also log ``val/precision`` and ``val/recall`` (Kynkäänniemi et al. 2019, ``k=pr_k``)
             of the generated against the real features (keeps the real features in memory).
         pr_k: Neighbourhood size of precision/recall.
+        intra_fid: Class-conditional modules: also log ``val/intra_fid`` (and ``val/intra_fid_g_step``), the mean
+            over classes of the FID of the samples generated for class k to the real samples of class k
+            (:mod:`lightning_regan.fid.intra`; per-class real statistics from the first ``num_real_samples`` labelled
+            real samples, cached). Ignored for unconditional modules.
 
     Attributes:
         history: ``[(g_step, fid), ...]``; ``kid_history`` likewise when ``kid``; ``extra_history``:
@@ -125,6 +132,7 @@ class FIDMonitor(GStepCallback):
         noise_draws: int = 0,
         precision_recall: bool = False,
         pr_k: int = 3,
+        intra_fid: bool = False,
     ) -> None:
         super().__init__()
         _check_int("every_n_g_steps", every_n_g_steps, 0)
@@ -162,6 +170,8 @@ class FIDMonitor(GStepCallback):
         self.noise_draws = noise_draws
         self.precision_recall = precision_recall
         self.pr_k = pr_k
+        self.intra_fid = bool(intra_fid)
+        self._intra: Optional[IntraClassFID] = None
 
         self.extra_history: list[dict[str, Any]] = []
         self.history: list[tuple[int, float]] = []
@@ -236,6 +246,11 @@ class FIDMonitor(GStepCallback):
                 payload = {"stats": stats.to_dict(), "source": stats.source}
                 if isinstance(extractor, ClassifierExtractor):
                     payload["classifier"] = extractor.export()
+                module = trainer.lightning_module
+                if self.intra_fid and getattr(module, "conditional", False):
+                    payload["intra"] = IntraClassFID(load_or_compute_class_statistics(
+                        source, extractor, module.num_classes, self.num_real_samples, dataset_key=key,
+                        cache=self.cache_dir, batch_size=self.batch_size, device=strategy.root_device)).to_payload()
         except Exception as exc:  # re-raised below, after telling the other ranks (no rank left waiting)
             error = exc
         if world > 1:
@@ -248,6 +263,7 @@ class FIDMonitor(GStepCallback):
         if extractor is None:  # classifier on the other ranks: rank zero's weights, nothing trained again
             extractor = ClassifierExtractor.from_export(payload["classifier"])
         stats = RealStatistics.from_dict(payload["stats"], source=payload["source"])
+        self._intra = IntraClassFID.from_payload(payload["intra"]) if "intra" in payload else None
         self.extractor = extractor.eval()
         self.extractor_name = extractor_name(extractor)
         self.real_stats = stats
@@ -311,7 +327,7 @@ class FIDMonitor(GStepCallback):
                 samples = pl_module.generate(z=z.to(device), y=y) if y is not None else pl_module.generate(z=z.to(device))
                 features = self.extractor(samples)
                 self._metric.update(features)
-                if self.noise_draws or self.precision_recall:
+                if self.noise_draws or self.precision_recall or self._intra is not None:
                     kept.append(features)
                 if head is not None:
                     correct[0] += (head(features).argmax(1) == y).sum()
@@ -321,14 +337,16 @@ class FIDMonitor(GStepCallback):
             if world > 1:
                 correct = trainer.strategy.reduce(correct, reduce_op="sum")
             values["class_accuracy"] = float(correct[0] / correct[1])
-        if kept:
-            values.update(self._extras(trainer, torch.cat(kept)))
+        if kept:  # labels in all_gather's order: rank 0's shard, then rank 1's, ...
+            order = torch.cat([labels[r::world] for r in range(world)]) if labels is not None else None
+            values.update(self._extras(trainer, torch.cat(kept), order))
         self.eval_time_s += time.perf_counter() - start
         self.evaluations += 1
         return values
 
-    def _extras(self, trainer: L.Trainer, features: Tensor) -> dict[str, float]:
-        """Measurement noise and precision/recall on all ranks' generated features (collective under DDP)."""
+    def _extras(self, trainer: L.Trainer, features: Tensor, labels: Optional[Tensor]) -> dict[str, float]:
+        """Measurement noise, precision/recall and intra-class FID on all ranks' generated features (collective
+        under DDP)."""
         if trainer.world_size > 1:
             features = trainer.strategy.all_gather(features).reshape(-1, features.shape[-1])
         assert self.real_stats is not None
@@ -339,6 +357,8 @@ class FIDMonitor(GStepCallback):
         if self.precision_recall and self.real_stats.features is not None:
             out["precision"], out["recall"] = precision_recall(self.real_stats.features.to(features.device),
                                                                features, self.pr_k)
+        if self._intra is not None and labels is not None:
+            out["intra_fid"] = self._intra(features, labels)
         return out
 
     def _record(self, trainer: L.Trainer, pl_module: L.LightningModule, g_step: int, values: dict[str, float],
@@ -359,11 +379,13 @@ class FIDMonitor(GStepCallback):
             self.class_accuracy_history.append((g_step, values["class_accuracy"]))
             metrics[CLASS_ACCURACY_KEY] = values["class_accuracy"]
         extras = {key: values[name] for name, key in (("fid_std", FID_STD_KEY), ("precision", PRECISION_KEY),
-                                                      ("recall", RECALL_KEY)) if name in values}
+                                                      ("recall", RECALL_KEY), ("intra_fid", INTRA_FID_KEY)) if name in values}
         if extras:
             metrics.update(extras)
             self.extra_history.append({"g_step": g_step, **{k.split("/")[-1]: v for k, v in extras.items()}})
         metrics[FID_STEP_KEY] = float(g_step)
+        if INTRA_FID_KEY in metrics:  # EarlyTermination(fid_monitor="val/intra_fid") reads its G step
+            metrics[f"{INTRA_FID_KEY}_g_step"] = float(g_step)
         publish_metrics(trainer, pl_module, metrics, in_training)
         if self.verbose:
             extra = f", KID {self.last_kid:.4g}" if "kid_mean" in values else ""
@@ -428,5 +450,5 @@ class FIDMonitor(GStepCallback):
             log.warning("FIDMonitor: resumed FID history was measured with %s features, now %s.", saved, self.extractor_name)
 
 
-__all__ = ["CLASS_ACCURACY_KEY", "FIDMonitor", "FID_KEY", "FID_STD_KEY", "FID_STEP_KEY", "KID_KEY", "PRECISION_KEY",
-           "RECALL_KEY"]
+__all__ = ["CLASS_ACCURACY_KEY", "FIDMonitor", "FID_KEY", "FID_STD_KEY", "FID_STEP_KEY", "INTRA_FID_KEY", "KID_KEY",
+           "PRECISION_KEY", "RECALL_KEY"]
