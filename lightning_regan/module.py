@@ -150,6 +150,7 @@ class GANModule(L.LightningModule):
         #: Whether the last training batch took a G step: the one place that turns batches into G-step events
         #: (``lightning_regan.callbacks.GStepCallback``).
         self.g_step_taken = False
+        self._labels_range_checked = False
 
     # ------------------------------------------------------------------ sampling
     @property
@@ -343,9 +344,13 @@ class GANModule(L.LightningModule):
         g_opt, d_opt = self.optimizers()
         if self.conditional:
             labels = self.check_labels(self.real_labels(batch), real.shape[0])
-            low, high = (int(v) for v in torch.aminmax(labels))  # one op and one sync, not four
-            if low < 0 or high >= self.num_classes:
-                raise ValueError(f"GANModule: batch labels must lie in [0, {self.num_classes}), got {low}..{high}.")
+            # The range check reads two numbers back to the host: free on a CPU, a pipeline stall per step on an
+            # accelerator, so there it runs on the first batch only (later bad labels fail in the label embedding).
+            if labels.device.type == "cpu" or not self._labels_range_checked:
+                low, high = (int(v) for v in torch.aminmax(labels))
+                if low < 0 or high >= self.num_classes:
+                    raise ValueError(f"GANModule: batch labels must lie in [0, {self.num_classes}), got {low}..{high}.")
+                self._labels_range_checked = True
             metrics = self.discriminator_step(real, d_opt, labels)
         else:  # the unconditional call, unchanged for subclasses that override discriminator_step(real, d_opt)
             metrics = self.discriminator_step(real, d_opt)

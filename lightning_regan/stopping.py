@@ -522,15 +522,22 @@ class _EvaluationRule(StopRule):
         return (g_step >= self.warmup_g_steps and len(self.history) >= self.min_evaluations
                 and self.started())
 
-    def started(self) -> bool:
-        """Whether the FID has fallen below ``(1 - min_progress)`` x its first value: before that the run has not
-        taken off (GANs often sit near their initial FID for a while) and no plateau is called."""
+    def takeoff_g_step(self) -> Optional[int]:
+        """G step of the first FID below ``(1 - min_progress)`` x the first one (``None``: not yet)."""
         first = self.history[0][1]
-        return min(row[1] for row in self.history) <= (1.0 - self.min_progress) * first
+        return next((int(row[0]) for row in self.history if row[1] <= (1.0 - self.min_progress) * first), None)
+
+    def started(self) -> bool:
+        """Whether the run has taken off, ``min_evaluations`` evaluations ago or more: GANs often sit near their
+        first FID for a while (or fall back to it and stay), and a fit over those flat evaluations would call a
+        plateau in the middle of the descent that follows."""
+        takeoff = self.takeoff_g_step()
+        return takeoff is not None and sum(row[0] >= takeoff for row in self.history) >= self.min_evaluations
 
     def _window(self, g_step: int, fraction: float) -> list[list[Optional[float]]]:
-        """Evaluations from G step ``(1 - fraction) * g_step`` on (at least ``min_evaluations`` of them)."""
-        start = (1.0 - fraction) * g_step
+        """Evaluations from G step ``(1 - fraction) * g_step`` on, never before the take-off (at least
+        ``min_evaluations`` of them)."""
+        start = max((1.0 - fraction) * g_step, self.takeoff_g_step() or 0)
         recent = [row for row in self.history if row[0] >= start]
         return recent if len(recent) >= self.min_evaluations else self.history[-self.min_evaluations:]
 
@@ -593,15 +600,20 @@ class FIDTrend(_EvaluationRule):
 
     Args:
         tolerance: Projected relative FID gain under which the run is called flat (0.05 = 5 %).
-        horizon: How far ahead to project, as a share of the G steps so far (1.0 = doubling the run).
+        horizon: How far ahead to project, as a share of the G steps so far (1.0 = doubling the run), capped at
+            what is left of ``budget_g_steps``.
         window: Share of the run (most recent G steps) whose evaluations the trend is fitted on.
         patience: Consecutive flat evaluations before stopping.
         min_evaluations: Fewest evaluations in a fit (and before any decision).
         recall_tolerance: Projected absolute recall gain that blocks a stop; ``None`` ignores recall.
         warmup_g_steps: No decision before this G step.
         monitor: FID metric name. ``noise_key``: its measurement noise (unused here). ``recall_key``: recall.
-        min_progress: No plateau before the best FID is below ``(1 - min_progress)`` x the first one (the run has
-            taken off); a warmup that needs no G-step count per dataset.
+        min_progress: The run takes off at the first FID below ``(1 - min_progress)`` x the first one; no plateau
+            before ``min_evaluations`` evaluations from there on, and no fit reaches back before it (a warmup that
+            needs no G-step count per dataset).
+        budget_g_steps: The run's budget in G steps: nothing beyond it is projected ("would going on to the end of
+            the budget gain more than ``tolerance``?"). ``None``: :class:`EarlyTermination` fills it in from the
+            Trainer's ``max_steps`` (left uncapped when the Trainer has none).
     """
 
     reason = StopReason.FID_PLATEAU
@@ -619,10 +631,12 @@ class FIDTrend(_EvaluationRule):
         noise_key: str = "val/fid_std",
         recall_key: str = "val/recall",
         min_progress: float = 0.5,
+        budget_g_steps: Optional[int] = None,
     ) -> None:
         name = type(self).__name__
         self._init_common(tolerance, warmup_g_steps, min_evaluations, recall_tolerance, monitor, noise_key, recall_key,
                           min_progress)
+        self.budget_g_steps = None if budget_g_steps is None else _need_int(name, "budget_g_steps", budget_g_steps, 1)
         self.horizon = _need_number(name, "horizon", horizon, 0.0, strict=True)
         self.window = _need_number(name, "window", window, 0.0, strict=True)
         if self.window > 1.0:
@@ -630,23 +644,32 @@ class FIDTrend(_EvaluationRule):
         self.patience = _need_int(name, "patience", patience, 1)
 
     def config(self) -> dict[str, Any]:
-        return {"horizon": self.horizon, "window": self.window, "patience": self.patience, **self._common_config()}
+        return {"horizon": self.horizon, "window": self.window, "patience": self.patience,
+                "budget_g_steps": self.budget_g_steps, **self._common_config()}
+
+    def horizon_steps(self, g_step: int) -> float:
+        """G steps the projection looks ahead: ``horizon * g_step``, capped at what is left of the budget."""
+        steps = self.horizon * g_step
+        if self.budget_g_steps is not None:
+            steps = min(steps, float(max(0, self.budget_g_steps - g_step)))
+        return steps
 
     def projected_gain(self, g_step: int) -> float:
         """Relative FID improvement the current trend projects over the horizon (0 when flat or rising)."""
         rows = self._window(g_step, self.window)
         slope = theil_sen_slope([r[0] for r in rows], [math.log(max(r[1], 1e-300)) for r in rows])
-        return max(0.0, 1.0 - math.exp(slope * self.horizon * g_step))
+        return max(0.0, 1.0 - math.exp(slope * self.horizon_steps(g_step)))
 
     def update(self, g_step: int, metrics: Mapping[str, float]) -> tuple[bool, str]:
         if not self._record(g_step, metrics):
             return False, ""
         gain = self.projected_gain(g_step)
-        horizon_steps = self.horizon * g_step
+        horizon_steps = self.horizon_steps(g_step)
         blocked = self._recall_rising(self._window(g_step, self.window), horizon_steps)
         why = (f"{self._fit_description()} projects a gain of {gain:.1%} < {self.tolerance:.1%} over the next "
                f"{horizon_steps:.0f} G steps")
-        return self._verdict(g_step, gain < self.tolerance, why, blocked, self.patience)
+        # At the end of the budget there is nothing left to save: the run completes, it is not a plateau.
+        return self._verdict(g_step, gain < self.tolerance and horizon_steps > 0, why, blocked, self.patience)
 
     def _fit_description(self) -> str:
         return f"the trend of log {self.monitor} over the last {self.window:.0%} of the run"
@@ -762,8 +785,8 @@ class FIDPowerLaw(FIDTrend):
     """Stop when a power-law learning curve fitted to the FID projects less than ``tolerance`` of gain.
 
     Rule: fit ``FID(t) = c + a * t^-alpha`` (Domhan et al., IJCAI 2015, use this among their curve family) to
-    the evaluations of the last ``window`` share of the run; the projected gain over ``horizon * t`` more
-    G steps is ``(FID(t) - FID((1 + horizon) t)) / FID(t)``. Below ``tolerance`` for ``patience`` evaluations
+    the evaluations of the last ``window`` share of the run; the projected gain over ``h`` more G steps
+    (:meth:`FIDTrend.horizon_steps`) is ``(FID(t) - FID(t + h)) / FID(t)``. Below ``tolerance`` for ``patience`` evaluations
     in a row, training stops, unless recall is still rising (see :class:`FIDTrend`).
 
     Args: as :class:`FIDTrend`.
@@ -773,7 +796,7 @@ class FIDPowerLaw(FIDTrend):
         rows = self._window(g_step, self.window)
         c, a, alpha = fit_power_law([float(max(r[0], 1)) for r in rows], [r[1] for r in rows])
         now = c + a * max(g_step, 1) ** -alpha
-        later = c + a * ((1.0 + self.horizon) * max(g_step, 1)) ** -alpha
+        later = c + a * (max(g_step, 1) + self.horizon_steps(g_step)) ** -alpha
         return max(0.0, (now - later) / now) if now > 0 else 0.0
 
     def _fit_description(self) -> str:

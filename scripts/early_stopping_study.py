@@ -62,6 +62,7 @@ from lightning_regan.stopping import (  # noqa: E402  (pure rules: no Lightning 
 
 DATA_ROOT = os.environ.get("REGAN_DATA_ROOT", str(REPO.parent / "shared" / "data"))
 EPSILON = 0.05
+FLATTENED = 3  # a healthy run "flattened" when its budget is at least this many times its eps-oracle step
 TUTORIAL_MLP = ("model=mlp", "model.generator.hidden=[128,256,512,1024]", "model.discriminator.hidden=[512,256]")
 COMMON = ("logger=none", "trainer.enable_progress_bar=false", "~callbacks.samples", "~callbacks.checkpoint",
           "~callbacks.summary", "early_stopping=none", "callbacks.fid.noise_draws=10",
@@ -83,40 +84,47 @@ class Setup:
     test_split: bool = True  # torchvision data: grade against the test split
 
 
+DCGAN16 = ("model=dcgan", "model.generator.channels=16", "model.discriminator.channels=16")
 SETUPS: dict[str, Setup] = {
-    "mnist_mlp": Setup(
-        "healthy", "MLP GAN of Lightning's tutorial size (G 128-256-512-1024, D 512-256) on MNIST 28x28, "
-        "non-saturating loss + R1, EMA of G 0.995",
-        ("data=mnist", *TUTORIAL_MLP, "callbacks.fid.feature_extractor=classifier"), 2500, 100, 1000),
-    "fmnist_mlp": Setup(
-        "healthy", "the same MLP GAN on Fashion-MNIST 28x28",
-        ("data=fashion_mnist", *TUTORIAL_MLP, "callbacks.fid.feature_extractor=classifier"), 2500, 100, 1000),
     "mnist_dcgan": Setup(
         "healthy", "DCGAN (width 16) on MNIST 28x28, non-saturating loss, no regularizer, EMA of G 0.995",
-        ("data=mnist", "model=dcgan", "model.generator.channels=16", "model.discriminator.channels=16",
-         "regularizer=none", "callbacks.fid.feature_extractor=classifier"), 3000, 150, 1000),
+        ("data=mnist", *DCGAN16, "regularizer=none", "+callbacks.fid.feature_extractor=classifier"), 5000, 100, 1000),
+    "fmnist_dcgan": Setup(
+        "healthy", "the same DCGAN on Fashion-MNIST 28x28",
+        ("data=fashion_mnist", *DCGAN16, "regularizer=none", "+callbacks.fid.feature_extractor=classifier"), 5000, 100, 1000),
     "digits": Setup(
         "healthy", "DCGAN (width 32) on sklearn's 8x8 digits, non-saturating loss + R1, EMA of G 0.995",
         ("data=digits", "model=dcgan", "model.generator.channels=32", "model.discriminator.channels=32"),
-        3000, 100, 1000, test_split=False),
+        18000, 200, 1000, test_split=False),
+    "mnist_mlp": Setup(
+        "healthy", "MLP GAN of Lightning's tutorial size (G 128-256-512-1024, D 512-256) on MNIST 28x28, "
+        "non-saturating loss + R1, EMA of G 0.995",
+        ("data=mnist", *TUTORIAL_MLP, "+callbacks.fid.feature_extractor=classifier"), 4000, 100, 1000),
+    "fmnist_mlp": Setup(
+        "healthy", "the same MLP GAN on Fashion-MNIST 28x28",
+        ("data=fashion_mnist", *TUTORIAL_MLP, "+callbacks.fid.feature_extractor=classifier"), 4000, 100, 1000),
     "ring": Setup(
         "healthy", "`experiment=ring` (MLP on the 8-Gaussian ring, non-saturating + R1, EMA 0.995); exact "
         "Frechet distance of the 2-D points",
-        ("experiment=ring",), 2500, 100, 2000, test_split=False),
+        ("experiment=ring",), 5000, 100, 2000, test_split=False),
     "mnist_mlp_collapse": Setup(
         "collapsing", "the tutorial MLP GAN on MNIST with the saturating minimax loss, no regularizer, no EMA, "
         "learning rates 2e-3 (collapses on purpose)",
-        ("data=mnist", *TUTORIAL_MLP, "callbacks.fid.feature_extractor=classifier", "regularizer=none", "loss=minimax",
-         "module.ema_decay=null", "module.d_optimizer.lr=2e-3", "module.g_optimizer.lr=2e-3"), 1500, 100, 1000),
+        ("data=mnist", *TUTORIAL_MLP, "+callbacks.fid.feature_extractor=classifier", "regularizer=none",
+         "loss=minimax", "module.ema_decay=null", "module.d_optimizer.lr=2e-3", "module.g_optimizer.lr=2e-3"),
+        1500, 100, 1000),
     "diverging": Setup(
         "diverging", "`experiment=diverging` (unconstrained Wasserstein critic, D learning rate 0.05, 5 critic "
         "steps per G step, on the 8-Gaussian ring)",
         ("experiment=diverging",), 400, 50, 500, quick_max_g_steps=120, test_split=False),
 }
 SELECTION_SEEDS = (0,)
-HELD_OUT_SEEDS = (1, 2, 3)
-# Setups measured but left out of the committed study for lack of CPU time (see docs/early_stopping.md).
-DEFAULT_SETUPS = ("mnist_mlp", "fmnist_mlp", "digits", "ring", "mnist_mlp_collapse", "diverging")
+HELD_OUT_SEEDS = (1, 2)
+# Longest first: the runs of one setup share a worker process, and --jobs workers share the setups.
+DEFAULT_SETUPS = ("mnist_dcgan", "fmnist_dcgan", "digits", "mnist_mlp", "fmnist_mlp", "ring", "mnist_mlp_collapse",
+                  "diverging")
+# Setups whose evaluated generators are saved (G weights at every evaluation) for the real-Inception confirmation.
+SNAPSHOT_SETUPS = ("mnist_dcgan",)
 
 
 # ---------------------------------------------------------------------------------------------- worker
@@ -137,7 +145,8 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     from lightning_regan.fid.stats import compute_real_statistics
     from lightning_regan.module import max_steps_for
 
-    setup = SETUPS[spec["setup"]]
+    setup_name = spec["setup"]
+    setup = SETUPS[setup_name]
     every, samples, budget = spec["every"], spec["num_samples"], spec["max_g_steps"]
     cfg = compose_config([
         *setup.overrides, *COMMON, f"seed={spec['seed']}", f"max_g_steps={budget}", f"callbacks.fid.every_n_g_steps={every}",
@@ -217,6 +226,10 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
                     metric.update(monitor.extractor(pl_module.generate(z=z)))
                 test_fid = metric.compute()["fid"]
             modes = trainer.callback_metrics.get("val/modes_covered")
+            if setup_name in SNAPSHOT_SETUPS:
+                snapshots = Path(spec["run_dir"], "snapshots")
+                snapshots.mkdir(parents=True, exist_ok=True)
+                torch.save(pl_module.eval_generator.state_dict(), snapshots / f"g{int(g_step)}.pt")
             self.rows.append({
                 "g_step": int(g_step), "fid": fid, "fid_std": extra.get("fid_std"),
                 "precision": extra.get("precision"), "recall": extra.get("recall"), "test_fid": test_fid,
@@ -238,6 +251,58 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
         "first_exploded_g_step": recorder.first_exploded, "divergence_g_step": recorder.divergence_step,
         "divergence_message": recorder.divergence_message, "divergence_rule": divergence.config(),
     }
+
+
+# ---------------------------------------------------------------------------------------------- Inception check
+def inception_confirmation(report: dict[str, Any], setup_name: str, seed: int, work: Path, num_samples: int,
+                           threads: int) -> dict[str, Any]:
+    """Real-Inception FID (torch-fidelity's network, offline weights) of the generators one run hands over.
+
+    For one (setup, seed) of a finished study (its G snapshots saved in ``work``): the generator the chosen rule
+    restores, the full run's best-by-monitor and its last, each on ``num_samples`` samples of a noise seed no
+    monitor used, against as many images of the test split.
+    """
+    import torch
+
+    from lightning_regan.builders import build_datamodule, build_models
+    from lightning_regan.config import compose_config
+    from lightning_regan.fid.extractors import build_extractor
+    from lightning_regan.fid.metric import FeatureDistances
+    from lightning_regan.fid.stats import compute_real_statistics
+
+    torch.set_num_threads(threads)
+    setup = SETUPS[setup_name]
+    chosen = report["analysis"]["chosen"]
+    run = next(r for r in report["runs"] if r["setup"] == setup_name and r["seed"] == seed)
+    graded = next(g for g in report["analysis"]["candidates"][chosen]["graded"]
+                  if g["setup"] == setup_name and g["seed"] == seed)
+    steps = {"restored (with stopping)": graded["restored_g_step"], "full run's best": graded["full_best_g_step"],
+             "full run's last": run["evaluations"][-1]["g_step"]}
+    cfg = compose_config([*setup.overrides, f"seed={seed}", f"data.root={DATA_ROOT}", "output_dir=/tmp"])
+    datamodule = build_datamodule(cfg)
+    generator, _ = build_models(cfg, tuple(datamodule.shape))
+    generator.eval()
+    extractor = build_extractor("inception")
+    start = time.perf_counter()
+    real = compute_real_statistics(datamodule._load("test"), extractor, num_samples)
+    metric = FeatureDistances(real.num_features)
+    metric.set_real(real)
+    noise = torch.randn(num_samples, int(cfg.model.latent_dim), generator=torch.Generator().manual_seed(30_000 + seed))
+    fids: dict[str, float] = {}
+    for name, step in steps.items():
+        if step in [steps[k] for k in fids]:
+            fids[name] = fids[next(k for k in fids if steps[k] == step)]
+            continue
+        generator.load_state_dict(torch.load(work / f"{setup_name}-s{seed}" / "snapshots" / f"g{step}.pt"))
+        metric.reset_fake()
+        with torch.no_grad():
+            for z in noise.split(100):
+                metric.update(extractor(generator(z)))
+        fids[name] = float(metric.compute()["fid"])
+    return {"setup": setup_name, "seed": seed, "rule": chosen, "num_samples": num_samples, "g_steps": steps,
+            "inception_fid": fids, "stop_g_step": graded["stop_g_step"], "reason": graded["reason"],
+            "gap": fids["restored (with stopping)"] / fids["full run's best"] - 1,
+            "classifier_gap": graded["gap"], "wall_s": time.perf_counter() - start, "threads": threads}
 
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -307,6 +372,8 @@ def replay_rule(run: dict[str, Any], make_rule: Optional[Callable[[], StopRule]]
     """
     rows = run["evaluations"]
     rule = make_rule() if make_rule else None
+    if rule is not None and getattr(make_rule, "budget", True) and getattr(rule, "budget_g_steps", False) is None:
+        rule.budget_g_steps = run["max_g_steps"]  # as EarlyTermination does from the Trainer's max_steps
     collapse = make_collapse() if make_collapse else None
     divergence_step = run.get("divergence_g_step") if use_divergence else None
     stop, reason = None, None
@@ -357,7 +424,8 @@ def grade(run: dict[str, Any], outcome: dict[str, Any]) -> dict[str, Any]:
     if test is not None and _finite(test) and ref.get("best_test_fid") and _finite(ref["best_test_fid"]):
         gap = test / ref["best_test_fid"] - 1
     share = saving / ref["oracle_saving"] if ref["oracle_saving"] > 0 else None
-    return {"setup": run["setup"], "seed": run["seed"], "kind": run["kind"], "stop_g_step": outcome["stop_g_step"],
+    return {"setup": run["setup"], "seed": run["seed"], "kind": run["kind"], "budget": run["max_g_steps"],
+            "stop_g_step": outcome["stop_g_step"],
             "reason": outcome["reason"], "saving": saving, "oracle_saving": ref["oracle_saving"],
             "oracle_g_step": ref["oracle_g_step"], "oracle_share": share, "gap": gap, "restored_test_fid": test,
             "restored_g_step": rows[idx]["g_step"] if idx is not None else None,
@@ -379,6 +447,7 @@ def _median(values: list[float]) -> Optional[float]:
 def summarize(graded: list[dict[str, Any]], runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The issue's targets over a set of graded runs."""
     healthy = [g for g in graded if g["kind"] == "healthy"]
+    flat = [g for g in healthy if g["oracle_g_step"] * FLATTENED <= g["budget"]]
     gaps = [g["gap"] for g in healthy if g["gap"] is not None]
     shares = [min(g["oracle_share"], 10.0) for g in healthy if g["oracle_share"] is not None]
     diverging = [(g, r) for g, r in zip(graded, runs) if g["kind"] == "diverging"]
@@ -397,6 +466,11 @@ def summarize(graded: list[dict[str, Any]], runs: list[dict[str, Any]]) -> dict[
         "healthy_saving_median": _median([g["saving"] for g in healthy]),
         "healthy_oracle_saving_median": _median([g["oracle_saving"] for g in healthy]),
         "healthy_oracle_share_median": _median(shares),
+        # Runs whose budget is >= 3x the eps-oracle's step: the curve flattened, so there was something to save.
+        "healthy_flattened": len(flat),
+        "flattened_oracle_share_median": _median([min(g["oracle_share"], 10.0) for g in flat
+                                                  if g["oracle_share"] is not None]),
+        "flattened_gap_within_eps": sum(g["gap"] is not None and g["gap"] <= EPSILON for g in flat),
         "healthy_called_diverged_or_collapsed": sum(g["reason"] in ("divergence", "collapsed") for g in healthy),
         "diverging_runs": len(diverging), "diverging_stopped_within_one_interval": sum(div_ok),
         "collapsing_runs": len(collapsing),
@@ -422,19 +496,22 @@ def summarize(graded: list[dict[str, Any]], runs: list[dict[str, Any]]) -> dict[
 def candidates() -> dict[str, dict[str, Any]]:
     """Every rule configuration replayed: name -> {"family", "args"}."""
     out: dict[str, dict[str, Any]] = {
-        "patience (current default)": {"family": "FIDPlateau",
+        "patience (v1 rule)": {"family": "FIDPlateau",
                                        "args": {"patience": 4, "min_delta": 0.01, "window": 3, "warmup_g_steps": 500}},
     }
     for z in (1.0, 2.0):
-        for patience in (0.2, 0.3, 0.4, 0.5):
+        for patience in (0.2, 0.3, 0.4):
             out[f"noise z={z:g} patience={patience:g}"] = {"family": "FIDNoisePlateau",
                                                            "args": {"z": z, "patience": patience}}
-    for family in ("FIDTrend", "FIDPowerLaw"):
-        for horizon in (0.5, 1.0, 2.0):
+    for family, horizons in (("FIDTrend", (0.5, 1.0, 2.0, 4.0)), ("FIDPowerLaw", (1.0, 2.0, 4.0))):
+        for horizon in horizons:
             for window in (0.3, 0.5):
                 for patience in (1, 2):
-                    out[f"{'trend' if family == 'FIDTrend' else 'powerlaw'} h={horizon:g} w={window:g} p={patience}"] = {
-                        "family": family, "args": {"horizon": horizon, "window": window, "patience": patience}}
+                    for budget in (True, False):
+                        name = (f"{'trend' if family == 'FIDTrend' else 'powerlaw'} h={horizon:g} w={window:g} "
+                                f"p={patience}{'' if budget else ' uncapped'}")
+                        out[name] = {"family": family, "budget": budget,
+                                     "args": {"horizon": horizon, "window": window, "patience": patience}}
     return out
 
 
@@ -442,8 +519,13 @@ FAMILIES: dict[str, type] = {"FIDPlateau": FIDPlateau, "FIDNoisePlateau": FIDNoi
                              "FIDPowerLaw": FIDPowerLaw}
 
 
-def make(family: str, args: dict[str, Any]) -> Callable[[], StopRule]:
-    return lambda: FAMILIES[family](**args)
+def make(family: str, args: dict[str, Any], budget: bool = True) -> Callable[[], StopRule]:
+    """A factory of the rule; ``budget=False``: the replay does not give it the run's budget (uncapped horizon)."""
+    def factory() -> StopRule:
+        return FAMILIES[family](**args)
+
+    factory.budget = budget  # type: ignore[attr-defined]
+    return factory
 
 
 def analyse(runs: list[dict[str, Any]], selection_seeds: tuple[int, ...], held_out_seeds: tuple[int, ...],
@@ -451,7 +533,7 @@ def analyse(runs: list[dict[str, Any]], selection_seeds: tuple[int, ...], held_o
     """Replay every candidate on every run; choose on the selection seeds; grade on the held-out seeds."""
     table = {}
     for name, cand in candidates().items():
-        rule = make(cand["family"], cand["args"])
+        rule = make(cand["family"], cand["args"], cand.get("budget", True))
         graded = [grade(run, replay_rule(run, rule, Collapse)) for run in runs]
         table[name] = {
             **cand,
@@ -523,12 +605,15 @@ def markdown(report: dict[str, Any]) -> str:
     chosen = a["chosen"]
     m = report["machine"]
     lines = [
-        "# Early-termination study v2", "",
+        "# Early-termination study v3", "",
         f"Command: `{report['command']}`  ",
         f"Machine: {m['cpu']} ({m['cores']} cores), Python {m['python']}, torch {m['torch']}; {report['date']}; "
         f"study wall time {report['wall_time_s'] / 60:.1f} min; the {len(report['runs'])} runs took "
         f"{sum(r.get('process_wall_s', 0) for r in report['runs']) / 60:.1f} min of process time "
-        f"({report['jobs']} at a time).", "",
+        f"({report['jobs']} at a time)"
+        + (f"; {sum(bool(r.get('reused')) for r in report['runs'])} of them were read back from `--work`, trained by "
+           "earlier invocations of the same command (`--resume`)." if any(r.get("reused") for r in report["runs"])
+           else "."), "",
         *([f"Analysis (replay of the recorded runs with the current rule code): `{report['analysis_command']}`", ""]
           if report.get("analysis_command") else []),
         f"Chosen rule (by the selection seeds {a['selection_seeds']}): **{chosen}**; targets below are on the held-out "
@@ -543,6 +628,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"{_pct(held['healthy_gap_median'], True)}, max {_pct(held['healthy_gap_max'], True)}; median saving "
         f"{_pct(held['healthy_saving_median'])} of the budget, {_pct(held['healthy_oracle_share_median'])} of the "
         f"eps-oracle's (whose median saving is {_pct(held['healthy_oracle_saving_median'])})",
+        f"- flattened healthy runs (budget >= {FLATTENED}x the eps-oracle's step): {held['healthy_flattened']} of "
+        f"{held['healthy_pairs']}; gap <= 5 % in {held['flattened_gap_within_eps']}; median share of the eps-oracle's "
+        f"saving {_pct(held['flattened_oracle_share_median'])}",
         f"- monitor cost: {_pct(report['monitor_cost_share'])} of the training wall time (FID + noise + "
         "precision/recall, summed over all runs)", "",
         "## Every candidate (replayed on the same runs)", "",
@@ -598,7 +686,22 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--chosen", default=None, help="report this candidate instead of the selection's pick")
     parser.add_argument("--replay", type=Path, default=None, metavar="JSON",
                         help="re-analyse the runs recorded in a study JSON (no training)")
+    parser.add_argument("--inception", nargs=2, default=None, metavar=("SETUP", "SEED"),
+                        help="with --replay and --work: real-Inception FID of one run's handed-over generators")
+    parser.add_argument("--inception-samples", type=int, default=2000)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of the Inception check")
     args = parser.parse_args(argv)
+
+    if args.inception:
+        if not (args.replay and args.work):
+            parser.error("--inception needs --replay (the study JSON) and --work (its runs' G snapshots)")
+        result = inception_confirmation(json.loads(args.replay.read_text()), args.inception[0], int(args.inception[1]),
+                                        args.work, args.inception_samples, args.threads)
+        result["command"] = "python scripts/early_stopping_study.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "early_stopping_inception.json").write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps(result, indent=1))
+        return 0
 
     if args.worker:
         for spec in json.loads(args.worker):

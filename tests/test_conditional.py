@@ -19,7 +19,15 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_regan import GANModule, max_steps_for
 from lightning_regan.callbacks import CLASS_ACCURACY_KEY, FIDMonitor, SampleGrid
 from lightning_regan.data import DigitsDataModule
-from lightning_regan.models import DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGenerator
+from lightning_regan.models import (
+    DCGANDiscriminator,
+    DCGANGenerator,
+    MLPDiscriminator,
+    MLPGenerator,
+    ResNetDiscriminator,
+    ResNetGenerator,
+)
+from lightning_regan.models.conditioning import ConditionalBatchNorm2d
 from lightning_regan.module import class_inputs, seeded_inputs, seeded_noise
 from lightning_regan.regularizers import R1, R2, WGANGP, DiscriminatorBatch, LeCam, Regularizer, spectral_norm
 
@@ -186,12 +194,25 @@ def test_builtin_mlp_networks_take_labels(shape):
     y = torch.tensor([0, 1, 2, 3])
     x = g(torch.randn(4, 8), y)
     assert x.shape == (4, *shape) and d(x, y).shape == (4,)
-    # the projection term makes D's output depend on the label
+    # the projection term makes D's output depend on the label, the class bias G's
     assert not torch.allclose(d(x, y), d(x, (y + 1) % 4))
+    z = torch.randn(4, 8)
+    assert not torch.allclose(g(z, y), g(z, (y + 1) % 4))
     with pytest.raises(ValueError, match="labels"):
         g(torch.randn(4, 8))
     with pytest.raises(ValueError, match="unconditional"):
         MLPDiscriminator(shape)(x, y)
+
+
+def test_mlp_generator_joins_the_one_hot_label_to_z():
+    """The first layer sees ``cat(z, one_hot(y))``: a per-class bias, the unconditional weights on ``z``."""
+    torch.manual_seed(0)
+    g = MLPGenerator(6, (2,), hidden=[5], num_classes=4, output_activation="none")
+    first = g.net[0]
+    assert first.in_features == 6 + 4
+    z, y = torch.randn(7, 6), torch.tensor([0, 3, 1, 1, 2, 0, 3])
+    h = torch.relu(z @ first.weight[:, :6].T + first.bias + first.weight[:, 6:].T[y])
+    torch.testing.assert_close(g(z, y), g.net[-1](h))
 
 
 def test_builtin_dcgan_networks_take_labels_and_spectral_norm_covers_the_projection():
@@ -206,10 +227,89 @@ def test_builtin_dcgan_networks_take_labels_and_spectral_norm_covers_the_project
     assert parametrize.is_parametrized(d.projection.embed, "weight")
 
 
+def test_conditional_batch_norm_scales_and_shifts_each_sample_by_its_own_class():
+    norm = ConditionalBatchNorm2d(4, 3)
+    with torch.no_grad():
+        norm.gamma.weight.copy_(torch.arange(12.0).view(3, 4))
+        norm.beta.weight.copy_(-torch.arange(12.0).view(3, 4))
+    x, y = torch.randn(6, 4, 2, 2), torch.tensor([2, 0, 1, 1, 0, 2])
+    normalized = nn.functional.batch_norm(x, None, None, training=True)
+    expected = normalized * norm.gamma.weight[y][:, :, None, None] + norm.beta.weight[y][:, :, None, None]
+    torch.testing.assert_close(norm(x, y), expected)
+    fresh = ConditionalBatchNorm2d(4, 3)  # starts as a plain BatchNorm2d
+    torch.testing.assert_close(fresh(x, y), nn.BatchNorm2d(4)(x))
+
+
+def test_builtin_resnet_routes_each_samples_label_cbn_in_g_projection_in_d():
+    """Conditional SNGAN ResNet (Miyato & Koyama 2018): sample i's output depends on y[i] and on no other label, in
+    G (class-conditional BatchNorm, eval mode so batch statistics do not mix samples) and in D (projection)."""
+    torch.manual_seed(0)
+    g = ResNetGenerator(8, (1, 32, 32), channels=8, num_classes=4).eval()
+    d = ResNetDiscriminator((1, 32, 32), channels=8, num_classes=4).eval()  # eval: no power iteration per call
+    with torch.no_grad():  # class-dependent BN scales, else the fresh CBN is label-blind
+        for m in g.modules():
+            if isinstance(m, ConditionalBatchNorm2d):
+                m.gamma.weight.normal_(1.0, 0.5)
+                m.beta.weight.normal_(0.0, 0.5)
+    z, y = torch.randn(4, 8), torch.tensor([0, 1, 2, 3])
+    other = y.clone()
+    other[2] = 0
+    with torch.no_grad():
+        x, x_other = g(z, y), g(z, other)
+        out, out_other = d(x, y), d(x, other)
+    assert x.shape == (4, 1, 32, 32) and out.shape == (4,)
+    changed = (x - x_other).flatten(1).abs().amax(1) > 1e-6
+    assert changed.tolist() == [False, False, True, False]
+    assert ((out - out_other).abs() > 1e-6).tolist() == [False, False, True, False]
+    perm = torch.tensor([3, 1, 0, 2])
+    with torch.no_grad():
+        torch.testing.assert_close(g(z[perm], y[perm]), x[perm])
+        torch.testing.assert_close(d(x[perm], y[perm]), out[perm])
+    from torch.nn.utils import parametrize
+
+    assert parametrize.is_parametrized(d.projection.embed, "weight")  # spectral norm covers the projection
+    with pytest.raises(ValueError, match="labels"):
+        g(z)
+    with pytest.raises(ValueError, match="unconditional"):
+        ResNetDiscriminator((1, 32, 32), channels=8)(x, y)
+
+
+def test_resnet_conditional_selected_in_hydra_trains_with_labels_reaching_g_and_d(tmp_path):
+    """``model=resnet model.conditional=true`` builds the conditional ResNet with the data's classes, and GANModule
+    steps call both networks with labels (wrapped to record them)."""
+    from lightning_regan.builders import build_datamodule, build_models, conditioning_classes
+    from lightning_regan.config import compose_config
+
+    cfg = compose_config(["model=resnet", "model.conditional=true", "data=digits", "data.image_size=32",
+                          "model.generator.channels=8", "model.discriminator.channels=8", f"output_dir={tmp_path}"])
+    dm = build_datamodule(cfg)
+    num_classes = conditioning_classes(cfg, dm)
+    g, d = build_models(cfg, tuple(dm.shape), num_classes)
+    assert num_classes == 10 and isinstance(g, ResNetGenerator) and g.num_classes == 10 and d.num_classes == 10
+    seen: list[str] = []
+
+    class Recording(nn.Module):
+        def __init__(self, net: nn.Module, name: str) -> None:
+            super().__init__()
+            self.net, self.name, self.latent_dim = net, name, getattr(net, "latent_dim", None)
+
+        def forward(self, x: Tensor, y: Tensor) -> Tensor:
+            assert y.dtype == torch.long and y.shape == (x.shape[0],) and int(y.max()) < 10
+            seen.append(self.name)
+            return self.net(x, y)
+
+    module = GANModule(Recording(g, "G"), Recording(d, "D"), loss="hinge", num_classes=num_classes)
+    dm.batch_size = 8
+    quiet_trainer(max_steps=max_steps_for(2), limit_train_batches=2).fit(module, dm)
+    assert module.g_steps == 2 and seen.count("G") == 4 and seen.count("D") == 6
+
+
 def test_unconditional_builtin_networks_keep_their_parameters():
     """Without num_classes the state dict is the one of before (checkpoints keep loading)."""
     assert not any("embed" in k or "projection" in k for k in MLPDiscriminator((2,)).state_dict())
     assert not any("embed" in k for k in DCGANGenerator(8, (1, 8, 8), channels=8).state_dict())
+    assert not any("gamma" in k or "projection" in k for k in ResNetGenerator(8, (1, 32, 32), channels=8).state_dict())
+    assert not any("projection" in k for k in ResNetDiscriminator((1, 32, 32), channels=8).state_dict())
 
 
 # ---------------------------------------------------------------- outputs
@@ -291,8 +391,8 @@ def test_regan_sample_class_on_an_unconditional_checkpoint_is_refused(tmp_path, 
 
 
 def test_conditional_with_an_unconditional_architecture_is_refused_before_training(tmp_path):
-    proc = subprocess.run(REGAN_TRAIN + ["model=resnet", "model.conditional=true",
-                           "data.image_size=32", "logger=none", f"output_dir={tmp_path}"], capture_output=True, text=True)
+    proc = subprocess.run(REGAN_TRAIN + ["model=mlp", "model.conditional=true", "model.discriminator._target_=torch.nn.Linear",
+                           "logger=none", f"output_dir={tmp_path}"], capture_output=True, text=True)
     assert proc.returncode == 2 and "takes no num_classes" in proc.stderr
 
 

@@ -367,11 +367,14 @@ def test_wheel_ships_the_configs_and_finds_them_installed(tmp_path):
 
 def test_a_collapse_setting_left_without_its_rule_is_dropped_and_trend_builds_it(tmp_path):
     # A preset tuning the collapse rule composes with an early_stopping choice that has no collapse rule.
-    cfg = compose(tmp_path, "early_stopping=default", "+early_stopping.collapse.patience=3")
+    cfg = compose(tmp_path, "early_stopping=fid", "+early_stopping.collapse.patience=3")
     assert drop_unselected(cfg) == ["early_stopping.collapse"]
     early = next(cb for cb in build_callbacks(cfg) if type(cb).__name__ == "EarlyTermination")
     assert early.collapse is None
-    cfg = compose(tmp_path, "early_stopping=trend")
-    assert drop_unselected(cfg) == []
-    early = next(cb for cb in build_callbacks(cfg) if type(cb).__name__ == "EarlyTermination")
-    assert type(early.collapse).__name__ == "Collapse" and early.fid_plateau.tolerance == 0.05
+    for choice in ("trend", "default"):  # the study's rule (default) and the same without the loss fallback (trend)
+        cfg = compose(tmp_path, f"early_stopping={choice}")
+        assert drop_unselected(cfg) == []
+        early = next(cb for cb in build_callbacks(cfg) if type(cb).__name__ == "EarlyTermination")
+        assert type(early.collapse).__name__ == "Collapse" and early.fid_plateau.tolerance == 0.05
+        assert type(early.fid_plateau).__name__ == "FIDTrend" and early.fid_plateau.patience == 1
+    assert early.loss_plateau is not None and early.loss_plateau_only_without_fid

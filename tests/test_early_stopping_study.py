@@ -100,7 +100,7 @@ def test_committed_histories_replayed_give_the_committed_stop_steps():
     report = json.loads(COMMITTED.read_text())
     analysis = report["analysis"]
     for name, cand in analysis["candidates"].items():
-        rule = study.make(cand["family"], cand["args"])
+        rule = study.make(cand["family"], cand["args"], cand.get("budget", True))
         for run, graded in zip(report["runs"], cand["graded"]):
             out = study.replay_rule(run, rule, Collapse)
             assert (out["stop_g_step"], out["reason"]) == (graded["stop_g_step"], graded["reason"]), (name, run["setup"])

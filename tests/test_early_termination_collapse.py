@@ -67,3 +67,15 @@ def test_tolerance_is_the_rules_tolerance_and_is_checked():
         EarlyTermination(fid_plateau=FIDPlateau(), tolerance=0.05)
     with pytest.raises(ValueError, match="collapse"):
         EarlyTermination(collapse=FIDTrend())
+
+
+@pytest.mark.parametrize("n_critic", [1, 3])
+def test_the_fid_rule_gets_the_trainers_budget_in_g_steps(n_critic):
+    et = EarlyTermination(fid_plateau=FIDTrend())
+    fit(ScriptedGAN(n_critic=n_critic), [ScriptedFID({}), et], g_steps=30)
+    assert et.fid_plateau.budget_g_steps == 30
+    assert et.describe()["rules"]["fid_plateau"]["budget_g_steps"] == 30
+    # A budget given by the user is kept.
+    et = EarlyTermination(fid_plateau=FIDTrend(budget_g_steps=1000))
+    fit(ScriptedGAN(n_critic=n_critic), [ScriptedFID({}), et], g_steps=30)
+    assert et.fid_plateau.budget_g_steps == 1000

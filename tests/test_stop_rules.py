@@ -186,3 +186,41 @@ def test_non_finite_fids_are_left_to_the_divergence_rule():
     rule = FIDTrend()
     fids = [10.0] * 3 + [math.nan] * 20
     assert feed(rule, fids)[0] is None and rule.evaluations == 23 and len(rule.history) == 3
+
+
+def test_the_horizon_stops_at_the_budget():
+    # Still improving 1 % per evaluation at the end: projected over the run so far (h=1) that is far above 5 %,
+    # but with 2 evaluations of a 40-evaluation budget left only ~2 % can still come: the budget-aware rule stops.
+    fids = [100.0, 40.0] + [30.0 * 0.99 ** k for k in range(38)]
+    assert feed(FIDTrend(), fids)[0] is None
+    capped = FIDTrend(budget_g_steps=40 * EVERY)
+    stop, message = feed(capped, fids)
+    assert stop is not None and stop >= 36 * EVERY, message
+    assert "over the next" in message and capped.config()["budget_g_steps"] == 40 * EVERY
+    # Improving 10 % per evaluation to the end: at the last evaluation nothing is left of the budget (a projected
+    # gain of 0 over 0 G steps), and the run completes rather than stopping on a plateau.
+    last = FIDTrend(budget_g_steps=12 * EVERY, patience=1)
+    assert feed(last, [100.0, 40.0] + [40.0 * 0.9 ** k for k in range(1, 11)])[0] is None
+    assert last.horizon_steps(12 * EVERY) == 0 and last.evaluations == 12
+
+
+@pytest.mark.parametrize("rule_cls", [FIDTrend, FIDPowerLaw])
+def test_the_horizon_is_capped_at_what_is_left_of_the_budget(rule_cls):
+    assert rule_cls(horizon=2.0).horizon_steps(3000) == 6000
+    capped = rule_cls(horizon=1.0, budget_g_steps=4000)
+    assert capped.horizon_steps(2000) == 2000 and capped.horizon_steps(3700) == 300 and capped.horizon_steps(4500) == 0
+    with pytest.raises(ValueError, match="budget_g_steps"):
+        rule_cls(budget_g_steps=0)
+
+
+@pytest.mark.parametrize("rule_cls", RULES)
+def test_a_late_take_off_is_not_a_plateau(rule_cls):
+    # Seen in the study (mnist_dcgan seed 1): the FID dips, falls back to a constant for 20 evaluations, then
+    # takes off. A fit over the constant stretch calls a plateau in the middle of the descent; the rules fit from
+    # the take-off on, and only once min_evaluations evaluations are in after it.
+    fids = [1700.0, 1200.0] + [1595.0] * 20 + [900.0 * 0.8 ** k for k in range(12)]
+    stop, message = feed(rule_cls(), fids)
+    assert stop is None, message
+    rule = rule_cls()
+    feed(rule, fids[:25])
+    assert rule.takeoff_g_step() == 24 * EVERY and not rule.started()  # 720 is the first FID under 850

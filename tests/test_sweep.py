@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -293,6 +294,71 @@ def test_sweep_study_tables_in_readme_and_docs_are_the_committed_results():
         table = [line for line in quoted.splitlines() if line.startswith("| ") and not line.startswith("|---")]
         assert len(table) >= 3, doc  # header and one row per seed
         assert set(table) <= rows, f"{doc} quotes a sweep-study row that bench/results/sweep_study.md does not have"
+
+
+def sweep_study_module():
+    spec = importlib.util.spec_from_file_location("sweep_study", REPO_ROOT / "scripts" / "sweep_study.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def unpruned_sweep(histories: list[list[float]], every: int = 100) -> list[optuna.trial.FrozenTrial]:
+    """Finished trials of a scripted unpruned sweep: trial i reported ``histories[i]`` at every ``every`` G steps."""
+    study = optuna.create_study(direction="minimize")
+    for fids in histories:
+        study.add_trial(optuna.trial.create_trial(
+            value=min(fids), intermediate_values={every * (k + 1): f for k, f in enumerate(fids)},
+            user_attrs={"g_steps": every * len(fids)}))
+    return study.trials
+
+
+def test_sweep_study_replays_candidates_and_chooses_by_the_declared_rule():
+    """The study's choice on scripted selection sweeps: a slow-starting best trial (1) is lost by a median pruner that
+    decides after one finished trial, kept after two; the rule picks the cheapest setting that keeps it."""
+    study = sweep_study_module()
+    slow_best = [3.5, 3.0, 1.5, 0.3, 0.1]
+    trials = unpruned_sweep([[3.0, 2.0, 1.0, 0.8, 0.6], slow_best, *[[3.6 + 0.01 * k] * 5 for k in range(6)]])
+
+    none = study.replay(trials, study.make_pruner("none", {}, 500, 100))
+    assert {k: none[k] for k in ("g_steps", "g_steps_ratio", "pruned_trials", "best_trial", "same_best_trial",
+                                 "best_fid_gap", "best_fid")} == {
+        "g_steps": 4000, "g_steps_ratio": 1.0, "pruned_trials": 0, "best_trial": 1, "same_best_trial": True,
+        "best_fid_gap": 0.0, "best_fid": 0.1}
+    eager = study.replay(trials, optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=100))
+    assert eager["best_trial"] == 0 and eager["pruned_trials"] == 7 and eager["best_fid_gap"] == pytest.approx(5.0)
+    assert eager["rows"][1] == {"trial": 1, "params": {}, "g_steps": 100, "pruned_at": 100, "best_fid": 3.5,
+                                "status": "pruned"}
+
+    candidates = [("eager", "median", {"n_startup_trials": 1, "n_warmup_evals": 1, "interval_evals": 1}),
+                  ("late", "median", {"n_startup_trials": 2, "n_warmup_evals": 3, "interval_evals": 1}),
+                  ("strict", "percentile", {"percentile": 25.0, "n_startup_trials": 2, "n_warmup_evals": 1,
+                                             "interval_evals": 2}),
+                  ("off", "none", {})]
+    rows = study.replay_candidates({"0": trials}, 500, 100, candidates)
+    by = {r["pruner"]: r for r in rows}
+    assert by["strict"]["overrides"] == {"percentile": 25.0, "n_startup_trials": 2, "n_warmup_steps": 100,
+                                          "interval_steps": 200}
+    assert not by["eager"]["keeps_best"] and by["eager"]["worst_ratio"] == pytest.approx(1200 / 4000)
+    assert by["late"]["keeps_best"] and not by["late"]["meets_targets"]  # 2 x 500 + 6 x 300 G steps: 70 %
+    assert by["strict"]["meets_targets"] and by["strict"]["worst_ratio"] == pytest.approx(0.40)
+    assert study.choose(rows)["pruner"] == "strict"
+    assert study.choose([by["late"], by["off"], by["eager"]])["pruner"] == "late"  # none meets: cheapest that keeps
+    assert study.choose([by["eager"]])["pruner"] == "eager"
+    assert study.slug("percentile", by["strict"]["overrides"]) == "percentile_p25_n2_w100_i200"
+
+
+def test_sweep_study_choice_is_the_ring_sweeps_default_pruner():
+    """conf/hparams_search/ring_lr_r1.yaml prunes with what the committed study chose on its selection seeds, and the
+    study's targets are judged on seeds the choice did not read."""
+    results = json.loads((REPO_ROOT / "bench" / "results" / "sweep_study.json").read_text())
+    assert not set(results["selection_seeds"]) & set(results["heldout_seeds"])
+    assert set(results["seeds"]) == set(results["heldout_seeds"])
+    chosen = results["chosen"]
+    search = yaml.safe_load((REPO_ROOT / "conf" / "hparams_search" / "ring_lr_r1.yaml").read_text())
+    assert {"/pruner": chosen["option"]} in search["defaults"]
+    default = yaml.safe_load((REPO_ROOT / "conf" / "pruner" / f"{chosen['option']}.yaml").read_text())
+    assert {k: default[k] for k in chosen["overrides"]} == chosen["overrides"]
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from lightning_regan.callbacks.g_step import GStepCallback, g_steps_of
+from lightning_regan.callbacks.g_step import GStepCallback, g_step_budget, g_steps_of
 from lightning_regan.logged import NewEvaluations, to_float
 from lightning_regan.stopping import (
     CODE_REASONS,
@@ -128,6 +128,8 @@ class EarlyTermination(GStepCallback):
         self.restore_best_generator = bool(restore_best_generator)
         self.verbose = bool(verbose)
         self.loss_plateau_only_without_fid = bool(loss_plateau_only_without_fid)
+        # Rules that project ahead and were given no budget get the Trainer's at each fit.
+        self._budget_from_trainer = getattr(fid_plateau, "budget_g_steps", False) is None
 
         self.status = "completed"
         self.stop_reason: Optional[StopReason] = None
@@ -192,6 +194,8 @@ class EarlyTermination(GStepCallback):
         self.status, self.stop_reason, self.stop_message, self.stopped_g_step = "completed", None, None, None
         self.restored_best_generator, self.restored_into = False, None
         self._pending.clear()
+        if self._budget_from_trainer:
+            self.fid_plateau.budget_g_steps = g_step_budget(trainer, pl_module)
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int

@@ -27,6 +27,7 @@ from lightning_regan.fid.extractors import (
     extractor_num_features,
     resolve_extractor_spec,
 )
+from lightning_regan.fid.intra import IntraClassFID, load_or_compute_class_statistics
 from lightning_regan.fid.metric import FeatureDistances
 from lightning_regan.fid.stats import (
     RealSource,
@@ -51,9 +52,11 @@ CLASS_ACCURACY_KEY = "val/class_accuracy"
 FID_STD_KEY = "val/fid_std"
 PRECISION_KEY = "val/precision"
 RECALL_KEY = "val/recall"
+#: Intra-class FID of class-conditional modules (mean of per-class FIDs), with ``intra_fid=True``.
+INTRA_FID_KEY = "val/intra_fid"
 #: The logged key of each value an evaluation publishes (``FeatureDistances`` names the mean KID ``kid_mean``).
 LOGGED = {"fid": FID_KEY, "kid_mean": KID_KEY, "class_accuracy": CLASS_ACCURACY_KEY, "fid_std": FID_STD_KEY,
-          "precision": PRECISION_KEY, "recall": RECALL_KEY}
+          "precision": PRECISION_KEY, "recall": RECALL_KEY, "intra_fid": INTRA_FID_KEY}
 STATE_VERSION = 1
 
 
@@ -98,6 +101,10 @@ class FIDMonitor(GStepCallback):
         precision_recall: Also log ``val/precision`` and ``val/recall`` (Kynkäänniemi et al. 2019, ``k=pr_k``)
             of the generated against the real features (keeps the real features in memory).
         pr_k: Neighbourhood size of precision/recall.
+        intra_fid: Class-conditional modules: also log ``val/intra_fid`` (and ``val/intra_fid_g_step``), the mean
+            over classes of the FID of the samples generated for class k to the real samples of class k
+            (:mod:`lightning_regan.fid.intra`; per-class real statistics from the first ``num_real_samples`` labelled
+            real samples, cached). Ignored for unconditional modules.
 
     Attributes:
         history: ``[(g_step, fid), ...]``; ``kid_history`` likewise when ``kid``; ``extra_history``:
@@ -128,6 +135,7 @@ class FIDMonitor(GStepCallback):
         noise_draws: int = 0,
         precision_recall: bool = False,
         pr_k: int = 3,
+        intra_fid: bool = False,
     ) -> None:
         super().__init__()
         for name, value, minimum in (
@@ -162,6 +170,8 @@ class FIDMonitor(GStepCallback):
         self.noise_draws = noise_draws
         self.precision_recall = precision_recall
         self.pr_k = pr_k
+        self.intra_fid = bool(intra_fid)
+        self._intra: Optional[IntraClassFID] = None
 
         self.extra_history: list[dict[str, Any]] = []
         self.history: list[tuple[int, float]] = []
@@ -235,6 +245,11 @@ class FIDMonitor(GStepCallback):
                         cache=self.cache_dir, batch_size=self.batch_size,
                         keep_features=self.kid or self.precision_recall, device=strategy.root_device,
                     )
+                    module = trainer.lightning_module
+                    if self.intra_fid and getattr(module, "conditional", False):
+                        payload["intra"] = IntraClassFID(load_or_compute_class_statistics(
+                            source, extractor, module.num_classes, self.num_real_samples, dataset_key=key,
+                            cache=self.cache_dir, batch_size=self.batch_size, device=strategy.root_device)).to_payload()
             except Exception as exc:  # re-raised below, after telling the other ranks (no rank left waiting)
                 error = exc
         if trainer.world_size > 1:
@@ -247,6 +262,7 @@ class FIDMonitor(GStepCallback):
         # the classifier on the other ranks: rank zero's, from the payload
         self.extractor, self.real_stats = real_side_from_payload(payload, extractor)
         self.extractor_name = extractor_name(self.extractor)
+        self._intra = IntraClassFID.from_payload(payload["intra"]) if "intra" in payload else None
         num_features = extractor_num_features(self.extractor)
         self._metric = FeatureDistances(num_features, kid=self.kid, kid_subsets=self.kid_subsets,
                                         kid_subset_size=self.kid_subset_size, seed=self.seed)
@@ -283,7 +299,7 @@ class FIDMonitor(GStepCallback):
             for z, y in zip(batches, label_batches):
                 features = self.extractor(generate(pl_module, z, y))
                 self._metric.update(features)
-                if self.noise_draws or self.precision_recall:
+                if self.noise_draws or self.precision_recall or self._intra is not None:
                     kept.append(features)
                 if head is not None:
                     correct[0] += (head(features).argmax(1) == y.to(device)).sum()
@@ -293,19 +309,24 @@ class FIDMonitor(GStepCallback):
             if world > 1:
                 correct = trainer.strategy.reduce(correct, reduce_op="sum")
             values["class_accuracy"] = float(correct[0] / correct[1])
-        if kept:
-            values.update(self._extras(trainer, torch.cat(kept)))
+        if kept:  # labels in all_gather's order: rank 0's shard, then rank 1's, ...
+            order = torch.cat([labels[r::world] for r in range(world)]) if labels is not None else None
+            values.update(self._extras(trainer, torch.cat(kept), order))
         self.eval_time_s += time.perf_counter() - start
         self.evaluations += 1
         return values
 
-    def _extras(self, trainer: L.Trainer, features: Tensor) -> dict[str, float]:
-        """Measurement noise and precision/recall on all ranks' generated features (collective under DDP)."""
+    def _extras(self, trainer: L.Trainer, features: Tensor, labels: Optional[Tensor]) -> dict[str, float]:
+        """Measurement noise, precision/recall and intra-class FID on all ranks' generated features (collective
+        under DDP)."""
         if trainer.world_size > 1:
             features = trainer.strategy.all_gather(features).reshape(-1, features.shape[-1])
         real = self.real_stats
-        return noise_and_coverage(real.mean(), real.cov(), real.features if self.precision_recall else None, features,
-                                  self.noise_draws, self.pr_k, seed=self.seed)
+        out = noise_and_coverage(real.mean(), real.cov(), real.features if self.precision_recall else None, features,
+                                 self.noise_draws, self.pr_k, seed=self.seed)
+        if self._intra is not None and labels is not None:
+            out["intra_fid"] = self._intra(features, labels)
+        return out
 
     def _record(self, trainer: L.Trainer, pl_module: L.LightningModule, g_step: int, values: dict[str, float],
                 in_training: bool) -> None:
@@ -322,9 +343,11 @@ class FIDMonitor(GStepCallback):
             metrics[f"{KID_KEY}_g_step"] = float(g_step)
         if "class_accuracy" in values:
             self.class_accuracy_history.append((g_step, values["class_accuracy"]))
-        extras = {name: values[name] for name in ("fid_std", "precision", "recall") if name in values}
+        extras = {name: values[name] for name in ("fid_std", "precision", "recall", "intra_fid") if name in values}
         if extras:
             self.extra_history.append({"g_step": g_step, **extras})
+        if "intra_fid" in values:  # EarlyTermination(fid_monitor="val/intra_fid") reads its G step
+            metrics[f"{INTRA_FID_KEY}_g_step"] = float(g_step)
         publish_metrics(trainer, pl_module, metrics, in_training)
         if self.verbose:
             others = "".join(f", {LOGGED[k].split('/')[-1]} {v:.4g}" for k, v in values.items() if k != "fid")
@@ -387,5 +410,5 @@ class FIDMonitor(GStepCallback):
             log.warning("FIDMonitor: resumed FID history was measured with %s features, now %s.", saved, self.extractor_name)
 
 
-__all__ = ["CLASS_ACCURACY_KEY", "FIDMonitor", "FID_KEY", "FID_STD_KEY", "FID_STEP_KEY", "KID_KEY", "PRECISION_KEY",
-           "RECALL_KEY"]
+__all__ = ["CLASS_ACCURACY_KEY", "FIDMonitor", "FID_KEY", "FID_STD_KEY", "FID_STEP_KEY", "INTRA_FID_KEY", "KID_KEY",
+           "PRECISION_KEY", "RECALL_KEY"]

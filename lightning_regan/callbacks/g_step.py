@@ -10,7 +10,7 @@ callbacks read them back with :mod:`lightning_regan.logged`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Optional
 
 import lightning as L
 import torch
@@ -21,6 +21,15 @@ def g_steps_of(trainer: L.Trainer, pl_module: L.LightningModule) -> int:
     """G steps taken so far: ``pl_module.g_steps`` (GANModule), else ``trainer.global_step``."""
     g_steps = getattr(pl_module, "g_steps", None)
     return int(trainer.global_step if g_steps is None else g_steps)
+
+
+def g_step_budget(trainer: L.Trainer, pl_module: L.LightningModule) -> Optional[int]:
+    """The run's budget in G steps, from the Trainer's ``max_steps`` (``None`` when it sets none)."""
+    if trainer.max_steps is None or trainer.max_steps < 0:
+        return None
+    if getattr(pl_module, "g_steps", None) is None:
+        return int(trainer.max_steps)
+    return int(trainer.max_steps) // (int(getattr(pl_module, "n_critic", 1)) + 1)
 
 
 def check_int(owner: str, name: str, value: Any, minimum: int) -> None:
@@ -72,4 +81,4 @@ def publish_metrics(trainer: L.Trainer, pl_module: L.LightningModule, metrics: M
         logger.log_metrics(dict(metrics), step=step)
 
 
-__all__ = ["GStepCallback", "check_int", "g_steps_of", "is_due", "publish_metrics"]
+__all__ = ["GStepCallback", "check_int", "g_step_budget", "g_steps_of", "is_due", "publish_metrics"]

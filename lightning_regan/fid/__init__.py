@@ -8,6 +8,7 @@ from lightning_regan.fid.extractors import (
     extractor_key,
     extractor_name,
 )
+from lightning_regan.fid.intra import IntraClassFID, compute_class_statistics, load_or_compute_class_statistics
 from lightning_regan.fid.metric import FeatureDistances, kernel_inception_distance
 from lightning_regan.fid.stats import RealStatistics, compute_real_statistics, load_or_compute_real_statistics
 from lightning_regan.fid.weights import (
@@ -24,12 +25,15 @@ __all__ = [
     "InceptionExtractor",
     "InceptionLogitsUnavailable",
     "InceptionWeightsError",
+    "IntraClassFID",
     "RealStatistics",
     "build_extractor",
+    "compute_class_statistics",
     "compute_real_statistics",
     "extractor_key",
     "extractor_name",
     "kernel_inception_distance",
+    "load_or_compute_class_statistics",
     "load_or_compute_real_statistics",
     "prepare_inception_weights",
     "resolve_inception_weights",

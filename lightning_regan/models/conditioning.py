@@ -53,13 +53,38 @@ class ProjectionHead(nn.Module):
         return (self.embed(y).to(h.dtype) * h).sum(dim=1)
 
 
+class ConditionalBatchNorm2d(nn.Module):
+    """BatchNorm2d whose scale and shift are looked up per class (class-conditional BatchNorm, de Vries et al. 2017),
+    as in the generator of Miyato & Koyama (2018): ``gamma[y] * BN(x) + beta[y]``.
+
+    Args:
+        num_features: Channels of ``x``.
+        num_classes: Number of classes.
+    """
+
+    def __init__(self, num_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(num_features, affine=False)
+        self.gamma = nn.Embedding(num_classes, num_features)
+        self.beta = nn.Embedding(num_classes, num_features)
+        nn.init.ones_(self.gamma.weight)  # starts as the plain BatchNorm2d's identity affine map
+        nn.init.zeros_(self.beta.weight)
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        h = self.bn(x)
+        return self.gamma(y).to(h.dtype)[:, :, None, None] * h + self.beta(y).to(h.dtype)[:, :, None, None]
+
+
 def projected_logits(layers: nn.Sequential, projection: ProjectionHead, x: Tensor, y: Tensor) -> Tensor:
     """``layers`` whose last module is the output ``Linear(F, 1)``: its logit plus the projection of the features
     that feed it, ``(N,)``."""
     h = x
-    for layer in layers[:-1]:
+    last = len(layers) - 1
+    for i, layer in enumerate(layers):  # not layers[:-1]: slicing builds a new Sequential per call
+        if i == last:
+            return layer(h).squeeze(1) + projection(h, y)
         h = layer(h)
-    return layers[-1](h).squeeze(1) + projection(h, y)
+    raise ValueError("projected_logits: layers is empty.")
 
 
 def need_labels(y: Optional[Tensor], conditional: bool, who: str) -> None:
@@ -70,4 +95,4 @@ def need_labels(y: Optional[Tensor], conditional: bool, who: str) -> None:
         raise ValueError(f"{who} is unconditional: build it with num_classes=... to pass labels.")
 
 
-__all__ = ["LabelEmbedding", "ProjectionHead", "check_num_classes", "need_labels", "projected_logits"]
+__all__ = ["ConditionalBatchNorm2d", "LabelEmbedding", "ProjectionHead", "check_num_classes", "need_labels", "projected_logits"]

@@ -7,9 +7,10 @@ from collections.abc import Sequence
 
 from typing import Optional
 
+import torch
 from torch import Tensor, nn
 
-from lightning_regan.models.conditioning import LabelEmbedding, ProjectionHead, check_num_classes, need_labels, projected_logits
+from lightning_regan.models.conditioning import ProjectionHead, check_num_classes, need_labels, projected_logits
 
 _OUTPUT_ACTIVATIONS = ("auto", "tanh", "sigmoid", "none")
 _NORMS = ("none", "layer", "batch")
@@ -39,9 +40,10 @@ class MLPGenerator(nn.Module):
         output_activation: ``"auto"`` (``tanh`` for images in [-1, 1], none for points), ``"tanh"``,
             ``"sigmoid"`` or ``"none"``.
         batch_norm: BatchNorm after each hidden linear layer.
-        num_classes: Class-conditional ``G(z, y)`` with a label embedding of size ``embed_dim`` (default
-            ``latent_dim``) joined to ``z``; ``None`` for ``G(z)``.
-        embed_dim: Size of the label embedding.
+        num_classes: Class-conditional ``G(z, y)``: the one-hot label joined to ``z`` (Mirza & Osindero 2014): the
+            first layer then adds a learned per-class bias, which is what a learned embedding joined to ``z`` amounts
+            to, without an extra parameter tensor (whose optimizer step is a sizeable share of a small MLP's step);
+            ``None`` for ``G(z)``.
     """
 
     def __init__(
@@ -52,7 +54,6 @@ class MLPGenerator(nn.Module):
         output_activation: str = "auto",
         batch_norm: bool = False,
         num_classes: Optional[int] = None,
-        embed_dim: Optional[int] = None,
     ) -> None:
         super().__init__()
         if not isinstance(latent_dim, int) or latent_dim < 1:
@@ -65,9 +66,8 @@ class MLPGenerator(nn.Module):
             output_activation = "tanh" if len(self.data_shape) > 1 else "none"
         self.output_activation = output_activation
         self.num_classes = check_num_classes(num_classes, "MLPGenerator")
-        self.label_embedding = LabelEmbedding(num_classes, embed_dim or latent_dim) if num_classes else None
         layers: list[nn.Module] = []
-        width = latent_dim + ((embed_dim or latent_dim) if num_classes else 0)
+        width = latent_dim + (num_classes or 0)
         for h in _hidden(hidden, "MLPGenerator"):
             layers.append(nn.Linear(width, h))
             if batch_norm:
@@ -83,8 +83,8 @@ class MLPGenerator(nn.Module):
 
     def forward(self, z: Tensor, y: Optional[Tensor] = None) -> Tensor:
         """Map ``(N, latent_dim)`` noise (and labels ``(N,)`` when conditional) to samples ``(N, *data_shape)``."""
-        need_labels(y, self.label_embedding is not None, "MLPGenerator")
-        h = z if self.label_embedding is None else self.label_embedding(z, y)
+        need_labels(y, self.num_classes is not None, "MLPGenerator")
+        h = z if self.num_classes is None else torch.cat([z, nn.functional.one_hot(y, self.num_classes).to(z.dtype)], 1)
         return self.net(h).view(z.shape[0], *self.data_shape)
 
 

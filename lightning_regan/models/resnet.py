@@ -4,16 +4,23 @@ The CIFAR-10 architecture of Miyato et al. (2018), appendix B.4, as in mimicry's
 to a 4x4x256 map and applies three upsampling residual blocks; D has an optimized first block, three more
 residual blocks (the first of them downsampling), ReLU, global sum pooling and a linear layer, with spectral
 normalization on every layer by default.
+
+Class-conditional (``num_classes`` set), as in Miyato & Koyama (ICLR 2018) and mimicry's ``sngan_32`` cGAN: G's
+block BatchNorms become class-conditional (a per-class scale and shift) and D adds a projection term
+``<embed(y), h>`` on its pooled features ``h`` (spectrally normalized with the rest of D).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from lightning_regan.models.conditioning import ConditionalBatchNorm2d, ProjectionHead, check_num_classes, need_labels
 
 
 IMAGE_SIZE = 32
@@ -37,22 +44,27 @@ def _xavier(module: nn.Module, gain: float) -> None:
 
 
 class GBlock(nn.Module):
-    """Pre-activation residual block that doubles the resolution: ``BN-ReLU-up-conv-BN-ReLU-conv + up-conv1x1``."""
+    """Pre-activation residual block that doubles the resolution: ``BN-ReLU-up-conv-BN-ReLU-conv + up-conv1x1``;
+    with ``num_classes`` its two BatchNorms are class-conditional and it is called ``block(x, y)``."""
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, num_classes: Optional[int] = None) -> None:
         super().__init__()
-        self.b1 = nn.BatchNorm2d(in_channels)
+        self.conditional = num_classes is not None
+        self.b1 = ConditionalBatchNorm2d(in_channels, num_classes) if num_classes else nn.BatchNorm2d(in_channels)
         self.c1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.b2 = nn.BatchNorm2d(out_channels)
+        self.b2 = ConditionalBatchNorm2d(out_channels, num_classes) if num_classes else nn.BatchNorm2d(out_channels)
         self.c2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.c_sc = nn.Conv2d(in_channels, out_channels, 1)
         _xavier(self.c1, math.sqrt(2))
         _xavier(self.c2, math.sqrt(2))
         _xavier(self.c_sc, 1.0)
 
-    def forward(self, x: Tensor) -> Tensor:
-        h = F.interpolate(F.relu(self.b1(x)), scale_factor=2, mode="nearest")
-        h = self.c2(F.relu(self.b2(self.c1(h))))
+    def _norm(self, norm: nn.Module, h: Tensor, y: Optional[Tensor]) -> Tensor:
+        return norm(h, y) if self.conditional else norm(h)
+
+    def forward(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
+        h = F.interpolate(F.relu(self._norm(self.b1, x, y)), scale_factor=2, mode="nearest")
+        h = self.c2(F.relu(self._norm(self.b2, self.c1(h), y)))
         return h + self.c_sc(F.interpolate(x, scale_factor=2, mode="nearest"))
 
 
@@ -102,9 +114,12 @@ class ResNetGenerator(nn.Module):
         latent_dim: Size of ``z`` (128 in the paper).
         data_shape: ``(C, 32, 32)``.
         channels: Width of every block (256 in the paper).
+        num_classes: Class-conditional ``G(z, y)`` with class-conditional BatchNorm in every block; ``None`` for
+            ``G(z)``.
     """
 
-    def __init__(self, latent_dim: int, data_shape: Sequence[int], channels: int = 256) -> None:
+    def __init__(self, latent_dim: int, data_shape: Sequence[int], channels: int = 256,
+                 num_classes: Optional[int] = None) -> None:
         super().__init__()
         if not isinstance(latent_dim, int) or latent_dim < 1:
             raise ValueError(f"ResNetGenerator: latent_dim must be a positive integer, got {latent_dim!r}.")
@@ -115,16 +130,19 @@ class ResNetGenerator(nn.Module):
         self.data_shape = (out_channels, IMAGE_SIZE, IMAGE_SIZE)
         self.channels = channels
         self.l1 = nn.Linear(latent_dim, BOTTOM_WIDTH * BOTTOM_WIDTH * channels)
-        self.blocks = nn.Sequential(GBlock(channels, channels), GBlock(channels, channels), GBlock(channels, channels))
+        self.num_classes = check_num_classes(num_classes, "ResNetGenerator")
+        self.blocks = nn.Sequential(*(GBlock(channels, channels, num_classes) for _ in range(3)))
         self.b5 = nn.BatchNorm2d(channels)
         self.c5 = nn.Conv2d(channels, out_channels, 3, padding=1)
         _xavier(self.l1, 1.0)
         _xavier(self.c5, 1.0)
 
-    def forward(self, z: Tensor) -> Tensor:
-        """Images ``(N, C, 32, 32)`` from noise ``(N, latent_dim)``."""
+    def forward(self, z: Tensor, y: Optional[Tensor] = None) -> Tensor:
+        """Images ``(N, C, 32, 32)`` from noise ``(N, latent_dim)`` (and labels ``(N,)`` when conditional)."""
+        need_labels(y, self.num_classes is not None, "ResNetGenerator")
         h = self.l1(z).view(z.shape[0], self.channels, BOTTOM_WIDTH, BOTTOM_WIDTH)
-        h = self.blocks(h)
+        for block in self.blocks:
+            h = block(h, y)
         return torch.tanh(self.c5(F.relu(self.b5(h))))
 
 
@@ -137,9 +155,12 @@ class ResNetDiscriminator(nn.Module):
         spectral_norm: Spectrally normalize every conv and linear layer
             (``torch.nn.utils.parametrizations.spectral_norm``), as in SNGAN. Without it, pair D with a gradient
             penalty. D has no batch statistics, so it is per-sample either way.
+        num_classes: Class-conditional ``D(x, y)`` with a projection head (Miyato & Koyama 2018) on the pooled
+            features; ``None`` for ``D(x)``.
     """
 
-    def __init__(self, data_shape: Sequence[int], channels: int = 128, spectral_norm: bool = True) -> None:
+    def __init__(self, data_shape: Sequence[int], channels: int = 128, spectral_norm: bool = True,
+                 num_classes: Optional[int] = None) -> None:
         super().__init__()
         if channels < 1:
             raise ValueError(f"ResNetDiscriminator: channels must be >= 1, got {channels!r}.")
@@ -153,17 +174,21 @@ class ResNetDiscriminator(nn.Module):
         )
         self.l5 = nn.Linear(channels, 1)
         _xavier(self.l5, 1.0)
+        self.num_classes = check_num_classes(num_classes, "ResNetDiscriminator")
+        self.projection = ProjectionHead(num_classes, channels) if num_classes else None
         if spectral_norm:
             from torch.nn.utils.parametrizations import spectral_norm as sn
 
             for layer in self.modules():
-                if isinstance(layer, (nn.Conv2d, nn.Linear)):
+                if isinstance(layer, (nn.Conv2d, nn.Linear, nn.Embedding)):
                     sn(layer)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Logits ``(N,)`` for images ``(N, C, 32, 32)``."""
+    def forward(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
+        """Logits ``(N,)`` for images ``(N, C, 32, 32)`` (of classes ``y`` when conditional)."""
+        need_labels(y, self.projection is not None, "ResNetDiscriminator")
         h = F.relu(self.blocks(x)).sum(dim=(2, 3))  # global sum pooling
-        return self.l5(h).squeeze(1)
+        out = self.l5(h).squeeze(1)
+        return out if self.projection is None else out + self.projection(h, y)
 
 
 __all__ = ["ResNetDiscriminator", "ResNetGenerator"]
