@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
-from lightning_regan.callbacks.g_step import GStepCallback, g_steps_of
+from lightning_regan.callbacks.g_step import GStepCallback, g_step_budget, g_steps_of
 from lightning_regan.module import GANModule
 
 #: ``trainer.callback_metrics`` keys shown next to the bar (as their last path component) when present.
@@ -40,13 +40,8 @@ class GStepProgressBar(GStepCallback, TQDMProgressBar):
         super().__init__(refresh_rate=refresh_rate, process_position=process_position)
         self.metrics = tuple(metrics)
 
-    @staticmethod
-    def max_g_steps_of(trainer: L.Trainer, pl_module: GANModule) -> Optional[int]:
-        """The G-step budget implied by ``trainer.max_steps`` (the inverse of :func:`max_steps_for`), or None when
-        the run has no step budget."""
-        if trainer.max_steps is None or trainer.max_steps < 0:
-            return None
-        return trainer.max_steps // (pl_module.n_critic + 1)
+    #: The G-step budget implied by ``trainer.max_steps``, or None when the run has no step budget.
+    max_g_steps_of = staticmethod(g_step_budget)
 
     def init_train_tqdm(self) -> Tqdm:
         """The training bar, from the G steps already done (a resumed run) to the budget."""
