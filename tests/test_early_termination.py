@@ -502,7 +502,8 @@ def compose_early_stopping(name: str):
 @pytest.mark.parametrize(
     ("name", "rules"),
     [("plateau", {"loss_plateau", "divergence"}), ("fid", {"fid_plateau", "divergence"}),
-     ("default", {"loss_plateau", "fid_plateau", "divergence"}), ("trend", {"fid_plateau", "divergence", "collapse"})],
+     ("default", {"loss_plateau", "fid_plateau", "divergence", "collapse"}),
+     ("trend", {"fid_plateau", "divergence", "collapse"})],
 )
 def test_configs_build_the_documented_rules(name, rules):
     from hydra.utils import instantiate
