@@ -19,7 +19,7 @@ _LAZY = {
     "RunSummary": "lightning_regan.callbacks",
     "SampleGrid": "lightning_regan.callbacks",
     "GANModule": "lightning_regan.module",
-    "max_steps_for": "lightning_regan.module",
+    "max_steps_for": "lightning_regan.steps",
     "Collapse": "lightning_regan.stopping",
     "Divergence": "lightning_regan.stopping",
     "FIDNoisePlateau": "lightning_regan.stopping",

@@ -18,21 +18,11 @@ from lightning_regan.inputs import batch_labels, batch_samples, check_labels, la
 from lightning_regan.inputs import class_inputs, seeded_inputs, seeded_noise  # public here too (their first home)
 from lightning_regan.losses import AdversarialLoss, get_loss
 from lightning_regan.regularizers import DiscriminatorBatch, Regularizer, regularizer_dict
+from lightning_regan.steps import max_steps_for  # noqa: F401  (public here too: its first home)
 
 OptimizerFactory = Callable[..., Optimizer]
 CHECKPOINT_KEY = "regan"
 CHECKPOINT_VERSION = 1
-
-
-def max_steps_for(g_steps: int, n_critic: int = 1) -> int:
-    """Trainer ``max_steps`` giving exactly ``g_steps`` generator updates.
-
-    Lightning's ``global_step`` counts every optimizer step (D and G), so one G update costs
-    ``n_critic + 1`` of them.
-    """
-    if g_steps < 0 or n_critic < 1:
-        raise ValueError(f"max_steps_for: need g_steps >= 0 and n_critic >= 1, got {g_steps}, {n_critic}.")
-    return g_steps * (n_critic + 1)
 
 
 def _default_optimizer() -> OptimizerFactory:

@@ -10,37 +10,19 @@ callbacks read them back with :mod:`lightning_regan.logged`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-
-def g_steps_of(trainer: L.Trainer, pl_module: L.LightningModule) -> int:
-    """G steps taken so far: ``pl_module.g_steps`` (GANModule), else ``trainer.global_step``."""
-    g_steps = getattr(pl_module, "g_steps", None)
-    return int(trainer.global_step if g_steps is None else g_steps)
-
-
-def g_step_budget(trainer: L.Trainer, pl_module: L.LightningModule) -> Optional[int]:
-    """The run's budget in G steps, from the Trainer's ``max_steps`` (``None`` when it sets none)."""
-    if trainer.max_steps is None or trainer.max_steps < 0:
-        return None
-    if getattr(pl_module, "g_steps", None) is None:
-        return int(trainer.max_steps)
-    return int(trainer.max_steps) // (int(getattr(pl_module, "n_critic", 1)) + 1)
+from lightning_regan.steps import g_step_budget, g_steps_of, is_due  # noqa: F401  (public here too)
 
 
 def check_int(owner: str, name: str, value: Any, minimum: int) -> None:
     """A clear ``ValueError`` unless ``value`` is an integer (not a bool) >= ``minimum``."""
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r}.")
-
-
-def is_due(g_step: int, every: int) -> bool:
-    """Whether a cadence of ``every`` G steps (``0``: never) fires at ``g_step`` (never at 0)."""
-    return every > 0 and g_step > 0 and g_step % every == 0
 
 
 class GStepCallback(Callback):
