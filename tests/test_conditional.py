@@ -424,3 +424,19 @@ def test_fid_monitor_logs_class_accuracy_of_generated_samples(tmp_path, shift, l
     accuracy = float(trainer.callback_metrics[CLASS_ACCURACY_KEY])
     assert lo <= accuracy <= hi
     assert fid.summary_fields(trainer, module)["class_accuracy_history"] == [[1, pytest.approx(accuracy)]]
+
+
+def test_class_accuracy_drives_lightnings_stock_early_stopping(tmp_path):
+    # Higher is better, so the FID rules do not take it; Lightning's EarlyStopping(mode="max") does, from
+    # callback_metrics. min_delta above any change: no evaluation improves, so it stops after `patience` epochs.
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    dm = DigitsDataModule(batch_size=64)
+    images, labels = dm.train_dataset().tensors
+    module = GANModule(LookupG(images, labels, 0), MLPDiscriminator((1, 8, 8), num_classes=10), num_classes=10)
+    fid = FIDMonitor(every_n_g_steps=10, num_samples=200, feature_extractor="classifier", verbose=False)
+    stop = EarlyStopping(monitor=CLASS_ACCURACY_KEY, mode="max", patience=2, min_delta=2.0, check_on_train_epoch_end=True)
+    trainer = quiet_trainer(max_steps=max_steps_for(1000), callbacks=[fid, stop])
+    trainer.fit(module, dm)
+    assert stop.stopped_epoch == 2 and 0 < module.g_steps < 1000
+    assert float(stop.best_score) >= 0.85  # the accuracy it watched: the lookup G draws real digits of class y
