@@ -31,7 +31,7 @@ from lightning_regan.models.conditioning import ConditionalBatchNorm2d
 from lightning_regan.module import class_inputs, seeded_inputs, seeded_noise
 from lightning_regan.regularizers import R1, R2, WGANGP, DiscriminatorBatch, LeCam, Regularizer, spectral_norm
 
-from helpers import TinyCondD, TinyCondG, TinyD, TinyG, labelled_points, quiet_trainer
+from helpers import LookupG, TinyCondD, TinyCondG, TinyD, TinyG, labelled_points, quiet_trainer
 
 NUM_CLASSES = 5
 REGAN_TRAIN = [shutil.which("regan-train") or "regan-train", "trainer.enable_progress_bar=false"]
@@ -397,22 +397,6 @@ def test_conditional_with_an_unconditional_architecture_is_refused_before_traini
 
 
 # ---------------------------------------------------------------- class accuracy of generated samples
-class LookupG(nn.Module):
-    """A "generator" that returns a real digit of class ``(y + shift) % 10``: class accuracy near the classifier's
-    accuracy with shift 0, near zero with shift 1."""
-
-    def __init__(self, images: Tensor, labels: Tensor, shift: int) -> None:
-        super().__init__()
-        self.latent_dim = 4
-        self.shift = shift
-        self.register_buffer("bank", torch.stack([images[labels == c][:50] for c in range(10)]))
-        self.w = nn.Parameter(torch.zeros(()))
-
-    def forward(self, z: Tensor, y: Tensor) -> Tensor:
-        idx = (z[:, 0].abs() * 1000).long() % 50
-        return self.bank[(y + self.shift) % 10, idx] + 0 * self.w
-
-
 @pytest.mark.parametrize("shift, lo, hi", [(0, 0.85, 1.0), (1, 0.0, 0.15)])
 def test_fid_monitor_logs_class_accuracy_of_generated_samples(tmp_path, shift, lo, hi):
     dm = DigitsDataModule(batch_size=32)

@@ -19,7 +19,7 @@ from lightning_regan.fid.metric import frechet_distance
 from lightning_regan.models import MLPDiscriminator
 from lightning_regan.stopping import FIDPlateau, StopReason
 
-from helpers import quiet_trainer
+from helpers import LookupG, quiet_trainer
 
 
 def _stats(x: Tensor) -> RealStatistics:
@@ -87,22 +87,6 @@ def test_per_class_real_statistics_are_cached_and_checked(tmp_path):
         compute_class_statistics(data, extractor, 2, 30)
     with pytest.raises(ValueError, match="labelled real data"):
         compute_class_statistics(TensorDataset(x), extractor, 3, 30)
-
-
-class LookupG(nn.Module):
-    """A "generator" that returns a real digit of class ``(y + shift) % 10``: with shift 1 every class's samples are
-    another class's digits, so the overall FID is that of shift 0 but the intra-class FID is large."""
-
-    def __init__(self, images: Tensor, labels: Tensor, shift: int) -> None:
-        super().__init__()
-        self.latent_dim = 4
-        self.shift = shift
-        self.register_buffer("bank", torch.stack([images[labels == c][:50] for c in range(10)]))
-        self.w = nn.Parameter(torch.zeros(()))
-
-    def forward(self, z: Tensor, y: Tensor) -> Tensor:
-        idx = (z[:, 0].abs() * 1000).long() % 50
-        return self.bank[(y + self.shift) % 10, idx] + 0 * self.w
 
 
 def _fit(shift: int, g_steps: int, *callbacks) -> tuple[FIDMonitor, dict]:

@@ -30,6 +30,7 @@ from torchmetrics import Metric
 
 from lightning_regan.fid.extractors import ClassifierExtractor, extractor_key, extractor_num_features
 from lightning_regan.fid.weights import PathLike, atomic_torch_save, cache_dir
+from lightning_regan.inputs import batch_samples
 
 log = logging.getLogger(__name__)
 
@@ -154,19 +155,6 @@ def real_source_of(datamodule: Any) -> Optional[RealSource]:
     return None
 
 
-def _samples_of(batch: Any) -> Tensor:
-    if isinstance(batch, Mapping):
-        for key in ("image", "images", "x"):
-            if key in batch:
-                return batch[key]
-        raise ValueError(f"Real batch mapping has no 'image'/'images'/'x' key (keys: {sorted(batch)}).")
-    if isinstance(batch, (list, tuple)):
-        batch = batch[0]
-    if not isinstance(batch, Tensor):
-        raise TypeError(f"Real data must yield tensors, (tensor, label) or {{'image': tensor}}; got {type(batch).__name__}.")
-    return batch
-
-
 def iter_real_batches(source: RealSource, num_samples: int, batch_size: int) -> Iterator[Tensor]:
     """Batches of the first ``num_samples`` real samples of a dataset, DataLoader, tensor or iterable of batches."""
     if isinstance(source, Tensor):
@@ -177,7 +165,7 @@ def iter_real_batches(source: RealSource, num_samples: int, batch_size: int) -> 
         batches = source
     seen = 0
     for batch in batches:
-        x = _samples_of(batch)
+        x = batch_samples(batch)
         if seen + x.shape[0] > num_samples:
             x = x[: num_samples - seen]
         seen += x.shape[0]
