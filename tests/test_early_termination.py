@@ -555,13 +555,22 @@ def nan_on_rank_one(g: int) -> dict[str, float]:
     return {**steady(g), "train/d_loss": math.nan if rank == 1 and g >= 5 else 1.3}
 
 
+class DestroyProcessGroup(L.Callback):
+    """Tear gloo down in each spawned rank once its fit is over: left to interpreter shutdown, gloo's threads can
+    abort the process (SIGABRT) after the test's work is done (as in tests/test_ddp.py's scenario runner)."""
+
+    def teardown(self, trainer, pl_module, stage):
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
 @pytest.mark.timeout(180)  # a missed collective would hang, not fail
 def test_ddp_one_rank_diverges_all_ranks_stop(tmp_path):
     """Two CPU processes (gloo, ~6 s): only rank 1 sees NaN; both stop at the same G step (no hang), and
     rank 0, which saw nothing wrong, records why."""
     module = ScriptedGAN(nan_on_rank_one)
     et = EarlyTermination(divergence=Divergence(), loss_plateau=LossPlateau())
-    trainer = make_trainer(100, [et, RunSummary(tmp_path)], devices=2, strategy="ddp_spawn")
+    trainer = make_trainer(100, [et, RunSummary(tmp_path), DestroyProcessGroup()], devices=2, strategy="ddp_spawn")
     trainer.fit(module, loader())
     summary = json.loads((tmp_path / "summary.json").read_text())  # written by rank 0
     assert summary["world_size"] == 2 and summary["status"] == "diverged" and summary["stop_reason"] == "divergence"
