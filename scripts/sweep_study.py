@@ -240,6 +240,19 @@ def slug(option: str, overrides: dict[str, Any]) -> str:
                             for k, v in overrides.items())
 
 
+def candidate_table(rows: list[dict[str, Any]], seeds: list[str], chosen: str) -> list[str]:
+    """Markdown table of replayed pruner candidates: per seed the G-step ratio, best trial and best-FID gap."""
+    lines = ["| pruner | " + " | ".join(f"seed {s}: G steps, best trial (gap)" for s in seeds) + " | targets |",
+             "|---|" + "---|" * len(seeds) + "---|"]
+    for row in rows:
+        cells = [f"{row['seeds'][s]['g_steps_ratio']:.0%}, {row['seeds'][s]['best_trial']} "
+                 f"({row['seeds'][s]['best_fid_gap']:+.0%})" for s in seeds]
+        mark = "met" if row["meets_targets"] else ("best kept" if row["keeps_best"] else "")
+        label = f"**{row['pruner']}**" if row["pruner"] == chosen else row["pruner"]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {mark} |")
+    return lines
+
+
 def write_report(results: dict[str, Any], out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "sweep_study.json").write_text(json.dumps(results, indent=1) + "\n")
@@ -298,15 +311,7 @@ def write_report(results: dict[str, Any], out_dir: Path) -> None:
               "Each selection seed's unpruned sweep, its FID histories fed trial by trial through the candidate (a "
               "pruned trial's history is the unpruned one's prefix): G steps against the unpruned sweep, and the best "
               "trial found (best-FID gap to the unpruned best). Sorted as the rule ranks them.", "",
-              "| pruner | " + " | ".join(f"seed {s}: G steps, best trial (gap)" for s in sel) + " | targets |",
-              "|---|" + "---|" * len(sel) + "---|"]
-    for row in results["candidates"]:
-        cells = [f"{row['seeds'][s]['g_steps_ratio']:.0%}, {row['seeds'][s]['best_trial']} "
-                 f"({row['seeds'][s]['best_fid_gap']:+.0%})" for s in sel]
-        mark = "met" if row["meets_targets"] else ("best kept" if row["keeps_best"] else "")
-        label = f"**{row['pruner']}**" if row["pruner"] == chosen["pruner"] else row["pruner"]
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {mark} |")
-    lines.append("")
+              *candidate_table(results["candidates"], sel, chosen["pruner"]), ""]
     if results.get("heldout_candidates"):
         rows = results["heldout_candidates"]
         rank = next(i for i, r in enumerate(rows, 1) if r["pruner"] == chosen["pruner"])
@@ -315,15 +320,7 @@ def write_report(results: dict[str, Any], out_dir: Path) -> None:
                   f"{sum(r['meets_targets'] for r in rows)} of {len(rows)} candidates meet both targets on every "
                   f"held-out seed, {sum(r['keeps_best'] for r in rows)} keep the best trial on every held-out seed; "
                   f"the chosen one ranks {rank} of {len(rows)} by the selection rule's order here.", "",
-                  "| pruner | " + " | ".join(f"seed {s}: G steps, best trial (gap)" for s in held) + " | targets |",
-                  "|---|" + "---|" * len(held) + "---|"]
-        for row in rows:
-            cells = [f"{row['seeds'][s]['g_steps_ratio']:.0%}, {row['seeds'][s]['best_trial']} "
-                     f"({row['seeds'][s]['best_fid_gap']:+.0%})" for s in held]
-            mark = "met" if row["meets_targets"] else ("best kept" if row["keeps_best"] else "")
-            label = f"**{row['pruner']}**" if row["pruner"] == chosen["pruner"] else row["pruner"]
-            lines.append(f"| {label} | " + " | ".join(cells) + f" | {mark} |")
-        lines.append("")
+                  *candidate_table(rows, held, chosen["pruner"]), ""]
     (out_dir / "sweep_study.md").write_text("\n".join(lines))
 
 
