@@ -122,6 +122,11 @@ def test_collapse_fires_with_its_own_reason_and_not_on_a_healthy_run():
     assert feed(Collapse(), healthy, recalls=noisy([min(0.8, 0.1 + 0.02 * i) for i in range(60)], 0.05, 6))[0] is None
     # Without a recall the rule never fires.
     assert feed(Collapse(), fids)[0] is None
+    # Nor on a recall that never left zero: 0.01 -> 0.00 is sampling noise (Fashion-MNIST MLP GAN, study seed 2),
+    # unless the floor is lowered.
+    tiny = [r / 60 for r in recalls]
+    assert feed(Collapse(), fids, recalls=tiny)[0] is None
+    assert feed(Collapse(min_recall=0.0), fids, recalls=tiny)[0] is not None
 
 
 def test_divergence_fires_with_its_own_reason():
@@ -168,6 +173,8 @@ def test_bad_arguments_are_refused(kwargs, match):
 def test_bad_collapse_and_noise_arguments_are_refused():
     with pytest.raises(ValueError, match="recall_drop"):
         Collapse(recall_drop=1.0)
+    with pytest.raises(ValueError, match="min_recall"):
+        Collapse(min_recall=1.0)
     with pytest.raises(ValueError, match="patience"):
         FIDNoisePlateau(patience=1.0)
 
