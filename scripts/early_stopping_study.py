@@ -113,7 +113,8 @@ SETUPS: dict[str, Setup] = {
         ("experiment=ring",), 5000, 100, 2000, test_split=False),
     "mnist_mlp_collapse": Setup(
         "collapsing", "the tutorial MLP GAN on MNIST with the saturating minimax loss, no regularizer, no EMA, "
-        "learning rates 2e-3 (collapses on purpose; v3 stopped it at 1,500 G steps, where 3 of 5 runs had only begun to get worse)",
+        "learning rates 2e-3 (collapses on purpose; v3 stopped it at 1,500 G steps, where 3 of 5 runs had only "
+        "begun to get worse)",
         ("data=mnist", *TUTORIAL_MLP, "+callbacks.fid.feature_extractor=classifier", "regularizer=none",
          "loss=minimax", "module.ema_decay=null", "module.d_optimizer.lr=2e-3", "module.g_optimizer.lr=2e-3"),
         3000, 100, 1000),
