@@ -634,7 +634,7 @@ def markdown(report: dict[str, Any]) -> str:
     chosen = a["chosen"]
     m = report["machine"]
     lines = [
-        "# Early-termination study v3", "",
+        "# Early-termination study v4", "",
         f"Command: `{report['command']}`  ",
         f"Machine: {m['cpu']} ({m['cores']} cores), Python {m['python']}, torch {m['torch']}; {report['date']}; "
         f"study wall time {report['wall_time_s'] / 60:.1f} min; the {len(report['runs'])} runs took "

@@ -118,6 +118,19 @@ CANDIDATES: list[tuple[str, str, dict[str, Any]]] = [
       for m in (1, 2) for rf in (2, 3, 4)],
 ]
 
+#: A wider grid of Optuna's pruners, replayed after the study on every seed's unpruned sweep (``--survey``): is there
+#: any setting that meets the targets on all seeds, whatever the choice would have picked?
+SURVEY: list[tuple[str, str, dict[str, Any]]] = [
+    *[(f"{p}th percentile, {n} startup trials, warm-up {w * 100}, {CADENCE[i]}", "percentile",
+       {"percentile": float(p), "n_startup_trials": n, "n_warmup_evals": w, "interval_evals": i})
+      for p in (5, 10, 25, 50) for n in (2, 3, 4, 5, 6) for w in (1, 2, 3, 4, 5, 6) for i in (1, 2)],
+    *[(f"successive halving, first rung {m * 100}, factor {rf}, early-stopping rate {e}", "successive_halving",
+       {"min_resource_evals": m, "reduction_factor": rf, "min_early_stopping_rate": e})
+      for m in (1, 2, 3, 4, 5) for rf in (2, 3, 4) for e in (0, 1, 2)],
+    *[(f"Hyperband, min {m * 100}, factor {rf}", "hyperband", {"min_resource_evals": m, "reduction_factor": rf})
+      for m in (1, 2, 3, 4, 5) for rf in (2, 3, 4)],
+]
+
 #: The selection rule, fixed before the held-out sweeps ran (docs/sweeps.md).
 SELECTION_RULE = ("among the candidates that meet both targets on every selection seed, the smallest worst-seed G-step "
                   "ratio; if none does, among those that keep the best trial (same trial or best FID within 5 %) on "
@@ -324,6 +337,34 @@ def write_report(results: dict[str, Any], out_dir: Path) -> None:
     (out_dir / "sweep_study.md").write_text("\n".join(lines))
 
 
+def survey(sweeps: dict[str, list[Any]], max_g_steps: int, every: int, out_dir: Path, command: str) -> dict[str, Any]:
+    """Replay :data:`SURVEY` on every seed's unpruned sweep and write ``sweep_survey.{json,md}``."""
+    rows = replay_candidates(sweeps, max_g_steps, every, SURVEY)
+    rows.sort(key=rank_key(rows))
+    seeds = list(sweeps)
+    result = {"command": command, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "seeds": seeds, "settings": len(rows), "meet_targets": sum(r["meets_targets"] for r in rows),
+              "keep_best": sum(r["keeps_best"] for r in rows), "rows": rows}
+    kept = [r for r in rows if r["keeps_best"]]
+    lines = ["# Survey of Optuna's pruners on the study's unpruned sweeps", "",
+             f"Command: `{command}`; {result['date']}. Every setting below replayed on the unpruned sweeps of sampler "
+             f"seeds {', '.join(seeds)} (selection and held-out alike: this is not a choice, it asks whether any "
+             "setting could have met the targets).", "",
+             f"{len(rows)} settings (percentile 5-50 with 2-6 startup trials, warm-up 100-600, checked at each or "
+             f"every 2nd FID; successive halving with first rung 100-500, factor 2-4, early-stopping rate 0-2; "
+             f"Hyperband with minimum 100-500, factor 2-4): **{result['meet_targets']}** meet both targets (G steps "
+             f"<= 40 % of the unpruned sweep's, same best trial or best FID within 5 %) on every seed; "
+             f"{result['keep_best']} keep the best trial on every seed"
+             + (f", the fewest G steps among them {kept[0]['worst_ratio']:.0%} on the worst seed "
+                f"({kept[0]['pruner']})." if kept else "."), "",
+             "The 20 best by the selection rule's order:", "",
+             *candidate_table(rows[:20], seeds, ""), ""]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "sweep_survey.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out_dir / "sweep_survey.md").write_text("\n".join(lines))
+    return result
+
+
 def rank_key(rows: list[dict[str, Any]]) -> Any:
     """Sort key of the candidate table: the selection rule's order (tier, worst ratio, mean ratio, list order)."""
     order = {id(r): i for i, r in enumerate(rows)}
@@ -348,12 +389,28 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--work", type=Path, default=None, help="sweep directories (reused: resumes)")
     parser.add_argument("--selection-work", type=Path, default=None,
                         help="folder of the selection seeds' unpruned sweeps, when not --work (e.g. an earlier run's)")
+    parser.add_argument("--survey", action="store_true",
+                        help="only replay the wider SURVEY grid on the finished unpruned sweeps of all seeds "
+                             "(selection seeds in --selection-work or --work, held-out seeds in --work)")
     args = parser.parse_args(argv)
     if set(args.selection_seeds) & set(args.heldout_seeds):
         parser.error("--selection-seeds and --heldout-seeds must not share a seed")
     if args.quick and "--max-g-steps" not in (argv if argv is not None else sys.argv):
         args.max_g_steps = 40
     every = 10 if args.quick else 100  # G steps per FID evaluation (QUICK sets callbacks.fid.every_n_g_steps=10)
+    if args.survey:
+        if args.work is None:
+            parser.error("--survey reads finished sweeps: give --work (and --selection-work if elsewhere)")
+        folders = {**{s: args.selection_work or args.work for s in args.selection_seeds},
+                   **{s: args.work for s in args.heldout_seeds}}
+        missing = [str(f / f"seed{s}_none") for s, f in folders.items() if not (f / f"seed{s}_none").is_dir()]
+        if missing:
+            parser.error(f"--survey: no unpruned sweep in {', '.join(missing)}")
+        sweeps = {str(s): unpruned_trials(f / f"seed{s}_none") for s, f in folders.items()}
+        result = survey(sweeps, args.max_g_steps, every, args.out,
+                        "python scripts/sweep_study.py " + shlex.join(argv if argv is not None else sys.argv[1:]))
+        print((args.out / "sweep_survey.md").read_text())
+        return 0 if result["settings"] else 1
     work = args.work or Path(tempfile.mkdtemp(prefix="sweep_study_"))
     work.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()

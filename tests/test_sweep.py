@@ -348,6 +348,29 @@ def test_sweep_study_replays_candidates_and_chooses_by_the_declared_rule():
     assert study.slug("percentile", by["strict"]["overrides"]) == "percentile_p25_n2_w100_i200"
 
 
+def test_sweep_survey_counts_settings_that_meet_the_targets_on_every_seed(tmp_path):
+    """``--survey``'s replay: a setting counts only if it meets the targets on every seed; the committed survey's
+    counts are those of its rows."""
+    study = sweep_study_module()
+    cheap = unpruned_sweep([[3.0, 2.0, 1.0, 0.8, 0.6], [3.2, 2.5, 1.5, 0.9, 0.5], *[[3.6 + 0.01 * k] * 5 for k in range(6)]])
+    slow = unpruned_sweep([[3.0, 2.0, 1.0, 0.8, 0.6], [3.2, 2.5, 1.5, 0.9, 0.5], [3.5, 3.0, 1.5, 0.3, 0.1],
+                           *[[3.6 + 0.01 * k] * 5 for k in range(5)]])
+    grid = [("strict", "percentile", {"percentile": 25.0, "n_startup_trials": 2, "n_warmup_evals": 1,
+                                      "interval_evals": 1}),
+            ("off", "none", {})]
+    study.SURVEY[:] = grid
+    result = study.survey({"0": cheap}, 500, 100, tmp_path, "test")
+    assert (result["settings"], result["meet_targets"], result["keep_best"]) == (2, 1, 2)
+    result = study.survey({"0": cheap, "1": slow}, 500, 100, tmp_path, "test")  # strict loses seed 1's slow best
+    assert (result["meet_targets"], result["keep_best"]) == (0, 1)
+    assert "**0** meet both targets" in (tmp_path / "sweep_survey.md").read_text()
+    committed = REPO_ROOT / "bench" / "results" / "sweep_survey.json"
+    if committed.is_file():
+        saved = json.loads(committed.read_text())
+        assert saved["meet_targets"] == sum(r["meets_targets"] for r in saved["rows"])
+        assert saved["keep_best"] == sum(r["keeps_best"] for r in saved["rows"]) and saved["settings"] == 300
+
+
 def test_sweep_study_choice_is_the_ring_sweeps_default_pruner():
     """conf/hparams_search/ring_lr_r1.yaml prunes with what the committed study chose on its selection seeds, and the
     study's targets are judged on seeds the choice did not read."""
