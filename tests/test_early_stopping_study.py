@@ -76,6 +76,19 @@ def test_summary_counts_the_issue_targets():
     assert summary["targets"]["diverging runs stopped within one evaluation interval"]
 
 
+def test_only_collapsing_runs_that_lost_their_best_count_as_collapsed():
+    """A run of a collapsing setup counts for the collapse target only when its full run ends >= 1.5x worse than its
+    best (judged on the full run alone); one that kept improving is reported but cannot be 'better than its last'."""
+    collapsed = synthetic_run([40, 20, 10, 9, 12, 20, 30, 40, 45, 50], kind="collapsing")
+    improving = synthetic_run([40, 30, 25, 22, 20, 19, 18, 17, 16, 15], kind="collapsing")
+    runs = [collapsed, improving]
+    graded = [study.grade(r, study.replay_rule(r, study.make("FIDTrend", {}), Collapse)) for r in runs]
+    summary = study.summarize(graded, runs)
+    assert (summary["collapsing_setup_runs"], summary["collapsing_runs"]) == (2, 1)
+    assert summary["collapsing_stopped"] == 1 and summary["collapsing_restored_better_than_full_last"] == 1
+    assert summary["targets"]["collapsing runs stopped with a better generator than the full run's last"]
+
+
 def test_quick_study_runs_end_to_end(tmp_path):
     """The CI smoke test: two tiny runs (ring, diverging) trained, recorded, replayed and reported."""
     out = tmp_path / "out"
