@@ -338,18 +338,18 @@ def write_report(results: dict[str, Any], out_dir: Path) -> None:
 
 
 def survey(sweeps: dict[str, list[Any]], max_g_steps: int, every: int, out_dir: Path, command: str) -> dict[str, Any]:
-    """Replay :data:`SURVEY` on every seed's unpruned sweep and write ``sweep_survey.{json,md}``."""
+    """Replay :data:`SURVEY` on every seed's unpruned sweep and write ``sweep_survey_<max_g_steps>.{json,md}``."""
     rows = replay_candidates(sweeps, max_g_steps, every, SURVEY)
     rows.sort(key=rank_key(rows))
     seeds = list(sweeps)
     result = {"command": command, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "seeds": seeds, "settings": len(rows), "meet_targets": sum(r["meets_targets"] for r in rows),
+              "max_g_steps": max_g_steps, "seeds": seeds, "settings": len(rows), "meet_targets": sum(r["meets_targets"] for r in rows),
               "keep_best": sum(r["keeps_best"] for r in rows), "rows": rows}
     kept = [r for r in rows if r["keeps_best"]]
-    lines = ["# Survey of Optuna's pruners on the study's unpruned sweeps", "",
+    lines = [f"# Survey of Optuna's pruners on the study's unpruned sweeps ({max_g_steps} G steps per trial)", "",
              f"Command: `{command}`; {result['date']}. Every setting below replayed on the unpruned sweeps of sampler "
-             f"seeds {', '.join(seeds)} (selection and held-out alike: this is not a choice, it asks whether any "
-             "setting could have met the targets).", "",
+             f"seeds {', '.join(seeds)} (this is not a choice, it asks whether any setting could have met the "
+             "targets).", "",
              f"{len(rows)} settings (percentile 5-50 with 2-6 startup trials, warm-up 100-600, checked at each or "
              f"every 2nd FID; successive halving with first rung 100-500, factor 2-4, early-stopping rate 0-2; "
              f"Hyperband with minimum 100-500, factor 2-4): **{result['meet_targets']}** meet both targets (G steps "
@@ -360,8 +360,8 @@ def survey(sweeps: dict[str, list[Any]], max_g_steps: int, every: int, out_dir: 
              "The 20 best by the selection rule's order:", "",
              *candidate_table(rows[:20], seeds, ""), ""]
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "sweep_survey.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out_dir / "sweep_survey.md").write_text("\n".join(lines))
+    (out_dir / f"sweep_survey_{max_g_steps}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out_dir / f"sweep_survey_{max_g_steps}.md").write_text("\n".join(lines))
     return result
 
 
@@ -376,7 +376,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--selection-seeds", type=int, nargs="+", default=[0, 1],
                         help="sampler seeds whose unpruned sweeps choose the pruner")
-    parser.add_argument("--heldout-seeds", type=int, nargs="+", default=[2, 3],
+    parser.add_argument("--heldout-seeds", type=int, nargs="*", default=[2, 3],
                         help="sampler seeds the targets are reported on (never seen by the choice)")
     parser.add_argument("--n-trials", type=int, default=16)
     parser.add_argument("--max-g-steps", type=int, default=1000)
@@ -393,6 +393,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="only replay the wider SURVEY grid on the finished unpruned sweeps of all seeds "
                              "(selection seeds in --selection-work or --work, held-out seeds in --work)")
     args = parser.parse_args(argv)
+    if not args.heldout_seeds and not args.survey:
+        parser.error("--heldout-seeds: the study needs at least one (only --survey runs without)")
     if set(args.selection_seeds) & set(args.heldout_seeds):
         parser.error("--selection-seeds and --heldout-seeds must not share a seed")
     if args.quick and "--max-g-steps" not in (argv if argv is not None else sys.argv):
@@ -409,7 +411,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         sweeps = {str(s): unpruned_trials(f / f"seed{s}_none") for s, f in folders.items()}
         result = survey(sweeps, args.max_g_steps, every, args.out,
                         "python scripts/sweep_study.py " + shlex.join(argv if argv is not None else sys.argv[1:]))
-        print((args.out / "sweep_survey.md").read_text())
+        print((args.out / f"sweep_survey_{args.max_g_steps}.md").read_text())
         return 0 if result["settings"] else 1
     work = args.work or Path(tempfile.mkdtemp(prefix="sweep_study_"))
     work.mkdir(parents=True, exist_ok=True)
