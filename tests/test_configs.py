@@ -375,6 +375,7 @@ def test_a_collapse_setting_left_without_its_rule_is_dropped_and_trend_builds_it
         cfg = compose(tmp_path, f"early_stopping={choice}")
         assert drop_unselected(cfg) == []
         early = next(cb for cb in build_callbacks(cfg) if type(cb).__name__ == "EarlyTermination")
-        assert type(early.collapse).__name__ == "Collapse" and early.fid_plateau.tolerance == 0.05
-        assert type(early.fid_plateau).__name__ == "FIDTrend" and early.fid_plateau.patience == 1
+        assert type(early.collapse).__name__ == "Collapse" and early.fid_plateau.tolerance == 0.05 \
+            and early.collapse.min_recall == 0.1
+        assert type(early.fid_plateau).__name__ == "FIDTrend" and early.fid_plateau.patience == 2
     assert early.loss_plateau is not None and early.loss_plateau_only_without_fid
