@@ -133,11 +133,12 @@ SETUPS: dict[str, Setup] = {
         ("experiment=diverging",), 400, 50, 500, quick_max_g_steps=120, test_split=False),
 }
 # Study v4: v3's seeds 0-4 (all of which earlier rule changes looked at) choose; seeds 5-6, trained after the last
-# rule change (Collapse's min_recall), are held out.
+# rule change (Collapse's min_recall), are held out; seeds 7-8 were trained after the choice was committed and its
+# held-out figures on seeds 5-6 had been read (nothing about the rules or the scoring changed since).
 SELECTION_SEEDS = (0, 1, 2, 3, 4)
-HELD_OUT_SEEDS = (5, 6)
-# Held-out seeds trained after every rule change, when only some of the held-out seeds were (v3: seeds 3-4).
-FRESH_SEEDS: tuple[int, ...] = ()
+HELD_OUT_SEEDS = (5, 6, 7, 8)
+# Held-out seeds trained after every rule change and every reading of the held-out results.
+FRESH_SEEDS: tuple[int, ...] = (7, 8)
 # Longest first: the runs of one setup share a worker process, and --jobs workers share the setups.
 DEFAULT_SETUPS = ("mnist_dcgan", "fmnist_dcgan", "digits", "mnist_dcgan_fast", "mnist_mlp", "fmnist_mlp", "ring",
                   "mnist_mlp_collapse", "ring_collapse", "diverging")
@@ -256,18 +257,38 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
             self.time_s += time.perf_counter() - start
 
     recorder = Recorder()
+    earlier: dict[str, Any] = {}
+    ckpt_path = None
+    if spec.get("extend"):  # continue a finished shorter run of this (setup, seed) from its last checkpoint
+        earlier = json.loads(Path(spec["run_dir"], "record.json").read_text())
+        ckpt_path = spec["extend"]
+        ckpt_step = torch.load(ckpt_path, map_location="cpu", weights_only=False)["global_step"]
+        if ckpt_step != max_steps_for(earlier["g_steps"], module.n_critic):
+            raise RuntimeError(f"{ckpt_path} is at Trainer step {ckpt_step}, not at the end of the recorded run "
+                               f"({earlier['g_steps']} G steps)")
+        recorder.rows = list(earlier["evaluations"])
+        recorder.last_g = int(earlier["g_steps"])
+        recorder.first_exploded = earlier["first_exploded_g_step"]
+        recorder.divergence_step = earlier["divergence_g_step"]
+        recorder.divergence_message = earlier["divergence_message"]
+        if earlier.get("divergence_state"):
+            divergence.load_state_dict(earlier["divergence_state"])
     trainer = instantiate(cfg.trainer, max_steps=max_steps_for(budget, module.n_critic), callbacks=[*callbacks, recorder],
                           logger=False, default_root_dir=spec["run_dir"])
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     wall = time.perf_counter() - start
     return {
         "setup": spec["setup"], "seed": spec["seed"], "kind": setup.kind, "max_g_steps": budget, "every": every,
         "num_samples": samples, "g_steps": int(module.g_steps), "extractor": monitor.extractor_name,
-        "fit_wall_s": wall, "recorder_s": recorder.time_s, "monitor_eval_s": monitor.eval_time_s,
-        "monitor_setup_s": monitor.setup_time_s, "evaluations": recorder.rows,
+        "fit_wall_s": wall + earlier.get("fit_wall_s", 0.0), "recorder_s": recorder.time_s + earlier.get("recorder_s", 0.0),
+        "monitor_eval_s": monitor.eval_time_s,  # restored from the checkpoint: the total over both legs
+        "monitor_setup_s": monitor.setup_time_s + earlier.get("monitor_setup_s", 0.0), "evaluations": recorder.rows,
         "first_exploded_g_step": recorder.first_exploded, "divergence_g_step": recorder.divergence_step,
         "divergence_message": recorder.divergence_message, "divergence_rule": divergence.config(),
+        "divergence_state": divergence.state_dict(),
+        **({"extended_from": {"max_g_steps": earlier["max_g_steps"], "process_wall_s": earlier["process_wall_s"]}}
+           if earlier else {}),
     }
 
 
@@ -324,14 +345,15 @@ def inception_confirmation(report: dict[str, Any], setup_name: str, seed: int, w
 
 
 # ---------------------------------------------------------------------------------------------- driver
-def run_specs(setups: list[str], seeds: list[int], quick: bool, work: Path) -> list[dict[str, Any]]:
+def run_specs(setups: list[str], seeds: list[int], quick: bool, work: Path,
+              budgets: Optional[dict[str, int]] = None) -> list[dict[str, Any]]:
     specs = []
     for seed in seeds:  # seed-major: the selection seeds finish first
         for name in setups:
             setup = SETUPS[name]
             specs.append({
                 "setup": name, "seed": seed, "run_dir": str(work / f"{name}-s{seed}"),
-                "max_g_steps": setup.quick_max_g_steps if quick else setup.max_g_steps,
+                "max_g_steps": (budgets or {}).get(name) or (setup.quick_max_g_steps if quick else setup.max_g_steps),
                 "every": setup.quick_every if quick else setup.every,
                 "num_samples": 200 if quick else setup.num_samples,
             })
@@ -347,10 +369,29 @@ def _finished(spec: dict[str, Any]) -> Optional[dict[str, Any]]:
     return None
 
 
+def _extendable(spec: dict[str, Any]) -> Optional[str]:
+    """The last checkpoint of a finished run of the same setup and seed with a smaller budget (else ``None``)."""
+    record = Path(spec["run_dir"]) / "record.json"
+    if not record.is_file():
+        return None
+    saved = json.loads(record.read_text())
+    same = {k: v for k, v in saved.get("spec", {}).items() if k != "max_g_steps"} == \
+        {k: v for k, v in spec.items() if k not in ("max_g_steps", "extend")}
+    if not same or saved["spec"]["max_g_steps"] >= spec["max_g_steps"] or saved["g_steps"] != saved["max_g_steps"]:
+        return None
+    ckpts = sorted(Path(spec["run_dir"], "checkpoints").glob("*.ckpt"),
+                   key=lambda p: int(p.stem.rsplit("step=", 1)[-1]) if "step=" in p.stem else -1)
+    return str(ckpts[-1]) if ckpts else None
+
+
 def execute(specs: list[dict[str, Any]], resume: bool, timeout_s: int) -> list[dict[str, Any]]:
     """Run the runs of one setup in ONE worker process, one after the other (torch and Lightning are imported
-    once: 10-20 s per process on a loaded 2-core machine); with ``resume``, finished runs are read back."""
+    once: 10-20 s per process on a loaded 2-core machine); with ``resume``, finished runs are read back, and a
+    finished run of a smaller budget is continued from its last checkpoint (the resume is bit-exact, so the longer
+    run is the one a fresh training of the longer budget gives)."""
     todo = [spec for spec in specs if not (resume and _finished(spec))]
+    if resume:
+        todo = [{**spec, "extend": _extendable(spec)} if _extendable(spec) else spec for spec in todo]
     if todo:
         work = Path(todo[0]["run_dir"]).parent
         work.mkdir(parents=True, exist_ok=True)
@@ -362,11 +403,12 @@ def execute(specs: list[dict[str, Any]], resume: bool, timeout_s: int) -> list[d
         if proc.returncode != 0:
             raise RuntimeError(f"{todo[0]['setup']} failed (exit {proc.returncode}); see {log_path}")
     runs = []
+    trained = [{k: v for k, v in spec.items() if k != "extend"} for spec in todo]
     for spec in specs:
         saved = _finished(spec)
         if saved is None:
             raise RuntimeError(f"{spec['setup']} seed {spec['seed']} left no record in {spec['run_dir']}")
-        runs.append({**saved, "reused": spec not in todo})
+        runs.append({**saved, "reused": spec not in trained})
     return runs
 
 
@@ -640,6 +682,23 @@ def _target_lines(held: dict[str, Any]) -> list[str]:
     ]
 
 
+def setup_table(graded: list[dict[str, Any]], seeds: list[int]) -> list[str]:
+    """Markdown rows of one rule's healthy runs on ``seeds``, a row per setup: where the targets are met or missed."""
+    lines = ["| setup | runs | gap <= 5 % | flattened | saving (median) | eps-oracle's saving (median) | share of it "
+             "(median) |", "|---|---|---|---|---|---|---|"]
+    for name in dict.fromkeys(g["setup"] for g in graded if g["kind"] == "healthy"):
+        rows = [g for g in graded if g["setup"] == name and g["seed"] in seeds]
+        if not rows:
+            continue
+        shares = [min(g["oracle_share"], 10.0) for g in rows if g["oracle_share"] is not None]
+        lines.append(
+            f"| {name} | {len(rows)} | {sum(g['gap'] is not None and g['gap'] <= EPSILON for g in rows)} | "
+            f"{sum(g['oracle_g_step'] * FLATTENED <= g['budget'] for g in rows)} | "
+            f"{_pct(_median([g['saving'] for g in rows]))} | {_pct(_median([g['oracle_saving'] for g in rows]))} | "
+            f"{_pct(_median(shares))} |")
+    return lines
+
+
 def markdown(report: dict[str, Any]) -> str:
     a = report["analysis"]
     chosen = a["chosen"]
@@ -678,6 +737,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", title, "", HEADER]
         for name, c in a["candidates"].items():
             lines.append(_row(("**" + name + "**") if name == chosen else name, c[key]))
+    lines += ["", "## Chosen rule by healthy setup (held-out seeds)", "", *setup_table(a["candidates"][chosen]["graded"],
+                                                                                      a["held_out_seeds"])]
     lines += ["", "## Per run (chosen rule)", "",
               "| setup | kind | seed | budget | stop (reason) | saving | eps-oracle step (saving) | restored step | "
               "test FID restored | full best (step) | full last | gap |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -718,7 +779,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--work", type=Path, default=None, help="folder of the runs (default: a temporary folder)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (one torch thread each)")
-    parser.add_argument("--resume", action="store_true", help="reuse finished runs of the same spec in --work")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse finished runs of the same spec in --work; continue shorter ones to the budget")
+    parser.add_argument("--budget", nargs="+", default=[], metavar="SETUP=G_STEPS",
+                        help="another budget for a setup (with --resume, its finished shorter runs are continued)")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per run")
     parser.add_argument("--chosen", default=None, help="report this candidate instead of the selection's pick")
     parser.add_argument("--replay", type=Path, default=None, metavar="JSON",
@@ -728,6 +792,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--inception-samples", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the Inception check")
     args = parser.parse_args(argv)
+    budgets: dict[str, int] = {}
+    for item in args.budget:
+        name, _, steps = item.partition("=")
+        if name not in SETUPS or not steps.isdigit() or int(steps) < 1:
+            parser.error(f"--budget takes SETUP=G_STEPS with a setup of {sorted(SETUPS)} and G_STEPS >= 1, got {item!r}")
+        budgets[name] = int(steps)
 
     if args.inception:
         if not (args.replay and args.work):
@@ -745,6 +815,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             start = time.perf_counter()
             record = _worker(spec)
             record["process_wall_s"] = time.perf_counter() - start
+            if spec.get("extend"):
+                record["process_wall_s"] += record["extended_from"]["process_wall_s"]
+            spec = {k: v for k, v in spec.items() if k != "extend"}
             Path(spec["run_dir"]).mkdir(parents=True, exist_ok=True)
             Path(spec["run_dir"], "record.json").write_text(json.dumps({"spec": spec, **record}) + "\n")
             print(f"done: {spec['setup']} seed {spec['seed']} ({record['process_wall_s']:.0f} s)", flush=True)
@@ -759,7 +832,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         report["analysis_command"] = command
     else:
         work = args.work or Path(tempfile.mkdtemp(prefix="es_study_"))
-        specs = run_specs(args.setups, args.seeds, args.quick, work)
+        specs = run_specs(args.setups, args.seeds, args.quick, work, budgets)
         groups = {name: [s for s in specs if s["setup"] == name] for name in args.setups}
         start = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:

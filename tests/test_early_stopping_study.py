@@ -108,6 +108,24 @@ def test_quick_study_runs_end_to_end(tmp_path):
     assert "Targets (held-out seeds, chosen rule)" in (out / "early_stopping_study.md").read_text()
 
 
+def test_a_longer_budget_continues_the_finished_runs_bit_for_bit(tmp_path):
+    """--resume with a larger --budget continues a finished run from its last checkpoint; the record equals a fresh
+    training of the longer budget (the study's v5 budgets were reached this way)."""
+    common = ["--quick", "--setups", "ring", "--seeds", "0", "--out", str(tmp_path / "out")]
+    assert study.main([*common, "--work", str(tmp_path / "short"), "--budget", "ring=30"]) == 0
+    assert study.main([*common, "--work", str(tmp_path / "short"), "--budget", "ring=60", "--resume"]) == 0
+    assert study.main([*common, "--work", str(tmp_path / "fresh"), "--budget", "ring=60"]) == 0
+    extended = json.loads((tmp_path / "short" / "ring-s0" / "record.json").read_text())
+    fresh = json.loads((tmp_path / "fresh" / "ring-s0" / "record.json").read_text())
+    assert extended["extended_from"]["max_g_steps"] == 30 and extended["spec"]["max_g_steps"] == 60
+    assert [e["g_step"] for e in extended["evaluations"]] == list(range(10, 61, 10))
+    for key in ("fid", "fid_std", "recall", "test_fid"):
+        assert [e[key] for e in extended["evaluations"]] == [e[key] for e in fresh["evaluations"]], key
+    assert extended["process_wall_s"] > extended["extended_from"]["process_wall_s"]
+    with pytest.raises(SystemExit):
+        study.main([*common, "--budget", "ring=-5"])
+
+
 @pytest.mark.skipif(not COMMITTED.is_file(), reason="no committed study")
 def test_committed_histories_replayed_give_the_committed_stop_steps():
     report = json.loads(COMMITTED.read_text())
