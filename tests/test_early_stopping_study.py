@@ -76,6 +76,25 @@ def test_summary_counts_the_issue_targets():
     assert summary["targets"]["diverging runs stopped within one evaluation interval"]
 
 
+def test_real_vs_real_floor_counts_a_generator_that_cannot_be_told_from_the_data():
+    """A gap between two FIDs at the measurement floor is noise: the extra line counts a run whose handed-over
+    generator's independent FID is within the real-vs-real floor (never replacing the issue's gap)."""
+    floors = study.measurement_floors([{"setup": "ring", "num_samples": 500}, {"setup": "digits", "num_samples": 10}],
+                                      draws=5)
+    assert set(floors) == {"ring"}  # only data that can be sampled afresh has a real-vs-real floor
+    ring = floors["ring"]
+    assert ring["samples"] == 1000 and 0 < ring["median"] <= ring["p90"] < 0.05
+    fids = [40, 20, 15, 10.4, 11, 10.0] + [12.0] * 10
+    run = synthetic_run(fids, [f / 1000 for f in fids])
+    outcome = {"stop_g_step": 400, "reason": "fid_plateau", "restored_index": 2}  # hands over 0.015 vs best 0.010
+    assert study.grade(run, outcome)["gap"] > study.EPSILON and not study.grade(run, outcome)["within_floor"]
+    graded = study.grade(run, outcome, {"p90": 0.02})
+    assert graded["within_floor"] and graded["gap"] == pytest.approx(0.5)
+    summary = study.summarize([graded], [run])
+    assert (summary["healthy_gap_within_eps"], summary["healthy_gap_within_eps_or_floor"]) == (0, 1)
+    assert not summary["targets"]["healthy gap <= 5 % in >= 90 % of pairs"]  # the issue's target is unchanged
+
+
 def test_only_collapsing_runs_that_lost_their_best_count_as_collapsed():
     """A run of a collapsing setup counts for the collapse target only when its full run ends >= 1.5x worse than its
     best (judged on the full run alone); one that kept improving is reported but cannot be 'better than its last'."""
