@@ -621,7 +621,7 @@ class FIDTrend(_EvaluationRule):
     def __init__(
         self,
         tolerance: float = 0.05,
-        horizon: float = 1.0,
+        horizon: float = 4.0,
         window: float = 0.5,
         patience: int = 2,
         min_evaluations: int = 5,
