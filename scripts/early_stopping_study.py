@@ -141,7 +141,8 @@ SETUPS: dict[str, Setup] = {
 # last checkpoints), the selection replayed on the longer runs; the held-out runs' first legs had been read in v4.
 SELECTION_SEEDS = (0, 1, 2, 3, 4)
 HELD_OUT_SEEDS = (5, 6, 7, 8)
-# Held-out seeds trained after every rule change and every reading of the held-out results.
+# Held-out seeds trained after the last change to the rules' code and v4's choice (v5 chose after their v4 legs
+# had been read; their longer legs only after).
 FRESH_SEEDS: tuple[int, ...] = (7, 8)
 # Longest first: the runs of one setup share a worker process, and --jobs workers share the setups.
 DEFAULT_SETUPS = ("mnist_dcgan", "fmnist_dcgan", "digits", "mnist_dcgan_fast", "mnist_mlp", "fmnist_mlp", "ring",
@@ -764,13 +765,14 @@ def markdown(report: dict[str, Any]) -> str:
           if report.get("analysis_command") else []),
         f"Chosen rule (by the selection seeds {a['selection_seeds']}): **{chosen}**; targets below are on the held-out "
         f"seeds {[seed for seed in a['held_out_seeds'] if any(r['seed'] == seed for r in report['runs'])]}, which "
-        "the choice never saw.", "",
+        "the choice was not made on.", "",
         "## Targets (held-out seeds, chosen rule)", "",
     ]
     fresh = [seed for seed in FRESH_SEEDS if any(r["seed"] == seed for r in report["runs"])]
     lines += _target_lines(a["candidates"][chosen]["held_out"])
     if fresh:
-        lines += ["", f"Of them, the fresh held-out seeds {fresh} (trained after every rule change):", ""]
+        lines += ["", f"Of them, the fresh held-out seeds {fresh} (trained after the last change to the rules' code; "
+                  "docs/early_stopping.md says what was read when):", ""]
         lines += _target_lines(a["candidates"][chosen]["fresh"])
     lines += [
         f"- monitor cost: {_pct(report['monitor_cost_share'])} of the training wall time (FID + noise + "
