@@ -152,6 +152,17 @@ SNAPSHOT_SETUPS = ("mnist_dcgan",)
 
 
 # ---------------------------------------------------------------------------------------------- worker
+def _real_metric(source: Any, extractor: Any, num_samples: int) -> Any:
+    """A ``FeatureDistances`` metric holding the statistics of ``num_samples`` real items of ``source``."""
+    from lightning_regan.fid.metric import FeatureDistances
+    from lightning_regan.fid.stats import compute_real_statistics
+
+    stats = compute_real_statistics(source, extractor, num_samples)
+    metric = FeatureDistances(stats.num_features)
+    metric.set_real(stats)
+    return metric
+
+
 def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Train one (setup, seed) for the full budget and record every evaluation (runs in its own process)."""
     import lightning as L
@@ -166,7 +177,6 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     from lightning_regan.config import compose_config, drop_unselected
     from lightning_regan.data.gaussians import sample_mixture
     from lightning_regan.fid.metric import FeatureDistances
-    from lightning_regan.fid.stats import compute_real_statistics
     from lightning_regan.module import max_steps_for
 
     setup_name = spec["setup"]
@@ -215,10 +225,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
                 else:  # sklearn digits: no split; all 1,797 images (the monitor uses the first 1,000)
                     source = datamodule.reference_dataset()
                 with torch.random.fork_rng(devices=[]):
-                    stats = compute_real_statistics(source, monitor.extractor, 2 * samples)
-                metric = FeatureDistances(stats.num_features)
-                metric.set_real(stats)
-                self.test_metric = metric
+                    self.test_metric = _real_metric(source, monitor.extractor, 2 * samples)
             return self.test_metric
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
@@ -311,8 +318,6 @@ def inception_confirmation(report: dict[str, Any], setup_name: str, seed: int, w
     from lightning_regan.builders import build_datamodule, build_models
     from lightning_regan.config import compose_config
     from lightning_regan.fid.extractors import build_extractor
-    from lightning_regan.fid.metric import FeatureDistances
-    from lightning_regan.fid.stats import compute_real_statistics
 
     torch.set_num_threads(threads)
     setup = SETUPS[setup_name]
@@ -328,9 +333,7 @@ def inception_confirmation(report: dict[str, Any], setup_name: str, seed: int, w
     generator.eval()
     extractor = build_extractor("inception")
     start = time.perf_counter()
-    real = compute_real_statistics(datamodule._load("test"), extractor, num_samples)
-    metric = FeatureDistances(real.num_features)
-    metric.set_real(real)
+    metric = _real_metric(datamodule._load("test"), extractor, num_samples)
     noise = torch.randn(num_samples, int(cfg.model.latent_dim), generator=torch.Generator().manual_seed(30_000 + seed))
     fids: dict[str, float] = {}
     for name, step in steps.items():
@@ -396,7 +399,7 @@ def execute(specs: list[dict[str, Any]], resume: bool, timeout_s: int) -> list[d
     run is the one a fresh training of the longer budget gives)."""
     todo = [spec for spec in specs if not (resume and _finished(spec))]
     if resume:
-        todo = [{**spec, "extend": _extendable(spec)} if _extendable(spec) else spec for spec in todo]
+        todo = [{**spec, "extend": ckpt} if (ckpt := _extendable(spec)) else spec for spec in todo]
     if todo:
         work = Path(todo[0]["run_dir"]).parent
         work.mkdir(parents=True, exist_ok=True)
@@ -611,23 +614,21 @@ def measurement_floors(runs: list[dict[str, Any]], draws: int = 20) -> dict[str,
 
     from lightning_regan.config import compose_config
     from lightning_regan.data.gaussians import sample_mixture
-    from lightning_regan.fid.metric import FeatureDistances
-    from lightning_regan.fid.stats import compute_real_statistics
 
     floors = {}
     for name in dict.fromkeys(r["setup"] for r in runs):
         setup, n = SETUPS[name], 2 * next(r["num_samples"] for r in runs if r["setup"] == name)
+        if setup.kind != "healthy":
+            continue
         cfg = compose_config([*setup.overrides, "output_dir=/tmp"])
-        if cfg.data.get("_target_", "").rsplit(".", 1)[-1] != "GaussianMixtureDataModule" or setup.kind != "healthy":
+        if cfg.data.get("_target_", "").rsplit(".", 1)[-1] != "GaussianMixtureDataModule":
             continue
         datamodule = instantiate(cfg.data)
         values = []
         for k in range(draws):
             real, _ = sample_mixture(datamodule.centers, datamodule.std, n, torch.Generator().manual_seed(7_000 + k))
             other, _ = sample_mixture(datamodule.centers, datamodule.std, n, torch.Generator().manual_seed(8_000 + k))
-            stats = compute_real_statistics(torch.utils.data.TensorDataset(real), torch.nn.Identity(), n)
-            metric = FeatureDistances(stats.num_features)
-            metric.set_real(stats)
+            metric = _real_metric(torch.utils.data.TensorDataset(real), torch.nn.Identity(), n)
             metric.update(other)
             values.append(float(metric.compute()["fid"]))
         values.sort()

@@ -228,7 +228,7 @@ def keeps_best(r: dict[str, Any]) -> bool:
 
 
 def replay_candidates(sweeps: dict[str, list[Any]], max_g_steps: int, every: int,
-                      candidates: list[tuple[str, str, dict[str, Any]]] = CANDIDATES) -> list[dict[str, Any]]:
+                      candidates: list[Setting] = CANDIDATES) -> list[dict[str, Any]]:
     """Every candidate replayed on every unpruned sweep in ``sweeps`` (seed -> its finished trials)."""
     import optuna
 
@@ -348,9 +348,11 @@ def write_report(results: dict[str, Any], out_dir: Path) -> None:
     (out_dir / "sweep_study.md").write_text("\n".join(lines))
 
 
-def survey(sweeps: dict[str, list[Any]], max_g_steps: int, every: int, out_dir: Path, command: str) -> dict[str, Any]:
-    """Replay :data:`SURVEY` on every seed's unpruned sweep and write ``sweep_survey_<max_g_steps>.{json,md}``."""
-    rows = replay_candidates(sweeps, max_g_steps, every, SURVEY)
+def survey(sweeps: dict[str, list[Any]], max_g_steps: int, every: int, out_dir: Path, command: str,
+           settings: Optional[list[Setting]] = None) -> dict[str, Any]:
+    """Replay ``settings`` (default :data:`SURVEY`) on every seed's unpruned sweep and write
+    ``sweep_survey_<max_g_steps>.{json,md}``."""
+    rows = replay_candidates(sweeps, max_g_steps, every, SURVEY if settings is None else settings)
     rows.sort(key=rank_key(rows))
     seeds = list(sweeps)
     result = {"command": command, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -358,10 +358,9 @@ def test_sweep_survey_counts_settings_that_meet_the_targets_on_every_seed(tmp_pa
     grid = [("strict", "percentile", {"percentile": 25.0, "n_startup_trials": 2, "n_warmup_evals": 1,
                                       "interval_evals": 1}),
             ("off", "none", {})]
-    study.SURVEY[:] = grid
-    result = study.survey({"0": cheap}, 500, 100, tmp_path, "test")
+    result = study.survey({"0": cheap}, 500, 100, tmp_path, "test", grid)
     assert (result["settings"], result["meet_targets"], result["keep_best"]) == (2, 1, 2)
-    result = study.survey({"0": cheap, "1": slow}, 500, 100, tmp_path, "test")  # strict loses seed 1's slow best
+    result = study.survey({"0": cheap, "1": slow}, 500, 100, tmp_path, "test", grid)  # strict loses seed 1's slow best
     assert (result["meet_targets"], result["keep_best"]) == (0, 1)
     assert "**0** meet both targets" in (tmp_path / "sweep_survey_500.md").read_text()
     for committed in (REPO_ROOT / "bench" / "results").glob("sweep_survey_*.json"):
