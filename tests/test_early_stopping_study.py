@@ -1,4 +1,4 @@
-"""scripts/early_stopping_study.py (v2): its grading arithmetic, a quick study end to end, and the replay of the
+"""studies/early_stopping_study.py (v2): its grading arithmetic, a quick study end to end, and the replay of the
 committed study: the committed histories fed to the pure rules give the committed stop steps."""
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from lightning_regan.config import compose_config
 from lightning_regan.stopping import Collapse
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-COMMITTED = REPO_ROOT / "bench" / "results" / "early_stopping_study.json"
+COMMITTED = REPO_ROOT / "studies" / "results" / "early_stopping_study.json"
 
 
 def load_study():
-    spec = importlib.util.spec_from_file_location("early_stopping_study", REPO_ROOT / "scripts" / "early_stopping_study.py")
+    spec = importlib.util.spec_from_file_location("early_stopping_study", REPO_ROOT / "studies" / "early_stopping_study.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)

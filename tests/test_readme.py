@@ -35,12 +35,12 @@ def _table_rows(text: str) -> list[str]:
 
 
 def test_study_tables_in_readme_and_docs_are_the_committed_results():
-    """The early-termination figures quoted in README.md and docs/early_stopping.md are rows of the study's output."""
-    study = (REPO_ROOT / "bench" / "results" / "early_stopping_study.md").read_text()
+    """The early-termination figures quoted in README.md and docs/studies/early_stopping.md are rows of the study's output."""
+    study = (REPO_ROOT / "studies" / "results" / "early_stopping_study.md").read_text()
     rows = set(_table_rows(study))
     section = README.split("<!-- study-table -->", 1)[1].split("\n## ", 1)[0]
     quoted = _table_rows(section)
     assert quoted, "README has no study table after <!-- study-table -->"
     assert set(quoted) <= rows, set(quoted) - rows
-    docs = (REPO_ROOT / "docs" / "early_stopping.md").read_text()
+    docs = (REPO_ROOT / "docs" / "studies" / "early_stopping.md").read_text()
     assert set(_table_rows(docs.split("<!-- study -->", 1)[1].split("<!-- /study -->", 1)[0])) == rows

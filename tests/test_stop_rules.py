@@ -75,7 +75,7 @@ def test_noisy_but_improving_never_stops(rule_cls, seed):
 
 
 # FIDPowerLaw fails this one (the fitted curve flattens during the pause and projects < 5 %): one reason it
-# was not chosen (docs/early_stopping.md).
+# was not chosen (docs/studies/early_stopping.md).
 @pytest.mark.parametrize("rule_cls", [FIDTrend])
 def test_a_pause_shorter_than_the_horizon_followed_by_improvement_does_not_stop(rule_cls):
     # Falls for 20 evaluations, pauses for 6 (a sixth of the run so far), then falls again.

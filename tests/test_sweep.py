@@ -283,21 +283,21 @@ def test_a_resumed_seeded_sampler_draws_new_configurations():
 
 
 def test_sweep_study_tables_in_readme_and_docs_are_the_committed_results():
-    """The study figures quoted in README.md and docs/sweeps.md are rows of scripts/sweep_study.py's output."""
-    study = (REPO_ROOT / "bench" / "results" / "sweep_study.md").read_text()
+    """The study figures quoted in README.md and docs/sweeps.md are rows of studies/sweep_study.py's output."""
+    study = (REPO_ROOT / "studies" / "results" / "sweep_study.md").read_text()
     rows = {line for line in study.splitlines() if line.startswith("| ") and not line.startswith("|---")}
-    results = json.loads((REPO_ROOT / "bench" / "results" / "sweep_study.json").read_text())
+    results = json.loads((REPO_ROOT / "studies" / "results" / "sweep_study.json").read_text())
     assert len(results["seeds"]) >= 2 and all(r["same_configurations"] for r in results["seeds"].values())
     for doc in ("README.md", "docs/sweeps.md"):
         text = (REPO_ROOT / doc).read_text()
         quoted = text.split("<!-- sweep-study -->", 1)[1].split("\n\n#", 1)[0]
         table = [line for line in quoted.splitlines() if line.startswith("| ") and not line.startswith("|---")]
         assert len(table) >= 3, doc  # header and one row per seed
-        assert set(table) <= rows, f"{doc} quotes a sweep-study row that bench/results/sweep_study.md does not have"
+        assert set(table) <= rows, f"{doc} quotes a sweep-study row that studies/results/sweep_study.md does not have"
 
 
 def sweep_study_module():
-    spec = importlib.util.spec_from_file_location("sweep_study", REPO_ROOT / "scripts" / "sweep_study.py")
+    spec = importlib.util.spec_from_file_location("sweep_study", REPO_ROOT / "studies" / "sweep_study.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -363,7 +363,7 @@ def test_sweep_survey_counts_settings_that_meet_the_targets_on_every_seed(tmp_pa
     result = study.survey({"0": cheap, "1": slow}, 500, 100, tmp_path, "test", grid)  # strict loses seed 1's slow best
     assert (result["meet_targets"], result["keep_best"]) == (0, 1)
     assert "**0** meet both targets" in (tmp_path / "sweep_survey_500.md").read_text()
-    for committed in (REPO_ROOT / "bench" / "results").glob("sweep_survey_*.json"):
+    for committed in (REPO_ROOT / "studies" / "results").glob("sweep_survey_*.json"):
         saved = json.loads(committed.read_text())
         assert saved["meet_targets"] == sum(r["meets_targets"] for r in saved["rows"])
         assert saved["keep_best"] == sum(r["keeps_best"] for r in saved["rows"]) and saved["settings"] == 300
@@ -372,7 +372,7 @@ def test_sweep_survey_counts_settings_that_meet_the_targets_on_every_seed(tmp_pa
 def test_sweep_study_choice_is_the_ring_sweeps_default_pruner():
     """conf/hparams_search/ring_lr_r1.yaml prunes with what the committed study chose on its selection seeds, and the
     study's targets are judged on seeds the choice did not read."""
-    results = json.loads((REPO_ROOT / "bench" / "results" / "sweep_study.json").read_text())
+    results = json.loads((REPO_ROOT / "studies" / "results" / "sweep_study.json").read_text())
     assert not set(results["selection_seeds"]) & set(results["heldout_seeds"])
     assert set(results["seeds"]) == set(results["heldout_seeds"])
     chosen = results["chosen"]

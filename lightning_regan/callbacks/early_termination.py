@@ -64,7 +64,7 @@ class EarlyTermination(GStepCallback):
         restore_best_generator: Load the best-FID generator back into the model when training ends.
         loss_plateau_only_without_fid: Apply ``loss_plateau`` only while no FID has been logged in the run: where an
             FID is measured, the FID rule decides. GAN losses settle long before the samples stop improving, so a
-            loss plateau is a poor stop signal next to an FID (see ``docs/early_stopping.md``).
+            loss plateau is a poor stop signal next to an FID (see ``docs/studies/early_stopping.md``).
         verbose: Log the stop message (rank zero) and FID improvements.
 
     Attributes:

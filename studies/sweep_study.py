@@ -18,10 +18,10 @@ held-out seed.
 
 Usage::
 
-    nice -n 10 python scripts/sweep_study.py --work /tmp/sweep_work  # the study (ring, 16 trials x 2+2 seeds)
-    python scripts/sweep_study.py --quick --selection-seeds 0 --heldout-seeds 1 --n-trials 4 --out /tmp/sweep_study
+    nice -n 10 python studies/sweep_study.py --work /tmp/sweep_work  # the study (ring, 16 trials x 2+2 seeds)
+    python studies/sweep_study.py --quick --selection-seeds 0 --heldout-seeds 1 --n-trials 4 --out /tmp/sweep_study
 
-Writes ``<out>/sweep_study.json`` and ``<out>/sweep_study.md`` (default out: bench/results); each sweep keeps its
+Writes ``<out>/sweep_study.json`` and ``<out>/sweep_study.md`` (default out: studies/results); each sweep keeps its
 directory under ``<work>/seed<s>_<pruner>/`` (default work: a temporary folder). A sweep directory that already
 holds the study resumes it (finished trials are not run again), so ``--work`` makes the study restartable.
 """
@@ -399,7 +399,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--heldout-pruned", choices=("run", "replay"), default="run",
                         help="held-out pruned sweeps: run them, or replay the chosen pruner on the unpruned ones")
     parser.add_argument("--quick", action="store_true", help="tiny networks and budgets (smoke test)")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--out", type=Path, default=REPO / "studies" / "results")
     parser.add_argument("--work", type=Path, default=None, help="sweep directories (reused: resumes)")
     parser.add_argument("--selection-work", type=Path, default=None,
                         help="folder of the selection seeds' unpruned sweeps, when not --work (e.g. an earlier run's)")
@@ -424,7 +424,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             parser.error(f"--survey: no unpruned sweep in {', '.join(missing)}")
         sweeps = {str(s): unpruned_trials(f / f"seed{s}_none") for s, f in folders.items()}
         survey(sweeps, args.max_g_steps, every, args.out,
-               "python scripts/sweep_study.py " + shlex.join(argv if argv is not None else sys.argv[1:]))
+               "python studies/sweep_study.py " + shlex.join(argv if argv is not None else sys.argv[1:]))
         print((args.out / f"sweep_survey_{args.max_g_steps}.md").read_text())
         return 0
     work = args.work or Path(tempfile.mkdtemp(prefix="sweep_study_"))
@@ -467,7 +467,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                               and check["best_trial"] == r["pruned"]["best_trial"])
         seeds[str(seed)] = r
     results = {
-        "command": "python scripts/sweep_study.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "command": "python studies/sweep_study.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "machine": f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores), Python "
                    f"{platform.python_version()}",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -20,9 +20,9 @@ Design (one training per (setup, seed), every candidate rule replayed on it):
 
 Usage::
 
-    python scripts/early_stopping_study.py --jobs 2 --work /tmp/study_v2     # the full study (committed table)
-    python scripts/early_stopping_study.py --quick --out /tmp/quick           # seconds: a smoke test (CI)
-    python scripts/early_stopping_study.py --replay bench/results/early_stopping_study.json   # re-analyse only
+    python studies/early_stopping_study.py --jobs 2 --work /tmp/study_v2     # the full study (committed table)
+    python studies/early_stopping_study.py --quick --out /tmp/quick           # seconds: a smoke test (CI)
+    python studies/early_stopping_study.py --replay studies/results/early_stopping_study.json   # re-analyse only
 
 Writes ``<out>/early_stopping_study.json`` (every run's recorded history, every candidate's replay, the targets)
 and ``<out>/early_stopping_study.md``.
@@ -773,7 +773,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines += _target_lines(a["candidates"][chosen]["held_out"])
     if fresh:
         lines += ["", f"Of them, the fresh held-out seeds {fresh} (trained after the last change to the rules' code; "
-                  "docs/early_stopping.md says what was read when):", ""]
+                  "docs/studies/early_stopping.md says what was read when):", ""]
         lines += _target_lines(a["candidates"][chosen]["fresh"])
     lines += [
         f"- monitor cost: {_pct(report['monitor_cost_share'])} of the training wall time (FID + noise + "
@@ -832,7 +832,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny budgets: a smoke test of the study itself")
     parser.add_argument("--setups", nargs="+", default=list(DEFAULT_SETUPS), choices=list(SETUPS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[*SELECTION_SEEDS, *HELD_OUT_SEEDS])
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--out", type=Path, default=REPO / "studies" / "results")
     parser.add_argument("--work", type=Path, default=None, help="folder of the runs (default: a temporary folder)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (one torch thread each)")
     parser.add_argument("--resume", action="store_true",
@@ -860,7 +860,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             parser.error("--inception needs --replay (the study JSON) and --work (its runs' G snapshots)")
         result = inception_confirmation(json.loads(args.replay.read_text()), args.inception[0], int(args.inception[1]),
                                         args.work, args.inception_samples, args.threads)
-        result["command"] = "python scripts/early_stopping_study.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        result["command"] = "python studies/early_stopping_study.py " + " ".join(argv if argv is not None else sys.argv[1:])
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "early_stopping_inception.json").write_text(json.dumps(result, indent=1) + "\n")
         print(json.dumps(result, indent=1))
@@ -879,7 +879,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"done: {spec['setup']} seed {spec['seed']} ({record['process_wall_s']:.0f} s)", flush=True)
         return 0
 
-    command = "python scripts/early_stopping_study.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python studies/early_stopping_study.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.replay:
         saved = json.loads(args.replay.read_text())
         report = build_report(saved["runs"], saved["command"], saved["wall_time_s"], saved["jobs"], args.chosen)
