@@ -23,6 +23,8 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm_param
 
+from lightning_regan.validation import check_int, check_number
+
 
 @dataclass
 class DiscriminatorBatch:
@@ -70,14 +72,8 @@ class Regularizer(nn.Module):
 
     def __init__(self, weight: float = 1.0, every: int = 1) -> None:
         super().__init__()
-        if not isinstance(weight, (int, float)) or weight < 0 or weight != weight:
-            raise ValueError(
-                f"{type(self).__name__}: weight must be a finite number >= 0 (0 disables the term), got {weight!r}."
-            )
-        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
-            raise ValueError(
-                f"{type(self).__name__}: every must be an integer >= 1 (1 = every D step), got {every!r}."
-            )
+        check_number(type(self).__name__, "weight (0 disables the term)", weight, 0.0)
+        check_int(type(self).__name__, "every (1 = every D step)", every, 1)
         self.weight = float(weight)
         self.every = every
 
