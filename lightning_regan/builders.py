@@ -19,7 +19,7 @@ import lightning as L
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.loggers import Logger
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from lightning_regan.config import drop_unselected  # noqa: F401 (re-exported: torch-free, used by the CLI checks)
 from lightning_regan.callbacks import FID_KEY
