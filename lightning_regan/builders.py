@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_regan.config import drop_unselected  # noqa: F401 (re-exported: torch-free, used by the CLI checks)
+from lightning_regan.config import drop_unselected, has_target  # noqa: F401 (re-exported: torch-free, used by the CLI checks)
 from lightning_regan.callbacks import FID_KEY
 from lightning_regan.callbacks.g_step import OUTPUT
 from lightning_regan.callbacks.run_summary import SummaryFields
@@ -30,10 +30,6 @@ from lightning_regan.module import GANModule, max_steps_for
 from lightning_regan.regularizers import spectral_norm
 
 log = logging.getLogger(__name__)
-
-
-def _has_target(node: Any) -> bool:
-    return isinstance(node, DictConfig) and "_target_" in node
 
 
 def build_datamodule(cfg: DictConfig, validate: bool = True) -> L.LightningDataModule:
@@ -94,10 +90,10 @@ def build_callbacks(cfg: DictConfig) -> list[Callback]:
     Progress-bar callbacks are skipped when the trainer has the bar switched off (Lightning refuses them).
     """
     n_critic = cfg.module.get("n_critic", 1)
-    nodes = {name: node for name, node in (cfg.get("callbacks") or {}).items() if _has_target(node)}
+    nodes = {name: node for name, node in (cfg.get("callbacks") or {}).items() if has_target(node)}
     fid_node = nodes.get("fid")
     fid_every = int(fid_node.get("every_n_g_steps", 0)) if fid_node is not None else 0
-    if _has_target(cfg.get("early_stopping")):
+    if has_target(cfg.get("early_stopping")):
         nodes["early_stopping"] = cfg.early_stopping
     built: list[Callback] = []
     for name, node in nodes.items():
@@ -120,7 +116,7 @@ def build_callbacks(cfg: DictConfig) -> list[Callback]:
 
 def build_loggers(cfg: DictConfig) -> list[Logger]:
     """Every ``logger.<name>`` node (``logger=[csv,tensorboard]``); none with ``logger=none``."""
-    return [instantiate(node) for node in (cfg.get("logger") or {}).values() if _has_target(node)]
+    return [instantiate(node) for node in (cfg.get("logger") or {}).values() if has_target(node)]
 
 
 def build_trainer(cfg: DictConfig, module: GANModule, callbacks: list[Callback], loggers: list[Logger]) -> L.Trainer:

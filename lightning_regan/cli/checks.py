@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_regan.config import drop_unselected
+from lightning_regan.config import drop_unselected, has_target
 from lightning_regan.errors import ConfigError
 from lightning_regan.validation import is_int, is_number
 
@@ -148,10 +148,6 @@ def need_int(key: str, value: Any, minimum: int) -> None:
         raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r} (e.g. {key}={max(minimum, 1)}).")
 
 
-def _has_target(node: Any) -> bool:
-    return isinstance(node, DictConfig) and "_target_" in node
-
-
 def check_values(cfg: DictConfig) -> None:
     """Check the types and ranges of the values ``train`` relies on (no torch needed), naming key and type.
 
@@ -177,7 +173,7 @@ def check_values(cfg: DictConfig) -> None:
         raise ConfigError(f"module.gradient_clip_val must be a number > 0 or null, got {clip!r}.")
     for key in ("g_optimizer", "d_optimizer"):
         node = module.get(key)
-        if _has_target(node):
+        if has_target(node):
             lr = node.get("lr")
             if lr is not None and not is_number(lr):
                 raise ConfigError(f"module.{key}.lr must be a number, got {lr!r} (e.g. module.{key}.lr=2e-4).")
@@ -193,16 +189,16 @@ def check_values(cfg: DictConfig) -> None:
             need_int(f"callbacks.{key}.every_n_g_steps", node.get("every_n_g_steps", 0), 0)
     regs = cfg.get("regularizer") or {}
     for name, node in regs.items():
-        if not _has_target(node):
+        if not has_target(node):
             raise ConfigError(f"regularizer.{name} has no _target_; choose regularizers with regularizer=[r1,l2].")
         weight = node.get("weight", 1.0)
         if not is_number(weight) or weight < 0:
             raise ConfigError(f"regularizer.{name}.weight must be a number >= 0 (0 disables the term), got {weight!r}.")
         need_int(f"regularizer.{name}.every", node.get("every", 1), 1)
-    if not _has_target(cfg.get("data")):
+    if not has_target(cfg.get("data")):
         raise ConfigError("No dataset configured: pick one with data=digits|gaussians|mnist|... .")
     for key in ("generator", "discriminator"):
-        if not _has_target(model.get(key)):
+        if not has_target(model.get(key)):
             raise ConfigError(f"model.{key} needs a _target_; pick an architecture with model=mlp|dcgan|resnet.")
 
 

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, open_dict
 
 from lightning_regan.cli.checkpoints import CheckpointError, read_checkpoint
 from lightning_regan.cli.checks import MAX_SEED, check_values, fail  # noqa: F401 (public names)
-from lightning_regan.config import drop_unselected
+from lightning_regan.config import drop_unselected, has_target
 from lightning_regan.data.base import DatasetError, DatasetNotFoundError
 from lightning_regan.errors import ConfigError
 from lightning_regan.fid.weights import InceptionWeightsError
@@ -61,10 +61,6 @@ def quiet_console() -> None:
         logging.getLogger(name).addFilter(_DropInfo())
 
 
-def _has_target(node: Any) -> bool:
-    return isinstance(node, DictConfig) and "_target_" in node
-
-
 def validate_config(cfg: DictConfig) -> None:
     """Check the values ``train`` relies on, with messages that say how to fix them.
 
@@ -77,7 +73,7 @@ def validate_config(cfg: DictConfig) -> None:
     check_values(cfg)
     for key in ("g_optimizer", "d_optimizer"):
         node = cfg.module.get(key)
-        if _has_target(node):
+        if has_target(node):
             # Build it once on a dummy parameter: torch.optim checks lr, betas, eps, ... with its own messages.
             try:
                 instantiate(node, _convert_="partial")([torch.nn.Parameter(torch.zeros(1))])
