@@ -347,7 +347,7 @@ class GANModule(L.LightningModule):
     def _publish_train_metrics(self, metrics: Mapping[str, Tensor]) -> None:
         """``train/*`` into ``trainer.callback_metrics`` now (the stop rules read them every step) and to the loggers
         every ``log_every_n_steps`` batches (= D steps), as ``self.log(on_step=True)`` would, without its ~1 ms per
-        key on a CPU (``docs/benchmarks.md``)."""
+        key on a CPU (``docs/studies/benchmarks.md``)."""
         trainer = self._attached_trainer()
         if trainer is None:
             return

@@ -302,12 +302,12 @@ def test_a_resumed_seeded_sampler_draws_new_configurations():
 
 
 def test_sweep_study_tables_in_readme_and_docs_are_the_committed_results():
-    """The study figures quoted in README.md and docs/sweeps.md are rows of studies/sweep_study.py's output."""
+    """The study figures quoted in docs/studies/sweep_pruner.md are rows of studies/sweep_study.py's output."""
     study = (REPO_ROOT / "studies" / "results" / "sweep_study.md").read_text()
     rows = {line for line in study.splitlines() if line.startswith("| ") and not line.startswith("|---")}
     results = json.loads((REPO_ROOT / "studies" / "results" / "sweep_study.json").read_text())
     assert len(results["seeds"]) >= 2 and all(r["same_configurations"] for r in results["seeds"].values())
-    for doc in ("README.md", "docs/sweeps.md"):
+    for doc in ("docs/studies/sweep_pruner.md",):
         text = (REPO_ROOT / doc).read_text()
         quoted = text.split("<!-- sweep-study -->", 1)[1].split("\n\n#", 1)[0]
         table = [line for line in quoted.splitlines() if line.startswith("| ") and not line.startswith("|---")]
