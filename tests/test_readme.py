@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 from conftest import REPO_ROOT
@@ -54,3 +55,13 @@ def test_readme_reports_no_suite_time_or_machine_load():
     assert "load average" not in lowered and "under a load" not in lowered
     assert not re.search(r"\d+ tests in", README)
     assert len(README.splitlines()) <= 180
+
+
+def test_conditional_step_cost_quoted_is_the_committed_benchmark():
+    """The conditional-step figures of README.md and docs/conditional.md are bench/results/bench_conditional.json's."""
+    setups = json.loads((REPO_ROOT / "bench" / "results" / "bench_conditional.json").read_text())["setups"]
+    conditional = (REPO_ROOT / "docs" / "conditional.md").read_text()
+    for name, label in (("dcgan_digits", "DCGAN"), ("mlp_digits", "MLP")):
+        quoted = f"{setups[name]['ratio_median']:.3f}x {label}"
+        assert quoted in README, quoted
+        assert f"{setups[name]['ratio_median']:.3f}x ({label}" in conditional, name
