@@ -95,11 +95,8 @@ class GANModule(L.LightningModule):
         check_int("GANModule", "num_fixed_samples", num_fixed_samples, 1)
         check_int("GANModule", "num_classes (None: unconditional)", num_classes, 2, optional=True)
         latent_dim = latent_dim if latent_dim is not None else getattr(generator, "latent_dim", None)
-        if not isinstance(latent_dim, int) or latent_dim < 1:
-            raise ValueError(
-                "GANModule: latent_dim must be a positive integer; pass latent_dim=... or give the generator a "
-                f"`latent_dim` attribute (got {latent_dim!r})."
-            )
+        check_int("GANModule", "latent_dim (pass latent_dim=... or give the generator a `latent_dim` attribute)",
+                  latent_dim, 1)
         self.save_hyperparameters(ignore=["generator", "discriminator", "g_optimizer", "d_optimizer", "loss", "regularizers"])
         self.automatic_optimization = False
 

@@ -212,9 +212,7 @@ class WGANGP(Regularizer):
 
     def __init__(self, weight: float = 10.0, every: int = 1, center: float = 1.0, one_sided: bool = False) -> None:
         super().__init__(weight, every)
-        if center < 0:
-            raise ValueError(f"WGANGP: center must be >= 0, got {center!r}.")
-        self.center = float(center)
+        self.center = check_number("WGANGP", "center", center, 0.0)
         self.one_sided = one_sided
 
     def interpolation_weights(self, real: Tensor) -> Tensor:
@@ -297,8 +295,7 @@ def spectral_norm(module: nn.Module, n_power_iterations: int = 1, eps: float = 1
     Returns:
         The same module, for chaining (``D = spectral_norm(MyD())``).
     """
-    if n_power_iterations < 1:
-        raise ValueError(f"spectral_norm: n_power_iterations must be >= 1, got {n_power_iterations!r}.")
+    check_int("spectral_norm", "n_power_iterations", n_power_iterations, 1)
     for layer in module.modules():
         if isinstance(layer, _SN_LAYERS) and not parametrize.is_parametrized(layer, "weight"):
             _spectral_norm_param(layer, n_power_iterations=n_power_iterations, eps=eps)

@@ -12,7 +12,7 @@ from lightning_regan.callbacks.g_step import EVALUATION, GStepCallback, g_steps_
 from lightning_regan.data.gaussians import MIN_FRACTION, mode_coverage
 from lightning_regan.inputs import FixedInputs, generate
 from lightning_regan.protocol import GANModuleLike
-from lightning_regan.validation import check_int
+from lightning_regan.validation import check_int, check_number, is_number
 
 
 class ModeCoverageMonitor(GStepCallback):
@@ -54,11 +54,9 @@ class ModeCoverageMonitor(GStepCallback):
     ) -> None:
         check_int("ModeCoverageMonitor", "every_n_g_steps", every_n_g_steps, 0)
         check_int("ModeCoverageMonitor", "num_samples", num_samples, 1)
-        if not n_std > 0:
-            raise ValueError(f"ModeCoverageMonitor: n_std must be > 0, got {n_std!r}.")
-        if min_count is not None and min_count < 1:
-            raise ValueError(f"ModeCoverageMonitor: min_count must be >= 1 or None, got {min_count!r}.")
-        if not 0 < min_fraction <= 1:
+        check_number("ModeCoverageMonitor", "n_std", n_std, 0.0, strict=True)
+        check_int("ModeCoverageMonitor", "min_count", min_count, 1, optional=True)
+        if not (is_number(min_fraction) and 0 < min_fraction <= 1):  # half-open: no helper for (0, 1]
             raise ValueError(f"ModeCoverageMonitor: min_fraction must be in (0, 1], got {min_fraction!r}.")
         self.every_n_g_steps = every_n_g_steps
         self.num_samples = num_samples

@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
 from lightning_regan.callbacks.g_step import GStepCallback, g_step_budget, g_steps_of
 from lightning_regan.protocol import GANModuleLike
+from lightning_regan.validation import check_int
 
 #: ``trainer.callback_metrics`` keys shown next to the bar (as their last path component) when present.
 DEFAULT_METRICS: tuple[str, ...] = ("train/d_loss", "train/g_loss", "val/fid")
@@ -35,8 +36,7 @@ class GStepProgressBar(GStepCallback, TQDMProgressBar):
 
     def __init__(self, refresh_rate: int = 10, metrics: Sequence[str] = DEFAULT_METRICS,
                  process_position: int = 0) -> None:
-        if refresh_rate < 0:
-            raise ValueError(f"GStepProgressBar: refresh_rate must be >= 0 (0 hides the bar), got {refresh_rate}.")
+        check_int("GStepProgressBar", "refresh_rate (0 hides the bar)", refresh_rate, 0)
         super().__init__(refresh_rate=refresh_rate, process_position=process_position)
         self.metrics = tuple(metrics)
 
