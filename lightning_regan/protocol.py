@@ -14,28 +14,16 @@ from torch import Tensor, nn
 
 @runtime_checkable
 class GANModuleLike(Protocol):
-    """The attributes and methods lightning_regan's callbacks use, beyond ``LightningModule``'s own.
+    """The attributes and methods lightning_regan's callbacks use, beyond ``LightningModule``'s own."""
 
-    Attributes:
-        g_steps: Generator updates so far (the callbacks' clock; Lightning's ``global_step`` counts every
-            optimizer step).
-        d_steps: Discriminator updates so far (one per training batch; sets the loggers' step).
-        n_critic: D steps per G step (converts Lightning's ``max_steps`` into a G-step budget).
-        g_step_taken: Whether the last training batch took a G step (the G-step event fires then).
-        ema_generator: An averaged copy of G (``AveragedModel``) or ``None``; its weights are restored with the best.
-        num_classes: Number of classes of a class-conditional module, ``None`` when unconditional.
-        label_probs: Class frequencies that :meth:`sample_labels` draws from, ``None`` for uniform.
-        fixed_noise_seed: Seed of :attr:`fixed_noise` and of the per-class sample grids.
-    """
-
-    g_steps: int
-    d_steps: int
-    n_critic: int
-    g_step_taken: bool
-    ema_generator: Optional[nn.Module]
-    num_classes: Optional[int]
-    label_probs: Optional[Tensor]
-    fixed_noise_seed: int
+    g_steps: int  #: generator updates so far: the callbacks' clock (Lightning's global_step counts every step)
+    d_steps: int  #: discriminator updates so far (one per batch): the loggers' step
+    n_critic: int  #: D steps per G step: turns Lightning's max_steps into a G-step budget
+    g_step_taken: bool  #: whether the last training batch took a G step (the G-step event fires then)
+    ema_generator: Optional[nn.Module]  #: an averaged copy of G or None; restored with the best generator
+    num_classes: Optional[int]  #: classes of a class-conditional module, None when unconditional
+    label_probs: Optional[Tensor]  #: class frequencies of sample_labels, None for uniform
+    fixed_noise_seed: int  #: seed of fixed_noise and of the per-class sample grids
 
     @property
     def device(self) -> torch.device:
