@@ -11,26 +11,25 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
 from hydra.utils import get_class, instantiate
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.loggers import Logger
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
-from lightning_regan.config import drop_unselected  # noqa: F401 (re-exported: torch-free, used by the CLI checks)
-from lightning_regan.callbacks import FID_KEY, FIDMonitor, ModeCoverageMonitor
-from lightning_regan.cli.checks import ConfigError
+from lightning_regan.config import drop_unselected, has_target  # noqa: F401 (re-exported: torch-free, used by the CLI checks)
+from lightning_regan.callbacks import FID_KEY
+from lightning_regan.callbacks.g_step import OUTPUT
+from lightning_regan.callbacks.run_summary import SummaryFields
+from lightning_regan.errors import ConfigError
 from lightning_regan.module import GANModule, max_steps_for
 from lightning_regan.regularizers import spectral_norm
 
 log = logging.getLogger(__name__)
-
-
-def _has_target(node: Any) -> bool:
-    return isinstance(node, DictConfig) and "_target_" in node
 
 
 def build_datamodule(cfg: DictConfig, validate: bool = True) -> L.LightningDataModule:
@@ -83,21 +82,22 @@ def build_module(cfg: DictConfig, generator: Any, discriminator: Any, num_classe
 
 
 def build_callbacks(cfg: DictConfig) -> list[Callback]:
-    """Every ``callbacks.<name>`` node, plus ``early_stopping``; evaluation first, then the decision, then the rest.
+    """Every ``callbacks.<name>`` node, plus ``early_stopping``, in the order of their declared ``stage``
+    (evaluation, then decision, then outputs; config order within a stage).
 
     The checkpoint callback left with ``every_n_train_steps: null`` saves at every FID evaluation (converted to
     Lightning's global steps, which count D and G updates), keeping ``best`` by ``val/fid`` when the FID runs.
-    A progress-bar callback is skipped when the trainer has the bar switched off (Lightning refuses it).
+    Progress-bar callbacks are skipped when the trainer has the bar switched off (Lightning refuses them).
     """
     n_critic = cfg.module.get("n_critic", 1)
-    nodes = {name: node for name, node in (cfg.get("callbacks") or {}).items() if _has_target(node)}
+    nodes = {name: node for name, node in (cfg.get("callbacks") or {}).items() if has_target(node)}
     fid_node = nodes.get("fid")
     fid_every = int(fid_node.get("every_n_g_steps", 0)) if fid_node is not None else 0
+    if has_target(cfg.get("early_stopping")):
+        nodes["early_stopping"] = cfg.early_stopping
     built: list[Callback] = []
     for name, node in nodes.items():
         extra: dict[str, Any] = {}
-        if name == "progress_bar" and not cfg.trainer.get("enable_progress_bar", True):
-            continue
         if name == "fid" and not fid_every and not node.get("evaluate_on_train_end", False):
             continue  # every_n_g_steps=0: no FID, and no extractor or real statistics prepared for nothing
         if name == "checkpoint":
@@ -109,14 +109,14 @@ def build_callbacks(cfg: DictConfig) -> list[Callback]:
                 else:
                     extra["save_top_k"] = 0
         built.append(instantiate(node, **extra))
-    evaluation = [cb for cb in built if isinstance(cb, (FIDMonitor, ModeCoverageMonitor))]
-    decision = [instantiate(cfg.early_stopping)] if _has_target(cfg.get("early_stopping")) else []
-    return evaluation + decision + [cb for cb in built if cb not in evaluation]
+    if not cfg.trainer.get("enable_progress_bar", True):
+        built = [cb for cb in built if not isinstance(cb, ProgressBar)]
+    return sorted(built, key=lambda cb: getattr(cb, "stage", OUTPUT))  # stable: config order within a stage
 
 
 def build_loggers(cfg: DictConfig) -> list[Logger]:
     """Every ``logger.<name>`` node (``logger=[csv,tensorboard]``); none with ``logger=none``."""
-    return [instantiate(node) for node in (cfg.get("logger") or {}).values() if _has_target(node)]
+    return [instantiate(node) for node in (cfg.get("logger") or {}).values() if has_target(node)]
 
 
 def build_trainer(cfg: DictConfig, module: GANModule, callbacks: list[Callback], loggers: list[Logger]) -> L.Trainer:
@@ -146,13 +146,27 @@ def build_all(cfg: DictConfig, validate_data: bool = True) -> dict[str, Any]:
 
 
 def fit(objects: dict[str, Any], ckpt_path: Optional[str]) -> dict[str, Any]:
-    """Fit the built objects and return the run's ``summary.json`` (``{}`` when none was written)."""
+    """Fit the built objects and return the run's results, whatever callbacks ran.
+
+    The results are the module's G and D steps, this process's ``wall_time_s`` and every callback's
+    ``summary_fields()`` (``best_fid``, ``status``, ...), read from the run itself; where a ``summary.json`` was
+    written (by ``RunSummary``, also from spawned DDP ranks), its entries complete them.
+    """
     output_dir = Path(objects["cfg"].output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    trainer, module = objects["trainer"], objects["module"]
+    start = time.monotonic()
     # Our checkpoints hold only tensors, numbers and strings, so resuming never unpickles code.
-    objects["trainer"].fit(objects["module"], datamodule=objects["datamodule"], ckpt_path=ckpt_path, weights_only=True)
+    trainer.fit(module, datamodule=objects["datamodule"], ckpt_path=ckpt_path, weights_only=True)
+    results: dict[str, Any] = {"g_steps": module.g_steps, "d_steps": module.d_steps,
+                               "wall_time_s": time.monotonic() - start}
+    for callback in trainer.callbacks:
+        if isinstance(callback, SummaryFields):
+            results.update(callback.summary_fields(trainer, module))
     summary_path = output_dir / "summary.json"
-    return json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    if summary_path.is_file():
+        results.update(json.loads(summary_path.read_text()))
+    return results
 
 
 __all__ = [

@@ -5,12 +5,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
 log = logging.getLogger(__name__)
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def has_target(node: Any) -> bool:
+    """Whether a config node is something to instantiate (a mapping with ``_target_``)."""
+    return isinstance(node, DictConfig) and "_target_" in node
 
 
 def config_dir() -> Path:

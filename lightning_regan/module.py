@@ -9,7 +9,6 @@ from typing import Any, Callable, Optional, Union
 import lightning as L
 import torch
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -19,6 +18,7 @@ from lightning_regan.inputs import class_inputs, seeded_inputs, seeded_noise  # 
 from lightning_regan.losses import AdversarialLoss, get_loss
 from lightning_regan.regularizers import DiscriminatorBatch, Regularizer, regularizer_dict
 from lightning_regan.steps import max_steps_for  # noqa: F401  (public here too: its first home)
+from lightning_regan.validation import check_int, check_number
 
 OptimizerFactory = Callable[..., Optimizer]
 CHECKPOINT_KEY = "regan"
@@ -86,26 +86,17 @@ class GANModule(L.LightningModule):
         super().__init__()
         if not isinstance(generator, nn.Module) or not isinstance(discriminator, nn.Module):
             raise TypeError("GANModule: generator and discriminator must be torch.nn.Module instances.")
-        if not isinstance(n_critic, int) or isinstance(n_critic, bool) or n_critic < 1:
-            raise ValueError(f"GANModule: n_critic must be an integer >= 1 (D steps per G step), got {n_critic!r}.")
-        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
-            raise ValueError(f"GANModule: ema_decay must be in (0, 1) or None, got {ema_decay!r}.")
-        if ema_start_g_step < 0:
-            raise ValueError(f"GANModule: ema_start_g_step must be >= 0, got {ema_start_g_step!r}.")
-        if gradient_clip_val is not None and not gradient_clip_val > 0:
-            raise ValueError(f"GANModule: gradient_clip_val must be > 0 or None, got {gradient_clip_val!r}.")
+        check_int("GANModule", "n_critic (D steps per G step)", n_critic, 1)
+        check_number("GANModule", "ema_decay", ema_decay, 0.0, strict=True, optional=True, maximum=1.0)
+        check_int("GANModule", "ema_start_g_step", ema_start_g_step, 0)
+        check_number("GANModule", "gradient_clip_val", gradient_clip_val, 0.0, strict=True, optional=True)
         if gradient_clip_algorithm not in ("norm", "value"):
             raise ValueError(f"GANModule: gradient_clip_algorithm must be 'norm' or 'value', got {gradient_clip_algorithm!r}.")
-        if num_fixed_samples < 1:
-            raise ValueError(f"GANModule: num_fixed_samples must be >= 1, got {num_fixed_samples!r}.")
-        if num_classes is not None and (not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2):
-            raise ValueError(f"GANModule: num_classes must be an integer >= 2 or None (unconditional), got {num_classes!r}.")
+        check_int("GANModule", "num_fixed_samples", num_fixed_samples, 1)
+        check_int("GANModule", "num_classes (None: unconditional)", num_classes, 2, optional=True)
         latent_dim = latent_dim if latent_dim is not None else getattr(generator, "latent_dim", None)
-        if not isinstance(latent_dim, int) or latent_dim < 1:
-            raise ValueError(
-                "GANModule: latent_dim must be a positive integer; pass latent_dim=... or give the generator a "
-                f"`latent_dim` attribute (got {latent_dim!r})."
-            )
+        check_int("GANModule", "latent_dim (pass latent_dim=... or give the generator a `latent_dim` attribute)",
+                  latent_dim, 1)
         self.save_hyperparameters(ignore=["generator", "discriminator", "g_optimizer", "d_optimizer", "loss", "regularizers"])
         self.automatic_optimization = False
 
@@ -254,16 +245,12 @@ class GANModule(L.LightningModule):
             clip_val = clip_val * scaler.get_scale()
         self.clip_gradients(optimizer, gradient_clip_val=clip_val, gradient_clip_algorithm=self.gradient_clip_algorithm)
 
-    def _ddp_model(self) -> Optional[DistributedDataParallel]:
-        # a seam: the "before" measurements (tests/test_ddp.py, scripts/bench_step.py) return None here
-        return ddp_model(self.trainer.strategy)
-
     def backward_and_reduce(self, loss: Tensor, optimizer: Any) -> None:
         """``manual_backward(loss)``; under DDP inside ``no_sync()`` (DDP's reducer stays idle), then one
         all-reduce (mean) of ``optimizer``'s gradients, before clipping and ``optimizer.step()``
         (:mod:`lightning_regan.distributed`). Subclasses that override a step call this instead of ``manual_backward``.
         """
-        ddp = self._ddp_model()
+        ddp = ddp_model(self.trainer.strategy)
         if ddp is None:
             self.manual_backward(loss)
             return
@@ -273,7 +260,7 @@ class GANModule(L.LightningModule):
 
     def _broadcast_network_buffers(self) -> None:
         """Under DDP with ``broadcast_buffers`` (its default), rank 0's buffers of G and D, as DDP's forward would."""
-        ddp = self._ddp_model()
+        ddp = ddp_model(self.trainer.strategy)
         if ddp is not None and ddp.broadcast_buffers:
             broadcast_buffers([self.generator, self.discriminator], ddp.process_group)
 
@@ -357,7 +344,7 @@ class GANModule(L.LightningModule):
     def _publish_train_metrics(self, metrics: Mapping[str, Tensor]) -> None:
         """``train/*`` into ``trainer.callback_metrics`` now (the stop rules read them every step) and to the loggers
         every ``log_every_n_steps`` batches (= D steps), as ``self.log(on_step=True)`` would, without its ~1 ms per
-        key on a CPU (``docs/benchmarks.md``)."""
+        key on a CPU (``docs/studies/benchmarks.md``)."""
         trainer = self._attached_trainer()
         if trainer is None:
             return

@@ -23,6 +23,8 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm_param
 
+from lightning_regan.validation import check_int, check_number
+
 
 @dataclass
 class DiscriminatorBatch:
@@ -70,14 +72,8 @@ class Regularizer(nn.Module):
 
     def __init__(self, weight: float = 1.0, every: int = 1) -> None:
         super().__init__()
-        if not isinstance(weight, (int, float)) or weight < 0 or weight != weight:
-            raise ValueError(
-                f"{type(self).__name__}: weight must be a finite number >= 0 (0 disables the term), got {weight!r}."
-            )
-        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
-            raise ValueError(
-                f"{type(self).__name__}: every must be an integer >= 1 (1 = every D step), got {every!r}."
-            )
+        check_number(type(self).__name__, "weight (0 disables the term)", weight, 0.0)
+        check_int(type(self).__name__, "every (1 = every D step)", every, 1)
         self.weight = float(weight)
         self.every = every
 
@@ -216,9 +212,7 @@ class WGANGP(Regularizer):
 
     def __init__(self, weight: float = 10.0, every: int = 1, center: float = 1.0, one_sided: bool = False) -> None:
         super().__init__(weight, every)
-        if center < 0:
-            raise ValueError(f"WGANGP: center must be >= 0, got {center!r}.")
-        self.center = float(center)
+        self.center = check_number("WGANGP", "center", center, 0.0)
         self.one_sided = one_sided
 
     def interpolation_weights(self, real: Tensor) -> Tensor:
@@ -301,8 +295,7 @@ def spectral_norm(module: nn.Module, n_power_iterations: int = 1, eps: float = 1
     Returns:
         The same module, for chaining (``D = spectral_norm(MyD())``).
     """
-    if n_power_iterations < 1:
-        raise ValueError(f"spectral_norm: n_power_iterations must be >= 1, got {n_power_iterations!r}.")
+    check_int("spectral_norm", "n_power_iterations", n_power_iterations, 1)
     for layer in module.modules():
         if isinstance(layer, _SN_LAYERS) and not parametrize.is_parametrized(layer, "weight"):
             _spectral_norm_param(layer, n_power_iterations=n_power_iterations, eps=eps)

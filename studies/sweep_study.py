@@ -142,7 +142,7 @@ SURVEY: list[Setting] = [
     *hyperband_settings((1, 2, 3, 4, 5)),
 ]
 
-#: The selection rule, fixed before the held-out sweeps ran (docs/sweeps.md).
+#: The selection rule, fixed before the held-out sweeps ran (docs/studies/sweep_pruner.md).
 SELECTION_RULE = ("among the candidates that meet both targets on every selection seed, the smallest worst-seed G-step "
                   "ratio; if none does, among those that keep the best trial (same trial or best FID within 5 %) on "
                   "every selection seed, the smallest worst-seed ratio; else the smallest worst-seed best-FID gap. "

@@ -34,6 +34,8 @@ from lightning_regan.callbacks import (
 from lightning_regan.module import seeded_noise
 from lightning_regan.stopping import Divergence, FIDPlateau
 
+from helpers import Identity2D
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = REPO_ROOT / "lightning_regan"
 
@@ -73,15 +75,6 @@ class UserPoints(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return DataLoader(TensorDataset(self.points, torch.zeros(self.n, dtype=torch.long)),
                           batch_size=self.batch_size, shuffle=True, drop_last=True)
-
-
-class Identity2D(nn.Module):
-    """A feature extractor of our own: the points themselves (exact Frechet distance on 2-D data)."""
-
-    num_features = 2
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.float()
 
 
 class CountGSteps(GStepCallback):

@@ -100,7 +100,7 @@ def test_bar_without_a_step_budget_has_no_total(tmp_path):
 
 
 def test_negative_refresh_rate_is_refused():
-    with pytest.raises(ValueError, match="refresh_rate must be >= 0"):
+    with pytest.raises(ValueError, match=r"refresh_rate \(0 hides the bar\) must be an integer >= 0"):
         GStepProgressBar(refresh_rate=-1)
 
 

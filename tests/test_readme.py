@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 from conftest import REPO_ROOT
@@ -34,13 +35,33 @@ def _table_rows(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("|---")]
 
 
-def test_study_tables_in_readme_and_docs_are_the_committed_results():
-    """The early-termination figures quoted in README.md and docs/studies/early_stopping.md are rows of the study's output."""
+def test_study_table_and_readme_figures_are_the_committed_results():
+    """The early-termination table of docs/studies/early_stopping.md is the study's output, and the README's one-line
+    evidence quotes the chosen rule's held-out row of it."""
     study = (REPO_ROOT / "studies" / "results" / "early_stopping_study.md").read_text()
     rows = set(_table_rows(study))
-    section = README.split("<!-- study-table -->", 1)[1].split("\n## ", 1)[0]
-    quoted = _table_rows(section)
-    assert quoted, "README has no study table after <!-- study-table -->"
-    assert set(quoted) <= rows, set(quoted) - rows
     docs = (REPO_ROOT / "docs" / "studies" / "early_stopping.md").read_text()
     assert set(_table_rows(docs.split("<!-- study -->", 1)[1].split("<!-- /study -->", 1)[0])) == rows
+    held_out = study.split("\nHeld-out seeds:\n", 1)[1].strip().split("\n\n", 1)[0]  # the held-out table
+    chosen = next(r for r in _table_rows(held_out) if r.startswith("| **"))  # the chosen rule's row, in bold
+    kept, total = chosen.split("|")[2].strip().split("/")
+    gap_median = chosen.split("|")[3].strip()
+    assert f"kept {kept} of {total} healthy runs within 5 %" in README
+    assert f"(median gap {gap_median})" in README
+
+
+def test_readme_reports_no_suite_time_or_machine_load():
+    lowered = README.lower()
+    assert "load average" not in lowered and "under a load" not in lowered
+    assert not re.search(r"\d+ tests in", README)
+    assert len(README.splitlines()) <= 180
+
+
+def test_conditional_step_cost_quoted_is_the_committed_benchmark():
+    """The conditional-step figures of README.md and docs/conditional.md are bench/results/bench_conditional.json's."""
+    setups = json.loads((REPO_ROOT / "bench" / "results" / "bench_conditional.json").read_text())["setups"]
+    conditional = (REPO_ROOT / "docs" / "conditional.md").read_text()
+    for name, label in (("dcgan_digits", "DCGAN"), ("mlp_digits", "MLP")):
+        quoted = f"{setups[name]['ratio_median']:.3f}x {label}"
+        assert quoted in README, quoted
+        assert f"{setups[name]['ratio_median']:.3f}x ({label}" in conditional, name

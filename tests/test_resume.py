@@ -239,7 +239,7 @@ def _main_that_kills_itself() -> None:
     from lightning.pytorch.callbacks import Callback
 
     import lightning_regan.builders as builders
-    import lightning_regan.cli.train as cli
+    from lightning_regan.cli.entry import main
 
     kill_at = int(os.environ["REGAN_TEST_KILL_AT_G_STEP"])
 
@@ -250,7 +250,7 @@ def _main_that_kills_itself() -> None:
 
     build = builders.build_callbacks
     builders.build_callbacks = lambda cfg: [*build(cfg), KillAfterCheckpoint()]
-    cli.main()
+    main()
 
 
 if __name__ == "__main__":

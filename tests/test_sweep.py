@@ -141,6 +141,25 @@ SPACE = ["hydra.sweeper.sampler._target_=optuna.samplers.BruteForceSampler", "~h
          "regularizer.r1.weight=choice(0.1,1.0)"]  # a fixed value on the command line leaves the search space
 
 
+@pytest.mark.parametrize("summary", [True, False])
+def test_the_objective_comes_from_the_run_with_or_without_a_summary_file(tmp_path, summary):
+    """What a sweeper optimizes is read from the run itself: without RunSummary (``~callbacks.summary``) the trial
+    still returns its best FID, not ``inf``."""
+    from lightning_regan.callbacks import FIDMonitor
+    from lightning_regan.cli.train import run, train
+    from lightning_regan.config import compose_config
+
+    fast = [o for o in FAST if "callbacks.summary" not in o]
+    overrides = [*fast, "max_g_steps=20", "+callbacks.summary.plots=false" if summary else "~callbacks.summary"]
+    results, objects = train(compose_config([*overrides, f"output_dir={tmp_path / 'train'}"]))
+    assert (tmp_path / "train" / "summary.json").is_file() is summary
+    fid = next(cb for cb in objects["callbacks"] if isinstance(cb, FIDMonitor))
+    assert [g for g, _ in fid.history] == [10, 20] and results["g_steps"] == 20
+    assert results["best_fid"] == min(f for _, f in fid.history)
+    if not summary:  # the sweeper's value: the same run again, through regan-train's Hydra body
+        assert run(compose_config([*overrides, f"output_dir={tmp_path / 'run'}"])) == results["best_fid"]
+
+
 def sweep_cmd(sweep_dir: Path, *overrides: str) -> list[str]:
     return [sys.executable, "-m", "lightning_regan.cli.train", "-m", "hparams_search=lr_r1", *SPACE, *FAST, *overrides,
             f"hydra.sweep.dir={sweep_dir}"]
@@ -283,12 +302,12 @@ def test_a_resumed_seeded_sampler_draws_new_configurations():
 
 
 def test_sweep_study_tables_in_readme_and_docs_are_the_committed_results():
-    """The study figures quoted in README.md and docs/sweeps.md are rows of studies/sweep_study.py's output."""
+    """The study figures quoted in docs/studies/sweep_pruner.md are rows of studies/sweep_study.py's output."""
     study = (REPO_ROOT / "studies" / "results" / "sweep_study.md").read_text()
     rows = {line for line in study.splitlines() if line.startswith("| ") and not line.startswith("|---")}
     results = json.loads((REPO_ROOT / "studies" / "results" / "sweep_study.json").read_text())
     assert len(results["seeds"]) >= 2 and all(r["same_configurations"] for r in results["seeds"].values())
-    for doc in ("README.md", "docs/sweeps.md"):
+    for doc in ("docs/studies/sweep_pruner.md",):
         text = (REPO_ROOT / doc).read_text()
         quoted = text.split("<!-- sweep-study -->", 1)[1].split("\n\n#", 1)[0]
         table = [line for line in quoted.splitlines() if line.startswith("| ") and not line.startswith("|---")]

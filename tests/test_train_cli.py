@@ -111,12 +111,12 @@ def test_diverging_preset_ends_diverged_and_keeps_its_best_checkpoint(tmp_path):
 )
 def test_bad_input_fails_before_training_with_a_clear_message(tmp_path, monkeypatch, capsys, overrides, message):
     # In-process (the console script is exercised above); Hydra's own error path exits too.
-    from lightning_regan.cli import train as train_cli_module
+    from lightning_regan.cli.entry import main
 
     run = tmp_path / "bad"
     monkeypatch.setattr(sys, "argv", ["regan-train", f"hydra.run.dir={run}", *overrides])
     with pytest.raises(SystemExit) as exited:
-        train_cli_module.main()
+        main()
     err = capsys.readouterr().err
     assert message in err, err[-3000:]
     assert exited.value.code == 2 and "regan-train: error: " in err

@@ -10,34 +10,38 @@ callbacks read them back with :mod:`lightning_regan.logged`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from lightning_regan.protocol import GANModuleLike
 from lightning_regan.steps import g_step_budget, g_steps_of, is_due  # noqa: F401  (public here too)
+from lightning_regan.validation import check_int  # noqa: F401  (public here too: the callbacks' checks)
 
 
-def check_int(owner: str, name: str, value: Any, minimum: int) -> None:
-    """A clear ``ValueError`` unless ``value`` is an integer (not a bool) >= ``minimum``."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r}.")
+#: Stages of a batch's end, in the order callbacks must run (``builders.build_callbacks`` sorts by ``stage``):
+#: evaluations publish metrics, decisions read them, outputs record the outcome.
+EVALUATION, DECISION, OUTPUT = 0, 1, 2
 
 
 class GStepCallback(Callback):
     """Base class of the callbacks that act on G steps: implement :meth:`on_g_step`.
 
     ``on_g_step`` runs once per generator update, at the end of the batch that took it (with ``n_critic > 1`` the
-    other batches end without one). A module without ``g_step_taken`` counts every batch as a G step.
+    other batches end without one). A module without ``g_step_taken`` counts every batch as a G step. ``stage``
+    declares where the callback belongs in a batch's end (:data:`EVALUATION`, :data:`DECISION` or :data:`OUTPUT`).
     """
+
+    stage: ClassVar[int] = OUTPUT
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         if getattr(pl_module, "g_step_taken", True):
             self.on_g_step(trainer, pl_module, g_steps_of(trainer, pl_module))
 
-    def on_g_step(self, trainer: L.Trainer, pl_module: L.LightningModule, g_step: int) -> None:
+    def on_g_step(self, trainer: L.Trainer, pl_module: GANModuleLike, g_step: int) -> None:
         """Called once per G step with the number of G steps taken so far."""
 
 
@@ -63,4 +67,4 @@ def publish_metrics(trainer: L.Trainer, pl_module: L.LightningModule, metrics: M
         logger.log_metrics(dict(metrics), step=step)
 
 
-__all__ = ["GStepCallback", "check_int", "g_step_budget", "g_steps_of", "is_due", "publish_metrics"]
+__all__ = ["DECISION", "EVALUATION", "OUTPUT", "GStepCallback", "check_int", "g_step_budget", "g_steps_of", "is_due", "publish_metrics"]

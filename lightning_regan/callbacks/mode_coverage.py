@@ -8,9 +8,11 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from lightning_regan.callbacks.g_step import GStepCallback, check_int, g_steps_of, is_due, publish_metrics
+from lightning_regan.callbacks.g_step import EVALUATION, GStepCallback, g_steps_of, is_due, publish_metrics
 from lightning_regan.data.gaussians import MIN_FRACTION, mode_coverage
 from lightning_regan.inputs import FixedInputs, generate
+from lightning_regan.protocol import GANModuleLike
+from lightning_regan.validation import check_int, check_number, is_number
 
 
 class ModeCoverageMonitor(GStepCallback):
@@ -37,6 +39,8 @@ class ModeCoverageMonitor(GStepCallback):
         last: The latest result, or ``None``.
     """
 
+    stage = EVALUATION
+
     def __init__(
         self,
         every_n_g_steps: int = 500,
@@ -50,11 +54,9 @@ class ModeCoverageMonitor(GStepCallback):
     ) -> None:
         check_int("ModeCoverageMonitor", "every_n_g_steps", every_n_g_steps, 0)
         check_int("ModeCoverageMonitor", "num_samples", num_samples, 1)
-        if not n_std > 0:
-            raise ValueError(f"ModeCoverageMonitor: n_std must be > 0, got {n_std!r}.")
-        if min_count is not None and min_count < 1:
-            raise ValueError(f"ModeCoverageMonitor: min_count must be >= 1 or None, got {min_count!r}.")
-        if not 0 < min_fraction <= 1:
+        check_number("ModeCoverageMonitor", "n_std", n_std, 0.0, strict=True)
+        check_int("ModeCoverageMonitor", "min_count", min_count, 1, optional=True)
+        if not (is_number(min_fraction) and 0 < min_fraction <= 1):  # half-open: no helper for (0, 1]
             raise ValueError(f"ModeCoverageMonitor: min_fraction must be in (0, 1], got {min_fraction!r}.")
         self.every_n_g_steps = every_n_g_steps
         self.num_samples = num_samples
@@ -71,7 +73,7 @@ class ModeCoverageMonitor(GStepCallback):
     def last(self) -> Optional[dict[str, Any]]:
         return self.history[-1][1] if self.history else None
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+    def setup(self, trainer: L.Trainer, pl_module: GANModuleLike, stage: str) -> None:
         if stage != "fit":
             return
         datamodule = getattr(trainer, "datamodule", None)
@@ -85,7 +87,7 @@ class ModeCoverageMonitor(GStepCallback):
                 "(data=gaussians or data=gaussians_grid) or pass centers=... and std=...; remove the callback for image data."
             )
 
-    def evaluate(self, pl_module: L.LightningModule) -> dict[str, Any]:
+    def evaluate(self, pl_module: GANModuleLike) -> dict[str, Any]:
         """Score ``num_samples`` generated points (fixed seeded noise); does not log."""
         if self.centers is None or self.std is None:
             raise RuntimeError("ModeCoverageMonitor.evaluate: centers/std are unknown; call setup first or pass them.")
@@ -97,23 +99,23 @@ class ModeCoverageMonitor(GStepCallback):
             )
         return mode_coverage(samples, self.centers, self.std, n_std=self.n_std, min_count=self.min_count, min_fraction=self.min_fraction)
 
-    def on_g_step(self, trainer: L.Trainer, pl_module: L.LightningModule, g_step: int) -> None:
+    def on_g_step(self, trainer: L.Trainer, pl_module: GANModuleLike, g_step: int) -> None:
         if is_due(g_step, self.every_n_g_steps):
             self._record(trainer, pl_module, g_step, self.evaluate(pl_module), in_training=True)
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_end(self, trainer: L.Trainer, pl_module: GANModuleLike) -> None:
         g = g_steps_of(trainer, pl_module)
         if not self.history or self.history[-1][0] != g:
             self._record(trainer, pl_module, g, self.evaluate(pl_module), in_training=False)
 
-    def _record(self, trainer: L.Trainer, pl_module: L.LightningModule, g_step: int, result: dict[str, Any],
+    def _record(self, trainer: L.Trainer, pl_module: GANModuleLike, g_step: int, result: dict[str, Any],
                 in_training: bool) -> None:
         self.history.append((g_step, result))
         metrics = {f"val/{key}": float(result[key]) for key in ("modes_covered", "hq_fraction")}
         metrics["val/modes_g_step"] = float(g_step)
         publish_metrics(trainer, pl_module, metrics, in_training)
 
-    def summary_fields(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+    def summary_fields(self, trainer: L.Trainer, pl_module: GANModuleLike) -> dict[str, Any]:
         """``mode_coverage`` for ``summary.json``: modes covered and high-quality share, final and over training."""
         if not self.history:
             return {}

@@ -11,7 +11,8 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
 from lightning_regan.callbacks.g_step import GStepCallback, g_step_budget, g_steps_of
-from lightning_regan.module import GANModule
+from lightning_regan.protocol import GANModuleLike
+from lightning_regan.validation import check_int
 
 #: ``trainer.callback_metrics`` keys shown next to the bar (as their last path component) when present.
 DEFAULT_METRICS: tuple[str, ...] = ("train/d_loss", "train/g_loss", "val/fid")
@@ -35,8 +36,7 @@ class GStepProgressBar(GStepCallback, TQDMProgressBar):
 
     def __init__(self, refresh_rate: int = 10, metrics: Sequence[str] = DEFAULT_METRICS,
                  process_position: int = 0) -> None:
-        if refresh_rate < 0:
-            raise ValueError(f"GStepProgressBar: refresh_rate must be >= 0 (0 hides the bar), got {refresh_rate}.")
+        check_int("GStepProgressBar", "refresh_rate (0 hides the bar)", refresh_rate, 0)
         super().__init__(refresh_rate=refresh_rate, process_position=process_position)
         self.metrics = tuple(metrics)
 
@@ -64,7 +64,7 @@ class GStepProgressBar(GStepCallback, TQDMProgressBar):
     def on_train_epoch_start(self, trainer: L.Trainer, *_: Any) -> None:
         """Nothing: the bar spans the run, not an epoch."""
 
-    def on_g_step(self, trainer: L.Trainer, pl_module: GANModule, g_step: int) -> None:
+    def on_g_step(self, trainer: L.Trainer, pl_module: GANModuleLike, g_step: int) -> None:
         total = self.train_progress_bar.total
         if self.refresh_rate > 0 and (g_step % self.refresh_rate == 0 or g_step == total):
             self._show(trainer, pl_module)
@@ -72,11 +72,11 @@ class GStepProgressBar(GStepCallback, TQDMProgressBar):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Nothing: the bar is redrawn by G step and closed at the end of training."""
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: GANModule) -> None:
+    def on_train_end(self, trainer: L.Trainer, pl_module: GANModuleLike) -> None:
         self._show(trainer, pl_module)
         super().on_train_end(trainer, pl_module)
 
-    def _show(self, trainer: L.Trainer, pl_module: GANModule) -> None:
+    def _show(self, trainer: L.Trainer, pl_module: GANModuleLike) -> None:
         bar = self.train_progress_bar
         if bar.disable:
             return

@@ -10,9 +10,11 @@ import lightning as L
 from torch import Tensor
 
 from lightning_regan.atomic import atomic_write
-from lightning_regan.callbacks.g_step import GStepCallback, check_int, g_steps_of, is_due
+from lightning_regan.callbacks.g_step import GStepCallback, g_steps_of, is_due
 from lightning_regan.fid.stats import iter_real_batches, reference_dataset_of
 from lightning_regan.inputs import FixedInputs, class_inputs, generate
+from lightning_regan.protocol import GANModuleLike
+from lightning_regan.validation import check_int
 
 
 class SampleGrid(GStepCallback):
@@ -65,16 +67,16 @@ class SampleGrid(GStepCallback):
         """Path of ``last.png``."""
         return self.dirpath / "last.png"
 
-    def on_g_step(self, trainer: L.Trainer, pl_module: L.LightningModule, g_step: int) -> None:
+    def on_g_step(self, trainer: L.Trainer, pl_module: GANModuleLike, g_step: int) -> None:
         if is_due(g_step, self.every_n_g_steps):
             self.write(trainer, pl_module, g_step)
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_end(self, trainer: L.Trainer, pl_module: GANModuleLike) -> None:
         g = g_steps_of(trainer, pl_module)
         if not self.written or self.written[-1][0] != g:
             self.write(trainer, pl_module, g)
 
-    def write(self, trainer: L.Trainer, pl_module: L.LightningModule, g_step: int) -> Optional[Path]:
+    def write(self, trainer: L.Trainer, pl_module: GANModuleLike, g_step: int) -> Optional[Path]:
         """Write ``step_<g_step>.png`` and ``last.png`` (rank zero only); returns the step file's path."""
         if not trainer.is_global_zero:
             return None
@@ -93,7 +95,7 @@ class SampleGrid(GStepCallback):
         self.written.append((g_step, target))
         return target
 
-    def _write_points(self, trainer: L.Trainer, pl_module: L.LightningModule, target: Path, g_step: int) -> None:
+    def _write_points(self, trainer: L.Trainer, pl_module: GANModuleLike, target: Path, g_step: int) -> None:
         from lightning_regan.plots import save_scatter
 
         points = generate(pl_module, *self._point_inputs(pl_module))

@@ -8,24 +8,28 @@ Checks that need torch (optimizers, models, data, checkpoints) follow in ``light
 from __future__ import annotations
 
 import difflib
-import math
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from lightning_regan.config import drop_unselected
+from lightning_regan.config import drop_unselected, has_target
+from lightning_regan.errors import ConfigError
+from lightning_regan.validation import is_int, is_number
 
 # Lightning's seed_everything (numpy) accepts seeds in [0, 2**32 - 1].
 MAX_SEED = 2**32 - 1
 
 
-class ConfigError(ValueError):
-    """A composed configuration holds a value that cannot work; raised before any training work."""
+def fail(exc: BaseException) -> None:
+    """Report a user error in one line on stderr and exit with code 2."""
+    print(f"regan-train: error: {exc}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 # ---------------------------------------------------------------------------------------------- composition
@@ -138,22 +142,10 @@ def sweep_variants(overrides: Sequence[str]) -> list[list[str]]:
 
 
 # ---------------------------------------------------------------------------------------------- values
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
-
-
 def need_int(key: str, value: Any, minimum: int) -> None:
     """Raise :class:`ConfigError` unless ``value`` is an integer >= ``minimum``."""
-    if not _is_int(value) or value < minimum:
+    if not is_int(value) or value < minimum:
         raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r} (e.g. {key}={max(minimum, 1)}).")
-
-
-def _has_target(node: Any) -> bool:
-    return isinstance(node, DictConfig) and "_target_" in node
 
 
 def check_values(cfg: DictConfig) -> None:
@@ -170,20 +162,20 @@ def check_values(cfg: DictConfig) -> None:
     module = cfg.get("module") or {}
     need_int("module.n_critic", module.get("n_critic", 1), 1)
     decay = module.get("ema_decay")
-    if decay is not None and (not _is_number(decay) or not 0 < decay < 1):
+    if decay is not None and (not is_number(decay) or not 0 < decay < 1):
         raise ConfigError(
             f"module.ema_decay must be a number in (0, 1) or null (no EMA), got {decay!r} (e.g. module.ema_decay=0.995)."
         )
     need_int("module.ema_start_g_step", module.get("ema_start_g_step", 0), 0)
     need_int("module.num_fixed_samples", module.get("num_fixed_samples", 64), 1)
     clip = module.get("gradient_clip_val")
-    if clip is not None and (not _is_number(clip) or clip <= 0):
+    if clip is not None and (not is_number(clip) or clip <= 0):
         raise ConfigError(f"module.gradient_clip_val must be a number > 0 or null, got {clip!r}.")
     for key in ("g_optimizer", "d_optimizer"):
         node = module.get(key)
-        if _has_target(node):
+        if has_target(node):
             lr = node.get("lr")
-            if lr is not None and not _is_number(lr):
+            if lr is not None and not is_number(lr):
                 raise ConfigError(f"module.{key}.lr must be a number, got {lr!r} (e.g. module.{key}.lr=2e-4).")
     model = cfg.get("model") or {}
     if "latent_dim" in model:
@@ -197,16 +189,16 @@ def check_values(cfg: DictConfig) -> None:
             need_int(f"callbacks.{key}.every_n_g_steps", node.get("every_n_g_steps", 0), 0)
     regs = cfg.get("regularizer") or {}
     for name, node in regs.items():
-        if not _has_target(node):
+        if not has_target(node):
             raise ConfigError(f"regularizer.{name} has no _target_; choose regularizers with regularizer=[r1,l2].")
         weight = node.get("weight", 1.0)
-        if not _is_number(weight) or weight < 0:
+        if not is_number(weight) or weight < 0:
             raise ConfigError(f"regularizer.{name}.weight must be a number >= 0 (0 disables the term), got {weight!r}.")
         need_int(f"regularizer.{name}.every", node.get("every", 1), 1)
-    if not _has_target(cfg.get("data")):
+    if not has_target(cfg.get("data")):
         raise ConfigError("No dataset configured: pick one with data=digits|gaussians|mnist|... .")
     for key in ("generator", "discriminator"):
-        if not _has_target(model.get(key)):
+        if not has_target(model.get(key)):
             raise ConfigError(f"model.{key} needs a _target_; pick an architecture with model=mlp|dcgan|resnet.")
 
 
@@ -272,5 +264,5 @@ def preflight(argv: Sequence[str]) -> Optional[DictConfig]:
     return cfg
 
 
-__all__ = ["ConfigError", "MAX_SEED", "check_output_dirs", "check_values", "check_writable_dir", "compose_checked",
+__all__ = ["ConfigError", "MAX_SEED", "check_output_dirs", "check_values", "check_writable_dir", "compose_checked", "fail",
            "need_int", "preflight", "sweep_variants"]

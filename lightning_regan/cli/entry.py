@@ -11,14 +11,9 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from lightning_regan.cli.checks import ConfigError, preflight
+from lightning_regan.cli.checks import fail, preflight
 from lightning_regan.config import config_dir
-
-
-def fail(exc: BaseException) -> None:
-    """Report a user error in one line on stderr and exit with code 2."""
-    print(f"regan-train: error: {exc}", file=sys.stderr)
-    raise SystemExit(2)
+from lightning_regan.errors import ConfigError
 
 
 @hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")

@@ -41,7 +41,8 @@ class EvaluationError(ValueError):
 def build_datamodule(name: str, root: Optional[str] = None, overrides: Sequence[str] = ()) -> Any:
     """Instantiate the ``conf/data/<name>.yaml`` DataModule (``root`` sets its data folder; ``overrides`` are
     Hydra overrides such as ``data.image_size=28``)."""
-    from lightning_regan.cli.checks import ConfigError, compose_checked
+    from lightning_regan.cli.checks import compose_checked
+    from lightning_regan.errors import ConfigError
     from lightning_regan.builders import build_datamodule as _build
 
     try:

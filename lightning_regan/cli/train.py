@@ -16,10 +16,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 from lightning_regan.cli.checkpoints import CheckpointError, read_checkpoint
-from lightning_regan.cli.checks import MAX_SEED, ConfigError, check_values  # noqa: F401 (public names)
-from lightning_regan.cli.entry import fail, main  # noqa: F401 (regan-train's entry point)
-from lightning_regan.config import drop_unselected
+from lightning_regan.cli.checks import MAX_SEED, check_values, fail  # noqa: F401 (public names)
+from lightning_regan.config import drop_unselected, has_target
 from lightning_regan.data.base import DatasetError, DatasetNotFoundError
+from lightning_regan.errors import ConfigError
 from lightning_regan.fid.weights import InceptionWeightsError
 
 log = logging.getLogger(__name__)
@@ -61,10 +61,6 @@ def quiet_console() -> None:
         logging.getLogger(name).addFilter(_DropInfo())
 
 
-def _has_target(node: Any) -> bool:
-    return isinstance(node, DictConfig) and "_target_" in node
-
-
 def validate_config(cfg: DictConfig) -> None:
     """Check the values ``train`` relies on, with messages that say how to fix them.
 
@@ -77,7 +73,7 @@ def validate_config(cfg: DictConfig) -> None:
     check_values(cfg)
     for key in ("g_optimizer", "d_optimizer"):
         node = cfg.module.get(key)
-        if _has_target(node):
+        if has_target(node):
             # Build it once on a dummy parameter: torch.optim checks lr, betas, eps, ... with its own messages.
             try:
                 instantiate(node, _convert_="partial")([torch.nn.Parameter(torch.zeros(1))])
@@ -130,7 +126,8 @@ def warn_slow_precision(cfg: DictConfig) -> Optional[str]:
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Train a GAN as configured and return ``(summary, objects)``.
+    """Train a GAN as configured and return ``(results, objects)``: the run's results (:func:`builders.fit`: what
+    ``summary.json`` holds, also when no ``RunSummary`` ran) and the built objects.
 
     Everything that can be checked is checked before the Trainer starts: config values, the checkpoint to resume,
     the dataset, the models (one forward pass), the callbacks' own arguments.
@@ -160,10 +157,16 @@ def run(cfg: DictConfig) -> float:
     except USER_ERRORS as exc:
         # A wrong value or missing file: the message says how to fix it; a traceback would only bury it.
         fail(exc)
-    value = summary.get(cfg.get("optimized_metric") or "best_fid")
-    # A run without the metric (diverged before any FID, FID off) is the worst result for a minimizing sweeper.
-    return float(value) if isinstance(value, (int, float)) else float("inf")
+    key = cfg.get("optimized_metric") or "best_fid"
+    value = summary.get(key)
+    if not isinstance(value, (int, float)):
+        # A run without the metric (diverged before any FID, FID off) is the worst result for a minimizing sweeper.
+        log.warning("regan-train: the run has no %s (status %s); returning inf.", key, summary.get("status"))
+        return float("inf")
+    return float(value)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # python -m lightning_regan.cli.train: regan-train itself
+    from lightning_regan.cli.entry import main
+
     main()

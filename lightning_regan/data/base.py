@@ -13,6 +13,8 @@ import lightning as L
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from lightning_regan.validation import check_int
+
 # torchdata 0.11 calls a torch API that torch 2.14 deprecates, once per iterator: noise for our users.
 warnings.filterwarnings("ignore", message=".*'set_vital' is deprecated.*", category=UserWarning)
 
@@ -97,10 +99,8 @@ class GANDataModule(L.LightningDataModule):
 
     def __init__(self, batch_size: int = 64, num_workers: int = 0, pin_memory: bool = False) -> None:
         super().__init__()
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"{type(self).__name__}: batch_size must be a positive integer, got {batch_size!r} (e.g. data.batch_size=64).")
-        if not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f"{type(self).__name__}: num_workers must be an integer >= 0, got {num_workers!r}.")
+        check_int(type(self).__name__, "batch_size (e.g. data.batch_size=64)", batch_size, 1)
+        check_int(type(self).__name__, "num_workers", num_workers, 0)
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory

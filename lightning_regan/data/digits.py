@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
 from lightning_regan.data.base import GANDataModule
+from lightning_regan.validation import check_int
 
 
 def load_digits_tensor(image_size: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,8 +44,7 @@ class DigitsDataModule(GANDataModule):
 
     def __init__(self, image_size: Optional[int] = None, batch_size: int = 64, num_workers: int = 0, pin_memory: bool = False) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
-        if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
-            raise ValueError(f"DigitsDataModule: image_size must be a positive integer or null, got {image_size!r}.")
+        check_int("DigitsDataModule", "image_size", image_size, 1, optional=True)
         self.image_size = image_size
         self.name = "digits"
         side = image_size or 8

@@ -10,6 +10,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
 
 from lightning_regan.data.base import GANDataModule
+from lightning_regan.validation import check_int
 
 #: Default mode-coverage threshold: a mode needs 20 high-quality samples out of 2,500 (PacGAN's protocol on
 #: VEEGAN's benchmarks), i.e. 0.8% of the samples; scaled with the number of samples.
@@ -139,8 +140,7 @@ class GaussianMixtureDataModule(GANDataModule):
             raise ValueError(f"GaussianMixtureDataModule: kind must be 'ring' or 'grid', got {kind!r}.")
         num_modes = _DEFAULTS[kind]["num_modes"] if num_modes is None else num_modes
         std = _DEFAULTS[kind]["std"] if std is None else std
-        if not isinstance(num_modes, int) or num_modes < 1:
-            raise ValueError(f"GaussianMixtureDataModule: num_modes must be a positive integer, got {num_modes!r}.")
+        check_int("GaussianMixtureDataModule", "num_modes", num_modes, 1)
         if not std > 0 or not radius > 0 or not spacing > 0:
             raise ValueError(f"GaussianMixtureDataModule: std, radius and spacing must be > 0, got {std!r}, {radius!r}, {spacing!r}.")
         if n_samples < 1 or n_reference < 1:

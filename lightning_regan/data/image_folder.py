@@ -12,6 +12,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from lightning_regan.data.base import DatasetError, DatasetNotFoundError, GANDataModule
+from lightning_regan.validation import check_int
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 _MODES = {1: "L", 3: "RGB"}
@@ -131,8 +132,7 @@ class ImageFolderDataModule(GANDataModule):
         pin_memory: bool = False,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
-        if not isinstance(image_size, int) or image_size < 1:
-            raise ValueError(f"ImageFolderDataModule: image_size must be a positive integer, got {image_size!r}.")
+        check_int("ImageFolderDataModule", "image_size", image_size, 1)
         if channels not in _MODES:
             raise ValueError(f"ImageFolderDataModule: channels must be 1 (greyscale) or 3 (RGB), got {channels!r}.")
         if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):

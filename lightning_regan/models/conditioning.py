@@ -11,12 +11,12 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from lightning_regan.validation import check_int
+
 
 def check_num_classes(num_classes: Optional[int], who: str) -> Optional[int]:
     """``num_classes`` if it is ``None`` or an integer >= 2, else a clear error."""
-    if num_classes is not None and (not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2):
-        raise ValueError(f"{who}: num_classes must be an integer >= 2 or None (unconditional), got {num_classes!r}.")
-    return num_classes
+    return check_int(who, "num_classes (None: unconditional)", num_classes, 2, optional=True)
 
 
 class LabelEmbedding(nn.Module):

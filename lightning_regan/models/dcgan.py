@@ -15,6 +15,7 @@ from typing import Optional
 from torch import Tensor, nn
 
 from lightning_regan.models.conditioning import LabelEmbedding, ProjectionHead, check_num_classes, need_labels, projected_logits
+from lightning_regan.validation import check_int
 
 _NORMS = ("none", "layer", "batch")
 
@@ -83,8 +84,7 @@ class DCGANGenerator(nn.Module):
     def __init__(self, latent_dim: int, data_shape: Sequence[int], channels: int = 64, max_channels: int = 512,
                  num_classes: Optional[int] = None, embed_dim: Optional[int] = None) -> None:
         super().__init__()
-        if not isinstance(latent_dim, int) or latent_dim < 1:
-            raise ValueError(f"DCGANGenerator: latent_dim must be a positive integer, got {latent_dim!r}.")
+        check_int("DCGANGenerator", "latent_dim", latent_dim, 1)
         if channels < 1 or max_channels < 1:
             raise ValueError(f"DCGANGenerator: channels and max_channels must be >= 1, got {channels}, {max_channels}.")
         out_channels, start, doublings = dcgan_layout(data_shape)

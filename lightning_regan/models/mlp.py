@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_regan.models.conditioning import ProjectionHead, check_num_classes, need_labels, projected_logits
+from lightning_regan.validation import check_int
 
 _OUTPUT_ACTIVATIONS = ("auto", "tanh", "sigmoid", "none")
 _NORMS = ("none", "layer", "batch")
@@ -56,8 +57,7 @@ class MLPGenerator(nn.Module):
         num_classes: Optional[int] = None,
     ) -> None:
         super().__init__()
-        if not isinstance(latent_dim, int) or latent_dim < 1:
-            raise ValueError(f"MLPGenerator: latent_dim must be a positive integer, got {latent_dim!r}.")
+        check_int("MLPGenerator", "latent_dim", latent_dim, 1)
         if output_activation not in _OUTPUT_ACTIVATIONS:
             raise ValueError(f"MLPGenerator: output_activation must be one of {_OUTPUT_ACTIVATIONS}, got {output_activation!r}.")
         self.latent_dim = latent_dim

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_regan.models.conditioning import ConditionalBatchNorm2d, ProjectionHead, check_num_classes, need_labels
+from lightning_regan.validation import check_int
 
 
 IMAGE_SIZE = 32
@@ -121,10 +122,8 @@ class ResNetGenerator(nn.Module):
     def __init__(self, latent_dim: int, data_shape: Sequence[int], channels: int = 256,
                  num_classes: Optional[int] = None) -> None:
         super().__init__()
-        if not isinstance(latent_dim, int) or latent_dim < 1:
-            raise ValueError(f"ResNetGenerator: latent_dim must be a positive integer, got {latent_dim!r}.")
-        if channels < 1:
-            raise ValueError(f"ResNetGenerator: channels must be >= 1, got {channels!r}.")
+        check_int("ResNetGenerator", "latent_dim", latent_dim, 1)
+        check_int("ResNetGenerator", "channels", channels, 1)
         out_channels = _check_shape(data_shape, "ResNetGenerator")
         self.latent_dim = latent_dim
         self.data_shape = (out_channels, IMAGE_SIZE, IMAGE_SIZE)
@@ -162,8 +161,7 @@ class ResNetDiscriminator(nn.Module):
     def __init__(self, data_shape: Sequence[int], channels: int = 128, spectral_norm: bool = True,
                  num_classes: Optional[int] = None) -> None:
         super().__init__()
-        if channels < 1:
-            raise ValueError(f"ResNetDiscriminator: channels must be >= 1, got {channels!r}.")
+        check_int("ResNetDiscriminator", "channels", channels, 1)
         in_channels = _check_shape(data_shape, "ResNetDiscriminator")
         self.data_shape = (in_channels, IMAGE_SIZE, IMAGE_SIZE)
         self.blocks = nn.Sequential(
