@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported on first use: the CLI checks the config value without importing torch
+    from torch import nn
 
 __all__ = ["COMPILE_OPTIONS", "CompiledNetworks", "compile_options"]
 
@@ -62,8 +62,8 @@ class CompiledNetworks:
         options: ``torch.compile`` keyword arguments (see :func:`compile_options`).
     """
 
-    def __init__(self, generator: nn.Module, discriminator: nn.Module, options: Mapping[str, Any]) -> None:
-        self.eager: dict[str, nn.Module] = {"generator": generator, "discriminator": discriminator}
+    def __init__(self, generator: "nn.Module", discriminator: "nn.Module", options: Mapping[str, Any]) -> None:
+        self.eager: dict[str, "nn.Module"] = {"generator": generator, "discriminator": discriminator}
         self.options = dict(options)
         #: Why compilation was abandoned (``None`` while compiled callables are in use).
         self.failure: Optional[str] = None
@@ -87,6 +87,8 @@ class CompiledNetworks:
         try:
             fn = self._compiled.get(name)
             if fn is None:
+                import torch
+
                 fn = self._compiled[name] = torch.compile(module, **self.options)
             return fn(*args)
         except Exception as exc:  # noqa: BLE001 - any compiler error; the eager call re-raises a network's own

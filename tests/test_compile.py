@@ -16,6 +16,7 @@ import functools
 import warnings
 from typing import Any, Optional
 
+import lightning as L
 import pytest
 import torch
 import torch._dynamo
@@ -292,24 +293,50 @@ def test_conditional_compiled_run_follows_eager():
 @pytest.mark.slow
 @pytest.mark.parametrize("first,then", [(True, False), (False, True)])
 def test_checkpoint_resumes_across_compile(tmp_path, first, then):
-    """A compiled run's checkpoint resumes uncompiled and the other way round, and continues as an uninterrupted run."""
+    """A compiled run's checkpoint resumes uncompiled and the other way round, and continues as the uninterrupted run
+    (as tests/test_resume.py: an 8-G-step run checkpointing every 2 G steps, resumed from its 4th)."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     def module(compile: bool) -> GANModule:
-        torch.manual_seed(0)
+        L.seed_everything(7, verbose=False)  # RandomStreams seeds from the global seed
         return GANModule(TinyG(), TinyD(), regularizers={"r1": R1(1.0, every=2)}, compile=compile, ema_decay=0.9)
 
-    torch.manual_seed(5)
-    ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True)
-    quiet_trainer(max_steps=max_steps_for(4), callbacks=[ckpt], enable_checkpointing=True).fit(module(first), odd_loader(64))
-    state = torch.load(tmp_path / "last.ckpt", weights_only=False)
-    assert not any("_orig_mod" in k for k in state["state_dict"])
-    assert list(state["state_dict"]) == list(module(then).state_dict())
-    resumed = module(then)
-    quiet_trainer(max_steps=max_steps_for(8)).fit(resumed, odd_loader(64), ckpt_path=str(tmp_path / "last.ckpt"))
-    torch.manual_seed(5)
+    ckpt = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=4, save_top_k=-1, filename="{step}")
     straight = module(first)
-    quiet_trainer(max_steps=max_steps_for(8)).fit(straight, odd_loader(64))
+    quiet_trainer(max_steps=max_steps_for(8), callbacks=[ckpt], enable_checkpointing=True).fit(straight, odd_loader(64))
+    path = tmp_path / "step=8.ckpt"  # 4 G steps (global steps count G and D)
+    state = torch.load(path, weights_only=False)
+    assert list(state["state_dict"]) == list(module(then).state_dict())
+    assert not any("_orig_mod" in k for k in state["state_dict"])
+    resumed = module(then)
+    quiet_trainer(max_steps=max_steps_for(8)).fit(resumed, odd_loader(64), ckpt_path=str(path), weights_only=True)
     assert resumed.g_steps == straight.g_steps == 8
-    for p, q in zip(resumed.parameters(), straight.parameters()):
+    for p, q in zip(resumed.state_dict().values(), straight.state_dict().values()):
         torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------- config
+def test_config_key_defaults_off_and_builds_a_compiled_module():
+    from lightning_regan.builders import build_module
+    from lightning_regan.cli.checks import check_values, compose_checked
+
+    cfg = compose_checked([])
+    assert cfg.module.compile is False
+    for override, options in (("module.compile=true", {}), ("module.compile={mode:max-autotune}", {"mode": "max-autotune"})):
+        cfg = compose_checked([override, "model=mlp", "data=gaussians"])
+        check_values(cfg)
+        module = build_module(cfg, TinyG(), TinyD())
+        assert module.compiled_networks is not None and module.compiled_networks.options == options
+
+
+def test_bad_config_value_is_one_line_with_exit_code_2(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from lightning_regan.cli import entry
+
+    monkeypatch.setattr(sys, "argv", ["regan-train", f"hydra.run.dir={tmp_path}", "module.compile={speed:max}"])
+    with pytest.raises(SystemExit) as exited:
+        entry.main()
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert exited.value.code == 2 and len(lines) == 1, lines
+    assert "module.compile" in lines[0] and "speed" in lines[0]
