@@ -340,3 +340,24 @@ def test_bad_config_value_is_one_line_with_exit_code_2(tmp_path, monkeypatch, ca
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert exited.value.code == 2 and len(lines) == 1, lines
     assert "module.compile" in lines[0] and "speed" in lines[0]
+
+
+# ----------------------------------------------------------------------------------------------- benchmark script
+def test_bench_compile_smoke_writes_the_issue_keys(tmp_path):
+    import json
+
+    from test_bench_scripts import MACHINE_KEYS, load_script
+
+    out = tmp_path / "bench_compile.json"
+    load_script("bench_compile").main(["--smoke", "--setups", "mlp_ring", "--regs", "none", "r1_lazy16",
+                                       "--backend", "aot_eager", "--device", "cpu", "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert {"compiled_over_eager_dcgan", "compiled_over_eager_dcgan_lazy_r1", "compiled_over_eager_dcgan_r1",
+            "compiled_over_eager_mlp", "compile_time_s", "command", "date", "machine"} <= set(data)
+    assert data["compiled_over_eager_mlp"] > 0 and data["compiled_over_eager_dcgan"] is None  # DCGAN not run
+    assert "bench_compile.py" in data["command"] and "--smoke" in data["command"] and MACHINE_KEYS <= set(data["machine"])
+    setup = data["setups"]["mlp_ring"]
+    assert setup["graphs_compiled"] >= 2 and set(data["compile_time_s"]) == {"mlp_ring"}
+    for reg in ("none", "r1_lazy16"):
+        r = setup["regularizers"][reg]
+        assert r["eager_ms"] > 0 and r["compiled_ms"] > 0 and r["hand_ms"] > 0 and r["compiled_over_eager"]["median"] > 0
