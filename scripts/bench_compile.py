@@ -32,9 +32,21 @@ import _bench_common as common  # noqa: E402
 import bench_step  # noqa: E402
 
 from lightning_regan import GANModule  # noqa: E402
+from lightning_regan.data import DigitsDataModule  # noqa: E402
+from lightning_regan.models import DCGANDiscriminator, DCGANGenerator  # noqa: E402
 from lightning_regan.regularizers import regularizer_dict  # noqa: E402
 
 REGS = ("none", "r1", "r1_lazy16")
+#: bench_step's setups, and the DCGAN at MNIST size (digits resized to 28x28: no download), for GPUs.
+SETUPS = {
+    **bench_step.SETUPS,
+    "dcgan_digits28": bench_step.Setup(
+        "dcgan_digits28", "model=dcgan data=digits data.image_size=28: DCGAN G/D (64 ch) at MNIST size, batch 64",
+        lambda: (DCGANGenerator(bench_step.LATENT_DIM, (1, 28, 28)), DCGANDiscriminator((1, 28, 28))),
+        lambda b: DigitsDataModule(image_size=28, batch_size=b), 64,
+    ),
+}
+DEFAULT_SETUPS = ["dcgan_digits", "mlp_ring"]
 KINDS = ("eager", "compiled", "hand")
 MODES: dict[str, dict[str, Any]] = {
     "smoke": {"steps": 3, "warmup_steps": 1, "repeats": 1},
@@ -87,7 +99,7 @@ def benchmark(setups: list[str], regs: list[str], cfg: dict[str, Any], device: t
     clocks = bench_step.CLOCKS
     results: dict[str, Any] = {}
     for name in setups:
-        bench = CompileBench(bench_step.SETUPS[name], device, cfg["compile"])
+        bench = CompileBench(SETUPS[name], device, cfg["compile"])
         # Warm-up: the compiled module's first run compiles every graph it needs (no regularizer, and R1 runs D
         # eagerly), timed against the same run eager.
         bench.run("eager", "none", warmup + 1)  # the first Trainer of the process pays for more than compiling
@@ -154,7 +166,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     mode.add_argument("--smoke", action="store_true", help="a few steps, 1 repeat: checks that the script works")
     p.add_argument("--repeats", type=int, help="interleaved repeats (default: by mode)")
     p.add_argument("--steps", type=int, help="timed steps per run (default: by mode; 32 in full mode)")
-    p.add_argument("--setups", nargs="+", choices=sorted(bench_step.SETUPS), default=sorted(bench_step.SETUPS))
+    p.add_argument("--setups", nargs="+", choices=sorted(SETUPS), default=DEFAULT_SETUPS,
+                   help=f"default {' '.join(DEFAULT_SETUPS)}; dcgan_digits28 is the DCGAN at MNIST size")
     p.add_argument("--regs", nargs="+", choices=REGS, default=list(REGS))
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
     p.add_argument("--threads", type=int, default=1, help="torch threads on the CPU (default 1; 0 = torch's default)")
