@@ -84,14 +84,16 @@ def run_check(run_dir: str, out: str) -> int:
         with metrics[0].open() as f:
             rows = list(csv.DictReader(f))
     losses = {k: _floats(rows, k) for k in (rows[0].keys() if rows else []) if k.startswith("train/") and "loss" in k}
+    for k, v in (summary.get("final_metrics") or {}).items():  # the last step's values, also when nothing was logged
+        if k.startswith("train/") and "loss" in k:
+            losses.setdefault(k, []).append(float(v))
     result["losses_logged"] = {k: len(v) for k, v in losses.items()}
     result["losses_finite"] = bool(losses) and all(math.isfinite(x) for v in losses.values() for x in v)
     fids = [(int(float(r.get("train/g_step") or r.get("g_step") or 0)), float(r["val/fid"]))
             for r in rows if r.get("val/fid") not in (None, "")]
     history = summary.get("fid_history")
     if not fids and isinstance(history, list):  # the summary's copy, whatever its entry layout
-        fids = [(int(h.get("g_step", i)), float(h.get("fid", h.get("value")))) if isinstance(h, dict) else (i, float(h[-1]))
-                for i, h in enumerate(history)]
+        fids = [(int(h[0]), float(h[1])) for h in history]  # [[g_step, fid], ...]
     result["fid"] = fids
     result["fid_decreasing"] = len(fids) >= 2 and fids[-1][1] < fids[0][1]
     result["ok"] = bool(result["losses_finite"] and result["fid_decreasing"] and summary.get("status") not in ("failed",))

@@ -81,7 +81,7 @@ step() {
 FID_EVERY=$((G_STEPS / 4))
 TRAIN=(regan-train data=mnist "data.root=$WORK/data" trainer=gpu "max_g_steps=$G_STEPS" early_stopping=none
        "callbacks=[fid,checkpoint,summary]" "callbacks.fid.every_n_g_steps=$FID_EVERY" callbacks.fid.num_samples=2000
-       "logger=[csv]")
+       "logger=[csv]" trainer.log_every_n_steps=10)
 
 step env 60 "$PY" scripts/device_check.py env "$OUT/env.json"
 step train_bf16 150 "${TRAIN[@]}" trainer.precision=bf16-mixed "hydra.run.dir=$OUT/runs/bf16"

@@ -291,6 +291,24 @@ def test_conditional_compiled_run_follows_eager():
 
 
 @pytest.mark.slow
+def test_bf16_autocast_compiled_run_follows_eager():
+    """AMP: under bf16-mixed autocast (CPU here, the GPU's trainer=gpu default) the compiled run stays finite and
+    follows the eager one within bf16 rounding."""
+    def run(compile: bool) -> tuple[GANModule, Losses]:
+        torch.manual_seed(0)
+        module = GANModule(TinyG(), TinyD(), regularizers={"r1": R1(1.0, every=2)}, compile=compile)
+        losses = Losses()
+        quiet_trainer(max_steps=max_steps_for(6), precision="bf16-mixed", callbacks=[losses]).fit(module, odd_loader(64))
+        return module, losses
+
+    (eager, want), (compiled, got) = run(False), run(True)
+    assert compiled.compiled_networks.failure is None
+    for g, w in zip(got.rows, want.rows, strict=True):
+        assert all(v == v and abs(v) < 1e6 for v in g.values())
+        assert g["d_loss"] == pytest.approx(w["d_loss"], abs=0.05) and g["g_loss"] == pytest.approx(w["g_loss"], abs=0.05)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("first,then", [(True, False), (False, True)])
 def test_checkpoint_resumes_across_compile(tmp_path, first, then):
     """A compiled run's checkpoint resumes uncompiled and the other way round, and continues as the uninterrupted run

@@ -92,3 +92,15 @@ def test_summarize_gathers_every_json_and_the_step_log(tmp_path):
 
 def test_helper_usage_is_exit_code_2():
     assert device_check.main([]) == 2 and device_check.main(["run-check", "only-one"]) == 2
+
+
+def test_run_check_falls_back_on_the_summary(tmp_path):
+    """Nothing logged to CSV (a short run): the summary's last-step metrics and FID history are read instead."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps({
+        "status": "completed", "fid_history": [[100, 80.0], [200, 30.0]],
+        "final_metrics": {"train/d_loss": 1.2, "train/g_loss": 0.9, "val/fid": 30.0}}))
+    device_check.main(["run-check", str(run), str(tmp_path / "check.json")])
+    result = json.loads((tmp_path / "check.json").read_text())
+    assert result["ok"] and result["fid"] == [[100, 80.0], [200, 30.0]] and result["losses_logged"]["train/d_loss"] == 1
