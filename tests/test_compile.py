@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import functools
 import warnings
+from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
@@ -333,6 +334,55 @@ def test_checkpoint_resumes_across_compile(tmp_path, first, then):
         torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4)
 
 
+def _ddp_worker(out: Path) -> None:
+    """One rank of the 2-process gloo run: eager then compiled, same seed and data; saves both final states."""
+    import torch.distributed as dist
+    from lightning.pytorch.strategies import DDPStrategy
+
+    results = {}
+    for compile in (False, True):
+        L.seed_everything(0, verbose=False)
+        module = GANModule(TinyG(), TinyD(), regularizers={"r1": R1(1.0, every=2), "lecam": LeCam(0.1)}, compile=compile)
+        trainer = quiet_trainer(devices=2, strategy=DDPStrategy(process_group_backend="gloo"), max_steps=max_steps_for(6))
+        trainer.fit(module, odd_loader(128))
+        assert not compile or module.compiled_networks.failure is None
+        results[str(compile)] = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    torch.save(results, out / f"rank{trainer.global_rank}.pt")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_compiled_follows_eager(tmp_path):
+    """2 gloo processes (about a minute: imports and compiling on each rank): the compiled replicas stay identical
+    and end where the eager DDP run ends (gradients all-reduced as without compile)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), PYTHONWARNINGS="ignore",
+               OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", NODE_RANK="0")
+    env.pop("PL_GLOBAL_SEED", None)
+    procs = [subprocess.Popen([sys.executable, __file__, "ddp", str(tmp_path)], env=dict(env, LOCAL_RANK=str(r)),
+                              stdout=open(tmp_path / f"rank{r}.log", "w"), stderr=subprocess.STDOUT) for r in range(2)]
+    try:
+        codes = [p.wait(timeout=600) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert codes == [0, 0], (tmp_path / "rank0.log").read_text()[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    for key, value in ranks[0]["True"].items():
+        assert torch.equal(value, ranks[1]["True"][key]), key  # replicas identical
+        if value.is_floating_point():
+            torch.testing.assert_close(value, ranks[0]["False"][key], rtol=1e-3, atol=1e-4)
+
+
 # ----------------------------------------------------------------------------------------------- config
 def test_config_key_defaults_off_and_builds_a_compiled_module():
     from lightning_regan.builders import build_module
@@ -379,3 +429,10 @@ def test_bench_compile_smoke_writes_the_issue_keys(tmp_path):
     for reg in ("none", "r1_lazy16"):
         r = setup["regularizers"][reg]
         assert r["eager_ms"] > 0 and r["compiled_ms"] > 0 and r["hand_ms"] > 0 and r["compiled_over_eager"]["median"] > 0
+
+
+if __name__ == "__main__":  # a rank of test_ddp_two_processes_compiled_follows_eager
+    import sys
+
+    if sys.argv[1:2] == ["ddp"]:
+        _ddp_worker(Path(sys.argv[2]))
