@@ -114,6 +114,19 @@ def _save_png_folder(images: Any, folder: Path) -> None:
         Image.fromarray(img, mode="RGB").save(folder / f"{i:05d}.png")
 
 
+def fidelity_fid(gen: Path, real: Path, cuda: bool) -> dict[str, Any]:
+    """torch-fidelity's FID of two image folders with the weights of ``$REGAN_INCEPTION_WEIGHTS``, and its wall time."""
+    import torch_fidelity
+
+    t0 = time.perf_counter()
+    metrics = torch_fidelity.calculate_metrics(
+        input1=str(gen), input2=str(real), cuda=cuda, fid=True, verbose=False,
+        feature_extractor_weights_path=os.environ.get("REGAN_INCEPTION_WEIGHTS"), save_cpu_ram=True,
+    )
+    return {"fid": float(metrics["frechet_inception_distance"]), "wall_s": time.perf_counter() - t0,
+            "version": torch_fidelity.__version__}
+
+
 def fid_folders(ckpt: str, mnist_root: str, work: str, n: int, out: str) -> int:
     import torch
 
@@ -145,15 +158,7 @@ def fid_folders(ckpt: str, mnist_root: str, work: str, n: int, out: str) -> int:
     ours = json.loads(ours_json.read_text())
     result["regan_eval"] = {"fid": ours["fid"], "seconds": ours.get("seconds"), "wall_s": time.perf_counter() - t0}
 
-    import torch_fidelity
-
-    t0 = time.perf_counter()
-    metrics = torch_fidelity.calculate_metrics(
-        input1=str(gen), input2=str(real), cuda=device.type == "cuda", fid=True, verbose=False,
-        feature_extractor_weights_path=os.environ.get("REGAN_INCEPTION_WEIGHTS"), save_cpu_ram=True,
-    )
-    result["torch_fidelity"] = {"fid": float(metrics["frechet_inception_distance"]), "wall_s": time.perf_counter() - t0,
-                                "version": torch_fidelity.__version__}
+    result["torch_fidelity"] = fidelity_fid(gen, real, cuda=device.type == "cuda")
     a, b = result["regan_eval"]["fid"], result["torch_fidelity"]["fid"]
     result["abs_diff"] = abs(a - b)
     result["rel_diff"] = abs(a - b) / max(abs(b), 1e-12)
