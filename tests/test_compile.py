@@ -22,7 +22,7 @@ import pytest
 import torch
 import torch._dynamo
 from lightning.pytorch.callbacks import Callback
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_regan import GANModule, max_steps_for
