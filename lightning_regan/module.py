@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from lightning_regan.compile import CompiledNetworks, compile_options
 from lightning_regan.distributed import all_reduce_gradients, broadcast_buffers, ddp_model, optimizer_parameters
 from lightning_regan.inputs import batch_labels, batch_samples, check_labels, label_distribution
 from lightning_regan.inputs import class_inputs, seeded_inputs, seeded_noise  # public here too (their first home)
@@ -62,6 +63,9 @@ class GANModule(L.LightningModule):
         num_classes: Number of classes for a class-conditional GAN (``None``: unconditional).
         label_probs: Class frequencies that :meth:`sample_labels` draws fake labels from (e.g. the data's label
             frequencies); ``None`` draws uniformly. Needs ``num_classes`` entries, non-negative, not all zero.
+        compile: ``torch.compile`` the G and D forwards of the adversarial terms (``True``, or a mapping of
+            ``torch.compile`` arguments such as ``{"mode": "max-autotune"}``); terms needing double backward run
+            through the eager networks (:mod:`lightning_regan.compile`, ``docs/compile.md``). Pays on GPUs only.
     """
 
     def __init__(
@@ -82,6 +86,7 @@ class GANModule(L.LightningModule):
         seed: int = 0,
         num_classes: Optional[int] = None,
         label_probs: Optional[Sequence[float]] = None,
+        compile: Union[bool, Mapping[str, Any]] = False,
     ) -> None:
         super().__init__()
         if not isinstance(generator, nn.Module) or not isinstance(discriminator, nn.Module):
@@ -97,6 +102,7 @@ class GANModule(L.LightningModule):
         latent_dim = latent_dim if latent_dim is not None else getattr(generator, "latent_dim", None)
         check_int("GANModule", "latent_dim (pass latent_dim=... or give the generator a `latent_dim` attribute)",
                   latent_dim, 1)
+        options = compile_options(compile)
         self.save_hyperparameters(ignore=["generator", "discriminator", "g_optimizer", "d_optimizer", "loss", "regularizers"])
         self.automatic_optimization = False
 
@@ -132,6 +138,8 @@ class GANModule(L.LightningModule):
         #: (``lightning_regan.callbacks.GStepCallback``).
         self.g_step_taken = False
         self._labels_range_checked = False
+        #: Compiled G and D forwards (``compile``), held outside the module tree: state-dict keys do not change.
+        self.compiled_networks = None if options is None else CompiledNetworks(generator, discriminator, options)
 
     # ------------------------------------------------------------------ sampling
     @property
@@ -177,9 +185,18 @@ class GANModule(L.LightningModule):
         """``generator(z)``, or ``generator(z, labels)`` when labels are given."""
         return generator(z) if labels is None else generator(z, labels)
 
-    def run_discriminator(self, x: Tensor, labels: Optional[Tensor] = None) -> Tensor:
-        """``discriminator(x)``, or ``discriminator(x, labels)`` when labels are given."""
-        return self.discriminator(x) if labels is None else self.discriminator(x, labels)
+    def run_discriminator(self, x: Tensor, labels: Optional[Tensor] = None, discriminator: Optional[Callable[..., Tensor]] = None) -> Tensor:
+        """``discriminator(x)``, or ``discriminator(x, labels)`` when labels are given (default: ``self.discriminator``)."""
+        d = self.discriminator if discriminator is None else discriminator
+        return d(x) if labels is None else d(x, labels)
+
+    def training_networks(self, due: Sequence[tuple[str, Regularizer]] = ()) -> tuple[Callable[..., Tensor], Callable[..., Tensor]]:
+        """G and D for the adversarial forwards: the compiled ones under ``compile``, except that D runs eagerly while a
+        due term declares ``needs_double_backward`` (double backward does not go through compiled graphs)."""
+        if self.compiled_networks is None:
+            return self.generator, self.discriminator
+        eager_d = any(getattr(reg, "needs_double_backward", False) for _, reg in due)
+        return self.compiled_networks.generator, self.discriminator if eager_d else self.compiled_networks.discriminator
 
     @torch.no_grad()
     def generate(self, n: Optional[int] = None, z: Optional[Tensor] = None, y: Optional[Tensor] = None) -> Tensor:
@@ -272,14 +289,15 @@ class GANModule(L.LightningModule):
         due = [(name, reg) for name, reg in self.regularizers.items() if reg.is_due(self.d_steps)]
         z = self.sample_noise(real.shape[0])
         fake_labels = self.sample_labels(real.shape[0]) if labels is not None else None
+        G, D = self.training_networks(due)
         with torch.no_grad():
-            fake = self.run_generator(self.generator, z, fake_labels)
+            fake = self.run_generator(G, z, fake_labels)
         real_in = real.detach().requires_grad_(any(r.needs_real_grad for _, r in due))
         fake_in = fake.detach().requires_grad_(any(r.needs_fake_grad for _, r in due))
         metrics: dict[str, Tensor] = {}
         with self.toggled_optimizer(d_opt):
-            d_real = self.run_discriminator(real_in, labels).float()
-            d_fake = self.run_discriminator(fake_in, fake_labels).float()
+            d_real = self.run_discriminator(real_in, labels, D).float()
+            d_fake = self.run_discriminator(fake_in, fake_labels, D).float()
             d_adv = self.loss.d_loss(d_real, d_fake)
             d_loss = d_adv
             batch = DiscriminatorBatch(
@@ -300,11 +318,12 @@ class GANModule(L.LightningModule):
 
     def generator_step(self, batch_size: int, g_opt: Any) -> dict[str, Tensor]:
         """One G update; D's parameters are frozen by toggling so no D gradient is computed."""
+        G, D = self.training_networks()
         with self.toggled_optimizer(g_opt):
             z = self.sample_noise(batch_size)
             labels = self.sample_labels(batch_size) if self.conditional else None
-            fake = self.run_generator(self.generator, z, labels)
-            g_loss = self.loss.g_loss(self.run_discriminator(fake, labels).float())
+            fake = self.run_generator(G, z, labels)
+            g_loss = self.loss.g_loss(self.run_discriminator(fake, labels, D).float())
             g_opt.zero_grad(set_to_none=True)
             self.backward_and_reduce(g_loss, g_opt)
             self._clip(g_opt)

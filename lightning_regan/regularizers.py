@@ -67,6 +67,9 @@ class Regularizer(nn.Module):
     #: Whether the term needs gradients of D's output with respect to the real / fake input.
     needs_real_grad: bool = False
     needs_fake_grad: bool = False
+    #: Whether the term differentiates through D twice (``create_graph=True``): under ``GANModule(compile=True)`` a D
+    #: step with such a term due runs D eagerly (double backward does not go through compiled graphs).
+    needs_double_backward: bool = False
     #: Name used in logs (``train/d_reg/<name>``).
     default_name: str = "reg"
 
@@ -171,6 +174,7 @@ class R1(Regularizer):
     """
 
     needs_real_grad = True
+    needs_double_backward = True
     default_name = "r1"
 
     def __init__(self, weight: float = 1.0, every: int = 1) -> None:
@@ -185,6 +189,7 @@ class R2(Regularizer):
     """Zero-centred gradient penalty on generated data: ``0.5 * E_fake ||grad_x D(x)||^2``."""
 
     needs_fake_grad = True
+    needs_double_backward = True
     default_name = "r2"
 
     def __init__(self, weight: float = 1.0, every: int = 1) -> None:
@@ -208,6 +213,7 @@ class WGANGP(Regularizer):
         one_sided: Penalize only norms above ``center`` (TF-GAN's one-sided variant).
     """
 
+    needs_double_backward = True
     default_name = "wgan_gp"
 
     def __init__(self, weight: float = 10.0, every: int = 1, center: float = 1.0, one_sided: bool = False) -> None:

@@ -168,6 +168,12 @@ def check_values(cfg: DictConfig) -> None:
         )
     need_int("module.ema_start_g_step", module.get("ema_start_g_step", 0), 0)
     need_int("module.num_fixed_samples", module.get("num_fixed_samples", 64), 1)
+    try:
+        from lightning_regan.compile import compile_options  # torch-free
+
+        compile_options(module.get("compile", False))
+    except ValueError as exc:
+        raise ConfigError(str(exc).replace("GANModule: compile", "module.compile") + " (e.g. module.compile=true)") from None
     clip = module.get("gradient_clip_val")
     if clip is not None and (not is_number(clip) or clip <= 0):
         raise ConfigError(f"module.gradient_clip_val must be a number > 0 or null, got {clip!r}.")
