@@ -28,7 +28,7 @@ Rules = Union[Sequence[StopRule], Mapping[str, Optional[StopRule]]]
 
 
 def _snake(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()  # FIDTrend -> fid_trend
 
 
 def _named(rules: Rules) -> dict[str, StopRule]:
