@@ -9,7 +9,7 @@ from typing import Any, Optional
 import lightning as L
 from torch import Tensor
 
-from lightning_regan.callbacks.g_step import g_step_budget, g_steps_of
+from lightning_regan.callbacks.g_step import GStepCallback, g_step_budget, g_steps_of
 from lightning_regan.logged import NewEvaluations
 from lightning_regan.stopping.base import check_keys, check_mode
 from lightning_regan.validation import check_bool
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 RESTORE_CHOICES = ("on_stop", "always", "never")
 
 
-class BestGenerator(L.Callback):
+class BestGenerator(GStepCallback):
     """Keep the generator of the best ``monitor`` value and load it back when training ends.
 
     At each new evaluation of ``monitor`` (a new ``<monitor>_g_step``, else a changed value) that beats the best
@@ -110,8 +110,7 @@ class BestGenerator(L.Callback):
         # An evaluation logged after our batch end (a monitor registered after us): the generator has not moved since.
         self._ingest(trainer, pl_module)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_g_step(self, trainer: L.Trainer, pl_module: L.LightningModule, g_step: int) -> None:
         self._ingest(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
