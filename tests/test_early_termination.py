@@ -585,7 +585,7 @@ def test_resume_keeps_the_new_config(tmp_path):
     assert more_patient.stopped_g_step == 55  # 5 evaluations after the best, counting the restored one at 35
 
 
-def test_state_dict_round_trip_and_state_key():
+def test_state_dict_round_trip_and_state_key(caplog):
     et = EarlyTermination(plateau_rules())
     et.smoothed = {"fid_plateau": [(20, 15.0), (40, 12.5)]}
     et.states["fid_plateau"].wait_count = 2
@@ -595,10 +595,12 @@ def test_state_dict_round_trip_and_state_key():
     assert other.states["fid_plateau"].wait_count == 2 and other.status == "completed"
     assert "val/fid" in et.state_key
     assert EarlyTermination([FIDPlateau(monitor="val/kid")]).state_key != EarlyTermination([FIDPlateau()]).state_key
-    # a rule absent from the checkpoint starts fresh
+    # a rule absent from the checkpoint starts fresh, and the log says so
     fresh = EarlyTermination([Divergence()])
-    fresh.load_state_dict({"rules": {"fid_plateau": {"wait_count": 3}}})
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        fresh.load_state_dict({"rules": {"fid_plateau": {"wait_count": 3}}})
     assert fresh.states["divergence"].violation_count == 0
+    assert "no state of the rule(s) divergence" in caplog.text
 
 
 # ---------------------------------------------------------------------------------------------- arguments, configs

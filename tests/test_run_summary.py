@@ -148,6 +148,42 @@ def test_the_order_of_the_callbacks_does_not_change_the_status(tmp_path, script,
     assert outcomes[0] == outcomes[1] == (*expected, 12)
 
 
+@pytest.mark.parametrize("script", ["diverge", "plateau"])
+def test_early_termination_and_optuna_pruning_in_either_order_give_one_status(tmp_path, script):
+    """Both real deciders stop at G step 10: the status is the same whichever is registered first (before, the later
+    callback's summary_fields overwrote the earlier one's status)."""
+    optuna = pytest.importorskip("optuna")
+    from lightning_regan.sweep import open_storage
+    from lightning_regan.sweep.pruning import OptunaPruning
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=6)  # first decision at G step 10
+    storage = str(tmp_path / "optuna.journal")
+    study = optuna.create_study(study_name="s", storage=open_storage(storage), pruner=pruner)
+    finished = study.ask()
+    for g in range(5, 61, 5):
+        finished.report(1.0, g)
+    study.tell(finished, 1.0)
+    fids = {5: 45.0, 10: 50.0, 15: 40.0}  # worse than the finished trial: pruned at 10; no improvement at 10
+    if script == "diverge":
+        metrics = lambda g: {**steady(g), "train/d_loss": math.nan if g >= 10 else 1.3}  # noqa: E731
+        rules = [Divergence()]
+    else:
+        metrics, rules = steady, [FIDPlateau(patience=1, window=1)]
+    outcomes = []
+    for order in range(2):
+        et = EarlyTermination(list(rules))
+        pruning = OptunaPruning(storage, "s", study.ask().number, pruner)
+        deciders = [et, pruning] if order == 0 else [pruning, et]
+        out = tmp_path / str(order)
+        fit(ScriptedGAN(metrics), [ScriptedFID(fids), *deciders, RunSummary(out, plots=False)], g_steps=60)
+        assert et.stopped_g_step == 10 == pruning.pruned_g_step
+        s = read_summary(out)
+        outcomes.append((s["status"], s["stop_reason"], s["stopped_g_step"]))
+    expected = ("diverged", "divergence") if script == "diverge" else ("pruned", "pruned")
+    assert outcomes[0] == outcomes[1] == (*expected, 10)
+
+
 def test_the_earliest_stop_record_wins_then_the_status_rank():
     late_divergence = StopRecord("diverged", "divergence", 20, "EarlyTermination")
     early_plateau = StopRecord("stopped_early", "fid_plateau", 10, "EarlyTermination")

@@ -138,6 +138,10 @@ class EarlyTermination(GStepCallback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = state_dict.get("rules") or {}
+        fresh = [name for name in self.states if name not in saved]
+        if fresh and saved:
+            log.warning("EarlyTermination: the checkpoint holds no state of the rule(s) %s (it has %s); they start "
+                        "afresh.", ", ".join(fresh), ", ".join(saved))
         for name, state in self.states.items():
             if name in saved:
                 state.load_state_dict(saved[name])
