@@ -24,7 +24,7 @@ from lightning_regan.callbacks.early_termination import EarlyTermination
 from lightning_regan.callbacks.g_step import GStepCallback
 from lightning_regan.callbacks.run_summary import RunSummary
 from lightning_regan.module import max_steps_for
-from lightning_regan.stopping import Divergence, FIDPlateau, LossPlateau, RuleState, StopReason, StopRule
+from lightning_regan.stopping import Collapse, Divergence, FIDPlateau, LossPlateau, RuleState, StopReason, StopRule
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOGGER = "lightning_regan.callbacks.early_termination"
@@ -303,30 +303,41 @@ def test_a_rule_of_the_users_own_stops_a_short_fit():
 
 
 class ScriptedAccuracy(GStepCallback):
-    """Logs ``val/class_accuracy`` (higher is better) every 5 G steps, without a ``_g_step`` key."""
+    """Logs ``val/class_accuracy`` (higher is better) every 5 G steps with ``val/fid_g_step``, as FIDMonitor does."""
 
     def __init__(self, values: Mapping[int, float]) -> None:
         self.values = dict(values)
 
     def on_g_step(self, trainer, pl_module, g):
         if g in self.values:
-            pl_module.log("val/class_accuracy", self.values[g], on_step=True, on_epoch=False, batch_size=1)
+            pl_module.log_dict({"val/class_accuracy": self.values[g], "val/fid_g_step": float(g)}, on_step=True,
+                               on_epoch=False, batch_size=1)
 
 
 def test_a_max_mode_rule_on_a_scripted_metric_with_the_best_generator():
-    # Accuracy rises to 0.9 at G step 30, then hovers below it.
-    acc = {g: min(0.9, 0.3 * g / 10) if g <= 30 else 0.88 + (0.01 if (g // 5) % 2 else 0.0) for g in range(5, 201, 5)}
-    et = EarlyTermination([FIDPlateau(monitor="val/class_accuracy", mode="max", patience=3, window=1)])
-    keeper = best(monitor="val/class_accuracy", mode="max")
+    # Accuracy rises to 0.9 at G step 30, then stays at 0.88 (a repeated value: the step key tells evaluations apart).
+    acc = {g: min(0.9, 0.3 * g / 10) if g <= 30 else 0.88 for g in range(5, 201, 5)}
+
+    def rule(mode="max", step_key="val/fid_g_step"):
+        return FIDPlateau(monitor="val/class_accuracy", mode=mode, patience=3, window=1, step_key=step_key)
+
+    et = EarlyTermination([rule()])
+    keeper = best(monitor="val/class_accuracy", mode="max", step_key="val/fid_g_step")
     module = ScriptedGAN()
     fit(module, [ScriptedAccuracy(acc), et, keeper], g_steps=200)
     assert et.stop_reason is StopReason.FID_PLATEAU and et.stopped_g_step == 45 == module.g_steps
     assert keeper.best_value == pytest.approx(0.9) and keeper.best_g_step == 30
     assert keeper.restored and module.generator.weight.item() == 30.0
-    # The same metric read as lower-is-better stops at once (the rise is no improvement): the mode decides.
-    et = EarlyTermination([FIDPlateau(monitor="val/class_accuracy", mode="min", patience=3, window=1)])
+    # The same metric read as lower-is-better stops early in the rise (a rise is no improvement): the mode decides.
+    et = EarlyTermination([rule(mode="min")])
     fit(ScriptedGAN(), [ScriptedAccuracy(acc), et], g_steps=200)
     assert et.stopped_g_step == 20
+    # Without the step key (val/class_accuracy_g_step is not logged) a repeated value is no new evaluation.
+    et = EarlyTermination([rule(step_key=None)])
+    fit(ScriptedGAN(), [ScriptedAccuracy(acc), et], g_steps=200)
+    assert et.stop_reason is None
+    with pytest.raises(ValueError, match="step_key"):
+        EarlyTermination([rule(), Collapse(monitor="val/class_accuracy", mode="max")])
 
 
 def test_rules_by_name_tolerance_shared_and_never_mutated():

@@ -34,6 +34,7 @@ class BestGenerator(GStepCallback):
         mode: ``"min"`` when lower is better, ``"max"`` when higher is.
         restore: ``"on_stop"``, ``"always"`` or ``"never"`` (only track the best).
         verbose: Log new bests and the restore (rank zero).
+        step_key: The logged G step of each evaluation (``None``: ``<monitor>_g_step``).
 
     Attributes:
         best_value: The best value seen, or ``None``; ``best_g_step`` its G step.
@@ -42,7 +43,7 @@ class BestGenerator(GStepCallback):
     """
 
     def __init__(self, monitor: str = "val/fid", mode: str = "min", restore: str = "on_stop",
-                 verbose: bool = True) -> None:
+                 verbose: bool = True, step_key: Optional[str] = None) -> None:
         super().__init__()
         self.monitor = check_keys("BestGenerator", "monitor", monitor)[0]
         self.mode = check_mode("BestGenerator", mode)
@@ -57,7 +58,8 @@ class BestGenerator(GStepCallback):
         self.restored = False
         self.restored_into: Optional[str] = None
         self._weights: Optional[dict[str, Tensor]] = None
-        self._evaluations = NewEvaluations(self.monitor, f"{self.monitor}_g_step")
+        step_key = f"{self.monitor}_g_step" if step_key is None else check_keys("BestGenerator", "step_key", step_key)[0]
+        self._evaluations = NewEvaluations(self.monitor, step_key)
 
     @property
     def state_key(self) -> str:

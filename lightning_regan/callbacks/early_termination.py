@@ -60,7 +60,8 @@ class EarlyTermination(GStepCallback):
 
     Each rule declares the metric it reads (``monitor``), its ``mode`` and its ``cadence``. On every G step the
     ``"step"`` rules (``Divergence``, ``LossPlateau``) read ``trainer.callback_metrics``. Each new evaluation of an
-    ``"evaluation"`` rule's ``monitor`` (a new ``<monitor>_g_step``, else a changed ``<monitor>``) feeds that rule
+    ``"evaluation"`` rule's ``monitor`` (a new value of its ``step_key``, ``<monitor>_g_step`` by default, else a
+    changed ``<monitor>``) feeds that rule
     with the keys logged with it (``val/fid_std``, ``val/recall``), whichever order the callbacks run in. The decision
     is reduced over ranks (any rank stops all) and so is the reason, by priority
     (:data:`~lightning_regan.stopping.REASON_CODES`: divergence > collapsed > FID plateau > loss plateau). Sanity
@@ -107,8 +108,15 @@ class EarlyTermination(GStepCallback):
         self.verbose = check_bool("EarlyTermination", "verbose", verbose)
 
         self.states: dict[str, RuleState] = {name: rule.new_state() for name, rule in named.items()}
-        self._evaluations = {m: NewEvaluations(m, f"{m}_g_step")
-                             for m in dict.fromkeys(r.monitor for r in named.values() if r.cadence == "evaluation")}
+        self._evaluations: dict[str, NewEvaluations] = {}
+        for name, rule in named.items():
+            if rule.cadence != "evaluation":
+                continue
+            step_key = rule.step_key or f"{rule.monitor}_g_step"
+            tracker = self._evaluations.setdefault(rule.monitor, NewEvaluations(rule.monitor, step_key))
+            if tracker.step_key != step_key:
+                raise ValueError(f"EarlyTermination: rule {name!r} reads the G step of {rule.monitor} from {step_key!r}, "
+                                 f"another rule from {tracker.step_key!r}; give them the same step_key.")
         self.smoothed: dict[str, list[tuple[int, float]]] = {}
         self.stop_record: Optional[StopRecord] = None
         self.stop_reason: Optional[StopReason] = None

@@ -106,6 +106,8 @@ class StopRule:
             it); ``"step"``: fed every G step with ``keys``.
         monitor: The metric the rule decides on.
         mode: ``"min"`` (lower is better) or ``"max"``.
+        step_key: The logged G step of each evaluation of ``monitor`` (a new value is a new evaluation, also when the
+            value repeats); ``None``: ``<monitor>_g_step``. Without it logged, a changed value is a new evaluation.
     """
 
     reason: ClassVar[StopReason] = StopReason.FID_PLATEAU
@@ -113,6 +115,7 @@ class StopRule:
     state_class: ClassVar[type["RuleState"]]
     monitor: str
     mode: str = "min"
+    step_key: Optional[str] = None
 
     @property
     def keys(self) -> tuple[str, ...]:

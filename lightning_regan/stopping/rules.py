@@ -212,6 +212,8 @@ class FIDPlateau(StopRule):
         warmup_g_steps: Evaluations before this G step never count towards ``patience``.
         monitor: Name of the metric (``val/fid``, ``val/mmd``, ``val/class_accuracy``, ...).
         mode: ``"min"`` when lower is better (distances), ``"max"`` when higher is (accuracy).
+        step_key: The logged G step of each evaluation (``None``: ``<monitor>_g_step``; ``val/class_accuracy`` is
+            logged with ``val/fid_g_step``).
     """
 
     reason = StopReason.FID_PLATEAU
@@ -224,6 +226,7 @@ class FIDPlateau(StopRule):
         warmup_g_steps: int = 0,
         monitor: str = "val/fid",
         mode: str = "min",
+        step_key: Optional[str] = None,
     ) -> None:
         name = type(self).__name__
         self.patience = check_int(name, "patience", patience, 1)
@@ -232,11 +235,13 @@ class FIDPlateau(StopRule):
         self.warmup_g_steps = check_int(name, "warmup_g_steps", warmup_g_steps, 0)
         self.monitor = check_keys(name, "monitor", monitor)[0]
         self.mode = check_mode(name, mode)
+        self.step_key = None if step_key is None else check_keys(name, "step_key", step_key)[0]
 
     def config(self) -> dict[str, Any]:
         return {
             "patience": self.patience, "min_delta": self.min_delta, "window": self.window,
             "warmup_g_steps": self.warmup_g_steps, "monitor": self.monitor, "mode": self.mode,
+            "step_key": self.step_key,
         }
 
 
@@ -443,7 +448,7 @@ class _EvaluationRule(StopRule):
 
     def _init_common(self, tolerance: float, warmup_g_steps: int, min_evaluations: int,
                      recall_tolerance: Optional[float], monitor: str, noise_key: Optional[str], recall_key: str,
-                     min_progress: float, mode: str) -> None:
+                     min_progress: float, mode: str, step_key: Optional[str]) -> None:
         name = type(self).__name__
         if mode != "min":
             raise ValueError(
@@ -459,6 +464,7 @@ class _EvaluationRule(StopRule):
         self.monitor = check_keys(name, "monitor", monitor)[0]
         self.noise_key = check_keys(name, "noise_key", noise_key if noise_key is not None else f"{self.monitor}_std")[0]
         self.recall_key = check_keys(name, "recall_key", recall_key)[0]
+        self.step_key = None if step_key is None else check_keys(name, "step_key", step_key)[0]
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -473,7 +479,7 @@ class _EvaluationRule(StopRule):
         return {"tolerance": self.tolerance, "warmup_g_steps": self.warmup_g_steps, "min_progress": self.min_progress,
                 "min_evaluations": self.min_evaluations, "recall_tolerance": self.recall_tolerance,
                 "monitor": self.monitor, "noise_key": self.noise_key, "recall_key": self.recall_key,
-                "mode": self.mode}
+                "mode": self.mode, "step_key": self.step_key}
 
 
 class _EvaluationState(RuleState):
@@ -593,6 +599,7 @@ class FIDTrend(_EvaluationRule):
             the budget gain more than ``tolerance``?"). ``None``: :class:`EarlyTermination` gives the run's state the
             Trainer's ``max_steps`` (left uncapped when the Trainer has none).
         mode: ``"min"`` only (a distance).
+        step_key: The logged G step of each evaluation (``None``: ``<monitor>_g_step``).
     """
 
     def __init__(
@@ -610,10 +617,11 @@ class FIDTrend(_EvaluationRule):
         min_progress: float = 0.5,
         budget_g_steps: Optional[int] = None,
         mode: str = "min",
+        step_key: Optional[str] = None,
     ) -> None:
         name = type(self).__name__
         self._init_common(tolerance, warmup_g_steps, min_evaluations, recall_tolerance, monitor, noise_key, recall_key,
-                          min_progress, mode)
+                          min_progress, mode, step_key)
         self.budget_g_steps = check_int(name, "budget_g_steps", budget_g_steps, 1, optional=True)
         self.horizon = check_number(name, "horizon", horizon, 0.0, strict=True)
         self.window = check_number(name, "window", window, 0.0, strict=True)
@@ -684,7 +692,7 @@ class FIDNoisePlateau(_EvaluationRule):
         patience: Share of the run without improvement before stopping (0.3 = the last 30 % of G steps).
         min_delta_share: Share of ``tolerance`` an improvement must beat besides the noise.
         min_evaluations: Fewest evaluations without improvement before stopping.
-        recall_tolerance, warmup_g_steps, monitor, noise_key, recall_key, min_progress, mode: As in
+        recall_tolerance, warmup_g_steps, monitor, noise_key, recall_key, min_progress, mode, step_key: As in
             :class:`FIDTrend`.
     """
 
@@ -702,10 +710,11 @@ class FIDNoisePlateau(_EvaluationRule):
         recall_key: str = "val/recall",
         min_progress: float = 0.5,
         mode: str = "min",
+        step_key: Optional[str] = None,
     ) -> None:
         name = type(self).__name__
         self._init_common(tolerance, warmup_g_steps, min_evaluations, recall_tolerance, monitor, noise_key, recall_key,
-                          min_progress, mode)
+                          min_progress, mode, step_key)
         self.z = check_number(name, "z", z, 0.0)
         self.patience = _below_one(name, "patience", patience, "is a share of the run", strict=True)
         self.min_delta_share = check_number(name, "min_delta_share", min_delta_share, 0.0)
@@ -811,6 +820,7 @@ class Collapse(StopRule):
         min_recall: No decision before the best smoothed recall reaches this (absolute, recall is in [0, 1]).
         monitor: The quality metric name. ``recall_key``: recall metric name.
         mode: ``"min"`` when lower is better for ``monitor``, ``"max"`` when higher is.
+        step_key: The logged G step of each evaluation (``None``: ``<monitor>_g_step``).
     """
 
     reason = StopReason.COLLAPSED
@@ -826,6 +836,7 @@ class Collapse(StopRule):
         monitor: str = "val/fid",
         recall_key: str = "val/recall",
         mode: str = "min",
+        step_key: Optional[str] = None,
     ) -> None:
         name = type(self).__name__
         self.min_recall = _below_one(name, "min_recall", min_recall, "is a recall (in [0, 1])")
@@ -837,6 +848,7 @@ class Collapse(StopRule):
         self.monitor = check_keys(name, "monitor", monitor)[0]
         self.recall_key = check_keys(name, "recall_key", recall_key)[0]
         self.mode = check_mode(name, mode)
+        self.step_key = None if step_key is None else check_keys(name, "step_key", step_key)[0]
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -845,7 +857,7 @@ class Collapse(StopRule):
     def config(self) -> dict[str, Any]:
         return {"recall_drop": self.recall_drop, "fid_rise": self.fid_rise, "window": self.window,
                 "patience": self.patience, "warmup_g_steps": self.warmup_g_steps, "min_recall": self.min_recall,
-                "monitor": self.monitor, "recall_key": self.recall_key, "mode": self.mode}
+                "monitor": self.monitor, "recall_key": self.recall_key, "mode": self.mode, "step_key": self.step_key}
 
 
 class CollapseState(RuleState):
