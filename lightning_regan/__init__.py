@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 # Public name -> module that defines it.
 _LAZY = {
+    "BestGenerator": "lightning_regan.callbacks",
     "EarlyTermination": "lightning_regan.callbacks",
     "FIDMonitor": "lightning_regan.callbacks",
     "ModeCoverageMonitor": "lightning_regan.callbacks",
@@ -27,7 +28,9 @@ _LAZY = {
     "FIDPowerLaw": "lightning_regan.stopping",
     "FIDTrend": "lightning_regan.stopping",
     "LossPlateau": "lightning_regan.stopping",
+    "RuleState": "lightning_regan.stopping",
     "StopReason": "lightning_regan.stopping",
+    "StopRule": "lightning_regan.stopping",
 }
 _SUBMODULES = ("callbacks", "data", "losses", "models", "regularizers", "stopping")
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger(__name__)
 
@@ -50,34 +50,26 @@ def compose_config(overrides: Sequence[str] = (), config_name: str = "train", re
         return compose(config_name=config_name, overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
-#: Config nodes that hold named instantiable entries (a group chosen as a list) and EarlyTermination's rule slots.
-_NAMED_GROUPS = ("regularizer", "callbacks", "logger")
-_RULE_SLOTS = ("loss_plateau", "fid_plateau", "divergence", "collapse")
+#: Config nodes that hold named instantiable entries (a group chosen as a list; EarlyTermination's rules).
+_NAMED_GROUPS = ("regularizer", "callbacks", "logger", "early_stopping.rules")
 
 
 def drop_unselected(cfg: DictConfig) -> list[str]:
     """Remove settings for entries that are not chosen, so that every ``experiment=`` preset composes with any choice.
 
-    A preset may tune ``regularizer.r1.weight`` or ``early_stopping.fid_plateau.warmup_g_steps``; when the command line
-    then picks ``regularizer=l2`` or ``early_stopping=plateau``, that setting is left without a ``_target_``. Such
-    nodes (under ``regularizer``, ``callbacks``, ``logger`` and EarlyTermination's rule slots) are removed here and
-    named in one info line. Returns their paths.
+    A preset may tune ``regularizer.r1.weight`` or ``early_stopping.rules.metric_plateau.warmup_g_steps``; when the
+    command line then picks ``regularizer=l2`` or ``early_stopping=plateau``, that setting is left without a
+    ``_target_``. Such nodes (under ``regularizer``, ``callbacks``, ``logger`` and ``early_stopping.rules``) are removed
+    here and named in one info line. Returns their paths.
     """
     dropped: list[str] = []
     with open_dict(cfg):
         for group in _NAMED_GROUPS:
-            node = cfg.get(group)
+            node = OmegaConf.select(cfg, group)
             if isinstance(node, DictConfig):
                 for name in [k for k, v in node.items() if isinstance(v, DictConfig) and "_target_" not in v]:
                     del node[name]
                     dropped.append(f"{group}.{name}")
-        early = cfg.get("early_stopping")
-        if isinstance(early, DictConfig) and "_target_" in early:
-            for slot in _RULE_SLOTS:
-                rule = early.get(slot)
-                if isinstance(rule, DictConfig) and "_target_" not in rule:
-                    early[slot] = None
-                    dropped.append(f"early_stopping.{slot}")
     if dropped:
         log.info("Settings for entries that are not chosen are ignored: %s.", ", ".join(dropped))
     return dropped

@@ -187,7 +187,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
         f"callbacks.fid.num_samples={samples}", f"output_dir={spec['run_dir']}",
         *((f"data.root={DATA_ROOT}",) if setup.test_split else ()),
     ])
-    divergence_node = cfg.get("early_stopping", {}).get("divergence") if cfg.get("early_stopping") else None
+    divergence_node = (cfg.get("early_stopping") or {}).get("rules", {}).get("divergence")
     drop_unselected(cfg)
     validate_config(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -196,9 +196,10 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     module = build_module(cfg, generator, discriminator)
     callbacks = build_callbacks(cfg)
     monitor = next(cb for cb in callbacks if isinstance(cb, FIDMonitor))
-    default_divergence = compose_config(["early_stopping=default", "output_dir=/tmp"]).early_stopping.divergence
+    default_divergence = compose_config(["early_stopping=default", "output_dir=/tmp"]).early_stopping.rules.divergence
     # early_stopping=none leaves only an experiment's partial overrides (e.g. experiment=diverging's thresholds)
     divergence: Divergence = instantiate(OmegaConf.merge(default_divergence, divergence_node or {}))
+    divergence_state = divergence.new_state()
 
     class Recorder(Callback):
         """Independent re-measurement of each evaluated generator; divergence watched without stopping."""
@@ -242,7 +243,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
                 if exploded and self.first_exploded is None:
                     self.first_exploded = g
                 if self.divergence_step is None:
-                    stop, message = divergence.update(g, metrics)
+                    stop, message = divergence_state.update(g, metrics)
                     if stop:
                         self.divergence_step, self.divergence_message = g, message
             if not monitor.history or (self.rows and self.rows[-1]["g_step"] == monitor.history[-1][0]):
@@ -284,7 +285,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
         recorder.divergence_step = earlier["divergence_g_step"]
         recorder.divergence_message = earlier["divergence_message"]
         if earlier.get("divergence_state"):
-            divergence.load_state_dict(earlier["divergence_state"])
+            divergence_state.load_state_dict(earlier["divergence_state"])
     trainer = instantiate(cfg.trainer, max_steps=max_steps_for(budget, module.n_critic), callbacks=[*callbacks, recorder],
                           logger=False, default_root_dir=spec["run_dir"])
     start = time.perf_counter()
@@ -298,7 +299,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
         "monitor_setup_s": monitor.setup_time_s + earlier.get("monitor_setup_s", 0.0), "evaluations": recorder.rows,
         "first_exploded_g_step": recorder.first_exploded, "divergence_g_step": recorder.divergence_step,
         "divergence_message": recorder.divergence_message, "divergence_rule": divergence.config(),
-        "divergence_state": divergence.state_dict(),
+        "divergence_state": divergence_state.state_dict(),
         **({"extended_from": {"max_g_steps": earlier["max_g_steps"], "process_wall_s": earlier["process_wall_s"]}}
            if earlier else {}),
     }
@@ -439,10 +440,10 @@ def replay_rule(run: dict[str, Any], make_rule: Optional[Callable[[], StopRule]]
     nothing fires), why, and the index of the evaluation whose generator is restored (best monitor FID so far).
     """
     rows = run["evaluations"]
-    rule = make_rule() if make_rule else None
+    rule = make_rule().new_state() if make_rule else None
     if rule is not None and getattr(make_rule, "budget", True) and getattr(rule, "budget_g_steps", False) is None:
         rule.budget_g_steps = run["max_g_steps"]  # as EarlyTermination does from the Trainer's max_steps
-    collapse = make_collapse() if make_collapse else None
+    collapse = make_collapse().new_state() if make_collapse else None
     divergence_step = run.get("divergence_g_step") if use_divergence else None
     stop, reason = None, None
     for row in rows:

@@ -97,7 +97,8 @@ def test_default_config_is_valid_and_builds_everything(tmp_path):
     assert isinstance(module, GANModule) and list(module.regularizers) == ["r1"]
     names = [type(cb).__name__ for cb in build_callbacks(cfg)]
     assert names == [
-        "FIDMonitor", "EarlyTermination", "SampleGrid", "ModelCheckpoint", "RunSummary", "GStepProgressBar",
+        "FIDMonitor", "EarlyTermination", "SampleGrid", "ModelCheckpoint", "BestGenerator", "RunSummary",
+        "GStepProgressBar",
     ]
 
 
@@ -193,11 +194,12 @@ def test_early_stopping_choice_instantiates(tmp_path, rule):
         return
     callback = instantiate(node)
     assert type(callback).__name__ == "EarlyTermination"
-    assert any(getattr(callback, name) is not None for name in ("loss_plateau", "fid_plateau", "divergence"))
-    # default: all three rules, and where an FID is measured the FID decides (the losses only without one).
-    assert callback.loss_plateau_only_without_fid is (rule == "default")
+    assert {"loss_plateau", "metric_plateau"} & set(callback.rules) and "divergence" in callback.rules
+    # default: all the rules, and where the stop metric is measured its rule decides (the losses only without one).
+    loss_plateau = callback.rules.get("loss_plateau")
+    assert (loss_plateau is not None and loss_plateau.until_logged == "val/fid") is (rule == "default")
     if rule == "default":
-        assert None not in (callback.loss_plateau, callback.fid_plateau, callback.divergence)
+        assert set(callback.rules) == {"loss_plateau", "metric_plateau", "collapse", "divergence"}
 
 
 @pytest.mark.parametrize("trainer", choices("trainer"))
@@ -298,7 +300,8 @@ def test_every_preset_composes_with_every_choice_of_the_groups_it_touches(tmp_pa
 
 def test_a_preset_tuning_an_unchosen_entry_composes(tmp_path):
     cfg = compose(tmp_path, "experiment=ring", "regularizer=l2", "early_stopping=plateau", "callbacks=[summary]")
-    assert drop_unselected(cfg) == ["regularizer.r1", "callbacks.fid", "callbacks.samples", "early_stopping.fid_plateau"]
+    assert drop_unselected(cfg) == ["regularizer.r1", "callbacks.fid", "callbacks.samples",
+                                    "early_stopping.rules.metric_plateau"]
     validate_config(cfg)
     assert list(build_module(cfg, *build_models(cfg, (2,))).regularizers) == ["l2"]
     names = [type(cb).__name__ for cb in build_callbacks(cfg)]
@@ -308,7 +311,7 @@ def test_a_preset_tuning_an_unchosen_entry_composes(tmp_path):
 def test_callbacks_are_removable_from_the_command_line(tmp_path):
     cfg = compose(tmp_path, "~callbacks.fid", "~callbacks.samples")
     names = [type(cb).__name__ for cb in build_callbacks(cfg)]
-    assert names == ["EarlyTermination", "ModelCheckpoint", "RunSummary", "GStepProgressBar"]
+    assert names == ["EarlyTermination", "ModelCheckpoint", "BestGenerator", "RunSummary", "GStepProgressBar"]
     checkpoint = next(cb for cb in build_callbacks(cfg) if type(cb).__name__ == "ModelCheckpoint")
     assert checkpoint.monitor is None  # no FID: last.ckpt only
 
@@ -367,15 +370,16 @@ def test_wheel_ships_the_configs_and_finds_them_installed(tmp_path):
 
 def test_a_collapse_setting_left_without_its_rule_is_dropped_and_trend_builds_it(tmp_path):
     # A preset tuning the collapse rule composes with an early_stopping choice that has no collapse rule.
-    cfg = compose(tmp_path, "early_stopping=fid", "+early_stopping.collapse.patience=3")
-    assert drop_unselected(cfg) == ["early_stopping.collapse"]
+    cfg = compose(tmp_path, "early_stopping=fid", "+early_stopping.rules.collapse.patience=3")
+    assert drop_unselected(cfg) == ["early_stopping.rules.collapse"]
     early = next(cb for cb in build_callbacks(cfg) if type(cb).__name__ == "EarlyTermination")
-    assert early.collapse is None
+    assert "collapse" not in early.rules
     for choice in ("trend", "default"):  # the study's rule (default) and the same without the loss fallback (trend)
         cfg = compose(tmp_path, f"early_stopping={choice}")
         assert drop_unselected(cfg) == []
         early = next(cb for cb in build_callbacks(cfg) if type(cb).__name__ == "EarlyTermination")
-        assert type(early.collapse).__name__ == "Collapse" and early.fid_plateau.tolerance == 0.05 \
-            and early.collapse.min_recall == 0.1
-        assert type(early.fid_plateau).__name__ == "FIDTrend" and early.fid_plateau.patience == 2
-    assert early.loss_plateau is not None and early.loss_plateau_only_without_fid
+        collapse, trend = early.rules["collapse"], early.rules["metric_plateau"]
+        assert type(collapse).__name__ == "Collapse" and trend.tolerance == 0.05 and collapse.min_recall == 0.1
+        assert type(trend).__name__ == "FIDTrend" and trend.patience == 2
+        assert ("loss_plateau" in early.rules) is (choice == "default")
+    assert early.rules["loss_plateau"].until_logged == "val/fid"

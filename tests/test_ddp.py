@@ -268,7 +268,7 @@ def scenario_divergence(out: Path) -> None:
     from lightning_regan.stopping import Divergence
 
     L.seed_everything(0, verbose=False)
-    early = EarlyTermination(divergence=Divergence(check_finite=True), verbose=False)
+    early = EarlyTermination([Divergence(check_finite=True)], verbose=False)
     module = NaNOnOneRank(TinyG(), TinyD())
     trainer = _plain_trainer([early], g_steps=30)
     trainer.fit(module, datamodule=Points())

@@ -161,7 +161,7 @@ def test_default_config_is_the_rule_the_study_chose():
     analysis = json.loads(COMMITTED.read_text())["analysis"]
     chosen = analysis["candidates"][analysis["chosen"]]
     et = instantiate(compose_config(["output_dir=/tmp/unused"]).early_stopping)
-    rule = et.fid_plateau
+    rule = et.rules["metric_plateau"]
     assert type(rule).__name__ == chosen["family"]
     defaults = study.FAMILIES[chosen["family"]]().config()
     expected = {**defaults, **chosen["args"]}

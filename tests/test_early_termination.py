@@ -1,4 +1,5 @@
-"""EarlyTermination in real tiny Trainers driven by scripted metrics; rank reduction; resume; configs."""
+"""EarlyTermination (and BestGenerator) in real tiny Trainers driven by scripted metrics; rank reduction; resume;
+configs; a rule of the user's own."""
 
 from __future__ import annotations
 
@@ -18,11 +19,12 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from helpers import TinyD, TinyG, point_loader
 from lightning_regan import GANModule
+from lightning_regan.callbacks.best_generator import BestGenerator
 from lightning_regan.callbacks.early_termination import EarlyTermination
 from lightning_regan.callbacks.g_step import GStepCallback
 from lightning_regan.callbacks.run_summary import RunSummary
 from lightning_regan.module import max_steps_for
-from lightning_regan.stopping import Divergence, FIDPlateau, LossPlateau, StopReason
+from lightning_regan.stopping import Collapse, Divergence, FIDPlateau, LossPlateau, RuleState, StopReason, StopRule
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOGGER = "lightning_regan.callbacks.early_termination"
@@ -156,12 +158,17 @@ def stop_logs(caplog) -> list[str]:
             if r.name == LOGGER and "Signaling Trainer to stop." in r.getMessage()]
 
 
+def best(**kw) -> BestGenerator:
+    """The best-generator callback as the configs build it (restored when a callback stops the run early)."""
+    return BestGenerator(**{"verbose": False, **kw})
+
+
 # ---------------------------------------------------------------------------------------------- stop reasons
 def test_loss_plateau_stops_the_trainer(caplog):
     caplog.set_level(logging.INFO, logger="lightning_regan")
     flat = lambda g: {"train/d_loss": 1.3 + (0.05 if g % 2 else -0.05), "train/d_adv": 1.2, "train/g_loss": 0.8}  # noqa: E731
-    et = EarlyTermination(loss_plateau=LossPlateau(window=5, min_delta=0.05, patience=3, warmup_g_steps=10,
-                                                   check_every_n_g_steps=5))
+    et = EarlyTermination([LossPlateau(window=5, min_delta=0.05, patience=3, warmup_g_steps=10,
+                                       check_every_n_g_steps=5)])
     module = ScriptedGAN(flat)
     trainer = fit(module, [et], g_steps=200)
     # checks at 10 (references), 15, 20, 25 flat -> stop at 25; training really ends there
@@ -169,50 +176,52 @@ def test_loss_plateau_stops_the_trainer(caplog):
     assert et.stopped_g_step == 25 == module.g_steps
     assert et.stop_message.startswith("Loss plateau") and et.stop_message.endswith("Signaling Trainer to stop.")
     assert stop_logs(caplog) == [et.stop_message]  # logged once
+    assert et.stop_record.status == "stopped_early" and et.stop_record.reason == "loss_plateau"
+    assert et.stop_record.g_step == 25 and et.stop_record.source == "EarlyTermination"
 
 
 def flat_losses(g: int) -> dict[str, float]:
     return {"train/d_loss": 1.3 + (0.05 if g % 2 else -0.05), "train/d_adv": 1.2, "train/g_loss": 0.8}
 
 
-def test_loss_plateau_only_without_fid_leaves_the_decision_to_the_fid():
-    rule = lambda: LossPlateau(window=5, min_delta=0.05, patience=3, warmup_g_steps=10,  # noqa: E731
-                               check_every_n_g_steps=5)
+def test_loss_plateau_until_the_fid_is_logged_leaves_the_decision_to_the_fid():
+    def rules(until_logged="val/fid", **fid):
+        return {"loss_plateau": LossPlateau(window=5, min_delta=0.05, patience=3, warmup_g_steps=10,
+                                            check_every_n_g_steps=5, until_logged=until_logged),
+                "fid_plateau": FIDPlateau(**{"patience": 3, **fid})}
+
     # An FID is measured (improving all along): the flat losses stop nothing; the run goes to its budget.
-    et = EarlyTermination(loss_plateau=rule(), fid_plateau=FIDPlateau(patience=3),
-                          loss_plateau_only_without_fid=True)
+    et = EarlyTermination(rules())
     module = ScriptedGAN(flat_losses)
     fit(module, [ScriptedFID(fid_curve(best_at=1000)), et], g_steps=100)
-    assert module.g_steps == 100 and et.stop_reason is None and not et.loss_plateau_active
-    assert et.describe()["loss_plateau_active"] is False
+    assert module.g_steps == 100 and et.stop_reason is None and et.states["loss_plateau"].off
     # Then the FID plateaus: the FID rule stops it, not the losses.
-    et = EarlyTermination(loss_plateau=rule(), fid_plateau=FIDPlateau(patience=3, window=1),
-                          loss_plateau_only_without_fid=True)
+    et = EarlyTermination(rules(window=1))
     fit(ScriptedGAN(flat_losses), [ScriptedFID(fid_curve(best_at=60)), et], g_steps=200)
     assert et.stop_reason is StopReason.FID_PLATEAU and et.stopped_g_step == 75
     # No FID measured: the same callback stops on the loss plateau, as without the option.
-    et = EarlyTermination(loss_plateau=rule(), fid_plateau=FIDPlateau(patience=3),
-                          loss_plateau_only_without_fid=True)
+    et = EarlyTermination(rules())
     module = ScriptedGAN(flat_losses)
     fit(module, [et], g_steps=200)
-    assert et.loss_plateau_active and et.stop_reason is StopReason.LOSS_PLATEAU and et.stopped_g_step == 25
+    assert not et.states["loss_plateau"].off and et.stop_reason is StopReason.LOSS_PLATEAU and et.stopped_g_step == 25
     # Without the option an FID changes nothing: the losses stop the run at 25 although the FID improves.
-    et = EarlyTermination(loss_plateau=rule(), fid_plateau=FIDPlateau(patience=3))
+    et = EarlyTermination(rules(until_logged=None))
     fit(ScriptedGAN(flat_losses), [ScriptedFID(fid_curve(best_at=1000)), et], g_steps=200)
     assert et.stop_reason is StopReason.LOSS_PLATEAU and et.stopped_g_step == 25
 
 
-def test_fid_plateau_stops_and_restores_the_best_generator(caplog):
+def test_fid_plateau_stops_and_best_generator_restores_the_best(caplog):
     caplog.set_level(logging.INFO, logger="lightning_regan")
     fid = ScriptedFID(fid_curve(best_at=30))
-    et = EarlyTermination(fid_plateau=FIDPlateau(patience=3, window=1, min_delta=0.01))
+    et = EarlyTermination([FIDPlateau(patience=3, window=1, min_delta=0.01)])
+    keeper = best()
     module = ScriptedGAN()
-    fit(module, [fid, et], g_steps=200)
+    fit(module, [fid, et, keeper], g_steps=200)
     assert et.stop_reason is StopReason.FID_PLATEAU and et.status == "stopped_early"
     assert et.stopped_g_step == 45 == module.g_steps  # 3 evaluations (35, 40, 45) after the best at 30
-    assert et.best_fid == pytest.approx(55.0) and et.best_fid_step == 30
-    assert et.smoothed_fid == [(g, pytest.approx(f)) for g, f in fid.history]  # window 1: smoothed = FID
-    assert et.restored_best_generator and et.restored_into == "generator"
+    assert keeper.best_value == pytest.approx(55.0) and keeper.best_g_step == 30
+    assert et.smoothed["fid_plateau"] == [(g, pytest.approx(f)) for g, f in fid.history]  # window 1: smoothed = FID
+    assert keeper.restored and keeper.restored_into == "generator"
     assert module.generator.weight.item() == 30.0  # the weights of G step 30, not of the last step (45)
     assert len(stop_logs(caplog)) == 1 and "FID plateau" in et.stop_message
 
@@ -220,7 +229,7 @@ def test_fid_plateau_stops_and_restores_the_best_generator(caplog):
 def test_divergence_non_finite_stops_at_once_with_status_diverged(caplog):
     caplog.set_level(logging.INFO, logger="lightning_regan")
     nan_at_17 = lambda g: {**steady(g), "train/g_loss": math.nan if g == 17 else 0.8}  # noqa: E731
-    et = EarlyTermination(divergence=Divergence(warmup_g_steps=100), loss_plateau=LossPlateau())
+    et = EarlyTermination([Divergence(warmup_g_steps=100), LossPlateau()])
     module = ScriptedGAN(nan_at_17)
     trainer = fit(module, [et], g_steps=100)
     assert trainer.should_stop and et.status == "diverged" and et.stop_reason is StopReason.DIVERGENCE
@@ -232,7 +241,7 @@ def test_divergence_non_finite_stops_at_once_with_status_diverged(caplog):
 
 def test_divergence_collapse_after_patience():
     collapse = lambda g: {**steady(g), "train/d_adv": 1e-6 if g >= 20 else 1.0}  # noqa: E731
-    et = EarlyTermination(divergence=Divergence(d_loss_floor=1e-4, patience=10))
+    et = EarlyTermination([Divergence(d_loss_floor=1e-4, patience=10)])
     module = ScriptedGAN(collapse, n_critic=2)
     fit(module, [et], g_steps=100)
     assert et.status == "diverged" and et.stopped_g_step == 29 == module.g_steps
@@ -241,24 +250,117 @@ def test_divergence_collapse_after_patience():
 
 def test_runs_to_max_steps_when_nothing_triggers():
     fid = ScriptedFID(fid_curve(best_at=1000))
-    et = EarlyTermination(LossPlateau(window=5, patience=3, warmup_g_steps=0, check_every_n_g_steps=5),
-                          FIDPlateau(patience=3), Divergence(d_loss_floor=1e-4, patience=5))
+    et = EarlyTermination([LossPlateau(window=5, patience=3, warmup_g_steps=0, check_every_n_g_steps=5),
+                           FIDPlateau(patience=3), Divergence(d_loss_floor=1e-4, patience=5)])
+    keeper = best()
     module = ScriptedGAN()
-    trainer = fit(module, [fid, et], g_steps=50)
+    trainer = fit(module, [fid, et, keeper], g_steps=50)
     assert not trainer.should_stop and module.g_steps == 50
-    assert et.status == "completed" and et.stop_reason is None and et.stopped_g_step is None
-    assert et.best_fid_step == 50 and module.generator.weight.item() == 50.0
+    assert et.status == "completed" and et.stop_reason is None and et.stopped_g_step is None and et.stop_record is None
+    assert keeper.best_g_step == 50 and not keeper.restored and module.generator.weight.item() == 50.0
+
+
+# ---------------------------------------------------------------------------------------------- the rule list
+class EveryOtherLow(StopRule):
+    """A user's rule: stop after ``times`` evaluations in a row of ``monitor`` below ``floor``."""
+
+    def __init__(self, floor: float, times: int = 2, monitor: str = "val/fid") -> None:
+        self.floor, self.times, self.monitor = floor, times, monitor
+
+    def config(self) -> dict[str, Any]:
+        return {"floor": self.floor, "times": self.times, "monitor": self.monitor}
+
+
+class EveryOtherLowState(RuleState):
+    def __init__(self, rule: EveryOtherLow) -> None:
+        super().__init__(rule)
+        self.count = 0
+
+    def update(self, g_step, metrics):
+        value = metrics.get(self.rule.monitor)
+        self.count = self.count + 1 if value is not None and value < self.rule.floor else 0
+        return self.count >= self.rule.times, f"{self.rule.monitor} below {self.rule.floor} at G step {g_step}."
+
+    def _state(self):
+        return {"count": self.count}
+
+    def _load_state(self, state):
+        self.count = int(state.get("count", 0))
+
+
+EveryOtherLow.state_class = EveryOtherLowState
+
+
+def test_a_rule_of_the_users_own_stops_a_short_fit():
+    rule = EveryOtherLow(floor=60.0)
+    et = EarlyTermination(rules=[rule, Divergence()])
+    module = ScriptedGAN()
+    fit(module, [ScriptedFID(fid_curve(best_at=30)), et], g_steps=100)
+    # FID 100 - 1.5 g: below 60 from G step 30 (55); twice in a row at 35
+    assert et.stop_reason is StopReason.FID_PLATEAU and et.stopped_g_step == 35 == module.g_steps
+    assert set(et.rules) == {"every_other_low", "divergence"} and et.states["every_other_low"].count == 2
+    assert rule.config() == {"floor": 60.0, "times": 2, "monitor": "val/fid"}  # the rule itself is untouched
+
+
+class ScriptedAccuracy(GStepCallback):
+    """Logs ``val/class_accuracy`` (higher is better) every 5 G steps with ``val/fid_g_step``, as FIDMonitor does."""
+
+    def __init__(self, values: Mapping[int, float]) -> None:
+        self.values = dict(values)
+
+    def on_g_step(self, trainer, pl_module, g):
+        if g in self.values:
+            pl_module.log_dict({"val/class_accuracy": self.values[g], "val/fid_g_step": float(g)}, on_step=True,
+                               on_epoch=False, batch_size=1)
+
+
+def test_a_max_mode_rule_on_a_scripted_metric_with_the_best_generator():
+    # Accuracy rises to 0.9 at G step 30, then stays at 0.88 (a repeated value: the step key tells evaluations apart).
+    acc = {g: min(0.9, 0.3 * g / 10) if g <= 30 else 0.88 for g in range(5, 201, 5)}
+
+    def rule(mode="max", step_key="val/fid_g_step"):
+        return FIDPlateau(monitor="val/class_accuracy", mode=mode, patience=3, window=1, step_key=step_key)
+
+    et = EarlyTermination([rule()])
+    keeper = best(monitor="val/class_accuracy", mode="max", step_key="val/fid_g_step")
+    module = ScriptedGAN()
+    fit(module, [ScriptedAccuracy(acc), et, keeper], g_steps=200)
+    assert et.stop_reason is StopReason.FID_PLATEAU and et.stopped_g_step == 45 == module.g_steps
+    assert keeper.best_value == pytest.approx(0.9) and keeper.best_g_step == 30
+    assert keeper.restored and module.generator.weight.item() == 30.0
+    # The same metric read as lower-is-better stops early in the rise (a rise is no improvement): the mode decides.
+    et = EarlyTermination([rule(mode="min")])
+    fit(ScriptedGAN(), [ScriptedAccuracy(acc), et], g_steps=200)
+    assert et.stopped_g_step == 20
+    # Without the step key (val/class_accuracy_g_step is not logged) a repeated value is no new evaluation.
+    et = EarlyTermination([rule(step_key=None)])
+    fit(ScriptedGAN(), [ScriptedAccuracy(acc), et], g_steps=200)
+    assert et.stop_reason is None
+    with pytest.raises(ValueError, match="step_key"):
+        EarlyTermination([rule(), Collapse(monitor="val/class_accuracy", mode="max")])
+
+
+def test_rules_by_name_tolerance_shared_and_never_mutated():
+    from lightning_regan.stopping import FIDTrend
+
+    trend = FIDTrend()
+    et = EarlyTermination({"metric_plateau": trend, "off": None, "divergence": Divergence()}, tolerance=0.02)
+    assert list(et.rules) == ["metric_plateau", "divergence"]
+    assert et.rules["metric_plateau"].tolerance == 0.02 and trend.tolerance == 0.05  # a new rule; the user's kept
+    two = EarlyTermination([FIDPlateau(), FIDPlateau(monitor="val/kid")])
+    assert list(two.rules) == ["fid_plateau", "fid_plateau_2"] and two.state_key != et.state_key
 
 
 # ---------------------------------------------------------------------------------------------- non-stops
 def test_noisy_but_improving_fid_does_not_stop():
     # -4 % per evaluation on average, +-6 % alternating noise, +4 % bump every 5th evaluation
     values = {5 * (i + 1): 100 * 0.96**i * (1 + 0.06 * (-1) ** i + 0.04 * (i % 5 == 0)) for i in range(40)}
-    et = EarlyTermination(fid_plateau=FIDPlateau(patience=3, window=3))
+    et = EarlyTermination([FIDPlateau(patience=3, window=3)])
+    keeper = best()
     module = ScriptedGAN()
-    fit(module, [ScriptedFID(values), et], g_steps=200)
+    fit(module, [ScriptedFID(values), et, keeper], g_steps=200)
     assert module.g_steps == 200 and et.stop_reason is None
-    assert et.best_fid == pytest.approx(min(values.values()))
+    assert keeper.best_value == pytest.approx(min(values.values()))
     series = list(values.values())
     assert sum(b > a for a, b in zip(series, series[1:])) >= 15  # it really is noisy
 
@@ -266,82 +368,111 @@ def test_noisy_but_improving_fid_does_not_stop():
 def test_spike_then_recovery_does_not_stop_before_patience():
     series = [120.0, 80.0, 60.0, 48.7, 84.0, 56.2, 52.0, 49.5, 46.0, 44.0, 43.0, 41.0]
     values = {5 * (i + 1): v for i, v in enumerate(series)}
-    et = EarlyTermination(fid_plateau=FIDPlateau(patience=5, window=1))
+    et = EarlyTermination([FIDPlateau(patience=5, window=1)])
+    keeper = best()
     module = ScriptedGAN()
-    fit(module, [ScriptedFID(values), et], g_steps=60)
+    fit(module, [ScriptedFID(values), et, keeper], g_steps=60)
     assert et.stop_reason is None and module.g_steps == 60
-    assert et.best_fid == 41.0 and et.best_fid_step == 60
+    assert keeper.best_value == 41.0 and keeper.best_g_step == 60
     # the same curve with patience 3 stops during the recovery (the Trainer test can tell the difference)
-    et3 = EarlyTermination(fid_plateau=FIDPlateau(patience=3, window=1))
+    et3 = EarlyTermination([FIDPlateau(patience=3, window=1)])
     module3 = ScriptedGAN()
-    fit(module3, [ScriptedFID(values), et3], g_steps=60)
+    fit(module3, [ScriptedFID(values), et3, best()], g_steps=60)
     assert et3.stop_reason is StopReason.FID_PLATEAU and et3.stopped_g_step == 35
     assert module3.generator.weight.item() == 20.0  # best 48.7 at G step 20 restored
 
 
 # ---------------------------------------------------------------------------------------------- FID sources
-def test_fid_monitor_registered_after_early_termination():
+def test_fid_monitor_registered_after_the_decision_and_the_best_generator():
     # Reversed order: the evaluation is seen at the next batch start (generator unchanged), the stop one
     # batch later; the best generator copy is still exactly the evaluated one.
     fid = ScriptedFID(fid_curve(best_at=30))
-    et = EarlyTermination(fid_plateau=FIDPlateau(patience=3, window=1))
+    et = EarlyTermination([FIDPlateau(patience=3, window=1)])
+    keeper = best()
     module = ScriptedGAN()
-    fit(module, [et, fid], g_steps=200)
+    fit(module, [et, keeper, fid], g_steps=200)
     assert et.stop_reason is StopReason.FID_PLATEAU and et.stopped_g_step == 46 == module.g_steps
-    assert et.best_fid_step == 30 and et.best_generator_step == 30
+    assert keeper.best_g_step == 30 and keeper.best_generator_step == 30
     assert module.generator.weight.item() == 30.0
 
 
 def test_final_evaluation_logged_after_us_is_still_counted():
     fid = ScriptedFID({10: 50.0, 20: 40.0, 30: 30.0})
-    et = EarlyTermination()
+    keeper = best(restore="always")
     module = ScriptedGAN()
-    fit(module, [et, fid], g_steps=30)
-    assert et.best_fid == 30.0 and et.best_fid_step == 30 and module.generator.weight.item() == 30.0
+    module.generator.weight.data.fill_(-1.0)
+    fit(module, [keeper, fid], g_steps=30)
+    assert keeper.best_value == 30.0 and keeper.best_g_step == 30 and keeper.restored
+    assert module.generator.weight.item() == 30.0
 
 
 def test_no_best_generator_copy_for_an_evaluation_of_an_earlier_step():
     # History entries older than the current G step (e.g. restored by the monitor, not by us) describe a
-    # generator that no longer exists: their FID counts, but the current weights must not be kept as "best".
+    # generator that no longer exists: their value counts, but the current weights must not be kept as "best".
     fid = ScriptedFID({10: 50.0, 20: 40.0, 22: 1.0}, measured_at={22: 3})
-    et = EarlyTermination()
+    keeper = best(restore="always")
     module = ScriptedGAN()
-    fit(module, [fid, et], g_steps=25)
-    assert et.best_fid == 1.0 and et.best_fid_step == 3 and et.best_generator_step is None
-    assert not et.restored_best_generator and module.generator.weight.item() == 25.0
+    fit(module, [fid, keeper], g_steps=25)
+    assert keeper.best_value == 1.0 and keeper.best_g_step == 3 and keeper.best_generator_step is None
+    assert not keeper.restored and module.generator.weight.item() == 25.0
 
 
 def test_val_fid_logged_by_the_module_without_fid_monitor():
     values = fid_curve(best_at=20, until=100)
-    et = EarlyTermination(fid_plateau=FIDPlateau(patience=2, window=1))
+    et = EarlyTermination([FIDPlateau(patience=2, window=1)])
+    keeper = best()
     module = ScriptedGAN(fid_in_step=values)
-    fit(module, [et], g_steps=100)
+    fit(module, [et, keeper], g_steps=100)
     assert et.stop_reason is StopReason.FID_PLATEAU and et.stopped_g_step == 30
     # no val/fid_g_step logged: a changed value is a new evaluation, each one counted once
-    assert et.smoothed_fid == [(g, pytest.approx(values[g])) for g in (5, 10, 15, 20, 25, 30)]
-    assert et.best_fid_step == 20 and module.generator.weight.item() == 20.0
+    assert et.smoothed["fid_plateau"] == [(g, pytest.approx(values[g])) for g in (5, 10, 15, 20, 25, 30)]
+    assert keeper.best_g_step == 20 and module.generator.weight.item() == 20.0
 
 
 def test_ema_generator_gets_the_best_weights_and_generator_is_untouched():
-    et = EarlyTermination(fid_plateau=FIDPlateau(patience=2, window=1))
+    et = EarlyTermination([FIDPlateau(patience=2, window=1)])
+    keeper = best()
     module = ScriptedGAN(ema=True)
-    fit(module, [ScriptedFID(fid_curve(best_at=20)), et], g_steps=100)
-    assert et.stopped_g_step == 30 and et.restored_into == "ema_generator"
+    fit(module, [ScriptedFID(fid_curve(best_at=20)), et, keeper], g_steps=100)
+    assert et.stopped_g_step == 30 and keeper.restored_into == "ema_generator"
     assert module.ema_generator.module.weight.item() == 1020.0
     assert module.generator.weight.item() == 30.0
 
 
-def test_restore_best_generator_off_keeps_the_last_weights():
-    et = EarlyTermination(fid_plateau=FIDPlateau(patience=2, window=1), restore_best_generator=False)
+@pytest.mark.parametrize("restore", ["never", "on_stop"])
+def test_best_generator_restore_never_and_not_at_the_budget(restore):
+    # "never" keeps the last weights after a stop; "on_stop" keeps them when the run reaches its budget.
+    patience, g_steps = (2, 100) if restore == "never" else (50, 40)
+    keeper = best(restore=restore)
     module = ScriptedGAN()
-    fit(module, [ScriptedFID(fid_curve(best_at=20)), et], g_steps=100)
-    assert et.best_fid_step == 20 and not et.restored_best_generator
-    assert module.generator.weight.item() == 30.0
+    et = EarlyTermination([FIDPlateau(patience=patience, window=1)])
+    fit(module, [ScriptedFID(fid_curve(best_at=20)), et, keeper], g_steps=g_steps)
+    assert et.stopped_g_step == (30 if restore == "never" else None)
+    assert keeper.best_g_step == 20 and not keeper.restored
+    assert module.generator.weight.item() == (30.0 if restore == "never" else 40.0)
+    with pytest.raises(ValueError, match="restore"):
+        BestGenerator(restore="sometimes")
+
+
+def test_best_generator_resumes_with_its_copy(tmp_path):
+    values = fid_curve(best_at=30)
+    keeper = best()
+    trainer = fit(ScriptedGAN(), [ScriptedFID(values), EarlyTermination([FIDPlateau(patience=3, window=1)]),
+                                  keeper], g_steps=38)
+    ckpt = tmp_path / "mid.ckpt"
+    trainer.save_checkpoint(ckpt)
+    resumed_keeper = best()
+    resumed = ScriptedGAN()
+    trainer = make_trainer(200, [ScriptedFID(values), EarlyTermination([FIDPlateau(patience=3, window=1)]),
+                                 resumed_keeper])
+    trainer.fit(resumed, loader(), ckpt_path=str(ckpt), weights_only=True)
+    assert resumed.g_steps == 45 and resumed_keeper.best_g_step == 30 and resumed_keeper.restored
+    assert resumed.generator.weight.item() == 30.0  # the copy taken before the resume, from the checkpoint
 
 
 def test_fast_dev_run_is_skipped():
     nan = lambda g: {**steady(g), "train/d_loss": math.nan}  # noqa: E731
-    et = EarlyTermination(divergence=Divergence())
+    et = EarlyTermination([Divergence()])
     module = ScriptedGAN(nan)
     trainer = make_trainer(10, [et], fast_dev_run=3)
     trainer.fit(module, loader())
@@ -380,7 +511,7 @@ def spy_on(trainer: L.Trainer, spy: RankSpy, monkeypatch) -> None:
 def test_another_rank_stopping_stops_this_rank_with_its_reason(monkeypatch, caplog):
     caplog.set_level(logging.INFO, logger="lightning_regan")
     module = ScriptedGAN()
-    et = EarlyTermination(LossPlateau(), FIDPlateau(), Divergence(d_loss_floor=1e-4))
+    et = EarlyTermination([LossPlateau(), FIDPlateau(), Divergence(d_loss_floor=1e-4)])
     trainer = make_trainer(100, [et])
     spy = RankSpy(other_stops_at=7, other_reason=StopReason.DIVERGENCE, module=module)
     spy_on(trainer, spy, monkeypatch)
@@ -399,7 +530,7 @@ def test_reason_precedence_across_ranks(monkeypatch):
     # This rank sees a loss plateau while another rank diverges at the same step: both record divergence.
     flat = lambda g: {"train/d_loss": 1.3, "train/d_adv": 1.2, "train/g_loss": 0.8}  # noqa: E731
     module = ScriptedGAN(flat)
-    et = EarlyTermination(loss_plateau=LossPlateau(window=2, patience=1, warmup_g_steps=0, check_every_n_g_steps=5))
+    et = EarlyTermination([LossPlateau(window=2, patience=1, warmup_g_steps=0, check_every_n_g_steps=5)])
     trainer = make_trainer(100, [et])
     spy = RankSpy(other_stops_at=7, other_reason=StopReason.DIVERGENCE, module=module)
     spy_on(trainer, spy, monkeypatch)
@@ -413,7 +544,7 @@ def test_local_decision_goes_through_the_reduction(monkeypatch):
     # If the reduction says "nobody stops", this rank does not stop on its own: the decision is collective.
     nan = lambda g: {**steady(g), "train/d_loss": math.nan if g >= 5 else 1.3}  # noqa: E731
     module = ScriptedGAN(nan)
-    et = EarlyTermination(divergence=Divergence())
+    et = EarlyTermination([Divergence()])
     trainer = make_trainer(12, [et])
     monkeypatch.setattr(trainer.strategy, "reduce_boolean_decision", lambda decision, all=True: False)
     trainer.fit(module, loader())
@@ -428,82 +559,86 @@ def plateau_rules(patience: int = 3) -> dict[str, Any]:
 
 def test_resume_mid_plateau_takes_the_same_decision_at_the_same_step(tmp_path):
     values = fid_curve(best_at=30)
-    ref_et = EarlyTermination(**plateau_rules())
+    ref_et = EarlyTermination(plateau_rules())
     ref = ScriptedGAN()
     fit(ref, [ScriptedFID(values), ref_et], g_steps=200)
     assert ref_et.stopped_g_step == 45
 
-    first_et = EarlyTermination(**plateau_rules())
+    first_et = EarlyTermination(plateau_rules())
     first = ScriptedGAN()
     trainer = fit(first, [ScriptedFID(values), first_et], g_steps=38)  # best at 30, one flat evaluation (35)
-    assert first_et.fid_plateau.wait_count == 1 and first_et.stop_reason is None
+    assert first_et.states["fid_plateau"].wait_count == 1 and first_et.stop_reason is None
     ckpt = tmp_path / "mid.ckpt"
     trainer.save_checkpoint(ckpt)
 
-    resumed_et = EarlyTermination(**plateau_rules())
+    resumed_et = EarlyTermination(plateau_rules())
     resumed = ScriptedGAN()
-    resumed.generator.weight.data.fill_(-1.0)
     trainer = make_trainer(200, [ScriptedFID(values), resumed_et])
-    trainer.fit(resumed, loader(), ckpt_path=str(ckpt))
+    trainer.fit(resumed, loader(), ckpt_path=str(ckpt), weights_only=True)
     assert resumed_et.stop_reason is StopReason.FID_PLATEAU and resumed_et.stopped_g_step == 45 == resumed.g_steps
-    assert resumed_et.best_fid_step == 30 and resumed_et.smoothed_fid == ref_et.smoothed_fid
-    # The best generator is kept once, in memory: checkpoints do not carry a copy (the best checkpoint holds it).
+    assert resumed_et.smoothed == ref_et.smoothed
+    # The decision's checkpoint state is plain data: counters, no tensors.
     state = torch.load(ckpt, weights_only=True)["callbacks"][first_et.state_key]
-    assert not any("generator" in key for key in state)
-    assert not resumed_et.restored_best_generator and resumed.generator.weight.item() == 45.0
+    assert json.loads(json.dumps(state)) == state
 
 
 def test_resume_keeps_the_new_config(tmp_path):
     values = fid_curve(best_at=30)
-    first_et = EarlyTermination(**plateau_rules(patience=3))
+    first_et = EarlyTermination(plateau_rules(patience=3))
     trainer = fit(ScriptedGAN(), [ScriptedFID(values), first_et], g_steps=38)
     ckpt = tmp_path / "mid.ckpt"
     trainer.save_checkpoint(ckpt)
-    more_patient = EarlyTermination(**plateau_rules(patience=5))
+    more_patient = EarlyTermination(plateau_rules(patience=5))
     module = ScriptedGAN()
     with pytest.warns(UserWarning, match="patience: 3 -> 5"):
         make_trainer(200, [ScriptedFID(values), more_patient]).fit(module, loader(), ckpt_path=str(ckpt))
-    assert more_patient.fid_plateau.patience == 5
+    assert more_patient.rules["fid_plateau"].patience == 5
     assert more_patient.stopped_g_step == 55  # 5 evaluations after the best, counting the restored one at 35
 
 
-def test_state_dict_round_trip_and_state_key():
-    et = EarlyTermination(**plateau_rules())
-    et.best_fid, et.best_fid_step, et.smoothed_fid = 12.5, 40, [(20, 15.0), (40, 12.5)]
-    et.fid_plateau.wait_count = 2
-    other = EarlyTermination(**plateau_rules())
+def test_state_dict_round_trip_and_state_key(caplog):
+    et = EarlyTermination(plateau_rules())
+    et.smoothed = {"fid_plateau": [(20, 15.0), (40, 12.5)]}
+    et.states["fid_plateau"].wait_count = 2
+    other = EarlyTermination(plateau_rules())
     other.load_state_dict(et.state_dict())
-    assert (other.best_fid, other.best_fid_step, other.smoothed_fid) == (12.5, 40, [(20, 15.0), (40, 12.5)])
-    assert other.fid_plateau.wait_count == 2 and other.status == "completed"
-    assert "val/fid" in et.state_key and EarlyTermination(fid_monitor="val/kid").state_key != et.state_key
-    # a rule absent from the checkpoint starts fresh; an old checkpoint without newer keys loads
-    fresh = EarlyTermination(divergence=Divergence())
-    fresh.load_state_dict({"rules": {"fid_plateau": {"wait_count": 3}}})
-    assert fresh.divergence.violation_count == 0 and fresh.best_fid is None
+    assert other.smoothed == {"fid_plateau": [(20, 15.0), (40, 12.5)]}
+    assert other.states["fid_plateau"].wait_count == 2 and other.status == "completed"
+    assert "val/fid" in et.state_key
+    assert EarlyTermination([FIDPlateau(monitor="val/kid")]).state_key != EarlyTermination([FIDPlateau()]).state_key
+    # a rule absent from the checkpoint starts fresh, and the log says so
+    fresh = EarlyTermination([Divergence()])
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        fresh.load_state_dict({"rules": {"fid_plateau": {"wait_count": 3}}})
+    assert fresh.states["divergence"].violation_count == 0
+    assert "no state of the rule(s) divergence" in caplog.text
 
 
 # ---------------------------------------------------------------------------------------------- arguments, configs
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="loss_plateau must be a lightning_regan.stopping.LossPlateau"):
-        EarlyTermination(loss_plateau=FIDPlateau())
-    with pytest.raises(ValueError, match="fid_monitor"):
-        EarlyTermination(fid_plateau=FIDPlateau(monitor="val/kid"))
-    with pytest.raises(ValueError, match="fid_monitor"):
-        EarlyTermination(fid_monitor="")
+    with pytest.raises(ValueError, match="must be a lightning_regan.stopping.StopRule"):
+        EarlyTermination([FIDPlateau(), "val/fid"])
+    with pytest.raises(ValueError, match="rules must be a list or a mapping"):
+        EarlyTermination(FIDPlateau())
+    with pytest.raises(ValueError, match="tolerance"):
+        EarlyTermination([FIDPlateau()], tolerance=0.05)
+    with pytest.raises(ValueError, match="tolerance"):
+        EarlyTermination([Divergence()], tolerance=1.5)
+    with pytest.raises(ValueError, match="verbose"):
+        EarlyTermination([Divergence()], verbose="yes")
 
 
 def compose_early_stopping(name: str):
-    from hydra import compose, initialize_config_dir
+    from lightning_regan.config import compose_config
 
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-        return compose(config_name=None, overrides=[f"+early_stopping={name}"]).early_stopping
+    return compose_config([f"early_stopping={name}", "output_dir=/tmp/unused"]).early_stopping
 
 
 @pytest.mark.parametrize(
     ("name", "rules"),
-    [("plateau", {"loss_plateau", "divergence"}), ("fid", {"fid_plateau", "divergence"}),
-     ("default", {"loss_plateau", "fid_plateau", "divergence", "collapse"}),
-     ("trend", {"fid_plateau", "divergence", "collapse"})],
+    [("plateau", {"loss_plateau", "divergence"}), ("fid", {"metric_plateau", "divergence"}),
+     ("default", {"loss_plateau", "metric_plateau", "divergence", "collapse"}),
+     ("trend", {"metric_plateau", "divergence", "collapse"})],
 )
 def test_configs_build_the_documented_rules(name, rules):
     from hydra.utils import instantiate
@@ -512,13 +647,26 @@ def test_configs_build_the_documented_rules(name, rules):
     assert node._target_ == "lightning_regan.callbacks.EarlyTermination"
     node._target_ = "lightning_regan.callbacks.early_termination.EarlyTermination"  # export checked below
     et = instantiate(node)
-    assert isinstance(et, EarlyTermination) and set(et.rules) == rules and et.restore_best_generator
+    assert isinstance(et, EarlyTermination) and set(et.rules) == rules
     if "divergence" in rules:
-        assert et.divergence.check_finite and et.divergence.d_loss_floor is not None
-    if "fid_plateau" in rules:
-        assert et.fid_plateau.monitor == et.fid_monitor == "val/fid"
-        if isinstance(et.fid_plateau, FIDPlateau):
-            assert et.fid_plateau.window >= 3
+        assert et.rules["divergence"].check_finite and et.rules["divergence"].d_loss_floor is not None
+    if "metric_plateau" in rules:
+        assert et.rules["metric_plateau"].monitor == "val/fid"  # ${stop_metric}
+        if isinstance(et.rules["metric_plateau"], FIDPlateau):
+            assert et.rules["metric_plateau"].window >= 3
+    if "loss_plateau" in rules and name == "default":
+        assert et.rules["loss_plateau"].until_logged == "val/fid"
+
+
+def test_configs_read_the_stop_metric():
+    from hydra.utils import instantiate
+
+    from lightning_regan.config import compose_config
+
+    cfg = compose_config(["stop_metric=val/mmd", "output_dir=/tmp/unused"])
+    et = instantiate(cfg.early_stopping)
+    assert {r.monitor for n, r in et.rules.items() if n in ("metric_plateau", "collapse")} == {"val/mmd"}
+    assert instantiate(cfg.callbacks.best_generator).monitor == "val/mmd"
 
 
 def test_callbacks_package_exports_the_config_targets():
@@ -527,6 +675,7 @@ def test_callbacks_package_exports_the_config_targets():
     from lightning_regan.callbacks.run_summary import RunSummary
 
     assert getattr(callbacks_pkg, "EarlyTermination", None) is EarlyTermination
+    assert getattr(callbacks_pkg, "BestGenerator", None) is BestGenerator
     assert getattr(callbacks_pkg, "RunSummary", None) is RunSummary
 
 
@@ -541,7 +690,7 @@ def test_with_the_real_gan_module_divergence_and_no_missing_metrics(tmp_path, ca
     torch.manual_seed(0)
     sgd = functools.partial(torch.optim.SGD, lr=1e6)  # explodes within a few steps
     module = GANModule(TinyG(), TinyD(), loss="wasserstein", g_optimizer=sgd, d_optimizer=sgd)
-    et = EarlyTermination(LossPlateau(), FIDPlateau(), Divergence(d_loss_floor=1e-4, d_loss_ceiling=1e3, patience=3))
+    et = EarlyTermination([LossPlateau(), FIDPlateau(), Divergence(d_loss_floor=1e-4, d_loss_ceiling=1e3, patience=3)])
     trainer = make_trainer(200, [et, RunSummary(tmp_path)])
     trainer.fit(module, point_loader())
     assert et.status == "diverged" and module.g_steps == et.stopped_g_step < 20
@@ -569,7 +718,7 @@ def test_ddp_one_rank_diverges_all_ranks_stop(tmp_path):
     """Two CPU processes (gloo, ~6 s): only rank 1 sees NaN; both stop at the same G step (no hang), and
     rank 0, which saw nothing wrong, records why."""
     module = ScriptedGAN(nan_on_rank_one)
-    et = EarlyTermination(divergence=Divergence(), loss_plateau=LossPlateau())
+    et = EarlyTermination([Divergence(), LossPlateau()])
     trainer = make_trainer(100, [et, RunSummary(tmp_path), DestroyProcessGroup()], devices=2, strategy="ddp_spawn")
     trainer.fit(module, loader())
     summary = json.loads((tmp_path / "summary.json").read_text())  # written by rank 0

@@ -43,4 +43,8 @@ def test_diverging_preset_stops_as_diverged_at_the_first_allowed_step_and_keeps_
     assert checkpoint["global_step"] == summary["best_fid_step"] * (cfg.module.n_critic + 1)
     weights = [t for k, t in checkpoint["state_dict"].items() if k.startswith(("generator.", "discriminator."))]
     assert weights and all(torch.isfinite(t).all() for t in weights if t.is_floating_point())
-    assert early["restored_best_generator"] and early["best_generator_step"] == summary["best_fid_step"]
+    # BestGenerator handed back the generator of the best stop-metric evaluation, taken before the stop.
+    kept = summary["best_generator"]
+    assert kept["restored"] and kept["restored_g_step"] == kept["best_g_step"] <= summary["g_steps"]
+    if kept["monitor"] == "val/fid":
+        assert kept["best_g_step"] == summary["best_fid_step"]

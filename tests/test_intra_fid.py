@@ -109,13 +109,13 @@ def test_fid_monitor_logs_intra_fid_that_sees_wrong_classes_the_fid_misses():
 
 
 def test_early_termination_stops_on_intra_fid():
-    """The FID stop rules take any lower-is-better metric: ``monitor``/``fid_monitor`` = ``val/intra_fid``. The
-    lookup generator never changes, so its intra-class FID is flat and the plateau rule stops the run."""
+    """The FID stop rules take any lower-is-better metric: ``monitor`` = ``val/intra_fid``. The lookup generator never
+    changes, so its intra-class FID is flat and the plateau rule stops the run."""
     rule = FIDPlateau(patience=2, window=1, monitor=INTRA_FID_KEY)
-    stop = EarlyTermination(fid_plateau=rule, fid_monitor=INTRA_FID_KEY, restore_best_generator=False, verbose=False)
+    stop = EarlyTermination([rule], verbose=False)
     fid, metrics = _fit(1, 10, stop)
     assert stop.stop_reason == StopReason.FID_PLATEAU and stop.stopped_g_step == 3
-    assert len(fid.history) == 3 and stop.best_fid == pytest.approx(metrics[INTRA_FID_KEY])
+    assert len(fid.history) == 3 and stop.states["fid_plateau"].best == pytest.approx(metrics[INTRA_FID_KEY])
     assert [row["intra_fid"] for row in fid.extra_history] == [pytest.approx(metrics[INTRA_FID_KEY])] * 3
 
 

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_regan import GANModule, max_steps_for
 from lightning_regan.callbacks import (
+    BestGenerator,
     EarlyTermination,
     FIDMonitor,
     GStepCallback,
@@ -160,7 +161,8 @@ def test_one_g_step_event_per_generator_update(tmp_path, n_critic):
 
 
 def test_every_g_step_cadence_hangs_off_the_event():
-    for cls in (FIDMonitor, EarlyTermination, RunSummary, SampleGrid, ModeCoverageMonitor, GStepProgressBar):
+    for cls in (FIDMonitor, EarlyTermination, BestGenerator, RunSummary, SampleGrid, ModeCoverageMonitor,
+                GStepProgressBar):
         assert issubclass(cls, GStepCallback), cls.__name__
         assert "on_train_batch_end" not in vars(cls) or cls is EarlyTermination, cls.__name__
 
@@ -172,7 +174,7 @@ def test_drop_in_with_a_plain_trainer_user_networks_and_datamodule(tmp_path):
     module = make_module(regularizers=None, n_critic=2)
     fid = FIDMonitor(every_n_g_steps=5, num_samples=128, feature_extractor=Identity2D(), real_data=torch.randn(256, 2),
                      verbose=False)
-    early = EarlyTermination(fid_plateau=FIDPlateau(patience=50), divergence=Divergence(), verbose=False)
+    early = EarlyTermination([FIDPlateau(patience=50), Divergence()], verbose=False)
     summary = RunSummary(tmp_path, plots=False)
     trainer = plain_trainer(tmp_path, 20, 2, callbacks=[fid, early, summary])
     trainer.fit(module, datamodule=UserPoints())

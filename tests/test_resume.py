@@ -165,9 +165,9 @@ RUN_OVERRIDES = [
     f"data.n_samples={BATCH * 7}",
     "regularizer=[r1,lecam]", "module.ema_decay=0.9", "max_g_steps=60",
     f"callbacks.fid.every_n_g_steps={FID_EVERY}", "callbacks.fid.num_samples=256", "callbacks.samples.every_n_g_steps=0",
-    "early_stopping=fid", "early_stopping.fid_plateau.patience=2", "early_stopping.fid_plateau.window=1",
-    "early_stopping.fid_plateau.min_delta=0.2",
-    "early_stopping.fid_plateau.warmup_g_steps=0", "early_stopping.divergence.warmup_g_steps=0",
+    "early_stopping=fid", "early_stopping.rules.metric_plateau.patience=2",
+    "early_stopping.rules.metric_plateau.window=1", "early_stopping.rules.metric_plateau.min_delta=0.2",
+    "early_stopping.rules.metric_plateau.warmup_g_steps=0", "early_stopping.rules.divergence.warmup_g_steps=0",
     "logger=csv", "trainer.enable_progress_bar=false",
 ]
 

@@ -11,11 +11,13 @@ import pytest
 from lightning.pytorch.callbacks import ModelCheckpoint
 from PIL import Image
 
+from lightning_regan.callbacks.best_generator import BestGenerator
 from lightning_regan.callbacks.early_termination import EarlyTermination
 from lightning_regan.callbacks.run_summary import RunSummary, write_json_atomic
 from lightning_regan.plots import plot_fid, plot_losses
-from lightning_regan.stopping import Divergence, FIDPlateau
+from lightning_regan.stopping import Divergence, FIDPlateau, StopRecord, first_stop
 
+from lightning_regan.callbacks.g_step import GStepCallback
 from test_early_termination import ScriptedFID, ScriptedGAN, fid_curve, fit, loader, make_trainer, steady
 
 SCHEMA = {"status", "stop_reason", "g_steps", "d_steps", "wall_time_s", "fid_eval_time_s", "best_fid",
@@ -38,12 +40,12 @@ def assert_png(path: Path) -> np.ndarray:
 
 def test_summary_after_fid_plateau_stop(tmp_path):
     fid = ScriptedFID(fid_curve(best_at=30), eval_time_s=0.25)
-    et = EarlyTermination(fid_plateau=FIDPlateau(patience=3, window=1))
+    et = EarlyTermination([FIDPlateau(patience=3, window=1)])
     ckpt = ModelCheckpoint(dirpath=tmp_path / "checkpoints", monitor="val/fid", mode="min", filename="best",
                            every_n_train_steps=10, save_top_k=1, save_last=True)  # 10 global steps = 5 G steps
     summary_cb = RunSummary(tmp_path, loss_log_every_n_g_steps=10)
     module = ScriptedGAN(n_critic=1)
-    fit(module, [fid, et, summary_cb, ckpt], g_steps=200, enable_checkpointing=True)
+    fit(module, [fid, et, BestGenerator(verbose=False), summary_cb, ckpt], g_steps=200, enable_checkpointing=True)
 
     s = read_summary(tmp_path)
     assert SCHEMA <= set(s)
@@ -56,9 +58,9 @@ def test_summary_after_fid_plateau_stop(tmp_path):
     assert Path(s["checkpoint_best"]).name == "best.ckpt" and Path(s["checkpoint_best"]).is_file()
     assert Path(s["checkpoint_last"]).is_file()
     info = s["early_termination"]
-    assert info["restored_best_generator"] and info["restored_into"] == "generator"
-    assert info["best_generator_step"] == 30
     assert info["stop_message"].endswith("Signaling Trainer to stop.") and "fid_plateau" in info["rules"]
+    assert s["best_generator"]["restored"] and s["best_generator"]["restored_into"] == "generator"
+    assert s["best_generator"]["restored_g_step"] == 30 == s["best_generator"]["best_g_step"]
     assert s["final_metrics"]["val/fid"] == pytest.approx(fid.history[-1][1])
     assert s["plots"] == {"losses": "plots/losses.png", "fid": "plots/fid.png"}
     assert_png(tmp_path / "plots" / "losses.png")
@@ -92,7 +94,7 @@ def test_best_fid_from_the_fid_monitor_when_no_early_termination(tmp_path):
 
 def test_summary_of_a_diverged_run_is_valid_json(tmp_path):
     nan_at_12 = lambda g: {**steady(g), "train/d_loss": math.nan if g >= 12 else 1.3}  # noqa: E731
-    et = EarlyTermination(divergence=Divergence())
+    et = EarlyTermination([Divergence()])
     module = ScriptedGAN(nan_at_12)
     fit(module, [et, RunSummary(tmp_path, loss_log_every_n_g_steps=2)], g_steps=100)
     s = read_summary(tmp_path)  # strict: NaN would be rejected
@@ -100,6 +102,97 @@ def test_summary_of_a_diverged_run_is_valid_json(tmp_path):
     assert s["final_metrics"]["train/d_loss"] is None
     assert "not finite" in s["early_termination"]["stop_message"]
     assert_png(tmp_path / "plots" / "losses.png")
+
+
+class StopsAt(GStepCallback):
+    """A decider of the user's: stops the run at G step ``at`` with ``status`` (publishes a StopRecord)."""
+
+    def __init__(self, at: int, status: str, reason: str) -> None:
+        self.at, self.status, self.reason = at, status, reason
+        self.stop_record = None
+
+    def on_g_step(self, trainer, pl_module, g):
+        if g == self.at:
+            self.stop_record = StopRecord(self.status, self.reason, g, type(self).__name__)
+            trainer.should_stop = True
+
+    def summary_fields(self, trainer, pl_module):
+        return {"status": "ignored: the status is RunSummary's"}
+
+
+@pytest.mark.parametrize(("script", "other", "expected"), [
+    # EarlyTermination diverges at G step 12; a pruner stops at the same step: diverged outranks pruned.
+    ("diverge", ("pruned", "pruned"), ("diverged", "divergence")),
+    # A plateau and a pruning at the same step: pruned outranks stopped_early.
+    ("plateau", ("pruned", "pruned"), ("pruned", "pruned")),
+])
+def test_the_order_of_the_callbacks_does_not_change_the_status(tmp_path, script, other, expected):
+    if script == "diverge":
+        def rules():
+            return [Divergence()]
+        metrics = lambda g: {**steady(g), "train/d_loss": math.nan if g >= 12 else 1.3}  # noqa: E731
+        fid = {}
+    else:
+        def rules():
+            return [FIDPlateau(patience=1, window=1)]
+        metrics, fid = steady, {6: 50.0, 12: 60.0}
+    outcomes = []
+    for order in range(2):
+        et, pruner = EarlyTermination(rules()), StopsAt(12, *other)
+        deciders = [et, pruner] if order == 0 else [pruner, et]
+        out = tmp_path / str(order)
+        fit(ScriptedGAN(metrics), [ScriptedFID(fid), *deciders, RunSummary(out, plots=False)], g_steps=100)
+        s = read_summary(out)
+        assert et.stopped_g_step == 12 and pruner.stop_record.g_step == 12
+        outcomes.append((s["status"], s["stop_reason"], s["stopped_g_step"]))
+    assert outcomes[0] == outcomes[1] == (*expected, 12)
+
+
+@pytest.mark.parametrize("script", ["diverge", "plateau"])
+def test_early_termination_and_optuna_pruning_in_either_order_give_one_status(tmp_path, script):
+    """Both real deciders stop at G step 10: the status is the same whichever is registered first (before, the later
+    callback's summary_fields overwrote the earlier one's status)."""
+    optuna = pytest.importorskip("optuna")
+    from lightning_regan.sweep import open_storage
+    from lightning_regan.sweep.pruning import OptunaPruning
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=6)  # first decision at G step 10
+    storage = str(tmp_path / "optuna.journal")
+    study = optuna.create_study(study_name="s", storage=open_storage(storage), pruner=pruner)
+    finished = study.ask()
+    for g in range(5, 61, 5):
+        finished.report(1.0, g)
+    study.tell(finished, 1.0)
+    fids = {5: 45.0, 10: 50.0, 15: 40.0}  # worse than the finished trial: pruned at 10; no improvement at 10
+    if script == "diverge":
+        metrics = lambda g: {**steady(g), "train/d_loss": math.nan if g >= 10 else 1.3}  # noqa: E731
+        rules = [Divergence()]
+    else:
+        metrics, rules = steady, [FIDPlateau(patience=1, window=1)]
+    outcomes = []
+    for order in range(2):
+        et = EarlyTermination(list(rules))
+        pruning = OptunaPruning(storage, "s", study.ask().number, pruner)
+        deciders = [et, pruning] if order == 0 else [pruning, et]
+        out = tmp_path / str(order)
+        fit(ScriptedGAN(metrics), [ScriptedFID(fids), *deciders, RunSummary(out, plots=False)], g_steps=60)
+        assert et.stopped_g_step == 10 == pruning.pruned_g_step
+        s = read_summary(out)
+        outcomes.append((s["status"], s["stop_reason"], s["stopped_g_step"]))
+    expected = ("diverged", "divergence") if script == "diverge" else ("pruned", "pruned")
+    assert outcomes[0] == outcomes[1] == (*expected, 10)
+
+
+def test_the_earliest_stop_record_wins_then_the_status_rank():
+    late_divergence = StopRecord("diverged", "divergence", 20, "EarlyTermination")
+    early_plateau = StopRecord("stopped_early", "fid_plateau", 10, "EarlyTermination")
+    pruned = StopRecord("pruned", "pruned", 10, "OptunaPruning")
+    assert first_stop([late_divergence, early_plateau]) == early_plateau
+    assert first_stop([early_plateau, pruned]) == first_stop([pruned, early_plateau]) == pruned
+    assert first_stop([]) is None
+    with pytest.raises(ValueError, match="status"):
+        StopRecord("completed", "max_steps", 1, "x")
 
 
 def test_exception_writes_a_failed_summary(tmp_path):

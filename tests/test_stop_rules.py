@@ -18,7 +18,9 @@ from lightning_regan.stopping import (
     FIDNoisePlateau,
     FIDPowerLaw,
     FIDTrend,
+    FIDPlateau,
     StopReason,
+    StopRule,
     fit_power_law,
     theil_sen_slope,
 )
@@ -27,7 +29,9 @@ EVERY = 100
 
 
 def feed(rule, fids, recalls=None, stds=None, every=EVERY):
-    """Feed the sequence; return the G step of the first stop (or None) and its message."""
+    """Feed the sequence to a rule's new state (or to a given state); return the G step of the first stop (or None)
+    and its message."""
+    state = rule.new_state() if isinstance(rule, StopRule) else rule
     for i, fid in enumerate(fids):
         g = (i + 1) * every
         metrics = {"val/fid": fid}
@@ -35,7 +39,7 @@ def feed(rule, fids, recalls=None, stds=None, every=EVERY):
             metrics["val/recall"] = recalls[i]
         if stds is not None:
             metrics["val/fid_std"] = stds[i]
-        stop, message = rule.update(g, metrics)
+        stop, message = state.update(g, metrics)
         if stop:
             return g, message
     return None, ""
@@ -132,7 +136,7 @@ def test_collapse_fires_with_its_own_reason_and_not_on_a_healthy_run():
 
 def test_divergence_fires_with_its_own_reason():
     rule = Divergence()
-    stop, message = rule.update(5, {"train/d_loss": math.nan, "train/g_loss": 1.0})
+    stop, message = rule.new_state().update(5, {"train/d_loss": math.nan, "train/g_loss": 1.0})
     assert stop and rule.reason is StopReason.DIVERGENCE and "not finite" in message
 
 
@@ -146,10 +150,10 @@ def test_resume_mid_plateau_gives_the_same_decision_at_the_same_step(rule_cls):
     assert reference[0] is not None
     stop_index = reference[0] // EVERY
     for cut in (stop_index - 3, stop_index - 1):
-        first = rule_cls()
+        first = rule_cls().new_state()
         assert feed(first, fids[:cut], recalls[:cut], stds[:cut])[0] is None
         state = json.loads(json.dumps(first.state_dict()))  # a checkpoint holds plain data
-        resumed = rule_cls()
+        resumed = rule_cls().new_state()
         resumed.load_state_dict(state)
         rest = None
         for i in range(cut, len(fids)):
@@ -194,7 +198,7 @@ def test_no_plateau_before_the_run_takes_off(rule_cls):
 
 
 def test_non_finite_fids_are_left_to_the_divergence_rule():
-    rule = FIDTrend()
+    rule = FIDTrend().new_state()
     fids = [10.0] * 3 + [math.nan] * 20
     assert feed(rule, fids)[0] is None and rule.evaluations == 23 and len(rule.history) == 3
 
@@ -210,15 +214,15 @@ def test_the_horizon_stops_at_the_budget():
     assert "over the next" in message and capped.config()["budget_g_steps"] == 40 * EVERY
     # Improving 10 % per evaluation to the end: at the last evaluation nothing is left of the budget (a projected
     # gain of 0 over 0 G steps), and the run completes rather than stopping on a plateau.
-    last = FIDTrend(budget_g_steps=12 * EVERY, patience=1)
+    last = FIDTrend(budget_g_steps=12 * EVERY, patience=1).new_state()
     assert feed(last, [100.0, 40.0] + [40.0 * 0.9 ** k for k in range(1, 11)])[0] is None
     assert last.horizon_steps(12 * EVERY) == 0 and last.evaluations == 12
 
 
 @pytest.mark.parametrize("rule_cls", [FIDTrend, FIDPowerLaw])
 def test_the_horizon_is_capped_at_what_is_left_of_the_budget(rule_cls):
-    assert rule_cls(horizon=2.0).horizon_steps(3000) == 6000
-    capped = rule_cls(horizon=1.0, budget_g_steps=4000)
+    assert rule_cls(horizon=2.0).new_state().horizon_steps(3000) == 6000
+    capped = rule_cls(horizon=1.0, budget_g_steps=4000).new_state()
     assert capped.horizon_steps(2000) == 2000 and capped.horizon_steps(3700) == 300 and capped.horizon_steps(4500) == 0
     with pytest.raises(ValueError, match="budget_g_steps"):
         rule_cls(budget_g_steps=0)
@@ -232,6 +236,62 @@ def test_a_late_take_off_is_not_a_plateau(rule_cls):
     fids = [1700.0, 1200.0] + [1595.0] * 20 + [900.0 * 0.8 ** k for k in range(12)]
     stop, message = feed(rule_cls(), fids)
     assert stop is None, message
-    rule = rule_cls()
+    rule = rule_cls().new_state()
     feed(rule, fids[:25])
     assert rule.takeoff_g_step() == 24 * EVERY and not rule.started()  # 720 is the first FID under 850
+
+
+def test_a_max_mode_plateau_on_a_scripted_accuracy():
+    # Accuracy rises to 0.9 at evaluation 6, then hovers below it: a max-mode rule stops after `patience` evaluations
+    # without a new best; the same rule in min mode would read the rise as getting worse and stop at once.
+    accuracy = [0.3, 0.5, 0.7, 0.8, 0.85, 0.9, 0.89, 0.88, 0.9, 0.89, 0.88, 0.87]
+    steps = [((i + 1) * EVERY, {"val/class_accuracy": a}) for i, a in enumerate(accuracy)]
+
+    def first(rule):
+        state = rule.new_state()
+        return next((g for g, m in steps if state.update(g, m)[0]), None)
+
+    rule = FIDPlateau(monitor="val/class_accuracy", mode="max", patience=3, window=1)
+    assert rule.mode == "max" and first(rule) == 9 * EVERY  # best 0.9 at 6; 7, 8, 9 do not beat it by 1 %
+    assert first(FIDPlateau(monitor="val/class_accuracy", mode="min", patience=3, window=1)) == 4 * EVERY
+    # Still rising by more than min_delta every evaluation: never stops.
+    state = rule.new_state()
+    assert not any(state.update((i + 1) * EVERY, {"val/class_accuracy": 0.1 * 1.05 ** i})[0] for i in range(40))
+
+
+def test_a_max_mode_collapse_reads_a_falling_metric_as_worse():
+    accuracy = [0.5, 0.7, 0.8, 0.85, 0.85, 0.8, 0.7, 0.6, 0.5, 0.4]
+    recalls = [0.3, 0.5, 0.6, 0.6, 0.6, 0.4, 0.2, 0.1, 0.1, 0.1]
+    state = Collapse(monitor="val/class_accuracy", mode="max").new_state()
+    stops = [state.update((i + 1) * EVERY, {"val/class_accuracy": a, "val/recall": r})[0]
+             for i, (a, r) in enumerate(zip(accuracy, recalls))]
+    assert any(stops)
+    # A metric that keeps rising while recall falls: better in max mode (no collapse), worse in min mode (collapse).
+    rising = [0.5, 0.6, 0.7, 0.8, 0.85, 0.87, 0.88, 0.89, 0.9, 0.91]
+
+    def stops(mode):
+        state = Collapse(monitor="val/class_accuracy", mode=mode).new_state()
+        return any(state.update((i + 1) * EVERY, {"val/class_accuracy": a, "val/recall": r})[0]
+                   for i, (a, r) in enumerate(zip(rising, recalls)))
+
+    assert not stops("max") and stops("min")
+
+
+@pytest.mark.parametrize("rule_cls", RULES)
+def test_the_distance_rules_refuse_max_mode(rule_cls):
+    with pytest.raises(ValueError, match="mode"):
+        rule_cls(mode="max")
+    with pytest.raises(ValueError, match="mode"):
+        FIDPlateau(mode="up")
+
+
+@pytest.mark.parametrize("rule_cls", [*RULES, Collapse, FIDPlateau, Divergence])
+def test_a_rule_is_configuration_that_feeding_never_changes(rule_cls):
+    rule = rule_cls()
+    before = rule.config()
+    fids = power_curve(15) + [power_curve(15)[-1]] * 30
+    feed(rule, fids, recalls=[0.5] * len(fids))
+    assert rule.config() == before and vars(rule) == vars(rule_cls())
+    # replace() gives a new rule and leaves this one as it is.
+    if "patience" in before and isinstance(before["patience"], int):
+        assert rule.replace(patience=7).patience == 7 and rule.patience == before["patience"]

@@ -7,15 +7,17 @@ import math
 
 import pytest
 
-from lightning_regan.stopping import CODE_REASONS, REASON_CODES, Divergence, FIDPlateau, LossPlateau, StopReason
+from lightning_regan.stopping import CODE_REASONS, REASON_CODES, Divergence, FIDPlateau, LossPlateau, StopReason, StopRule
 
 G, D = "train/g_loss", "train/d_loss"
 
 
 def first_stop(rule, sequence):
-    """Feed ``(g_step, metrics)`` pairs; return ``(g_step, message)`` of the first stop or ``None``."""
+    """Feed ``(g_step, metrics)`` pairs to a rule's new state (or to a given state); return ``(g_step, message)`` of
+    the first stop or ``None``."""
+    state = rule.new_state() if isinstance(rule, StopRule) else rule
     for g_step, metrics in sequence:
-        stop, message = rule.update(g_step, metrics)
+        stop, message = state.update(g_step, metrics)
         if stop:
             return g_step, message
     return None
@@ -87,7 +89,7 @@ def test_loss_plateau_warmup_and_window():
 
 
 def test_loss_plateau_ignores_missing_and_non_finite_values():
-    rule = plateau()
+    rule = plateau().new_state()
     seq = [(s, {G: (math.nan if s % 3 == 0 else 0.8), D: (math.inf if s == 25 else 1.3)}) for s in range(1, 500)]
     hit = first_stop(rule, seq)
     assert hit is not None and math.isfinite(rule.ema[G]) and math.isfinite(rule.ema[D])
@@ -106,24 +108,24 @@ def test_loss_plateau_resume_mid_plateau_gives_the_same_decision():
     seq = losses(500, g=oscillating(0.8, 0.1), d=lambda s: 1.3 + 0.5 * math.exp(-s / 30))
     expected = first_stop(plateau(), seq)
     assert expected is not None
-    rule = plateau()
+    rule = plateau().new_state()
     cut = expected[0] - 15  # one or more flat checks already counted
     first_stop(rule, [item for item in seq if item[0] <= cut])
     assert rule.wait_count >= 1
     saved = json.loads(json.dumps(rule.state_dict()))  # plain, JSON-able
-    resumed = plateau()
+    resumed = plateau().new_state()
     resumed.load_state_dict(saved)
     assert first_stop(resumed, [item for item in seq if item[0] > cut]) == expected
 
 
 def test_loss_plateau_changed_config_wins_over_checkpoint():
-    rule = plateau(patience=3)
+    rule = plateau(patience=3).new_state()
     first_stop(rule, losses(35))
     state = rule.state_dict()
-    resumed = plateau(patience=6)
+    resumed = plateau(patience=6).new_state()
     with pytest.warns(UserWarning, match="patience: 3 -> 6"):
         resumed.load_state_dict(state)
-    assert resumed.patience == 6 and resumed.wait_count == rule.wait_count
+    assert resumed.rule.patience == 6 and resumed.wait_count == rule.wait_count
     assert first_stop(resumed, losses(1000, start=36))[0] == 70  # 3 flat checks more than with patience 3
 
 
@@ -146,6 +148,21 @@ def test_loss_plateau_bad_arguments(kwargs, name):
         LossPlateau(**kwargs)
 
 
+def test_loss_plateau_until_logged_switches_off_for_the_rest_of_the_run():
+    seq = losses(500, g=oscillating(0.8, 0.2), d=oscillating(1.3, 0.2))
+    assert first_stop(plateau(until_logged="val/mmd"), seq)[0] == 40
+    # val/mmd logged at G step 25 (before the third flat check): the rule is off from there on, also when the metric
+    # is missing again later (a resumed run's callback_metrics), and its state says so across a checkpoint.
+    logged = [(g, {**m, "val/mmd": 0.1} if g == 25 else m) for g, m in seq]
+    state = plateau(until_logged="val/mmd").new_state()
+    assert first_stop(state, logged[:30]) is None and state.off
+    resumed = plateau(until_logged="val/mmd").new_state()
+    resumed.load_state_dict(json.loads(json.dumps(state.state_dict())))
+    assert first_stop(resumed, logged[30:]) is None
+    assert LossPlateau(until_logged="val/mmd").keys == ("train/g_loss", "train/d_loss", "val/mmd")
+    assert LossPlateau(until_logged="val/mmd").required_keys == ("train/g_loss", "train/d_loss")
+
+
 def test_loss_plateau_accepts_a_single_monitor_name():
     assert LossPlateau(monitors="train/g_loss").monitors == ("train/g_loss",)
 
@@ -163,11 +180,11 @@ def test_fid_plateau_spike_then_recovery_does_not_stop_before_patience():
     # StyleGAN2-ADA #68: 48.7 -> 84.0 -> 56.2, then recovery below the best.
     series = [120.0, 80.0, 60.0, 48.7, 84.0, 56.2, 52.0, 49.5, 46.0, 44.0, 43.0, 41.0]
     for window in (1, 3):
-        rule = FIDPlateau(patience=5, window=window)
+        rule = FIDPlateau(patience=5, window=window).new_state()
         assert first_stop(rule, fids(series)) is None
         assert rule.wait_count == 0 and rule.best < 48.7
     # the median of 3 ignores the spike: it never becomes the smoothed value
-    smoothed = FIDPlateau(window=3)
+    smoothed = FIDPlateau(window=3).new_state()
     seen = []
     for g, m in fids(series):
         smoothed.update(g, m)
@@ -180,7 +197,7 @@ def test_fid_plateau_spike_then_recovery_does_not_stop_before_patience():
 
 def test_fid_plateau_stops_at_the_patience_th_evaluation_without_improvement():
     series = [90.0, 70.0, 55.0, 50.0, 50.2, 49.9, 51.0, 50.5, 49.8, 50.1]
-    rule = FIDPlateau(patience=4, window=1, min_delta=0.01)
+    rule = FIDPlateau(patience=4, window=1, min_delta=0.01).new_state()
     hit = first_stop(rule, fids(series))
     # best 50.0 at G step 400; 49.9 and 49.8 improve by < 1 %; 4th non-improving evaluation is at G step 800
     assert hit is not None and hit[0] == 800
@@ -191,7 +208,7 @@ def test_fid_plateau_stops_at_the_patience_th_evaluation_without_improvement():
 
 
 def test_fid_plateau_only_counts_evaluations_and_non_finite_is_no_improvement():
-    rule = FIDPlateau(patience=2, window=1)
+    rule = FIDPlateau(patience=2, window=1).new_state()
     assert rule.update(100, {"train/g_loss": 1.0}) == (False, "") and rule.evaluations == 0
     rule.update(200, {"val/fid": 30.0})
     assert rule.update(300, {"val/fid": math.nan})[0] is False
@@ -206,7 +223,7 @@ def test_fid_plateau_warmup_does_not_count():
 
 
 def test_fid_plateau_custom_monitor():
-    rule = FIDPlateau(patience=1, window=1, monitor="val/kid")
+    rule = FIDPlateau(patience=1, window=1, monitor="val/kid").new_state()
     rule.update(1, {"val/kid": 0.1})
     assert rule.update(2, {"val/fid": 0.01}) == (False, "")
     assert rule.update(3, {"val/kid": 0.2})[0]
@@ -216,14 +233,14 @@ def test_fid_plateau_resume_mid_plateau_gives_the_same_decision():
     series = [100.0, 80.0, 65.0, 60.0, 63.0, 59.9, 61.0, 62.0, 60.5, 64.0, 60.2, 61.0]
     expected = first_stop(FIDPlateau(patience=4), fids(series))
     assert expected is not None
-    rule = FIDPlateau(patience=4)
+    rule = FIDPlateau(patience=4).new_state()
     first_stop(rule, fids(series)[:8])
     assert rule.wait_count >= 1
-    resumed = FIDPlateau(patience=4)
+    resumed = FIDPlateau(patience=4).new_state()
     resumed.load_state_dict(json.loads(json.dumps(rule.state_dict())))
     assert first_stop(resumed, fids(series)[8:]) == expected
     # a state dict without newer keys still loads
-    old = FIDPlateau()
+    old = FIDPlateau().new_state()
     old.load_state_dict({"best": 5.0, "wait_count": 1})
     assert old.best == 5.0 and old.recent == [] and old.evaluations == 0
 
@@ -283,9 +300,9 @@ def test_divergence_warmup_delays_thresholds_only():
 def test_divergence_resume_mid_violation():
     seq = div_seq(200, d_adv=lambda s: 0.0 if s > 30 else 1.0)
     expected = first_stop(Divergence(d_loss_floor=1e-3, patience=50), seq)
-    rule = Divergence(d_loss_floor=1e-3, patience=50)
+    rule = Divergence(d_loss_floor=1e-3, patience=50).new_state()
     first_stop(rule, seq[:60])
-    resumed = Divergence(d_loss_floor=1e-3, patience=50)
+    resumed = Divergence(d_loss_floor=1e-3, patience=50).new_state()
     resumed.load_state_dict(json.loads(json.dumps(rule.state_dict())))
     assert first_stop(resumed, seq[60:]) == expected == (80, expected[1])
 

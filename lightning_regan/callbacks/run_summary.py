@@ -12,6 +12,7 @@ import lightning as L
 from lightning_regan.atomic import json_safe, write_json_atomic
 from lightning_regan.callbacks.g_step import GStepCallback, check_int, g_steps_of, is_due
 from lightning_regan.logged import to_float
+from lightning_regan.stopping.base import StopRecord, first_stop
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,16 @@ class SummaryFields(Protocol):
     ``ModeCoverageMonitor``; any user callback may too)."""
 
     def summary_fields(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
-        """JSON-friendly entries of ``summary.json`` (``status``, ``stop_reason``, ``fid_history``, ...)."""
+        """JSON-friendly entries of ``summary.json`` (``fid_history``, ``early_termination``, ...; never ``status``,
+        which is :class:`RunSummary`'s)."""
+
+
+@runtime_checkable
+class StopDecider(Protocol):
+    """What a callback that may stop the run exposes (``EarlyTermination``, ``OptunaPruning``; any user callback may
+    too): ``stop_record`` is a :class:`~lightning_regan.stopping.StopRecord` once it stopped the run, else ``None``."""
+
+    stop_record: Optional[StopRecord]
 
 
 class RunSummary(GStepCallback):
@@ -35,6 +45,12 @@ class RunSummary(GStepCallback):
     Steps count generator updates. Every callback with a ``summary_fields(trainer, pl_module) -> dict`` method
     (:class:`SummaryFields`) contributes its entries, in callback order; the checkpoint paths come from
     ``trainer.checkpoint_callbacks``. Each is optional.
+
+    This callback alone sets ``status``, ``stop_reason`` and ``stopped_g_step``: from the
+    :class:`~lightning_regan.stopping.StopRecord` of the deciders (:class:`StopDecider`) that stopped the run, the
+    earliest G step first and, at the same step, by :data:`~lightning_regan.stopping.STATUS_RANKS` (diverged >
+    pruned > stopped_early), so the order of the callbacks never changes the result; else from how the Trainer
+    ended; ``failed`` on an exception.
 
     Args:
         output_dir: Folder of ``summary.json`` and ``plots/``.
@@ -162,7 +178,12 @@ class RunSummary(GStepCallback):
         }
         for cb in trainer.callbacks:
             if cb is not self and isinstance(cb, SummaryFields):
-                summary.update(cb.summary_fields(trainer, pl_module))
+                fields = cb.summary_fields(trainer, pl_module)
+                summary.update({k: v for k, v in fields.items() if k not in ("status", "stop_reason", "stopped_g_step")})
+        record = first_stop([cb.stop_record for cb in trainer.callbacks
+                             if isinstance(cb, StopDecider) and isinstance(cb.stop_record, StopRecord)])
+        if record is not None:
+            summary.update(status=record.status, stop_reason=record.reason, stopped_g_step=record.g_step)
         if failure is not None:
             summary["status"], summary["stop_reason"] = "failed", type(failure).__name__
             summary["error"] = f"{type(failure).__name__}: {failure}"[:2000]
@@ -170,7 +191,7 @@ class RunSummary(GStepCallback):
 
     @staticmethod
     def _natural_end(trainer: L.Trainer) -> tuple[str, str]:
-        """Status and reason of a run that EarlyTermination did not stop."""
+        """Status and reason of a run that no decider stopped."""
         if trainer.fast_dev_run:
             return "completed", "fast_dev_run"
         max_steps = trainer.max_steps
@@ -184,4 +205,4 @@ class RunSummary(GStepCallback):
         return "completed", "max_steps"
 
 
-__all__ = ["RunSummary", "SummaryFields", "write_json_atomic"]
+__all__ = ["RunSummary", "StopDecider", "SummaryFields", "write_json_atomic"]

@@ -5,7 +5,8 @@ was measured at, ``val/fid_g_step``) it reports the value at that G step to the 
 study's pruner (``Trial.should_prune``).
 The pruner compares the curve with the other trials' at the same G step through the study's storage, so it works
 with any launcher whose jobs reach that storage (a journal file on a shared folder, SQLite, an RDB server).
-Within the trial, ``EarlyTermination`` keeps its own rules; whichever decides first stops the run.
+Within the trial, ``EarlyTermination`` keeps its own rules; whichever decides first stops the run, and ``RunSummary``
+turns both callbacks' stop records into the run's one ``status``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import lightning as L
 
 from lightning_regan.callbacks.g_step import GStepCallback
 from lightning_regan.logged import NewEvaluations
+from lightning_regan.stopping.base import StopRecord
 from lightning_regan.sweep import open_storage
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,7 @@ class OptunaPruning(GStepCallback):
     Attributes:
         pruned: Whether the pruner stopped this run.
         pruned_g_step: The G step of the evaluation that pruned it.
+        stop_record: A :class:`~lightning_regan.stopping.StopRecord` (status ``"pruned"``) once it pruned the run.
         reported: ``[(g_step, value), ...]`` reported to the trial by this run.
     """
 
@@ -71,6 +74,7 @@ class OptunaPruning(GStepCallback):
         self.pruned = False
         self.pruned_g_step: Optional[int] = None
         self.reported: list[tuple[int, float]] = []
+        self.stop_record: Optional[StopRecord] = None
         self._trial: Any = None
         self._evaluations = NewEvaluations(monitor, step_key)
 
@@ -121,6 +125,8 @@ class OptunaPruning(GStepCallback):
         if decision:
             self.pruned, self.pruned_g_step = True, g_step
             trainer.should_stop = True
+            self.stop_record = StopRecord("pruned", "pruned", g_step, type(self).__name__,
+                                          f"pruned at G step {g_step} ({self.monitor} = {value:.4g})")
             if trainer.is_global_zero:
                 log.info("OptunaPruning: trial %d pruned at G step %d (%s = %.4g). Signaling Trainer to stop.",
                          self.trial_number, g_step, self.monitor, value)
@@ -135,17 +141,18 @@ class OptunaPruning(GStepCallback):
             self._evaluations.last_step, self._evaluations.last_value = self.reported[-1]
         self.pruned = bool(state_dict.get("pruned", False))
         self.pruned_g_step = state_dict.get("pruned_g_step")
+        # A pruned trial does not resume training; the record says so again if it does.
+        self.stop_record = (StopRecord("pruned", "pruned", int(self.pruned_g_step), type(self).__name__)
+                            if self.pruned and self.pruned_g_step is not None else None)
 
     # ------------------------------------------------------------------ summary.json
     def summary_fields(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
-        """Fields this callback adds to ``summary.json``: ``status``/``stop_reason`` ``"pruned"`` when it pruned."""
+        """Fields this callback adds to ``summary.json`` (the ``"pruned"`` status comes from ``stop_record``)."""
         fields: dict[str, Any] = {
             "optuna": {"study_name": self.study_name, "trial_number": self.trial_number,
                        "pruner": type(self.pruner).__name__, "pruned_g_step": self.pruned_g_step,
                        "reported": [list(r) for r in self.reported]},
         }
-        if self.pruned:
-            fields.update(status="pruned", stop_reason="pruned", stopped_g_step=self.pruned_g_step)
         return fields
 
 

@@ -1,0 +1,189 @@
+"""What every stop rule shares: the reasons, the rule (configuration) and its per-run state, the stop record.
+
+A :class:`StopRule` holds configuration only and is never changed after construction; :meth:`StopRule.new_state`
+creates the :class:`RuleState` that a run feeds (``update(g_step, metrics)``) and checkpoints (``state_dict``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, ClassVar, Optional, Union
+
+
+class StopReason(str, Enum):
+    """Why training ended; the value is what ``summary.json`` records as ``stop_reason``."""
+
+    MAX_STEPS = "max_steps"
+    LOSS_PLATEAU = "loss_plateau"
+    FID_PLATEAU = "fid_plateau"
+    COLLAPSED = "collapsed"
+    DIVERGENCE = "divergence"
+
+
+# Precedence when several ranks or rules want to stop at once: the largest code wins.
+REASON_CODES: dict[Optional[StopReason], int] = {
+    None: 0,
+    StopReason.LOSS_PLATEAU: 1,
+    StopReason.FID_PLATEAU: 2,
+    StopReason.COLLAPSED: 3,
+    StopReason.DIVERGENCE: 4,
+}
+CODE_REASONS: dict[int, Optional[StopReason]] = {code: reason for reason, code in REASON_CODES.items()}
+
+#: When two callbacks stopped the run at the same G step, the status with the higher rank is the run's.
+STATUS_RANKS: dict[str, int] = {"stopped_early": 1, "pruned": 2, "diverged": 3}
+
+
+@dataclass(frozen=True)
+class StopRecord:
+    """A decider's account of why it stopped the run (``RunSummary`` turns the records into the run's ``status``).
+
+    Attributes:
+        status: ``"stopped_early"``, ``"diverged"`` or ``"pruned"`` (a key of :data:`STATUS_RANKS`).
+        reason: ``summary.json``'s ``stop_reason`` (e.g. ``"fid_plateau"``, ``"divergence"``, ``"pruned"``).
+        g_step: G step of the stop.
+        source: Name of the deciding callback.
+        message: The stop message.
+    """
+
+    status: str
+    reason: str
+    g_step: int
+    source: str
+    message: str = ""
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUS_RANKS:
+            raise ValueError(f"StopRecord: status must be one of {sorted(STATUS_RANKS)}, got {self.status!r}.")
+
+
+def first_stop(records: Sequence[StopRecord]) -> Optional[StopRecord]:
+    """The record that ended the run: the earliest G step; at the same step the higher status rank, then the reason
+    and the source by name (never the order the callbacks were registered in)."""
+    return min(records, key=lambda r: (r.g_step, -STATUS_RANKS[r.status], r.reason, r.source), default=None)
+
+
+MODES = ("min", "max")
+
+
+def is_finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def check_keys(owner: str, name: str, value: Union[str, Sequence[str]]) -> tuple[str, ...]:
+    """Metric name(s) as a non-empty tuple of non-empty strings, else a ``ValueError``."""
+    keys = (value,) if isinstance(value, str) else tuple(value) if isinstance(value, Sequence) else ()
+    if not keys or not all(isinstance(k, str) and k for k in keys):
+        raise ValueError(f"{owner}: {name} must be a non-empty list of metric names, got {value!r}.")
+    return keys
+
+
+def check_mode(owner: str, mode: Any, allowed: Sequence[str] = MODES) -> str:
+    """``"min"`` (lower is better) or ``"max"``, else a ``ValueError``."""
+    if mode not in allowed:
+        raise ValueError(f"{owner}: mode must be one of {', '.join(map(repr, allowed))}, got {mode!r}.")
+    return mode
+
+
+def _normalize(value: Any) -> Any:
+    return list(value) if isinstance(value, (tuple, list)) else value
+
+
+class StopRule:
+    """Base class of a stop rule: the configuration of a pure stop criterion, never changed after construction.
+
+    A subclass sets ``reason``, ``cadence`` and ``state_class``, sets ``monitor`` (the metric it decides on) and
+    ``mode`` in its constructor, and returns its constructor arguments from :meth:`config`.
+
+    Attributes:
+        reason: The reason reported when the rule stops training.
+        cadence: ``"evaluation"``: fed once per new evaluation of ``monitor`` (with the other ``keys`` logged with
+            it); ``"step"``: fed every G step with ``keys``.
+        monitor: The metric the rule decides on.
+        mode: ``"min"`` (lower is better) or ``"max"``.
+        step_key: The logged G step of each evaluation of ``monitor`` (a new value is a new evaluation, also when the
+            value repeats); ``None``: ``<monitor>_g_step``. Without it logged, a changed value is a new evaluation.
+    """
+
+    reason: ClassVar[StopReason] = StopReason.FID_PLATEAU
+    cadence: ClassVar[str] = "evaluation"
+    state_class: ClassVar[type["RuleState"]]
+    monitor: str
+    mode: str = "min"
+    step_key: Optional[str] = None
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Every metric name the rule reads."""
+        return (self.monitor,)
+
+    @property
+    def required_keys(self) -> tuple[str, ...]:
+        """The keys whose absence from the logged metrics is worth a warning."""
+        return self.keys
+
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments (the configuration, never restored from a checkpoint)."""
+        raise NotImplementedError
+
+    def replace(self, **changes: Any) -> "StopRule":
+        """A new rule of the same class with some constructor arguments changed (this one is left as it is)."""
+        return type(self)(**{**self.config(), **changes})
+
+    def new_state(self) -> "RuleState":
+        """Fresh per-run state of this rule."""
+        return self.state_class(self)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"{type(self).__name__}({args})"
+
+
+class RuleState:
+    """Per-run state of a :class:`StopRule`: fed ``update(g_step, metrics)``, checkpointed with ``state_dict``.
+
+    ``load_state_dict`` restores counters and history only: the rule's configuration always wins over what a
+    checkpoint recorded (a difference is reported with a warning), so a resumed run takes the same decision at the
+    same G step with the same configuration.
+    """
+
+    def __init__(self, rule: StopRule) -> None:
+        self.rule = rule
+
+    def update(self, g_step: int, metrics: Mapping[str, float]) -> tuple[bool, str]:
+        """Feed the metrics of one G step (or one evaluation); return ``(should_stop, message)``."""
+        raise NotImplementedError
+
+    def _state(self) -> dict[str, Any]:
+        return {}
+
+    def _load_state(self, state: Mapping[str, Any]) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        """Counters and history as a plain dict (plus the configuration, for comparison on load)."""
+        return {"config": self.rule.config(), **copy.deepcopy(self._state())}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore counters and history; the rule's configuration is kept (a change is warned about)."""
+        saved = state_dict.get("config") or {}
+        changed = {k: (saved[k], v) for k, v in self.rule.config().items()
+                   if k in saved and _normalize(saved[k]) != _normalize(v)}
+        if changed:
+            text = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+            warnings.warn(
+                f"{type(self.rule).__name__}: the configuration differs from the checkpoint ({text}); "
+                "using the current configuration with the restored counters.",
+                UserWarning,
+                stacklevel=2,
+            )
+        self._load_state(state_dict)
+
+
+__all__ = ["CODE_REASONS", "MODES", "REASON_CODES", "STATUS_RANKS", "RuleState", "StopReason", "StopRecord",
+           "StopRule", "check_keys", "check_mode", "first_stop", "is_finite"]
