@@ -16,7 +16,7 @@ from typing import Any, Optional, Union
 import lightning as L
 import torch
 
-from lightning_regan.callbacks.g_step import GStepCallback, g_step_budget, g_steps_of
+from lightning_regan.callbacks.g_step import DECISION, GStepCallback, g_step_budget, g_steps_of
 from lightning_regan.logged import NewEvaluations, to_float
 from lightning_regan.stopping import CODE_REASONS, REASON_CODES, RuleState, StopReason, StopRecord, StopRule
 from lightning_regan.validation import check_bool, check_fraction
@@ -89,6 +89,8 @@ class EarlyTermination(GStepCallback):
         smoothed: ``{rule name: [(g_step, smoothed value), ...]}`` for rules whose state has a ``smoothed`` value
             (``FIDPlateau``): what the rule compared (for the FID plot).
     """
+
+    stage = DECISION
 
     def __init__(self, rules: Rules = (), tolerance: Optional[float] = None, verbose: bool = True) -> None:
         super().__init__()

@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import lightning as L
 
-from lightning_regan.callbacks.g_step import GStepCallback
+from lightning_regan.callbacks.g_step import DECISION, GStepCallback
 from lightning_regan.logged import NewEvaluations
 from lightning_regan.stopping.base import StopRecord
 from lightning_regan.sweep import open_storage
@@ -48,6 +48,8 @@ class OptunaPruning(GStepCallback):
         stop_record: A :class:`~lightning_regan.stopping.StopRecord` (status ``"pruned"``) once it pruned the run.
         reported: ``[(g_step, value), ...]`` reported to the trial by this run.
     """
+
+    stage = DECISION
 
     def __init__(self, storage: str, study_name: str, trial_number: int, pruner: Any, monitor: str = "val/fid",
                  step_key: str = "val/fid_g_step") -> None:
