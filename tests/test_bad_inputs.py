@@ -1,14 +1,22 @@
-"""Every bad input to ``regan-train`` is answered with one line on stderr and exit code 2, naming the key or file.
+"""Every bad input to ``regan-train``, ``regan-eval`` and ``regan-sample`` is answered with one line on stderr and
+exit code 2, naming the key or file (docs/errors.md lists them all).
 
-Table-driven and in-process (the console entry point itself is checked by a subprocess case below). How fast the
-answers come is measured by ``scripts/bench_cli.py``, not asserted here.
+Table-driven and in-process: exit code, exactly one stderr line, the key or file named, no warning raised before it.
+A few representatives run as real console processes (two at a time), where a leaked warning or a usage block would
+show on stderr; regan-eval's shape check is timed. How fast regan-train's torch-free answers come is measured by
+``scripts/bench_cli.py``.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
 import subprocess
 import sys
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -70,6 +78,35 @@ def _cut_mnist(tmp: Path) -> str:
     return str(tmp / "mnist")
 
 
+def _raw_pickle(tmp: Path) -> str:
+    """A plain pickle (not torch.save's format) named like a checkpoint."""
+    path = tmp / "raw.ckpt"
+    path.write_bytes(pickle.dumps({"state_dict": {}, "note": "pickled by hand"}))
+    return str(path)
+
+
+def _ring_ckpt(tmp: Path) -> str:
+    """A checkpoint whose stored config is the default one with data=gaussians model=mlp (as a ring run stores it)."""
+    from omegaconf import OmegaConf
+
+    from lightning_regan.cli.checks import RESUME_NODES
+    from lightning_regan.config import compose_config, drop_unselected
+
+    cfg = compose_config(["data=gaussians", "model=mlp"])
+    drop_unselected(cfg)
+    stored = {n: OmegaConf.to_container(cfg[n], resolve=True) for n in RESUME_NODES if n in cfg}
+    stored.update(data_shape=[2], num_classes=None)
+    path = tmp / "ring.ckpt"
+    torch.save({"state_dict": {"generator.w": torch.zeros(2)}, "regan": {"g_steps": 4, "d_steps": 4, "config": stored}},
+               path)
+    return str(path)
+
+
+def _symlink_loop(tmp: Path) -> str:
+    (tmp / "loop").symlink_to(tmp / "loop")
+    return str(tmp / "loop" / "run")
+
+
 # (id, overrides built from tmp_path, text the line must contain)
 CASES: list[tuple[str, Callable[[Path], list[str]], list[str]]] = [
     ("unknown group key", lambda t: ["modle=dcgan"], ["modle", "did you mean model?"]),
@@ -90,6 +127,22 @@ CASES: list[tuple[str, Callable[[Path], list[str]], list[str]]] = [
     ("non-finite weights", lambda t: [f"ckpt_path={_nan_ckpt(t)}"], ["nan.ckpt", "ema_generator.module.w", "non-finite"]),
     ("damaged MNIST file", lambda t: ["data=mnist", f"data.root={_cut_mnist(t)}"],
      ["train-images-idx3-ubyte", "damaged"]),
+    # second round (issue 23)
+    ("resume with another model", lambda t: ["data=gaussians", "model=dcgan", f"ckpt_path={_ring_ckpt(t)}"],
+     ["ring.ckpt", "model.generator._target_", "MLPGenerator", "DCGANGenerator", "nothing was written"]),
+    ("resume with other data", lambda t: ["data=digits", "model=mlp", f"ckpt_path={_ring_ckpt(t)}"],
+     ["ring.ckpt", "data._target_", "GaussianMixtureDataModule"]),
+    ("resume with another data setting", lambda t: ["data=gaussians", "model=mlp", "data.num_modes=4",
+                                                    f"ckpt_path={_ring_ckpt(t)}"],
+     ["ring.ckpt", "data.num_modes (checkpoint: 8, now: 4)"]),
+    ("error inside a config target", lambda t: ["experiment=ring", "model=dcgan"],
+     ["model.generator", "DCGANGenerator", "use model=mlp"]),
+    ("value of a callback", lambda t: ["callbacks.fid.num_samples=1"], ["callbacks.fid.num_samples", "got 1"]),
+    ("raw pickle as checkpoint", lambda t: [f"ckpt_path={_raw_pickle(t)}"], ["raw.ckpt", "raw pickle", "unsafe"]),
+    ("output_dir under a symlink loop", lambda t: [f"output_dir={_symlink_loop(t)}"],
+     ["output_dir=", "loop/run", "symbolic link"]),
+    ("ckpt_path=last_required, none there", lambda t: ["ckpt_path=last_required"],
+     ["ckpt_path=last_required", "checkpoints/last.ckpt"]),
 ]
 
 
@@ -101,9 +154,11 @@ def test_bad_input_is_one_line_with_exit_code_2(tmp_path, monkeypatch, capsys, m
     overrides = make(tmp_path)
     args = [f"hydra.run.dir={run}", *overrides] if not any(o.startswith("hydra.run.dir") for o in overrides) else overrides
     monkeypatch.setattr(sys, "argv", ["regan-train", "trainer.enable_progress_bar=false", *args])
-    with pytest.raises(SystemExit) as exited:
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(SystemExit) as exited:
+        warnings.simplefilter("always")
         entry.main()
     err = capsys.readouterr().err
+    assert not caught, [str(w.message) for w in caught]
     lines = [line for line in err.splitlines() if line.strip()]
     assert exited.value.code == 2, err
     assert len(lines) == 1 and lines[0].startswith("regan-train: error: "), err
