@@ -86,19 +86,23 @@ def _raw_pickle(tmp: Path) -> str:
 
 
 def _ring_ckpt(tmp: Path) -> str:
-    """A checkpoint whose stored config is the default one with data=gaussians model=mlp (as a ring run stores it)."""
-    from omegaconf import OmegaConf
+    """An untrained regan-train checkpoint of ``data=gaussians model=mlp`` (networks, stored config), as a ring run
+    writes it, without training."""
+    from omegaconf import OmegaConf, open_dict
 
-    from lightning_regan.cli.checks import RESUME_NODES
+    from lightning_regan.builders import build_models, build_module
     from lightning_regan.config import compose_config, drop_unselected
 
-    cfg = compose_config(["data=gaussians", "model=mlp"])
+    cfg = compose_config(["data=gaussians", "model=mlp", "model.generator.hidden=[8]", "model.discriminator.hidden=[8]"])
     drop_unselected(cfg)
-    stored = {n: OmegaConf.to_container(cfg[n], resolve=True) for n in RESUME_NODES if n in cfg}
-    stored.update(data_shape=[2], num_classes=None)
+    with open_dict(cfg):
+        cfg.output_dir = str(tmp / "ring-run")
+    module = build_module(cfg, *build_models(cfg, (2,)))
+    module.run_config = {**OmegaConf.to_container(cfg, resolve=True), "data_shape": [2], "num_classes": None}
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
     path = tmp / "ring.ckpt"
-    torch.save({"state_dict": {"generator.w": torch.zeros(2)}, "regan": {"g_steps": 4, "d_steps": 4, "config": stored}},
-               path)
+    torch.save(checkpoint, path)
     return str(path)
 
 
@@ -133,6 +137,7 @@ CASES: list[tuple[str, Callable[[Path], list[str]], list[str]]] = [
     ("resume with other data", lambda t: ["data=digits", "model=mlp", f"ckpt_path={_ring_ckpt(t)}"],
      ["ring.ckpt", "data._target_", "GaussianMixtureDataModule"]),
     ("resume with another data setting", lambda t: ["data=gaussians", "model=mlp", "data.num_modes=4",
+                                                    "model.generator.hidden=[8]", "model.discriminator.hidden=[8]",
                                                     f"ckpt_path={_ring_ckpt(t)}"],
      ["ring.ckpt", "data.num_modes (checkpoint: 8, now: 4)"]),
     ("error inside a config target", lambda t: ["experiment=ring", "model=dcgan"],
@@ -200,3 +205,128 @@ def test_bf16_on_cpu_is_warned_in_one_line(capsys):
     assert message is not None and "40x slower" in message
     assert capsys.readouterr().err.strip() == message
     assert warn_slow_precision(compose_config([])) is None
+
+
+# ----------------------------------------------------------------------------------- regan-eval and regan-sample
+def _images(folder: Path, n: int, side: int, seed: int) -> Path:
+    """``n`` random greyscale PNGs of ``side`` x ``side`` px."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (side, side), dtype=np.uint8), "L").save(folder / f"{i:03d}.png")
+    return folder
+
+
+def _no_inception(tmp: Path, monkeypatch) -> list[str]:
+    """No Inception weights anywhere regan-eval looks; an image folder evaluated with Inception."""
+    monkeypatch.delenv("REGAN_INCEPTION_WEIGHTS", raising=False)
+    monkeypatch.delenv("REGAN_INCEPTION_ALLOW_DOWNLOAD", raising=False)
+    monkeypatch.setenv("REGAN_CACHE_DIR", str(tmp / "empty-cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp / "empty-torch-home"))
+    return ["--images", str(_images(tmp / "fake", 4, 8, 0)), "--data", "image_folder", "--data-root",
+            str(_images(tmp / "real", 4, 8, 1)), "--feature-extractor", "inception", "--no-progress"]
+
+
+# (id, tool, arguments built from (tmp_path, monkeypatch), text the line must contain, seconds it may take or None)
+TOOL_CASES = [
+    ("eval: data of another shape", "regan-eval", lambda t, m: [_ring_ckpt(t), "--data", "mnist", "--data-root",
+                                                                str(t / "no-mnist"), "--no-progress"],
+     ["ring.ckpt", "shape (2,)", "'mnist'", "(1, 28, 28)"], 3.0),
+    ("eval: one sample", "regan-eval", lambda t, m: [_ring_ckpt(t), "-n", "1"], ["--num-samples", "got 1"], None),
+    ("eval: bad number", "regan-eval", lambda t, m: [_ring_ckpt(t), "--batch-size", "x"], ["--batch-size", "'x'"], None),
+    ("eval: missing Inception weights", "regan-eval", _no_inception,
+     ["Inception weights", "regan-fid-weights", "empty-cache"], None),
+    ("eval: raw pickle", "regan-eval", lambda t, m: [_raw_pickle(t)], ["raw.ckpt", "raw pickle"], None),
+    ("eval: bad data option", "regan-eval", lambda t, m: ["--images", str(_images(t / "a", 2, 8, 0)), "--data",
+                                                          "image_folder", "--data-root", str(_images(t / "b", 2, 8, 1)),
+                                                          "--data-option", "channels=2"],
+     ["data", "channels", "2"], None),
+    ("sample: zero samples", "regan-sample", lambda t, m: [_ring_ckpt(t), "-n", "0"], ["--num", "got 0"], None),
+    ("sample: raw pickle", "regan-sample", lambda t, m: [_raw_pickle(t)], ["raw.ckpt", "raw pickle"], None),
+    ("sample: missing file", "regan-sample", lambda t, m: [str(t / "nope.ckpt")], ["nope.ckpt", "does not exist"], None),
+]
+
+
+def _tool_main(tool: str) -> Callable[[list[str]], int]:
+    from lightning_regan.cli import evaluate, sample
+
+    return {"regan-eval": evaluate.main, "regan-sample": sample.main}[tool]
+
+
+@pytest.mark.parametrize(("tool", "make", "expected", "seconds"), [c[1:] for c in TOOL_CASES],
+                         ids=[c[0] for c in TOOL_CASES])
+def test_tool_bad_input_is_one_line_with_exit_code_2(tmp_path, monkeypatch, capsys, tool, make, expected, seconds):
+    args = make(tmp_path, monkeypatch)
+    main = _tool_main(tool)
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            code = main(args)
+        except SystemExit as exc:  # argparse errors
+            code = exc.code
+    took = time.perf_counter() - start
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith(f"{tool}: "), err
+    assert "usage:" not in err
+    for text in expected:
+        assert text in lines[0], (text, lines[0])
+    assert not caught, [str(w.message) for w in caught]
+    if seconds is not None:
+        assert took < seconds, f"{took:.1f} s"
+
+
+def test_image_folders_are_compared_at_their_own_size_unless_told(tmp_path, capsys):
+    """Two folders of 8x8 images: the default keeps 8x8 (and says so); the training default would resize."""
+    from lightning_regan.cli import evaluate
+
+    fake, real = _images(tmp_path / "fake", 12, 8, 0), _images(tmp_path / "real", 12, 8, 1)
+    base = ["--images", str(fake), "--data", "image_folder", "--data-root", str(real), "--feature-extractor",
+            "identity", "--no-progress", "--json"]
+    results = {}
+    for name, extra in (("default", []), ("8", ["--data-option", "image_size=8"]),
+                        ("16", ["--data-option", "image_size=16"])):
+        assert evaluate.main([*base, str(tmp_path / f"{name}.json"), *extra]) == 0
+        results[name] = json.loads((tmp_path / f"{name}.json").read_text())
+        results[name]["line"] = capsys.readouterr().out.strip()
+    assert results["default"]["image_size"] == [8, 8] and "at 8x8 px" in results["default"]["line"]
+    assert results["default"]["fid"] == pytest.approx(results["8"]["fid"], rel=1e-6)
+    assert results["16"]["image_size"] == [16, 16] and "at 16x16 px" in results["16"]["line"]
+    assert results["16"]["fid"] != pytest.approx(results["default"]["fid"], rel=1e-3)
+
+
+# ----------------------------------------------------------------------------------- real console processes
+def _console(args: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess, float]:
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")
+    env.pop("PYTHONWARNINGS", None)  # a warning printed before the line must show
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return proc, time.perf_counter() - start
+
+
+def test_console_tools_answer_in_one_line_without_warnings_or_usage(tmp_path):
+    """Representatives of each kind, as real processes two at a time: stderr is exactly the one line."""
+    ring = _ring_ckpt(tmp_path)
+    raw = _raw_pickle(tmp_path)
+    cases = [
+        (["-m", "lightning_regan.cli.entry", f"hydra.run.dir={tmp_path / 'r1'}", f"ckpt_path={raw}"],
+         "regan-train: error: ", ["raw.ckpt", "raw pickle"]),
+        (["-m", "lightning_regan.cli.entry", f"hydra.run.dir={tmp_path / 'r2'}", "data=gaussians", "model=dcgan",
+          f"ckpt_path={ring}"], "regan-train: error: ", ["model.generator._target_"]),
+        (["-m", "lightning_regan.cli.sample", ring, "-n", "0"], "regan-sample: error: ", ["--num must be >= 1, got 0"]),
+        (["-m", "lightning_regan.cli.evaluate", ring, "--data", "mnist", "--data-root", str(tmp_path)],
+         "regan-eval: ", ["shape (2,)"]),
+    ]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda c: _console(c[0], tmp_path)[0], cases))
+    for (args, prefix, expected), proc in zip(cases, results):
+        assert proc.returncode == 2, (args, proc.stderr[-3000:])
+        assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(prefix), (args, proc.stderr)
+        for text in expected:
+            assert text in proc.stderr, (text, proc.stderr)
+    assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()  # Hydra never started
