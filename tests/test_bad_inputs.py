@@ -174,19 +174,25 @@ def test_bad_input_is_one_line_with_exit_code_2(tmp_path, monkeypatch, capsys, m
 
 
 def test_console_entry_point_answers_config_errors_without_torch(tmp_path):
-    """The real entry point in a fresh interpreter: one line, exit 2, and torch never imported."""
+    """The real entry point in a fresh interpreter: one line each, exit 2, and torch never imported (a wrong key,
+    and a callback's value that the value alone decides)."""
     probe = (
         "import sys, runpy\n"
-        "sys.argv = ['regan-train', 'modle=dcgan']\n"
-        "try:\n"
-        "    runpy.run_module('lightning_regan.cli.entry', run_name='__main__')\n"
-        "finally:\n"
-        "    print('torch imported:', 'torch' in sys.modules)\n"
+        "for args in (['modle=dcgan'], ['callbacks.fid.num_samples=1']):\n"
+        "    sys.argv = ['regan-train', *args]\n"
+        "    try:\n"
+        "        runpy.run_module('lightning_regan.cli.entry', run_name='__main__')\n"
+        "    except SystemExit as exc:\n"
+        "        print('exit', exc.code)\n"
+        "print('torch imported:', 'torch' in sys.modules)\n"
     )
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONWARNINGS="ignore")
     proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip() == "regan-train: error: unknown key modle; did you mean model?"
+    assert proc.stdout.split("\n")[:2] == ["exit 2", "exit 2"], proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "regan-train: error: unknown key modle; did you mean model?",
+        "regan-train: error: callbacks.fid.num_samples must be an integer >= 2, got 1 (e.g. callbacks.fid.num_samples=2).",
+    ]
     assert "torch imported: False" in proc.stdout
 
 
@@ -309,24 +315,36 @@ def _console(args: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess, f
     return proc, time.perf_counter() - start
 
 
-def test_console_tools_answer_in_one_line_without_warnings_or_usage(tmp_path):
-    """Representatives of each kind, as real processes two at a time: stderr is exactly the one line."""
-    ring = _ring_ckpt(tmp_path)
-    raw = _raw_pickle(tmp_path)
-    cases = [
-        (["-m", "lightning_regan.cli.entry", f"hydra.run.dir={tmp_path / 'r1'}", f"ckpt_path={raw}"],
-         "regan-train: error: ", ["raw.ckpt", "raw pickle"]),
-        (["-m", "lightning_regan.cli.entry", f"hydra.run.dir={tmp_path / 'r2'}", "data=gaussians", "model=dcgan",
-          f"ckpt_path={ring}"], "regan-train: error: ", ["model.generator._target_"]),
-        (["-m", "lightning_regan.cli.sample", ring, "-n", "0"], "regan-sample: error: ", ["--num must be >= 1, got 0"]),
-        (["-m", "lightning_regan.cli.evaluate", ring, "--data", "mnist", "--data-root", str(tmp_path)],
-         "regan-eval: ", ["shape (2,)"]),
-    ]
+CONSOLE_CASES = [
+    # (id, arguments after the interpreter, (tmp, ring, raw) -> ..., prefix of the line, texts it names)
+    ("train: raw pickle (torch warned first)", lambda t, ring, raw: [
+        "-m", "lightning_regan.cli.entry", f"hydra.run.dir={t / 'r1'}", f"ckpt_path={raw}"],
+     "regan-train: error: ", ["raw.ckpt", "raw pickle"]),
+    ("sample: -n 0 (argparse printed its usage)", lambda t, ring, raw: [
+        "-m", "lightning_regan.cli.sample", ring, "-n", "0"], "regan-sample: error: ", ["--num must be >= 1, got 0"]),
+    ("train: resume with another model", lambda t, ring, raw: [
+        "-m", "lightning_regan.cli.entry", f"hydra.run.dir={t / 'r2'}", "data=gaussians", "model=dcgan",
+        f"ckpt_path={ring}"], "regan-train: error: ", ["model.generator._target_"]),
+    ("eval: data of another shape", lambda t, ring, raw: [
+        "-m", "lightning_regan.cli.evaluate", ring, "--data", "mnist", "--data-root", str(t)],
+     "regan-eval: ", ["shape (2,)"]),
+]
+#: Real processes cost a torch import each (10-40 s on a loaded 2-core machine): two in the default suite.
+FAST_CONSOLE = 2
+
+
+@pytest.mark.parametrize("cases", [
+    pytest.param(CONSOLE_CASES[:FAST_CONSOLE], id="fast"),
+    pytest.param(CONSOLE_CASES[FAST_CONSOLE:], id="rest", marks=pytest.mark.slow),
+])
+def test_console_tools_answer_in_one_line_without_warnings_or_usage(tmp_path, cases):
+    """Real processes, two at a time, with Python's warnings on: stderr is exactly the one line."""
+    ring, raw = _ring_ckpt(tmp_path), _raw_pickle(tmp_path)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        results = list(pool.map(lambda c: _console(c[0], tmp_path)[0], cases))
-    for (args, prefix, expected), proc in zip(cases, results):
-        assert proc.returncode == 2, (args, proc.stderr[-3000:])
-        assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(prefix), (args, proc.stderr)
+        results = list(pool.map(lambda c: _console(c[1](tmp_path, ring, raw), tmp_path)[0], cases))
+    for (name, _, prefix, expected), proc in zip(cases, results):
+        assert proc.returncode == 2, (name, proc.stderr[-3000:])
+        assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(prefix), (name, proc.stderr)
         for text in expected:
-            assert text in proc.stderr, (text, proc.stderr)
+            assert text in proc.stderr, (name, text, proc.stderr)
     assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()  # Hydra never started
