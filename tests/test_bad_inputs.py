@@ -134,7 +134,8 @@ CASES: list[tuple[str, Callable[[Path], list[str]], list[str]]] = [
     # second round (issue 23)
     ("resume with another model", lambda t: ["data=gaussians", "model=dcgan", f"ckpt_path={_ring_ckpt(t)}"],
      ["ring.ckpt", "model.generator._target_", "MLPGenerator", "DCGANGenerator", "nothing was written"]),
-    ("resume with other data", lambda t: ["data=digits", "model=mlp", f"ckpt_path={_ring_ckpt(t)}"],
+    ("resume with other data", lambda t: ["data=digits", "model=mlp", "model.generator.hidden=[8]",
+                                          "model.discriminator.hidden=[8]", f"ckpt_path={_ring_ckpt(t)}"],
      ["ring.ckpt", "data._target_", "GaussianMixtureDataModule"]),
     ("resume with another data setting", lambda t: ["data=gaussians", "model=mlp", "data.num_modes=4",
                                                     "model.generator.hidden=[8]", "model.discriminator.hidden=[8]",
