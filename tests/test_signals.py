@@ -99,6 +99,7 @@ def test_sigint_exits_130(tmp_path):
     assert summary["status"] == "failed" and summary["stop_reason"] == "KeyboardInterrupt"
 
 
+@pytest.mark.slow
 def test_slurm_requeue_signal_saves_an_hpc_checkpoint_requeues_and_the_requeued_job_resumes(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
