@@ -82,3 +82,21 @@ def test_settings_free_to_change_on_resume_are_not_differences(tmp_path):
     assert config_differences(stored, now) == []
     assert config_differences(stored, _cfg(tmp_path, "data=mnist", "module.n_critic=2")) == [
         "module.n_critic (checkpoint: 1, now: 2)"]
+
+
+def test_a_requeued_slurm_job_is_checked_against_the_checkpoint_lightning_resumes_from(tmp_path, monkeypatch):
+    import shutil
+
+    from lightning_regan.cli.train import _resolve_ckpt_path
+    from test_bad_inputs import _ring_ckpt
+
+    cfg = _cfg(tmp_path, "data=digits", "model=mlp", "model.generator.hidden=[8]", "model.discriminator.hidden=[8]")
+    Path(cfg.output_dir).mkdir(parents=True)
+    shutil.copy(_ring_ckpt(tmp_path), Path(cfg.output_dir) / "hpc_ckpt_1.ckpt")
+    for key in [k for k in __import__("os").environ if k.startswith("SLURM_")]:
+        monkeypatch.delenv(key)
+    assert _resolve_ckpt_path(cfg) is None  # not on SLURM: Lightning would not resume from it either
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.setenv("SLURM_JOB_NAME", "regan")
+    with pytest.raises(ConfigError, match=r"SLURM requeue checkpoint='.*hpc_ckpt_1\.ckpt' .*data\._target_"):
+        _resolve_ckpt_path(cfg)

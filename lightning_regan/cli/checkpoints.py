@@ -146,13 +146,31 @@ def resolve_resume(cfg: DictConfig, output_dir: Optional[str | os.PathLike], ann
             raise ConfigError(
                 f"ckpt_path={value!r} does not exist; pass an existing .ckpt file or ckpt_path={LAST}."
             )
-    checkpoint = read_checkpoint(path, "ckpt_path")  # refuses unsafe, foreign or damaged files in one line
+    check_same_settings(path, cfg, "ckpt_path")
+    return str(path)
+
+
+def check_same_settings(path: Path, cfg: DictConfig, key: str) -> None:
+    """Read the checkpoint safely and raise :class:`ConfigError` when it was trained with other settings."""
+    checkpoint = read_checkpoint(path, key)  # refuses unsafe, foreign or damaged files in one line
     stored = checkpoint[CHECKPOINT_KEY].get("config")
     if isinstance(stored, Mapping):
         differences = config_differences(dict(stored), cfg)
         if differences:
-            raise ConfigError(resume_mismatch_message("ckpt_path", path, differences))
-    return str(path)
+            raise ConfigError(resume_mismatch_message(key, path, differences))
 
 
-__all__ = ["CheckpointError", "check_finite", "read_checkpoint", "resolve_resume"]
+def slurm_hpc_checkpoint(output_dir: str | os.PathLike) -> Optional[Path]:
+    """The checkpoint Lightning resumes a requeued SLURM job from by itself (the newest
+    ``<output_dir>/hpc_ckpt_<n>.ckpt``, when on SLURM and ``ckpt_path`` is not set), or ``None``."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    if not SLURMEnvironment.detect():
+        return None
+    found = [(int(m.group(1)), p) for p in Path(output_dir).glob("hpc_ckpt_*.ckpt")
+             if (m := re.fullmatch(r"hpc_ckpt_(\d+)\.ckpt", p.name))]
+    return max(found)[1] if found else None
+
+
+__all__ = ["CheckpointError", "check_finite", "check_same_settings", "read_checkpoint", "resolve_resume",
+           "slurm_hpc_checkpoint"]

@@ -16,7 +16,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
-from lightning_regan.cli.checkpoints import CheckpointError, resolve_resume
+from lightning_regan.cli.checkpoints import CheckpointError, check_same_settings, resolve_resume, slurm_hpc_checkpoint
 from lightning_regan.cli.checks import MAX_SEED, ConfigError, check_values  # noqa: F401 (public names)
 from lightning_regan.cli.entry import fail, main  # noqa: F401 (regan-train's entry point)
 from lightning_regan.config import drop_unselected
@@ -92,7 +92,11 @@ def validate_config(cfg: DictConfig) -> None:
 def _resolve_ckpt_path(cfg: DictConfig) -> Optional[str]:
     # The same check regan-train ran before Hydra started (cli.entry); here also for ckpt_path=last, whose folder
     # Hydra has now resolved, and for callers of train() that bypass the console entry point.
-    return resolve_resume(cfg, cfg.output_dir, announce=True)
+    path = resolve_resume(cfg, cfg.output_dir, announce=True)
+    hpc = slurm_hpc_checkpoint(cfg.output_dir) if path is None else None
+    if hpc is not None:  # a requeued SLURM job: Lightning resumes from it by itself, so it is checked the same way
+        check_same_settings(hpc, cfg, "SLURM requeue checkpoint")
+    return path
 
 
 #: Exit codes of a run stopped by a signal (128 + the signal's number, as a shell reports a signalled process).
