@@ -38,9 +38,9 @@ def env(**extra: str) -> dict[str, str]:
 
 
 def start_and_signal(run: Path, sig: int, environ: dict[str, str], wait_for: Optional[Path] = None,
-                     before: Optional[int] = None) -> subprocess.CompletedProcess:
-    """Start a long run, wait until ``wait_for`` (default: its last.ckpt) exists, send ``before`` (if any) then
-    ``sig``; return the finished process."""
+                     before: Optional[int] = None, handled: Optional[Path] = None) -> subprocess.CompletedProcess:
+    """Start a long run, wait until ``wait_for`` (default: its last.ckpt) exists, send ``before`` (if any) and wait
+    until ``handled`` exists, then send ``sig``; return the finished process."""
     wait_for = wait_for or run / "checkpoints" / "last.ckpt"
     proc = subprocess.Popen(train_cmd(run, "max_g_steps=1000000"), env=environ, cwd=run.parent,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -53,8 +53,8 @@ def start_and_signal(run: Path, sig: int, environ: dict[str, str], wait_for: Opt
         if before is not None:
             proc.send_signal(before)
             deadline = time.monotonic() + 120
-            while not any(run.glob("hpc_ckpt_*.ckpt")):
-                assert proc.poll() is None and time.monotonic() < deadline, "no HPC checkpoint after SIGUSR1"
+            while handled is not None and not handled.is_file():  # the handler's last act (checkpoint saved first)
+                assert proc.poll() is None and time.monotonic() < deadline, "signal not handled"
                 time.sleep(0.2)
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=120)
@@ -111,7 +111,7 @@ def test_slurm_requeue_signal_saves_an_hpc_checkpoint_requeues_and_the_requeued_
                 SLURM_JOB_NAME="regan", SLURM_PROCID="0", SLURM_LOCALID="0", SLURM_NODEID="0")
     run = tmp_path / "run"
     # SLURM sends the requeue signal (--signal=USR1@...) before the end of the time limit, then SIGTERM.
-    proc = start_and_signal(run, signal.SIGTERM, slurm, before=signal.SIGUSR1)
+    proc = start_and_signal(run, signal.SIGTERM, slurm, before=signal.SIGUSR1, handled=calls)
     assert proc.returncode == 143, proc.stderr[-3000:]
     assert calls.read_text().split() == ["requeue", "4242"]
     (hpc,) = run.glob("hpc_ckpt_*.ckpt")
