@@ -11,7 +11,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from lightning_regan.cli.checks import ConfigError, one_line, preflight, run_output_dir
+from lightning_regan.cli.checks import ConfigError, preflight
+from lightning_regan.cli.checks import one_line, run_output_dir
 from lightning_regan.config import config_dir
 
 
