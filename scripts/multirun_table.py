@@ -84,6 +84,7 @@ def collect_runs(multirun_dir: Path) -> list[dict[str, Any]]:
             "overrides": read_overrides(job_dir),
             "fid_history": history,
             "stopped_g_step": summary.get("stopped_g_step", summary.get("g_steps")),
+            "error": summary.get("error"),
         }
         for field in SUMMARY_FIELDS:
             record[field] = summary.get(field)
@@ -126,6 +127,11 @@ def best_run(runs: Sequence[dict[str, Any]]) -> Optional[dict[str, Any]]:
     return min(scored, key=lambda r: r["best_fid"]) if scored else None
 
 
+def failed_runs(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs whose ``summary.json`` says ``failed`` (an exception or a signal stopped them)."""
+    return [r for r in runs if r.get("status") == "failed"]
+
+
 def write_csv(runs: Sequence[dict[str, Any]], path: Path) -> Path:
     header, rows = table_rows(runs)
     with open(path, "w", newline="", encoding="utf-8") as f:
@@ -149,6 +155,12 @@ def write_markdown(runs: Sequence[dict[str, Any]], path: Path, title: str) -> Pa
     if best is not None:
         lines += ["", f"Best FID: job `{best['job']}` ({_describe(best)}), best_fid={format_cell(best['best_fid'])} "
                       f"at G step {best['best_fid_step']}."]
+    failed = failed_runs(runs)
+    if failed:
+        lines += ["", f"Failed: {len(failed)} of {len(runs)} runs."]
+        varying = [k for k in override_columns(runs) if len({run["overrides"].get(k) for run in runs}) > 1]
+        lines += [f"- job `{r['job']}` ({_describe(r, varying or None)}) at G step {r['g_steps']}: "
+                  f"{(r.get('error') or r.get('stop_reason') or '?').splitlines()[0][:300]}" for r in failed]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
@@ -227,6 +239,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     for kind, path in paths.items():
         print(f"{kind}: {path if path is not None else '(no FID evaluations: no plot)'}")
+    failed = failed_runs(collect_runs(args.multirun_dir))
+    if failed:
+        print(f"multirun_table: {len(failed)} run(s) failed: {', '.join(r['job'] for r in failed)} (see runs.md)",
+              file=sys.stderr)
     return 0
 
 

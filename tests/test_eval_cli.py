@@ -38,19 +38,20 @@ def _copy_digits(src: Path, digits: tuple[str, ...], dest: Path) -> Path:
 
 
 def test_images_fid_agrees_with_torch_fidelity(tmp_path, shared_data, inception_weights):
-    """Two folders of 28x28 MNIST digits (0/1 against 7/8): regan-eval --images with data.image_size=28 against
-    torch-fidelity's FID on the same files with the same converted weights."""
+    """Two folders of 28x28 MNIST digits (0/1 against 7/8): regan-eval --images with its defaults (the images' own
+    size: no resizing to the image_folder training default of 64 px) against torch-fidelity's FID on the same files
+    with the same converted weights."""
     torch_fidelity = pytest.importorskip("torch_fidelity")
     real = _copy_digits(shared_data / "mnist-test-png", ("0", "1"), tmp_path / "real")
     fake = _copy_digits(shared_data / "mnist-test-png", ("7", "8"), tmp_path / "fake")
     out = tmp_path / "fid.json"
     code = ev.main(["--images", str(fake), "--data", "image_folder", "--data-root", str(real), "--feature-extractor",
-                    "inception", "--data-option", "image_size=28", "--weights", str(inception_weights),
+                    "inception", "--weights", str(inception_weights),
                     "--cache-dir", str(tmp_path / "cache"), "--batch-size", str(PER_SIDE), "--no-progress",
                     "--json", str(out)])
     assert code == 0
     ours = json.loads(out.read_text())
-    assert ours["num_samples"] == ours["num_real_samples"] == PER_SIDE
+    assert ours["num_samples"] == ours["num_real_samples"] == PER_SIDE and ours["image_size"] == [28, 28]
     reference = torch_fidelity.calculate_metrics(
         input1=str(fake), input2=str(real), fid=True, cuda=False, verbose=False, cache=False, save_cpu_ram=True,
         batch_size=PER_SIDE, feature_extractor_weights_path=str(inception_weights),

@@ -24,6 +24,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn
+from hydra.errors import CompactHydraException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
@@ -35,6 +36,11 @@ log = logging.getLogger(__name__)
 JOURNAL_NAME = "optuna.journal"
 #: Study user attribute: numbers of the trials a killed sweep left running (failed, their parameters asked again).
 REQUEUED = "requeued"
+
+
+class TrialsFailed(CompactHydraException):
+    """Some trials of this sweep failed; the others' results are in the study and the sweep table. Hydra prints
+    the message as one line and the sweep exits with code 1."""
 
 
 def distribution_for(override: Override) -> Any:
@@ -112,6 +118,10 @@ class ReganOptunaSweeper(Sweeper):
         self.study: Any = None
         #: Set when the sampler stopped the study (its search space is exhausted).
         self.exhausted = False
+        #: ``(trial number, error)`` of the trials that failed in this sweep (not the ones a killed sweep left).
+        self.failed: list[tuple[int, str]] = []
+        #: Trials told to the study in this sweep.
+        self.told = 0
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.hydra_context = hydra_context
@@ -212,6 +222,7 @@ class ReganOptunaSweeper(Sweeper):
 
         returns: list[Sequence[JobReturn]] = []
         self.exhausted = False
+        self.failed, self.told = [], 0
         while done < self.n_trials and not self.exhausted:
             trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - done))]
             batch = [
@@ -247,12 +258,20 @@ class ReganOptunaSweeper(Sweeper):
         paths = write_sweep_report(study, sweep_dir)
         print((sweep_dir / "sweep.md").read_text(), flush=True)
         log.info("Sweep table: %s", ", ".join(str(p) for p in paths.values() if p is not None))
+        if self.failed:
+            # The other trials' results are kept; the exit code tells a scheduler or a script that one failed.
+            first_number, first_error = self.failed[0]
+            raise TrialsFailed(
+                f"regan_optuna sweep: {len(self.failed)} of {self.told} trials failed (trial "
+                f"{first_number}: {first_error}); the other results are in {sweep_dir / 'sweep.md'}."
+            )
         return returns
 
     def _tell(self, study: Any, trial: Any, ret: JobReturn) -> None:
         """Record the job's outcome in the study: complete with its value, pruned, or failed."""
         import optuna
 
+        self.told += 1
         summary: dict[str, Any] = {}
         output_dir: Optional[Path] = None
         if ret.hydra_cfg is not None:
@@ -272,8 +291,10 @@ class ReganOptunaSweeper(Sweeper):
         try:
             value = ret.return_value  # re-raises the job's exception when it failed
         except BaseException as err:  # a failed trial must not end the sweep
-            trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:500])
-            log.error("Trial %d failed: %s: %s", trial.number, type(err).__name__, err)
+            error = f"{type(err).__name__}: {err}".splitlines()[0][:500]
+            trial.set_user_attr("error", error)
+            log.error("Trial %d failed: %s", trial.number, error)
+            self.failed.append((trial.number, error))
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             return
         if summary.get("status") == "pruned":
@@ -281,6 +302,7 @@ class ReganOptunaSweeper(Sweeper):
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             return
         if not isinstance(value, (int, float)) or math.isnan(value):
+            self.failed.append((trial.number, f"the run returned {value!r}, not a number"))
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             return
         study.tell(trial, float(value))

@@ -8,13 +8,24 @@ from __future__ import annotations
 
 import os
 import re
+import sys
+import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
+from omegaconf import DictConfig
 
+from lightning_regan.cli.checks import (
+    LAST, LAST_REQUIRED, ConfigError, config_differences, last_checkpoint, missing_last_message,
+    resume_mismatch_message,
+)
 from lightning_regan.module import CHECKPOINT_KEY
+
+#: The first bytes of torch.save's legacy (non-zip) format: a protocol-2 pickle of torch's magic number.
+_LEGACY_TORCH_HEAD = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 
 
 class CheckpointError(ValueError):
@@ -36,6 +47,20 @@ def _why_refused(exc: BaseException) -> str:
     return f"not a checkpoint ({type(exc).__name__}{': ' + first[:200] if first else ''})"
 
 
+def _not_torch(path: Path) -> Optional[str]:
+    """Why ``path`` is not a torch checkpoint, judged from its first bytes without unpickling anything (``None``:
+    a zip archive as ``torch.save`` writes, or torch's legacy format, both left to ``torch.load``)."""
+    if zipfile.is_zipfile(path):
+        return None
+    with open(path, "rb") as f:
+        head = f.read(len(_LEGACY_TORCH_HEAD))
+    if head == _LEGACY_TORCH_HEAD:
+        return None
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "a raw pickle, not a torch checkpoint; it was not unpickled (unsafe: a pickle can run code)"
+    return "not a checkpoint (not a torch zip archive)"
+
+
 def read_checkpoint(path: str | os.PathLike, key: str = "checkpoint", map_location: Any = "cpu") -> dict[str, Any]:
     """Load a lightning-regan checkpoint with ``weights_only=True`` and check it.
 
@@ -50,8 +75,13 @@ def read_checkpoint(path: str | os.PathLike, key: str = "checkpoint", map_locati
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{key}={str(path)!r} does not exist; pass an existing .ckpt file.")
+    why = _not_torch(path)
+    if why is not None:
+        raise CheckpointError(f"{key}={str(path)!r} is refused: {why}; pass a checkpoint written by regan-train.")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's own warnings about the file would come before our one line
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # zip/pickle errors of any kind on a foreign file; unsafe objects refused by torch
         raise CheckpointError(
             f"{key}={str(path)!r} is refused: {_why_refused(exc)}; pass a checkpoint written by regan-train."
@@ -80,4 +110,67 @@ def check_finite(state_dict: Mapping[str, Any], where: str) -> None:
                 )
 
 
-__all__ = ["CheckpointError", "check_finite", "read_checkpoint"]
+def resolve_resume(cfg: DictConfig, output_dir: Optional[str | os.PathLike], announce: bool = True) -> Optional[str]:
+    """The checkpoint ``cfg.ckpt_path`` resumes from, checked: safe, regan-train's, finite, and written with the
+    same :data:`~lightning_regan.cli.checks.RESUME_NODES` settings as ``cfg``.
+
+    Args:
+        cfg: The composed run config.
+        output_dir: The run's output folder (for ``ckpt_path=last``); ``None``: unknown yet, ``last`` is not checked.
+        announce: Print the one line saying that ``ckpt_path=last`` found nothing and the run starts fresh.
+
+    Returns:
+        The checkpoint path, or ``None`` for a fresh run.
+
+    Raises:
+        CheckpointError: missing, unsafe, damaged or foreign file; ConfigError: other settings than the checkpoint's,
+            or ``ckpt_path=last_required`` with no checkpoint.
+    """
+    value = cfg.get("ckpt_path")
+    if value in (None, ""):
+        return None
+    value = str(value)
+    if value in (LAST, LAST_REQUIRED):
+        if output_dir is None:
+            return None
+        path = last_checkpoint(output_dir)
+        if not path.is_file():
+            if value == LAST_REQUIRED:
+                raise ConfigError(missing_last_message(path, required=True))
+            if announce:
+                print(missing_last_message(path, required=False), file=sys.stderr, flush=True)
+            return None
+    else:
+        path = Path(value)
+        if not path.is_file():
+            raise ConfigError(
+                f"ckpt_path={value!r} does not exist; pass an existing .ckpt file or ckpt_path={LAST}."
+            )
+    check_same_settings(path, cfg, "ckpt_path")
+    return str(path)
+
+
+def check_same_settings(path: Path, cfg: DictConfig, key: str) -> None:
+    """Read the checkpoint safely and raise :class:`ConfigError` when it was trained with other settings."""
+    checkpoint = read_checkpoint(path, key)  # refuses unsafe, foreign or damaged files in one line
+    stored = checkpoint[CHECKPOINT_KEY].get("config")
+    if isinstance(stored, Mapping):
+        differences = config_differences(dict(stored), cfg)
+        if differences:
+            raise ConfigError(resume_mismatch_message(key, path, differences))
+
+
+def slurm_hpc_checkpoint(output_dir: str | os.PathLike) -> Optional[Path]:
+    """The checkpoint Lightning resumes a requeued SLURM job from by itself (the newest
+    ``<output_dir>/hpc_ckpt_<n>.ckpt``, when on SLURM and ``ckpt_path`` is not set), or ``None``."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    if not SLURMEnvironment.detect():
+        return None
+    found = [(int(m.group(1)), p) for p in Path(output_dir).glob("hpc_ckpt_*.ckpt")
+             if (m := re.fullmatch(r"hpc_ckpt_(\d+)\.ckpt", p.name))]
+    return max(found)[1] if found else None
+
+
+__all__ = ["CheckpointError", "check_finite", "check_same_settings", "read_checkpoint", "resolve_resume",
+           "slurm_hpc_checkpoint"]

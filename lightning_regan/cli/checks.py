@@ -8,6 +8,8 @@ Checks that need torch (optimizers, models, data, checkpoints) follow in ``light
 from __future__ import annotations
 
 import difflib
+import errno
+import math
 import os
 import re
 import sys
@@ -28,7 +30,7 @@ MAX_SEED = 2**32 - 1
 
 def fail(exc: BaseException) -> None:
     """Report a user error in one line on stderr and exit with code 2."""
-    print(f"regan-train: error: {exc}", file=sys.stderr)
+    print(f"regan-train: error: {one_line(exc)}", file=sys.stderr)
     raise SystemExit(2)
 
 
@@ -105,6 +107,35 @@ def _unknown_key(key: str, overrides: Sequence[str], base: DictConfig, conf: Pat
         where = f"in {'.'.join(parts[:i])}" if i else "at the top level"
         return f"unknown key {key} (no {part} {where}); to add a new key write +{key}=..."
     return f"cannot override {key}"
+
+
+def one_line(exc: BaseException) -> str:
+    """``exc`` as one line: a Hydra instantiation error as ``<key> (<target>): <reason>``; a message of several
+    lines joined (a list of ``- item`` lines becomes ``a, b``)."""
+    from hydra.errors import InstantiationException
+
+    if isinstance(exc, InstantiationException):
+        text = str(exc)
+        key = re.search(r"^full_key: (.+)$", text, re.M)
+        target = re.search(r"Error in call to target '([^']+)'", text)
+        cause = exc.__cause__
+        reason = one_line(cause) if cause is not None else text.splitlines()[-1]
+        where = key.group(1) if key else "a config node"
+        return f"{where} ({target.group(1) if target else 'instantiate'}): {reason}"
+    parts: list[str] = []
+    item = False
+    for line in (s.strip() for s in str(exc).splitlines()):
+        if not line:
+            continue
+        if line.startswith("- ") and item:
+            parts[-1] += f", {line[2:]}"
+        else:
+            parts.append(line[2:] if line.startswith("- ") else line)
+        item = line.startswith("- ")
+    joined = ""
+    for part in parts:
+        joined += part if not joined else (" " if joined[-1] in ".:;!?," else "; ") + part
+    return joined or type(exc).__name__
 
 
 def _first_line(exc: BaseException) -> str:
@@ -193,6 +224,19 @@ def check_values(cfg: DictConfig) -> None:
         node = (cfg.get("callbacks") or {}).get(key)
         if node is not None:
             need_int(f"callbacks.{key}.every_n_g_steps", node.get("every_n_g_steps", 0), 0)
+    fid = (cfg.get("callbacks") or {}).get("fid")
+    if _has_target(fid):
+        # FIDMonitor's own minimums, answered here without torch (the value alone decides).
+        for name, minimum in (("num_samples", 2), ("num_real_samples", 2), ("batch_size", 1), ("kid_subset_size", 2),
+                              ("kid_subsets", 1), ("pr_k", 1)):
+            if fid.get(name) is not None:
+                need_int(f"callbacks.fid.{name}", fid.get(name), minimum)
+        draws = fid.get("noise_draws", 0)
+        if draws is not None and draws != 0:
+            need_int("callbacks.fid.noise_draws", draws, 2)
+    ckpt = cfg.get("ckpt_path")
+    if ckpt is not None and not isinstance(ckpt, str):
+        raise ConfigError(f"ckpt_path must be a file path, {LAST} or {LAST_REQUIRED}, got {ckpt!r}.")
     regs = cfg.get("regularizer") or {}
     for name, node in regs.items():
         if not has_target(node):
@@ -215,6 +259,14 @@ def check_writable_dir(key: str, path: str | os.PathLike) -> None:
     Creates nothing: a probe file is written and removed in ``path`` or in its nearest existing parent.
     """
     folder = Path(path).expanduser()
+    try:
+        os.stat(folder)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # Path.exists() says False on a loop, and mkdir fails later with a traceback
+            raise ConfigError(
+                f"{key}={folder} cannot be created: a symbolic link on the way loops ({exc.strerror}); point {key} at "
+                "a real folder."
+            ) from None
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     if not existing.is_dir():
         what = "is a file" if existing == folder else f"cannot be created: {existing} is a file"
@@ -238,6 +290,99 @@ def check_output_dirs(cfg: DictConfig, multirun: bool) -> None:
     raw = OmegaConf.to_container(cfg, resolve=False).get("output_dir")
     if isinstance(raw, str) and "${" not in raw:
         check_writable_dir("output_dir", raw)
+
+
+# ---------------------------------------------------------------------------------------------- resuming
+#: ``ckpt_path=last``: resume from ``<output_dir>/checkpoints/last.ckpt`` when it exists, else start fresh (said in
+#: one line). ``ckpt_path=last_required``: the same, but no checkpoint there is an error (exit code 2), so that a
+#: mistyped output folder cannot silently restart a long run.
+LAST = "last"
+LAST_REQUIRED = "last_required"
+
+#: Config nodes a resumed run must share with the checkpoint's run: they define the networks, the data they
+#: were trained on, the losses and the optimizers. Anything else (budget, callbacks, trainer, loggers) may change.
+RESUME_NODES = ("model", "data", "loss", "regularizer", "module")
+#: Data settings that say where the data is or how it is loaded, not what it is: free to change on resume.
+RESUME_FREE_DATA_KEYS = ("root", "data_root", "path", "download", "num_workers", "pin_memory", "persistent_workers",
+                         "verify")
+
+
+def run_output_dir(cfg: DictConfig) -> Optional[Path]:
+    """The run's output folder as known before Hydra starts (``output_dir``, or else ``hydra.run.dir``)."""
+    raw = OmegaConf.to_container(cfg, resolve=False).get("output_dir")
+    if isinstance(raw, str) and "${" not in raw:
+        return Path(raw).expanduser()
+    try:
+        run_dir = OmegaConf.select(cfg, "hydra.run.dir", default=None)
+    except Exception:  # an interpolation that only resolves inside the Hydra app
+        return None
+    return Path(run_dir).expanduser() if run_dir else None
+
+
+def last_checkpoint(output_dir: str | os.PathLike) -> Path:
+    """Where ``ckpt_path=last`` looks: ``<output_dir>/checkpoints/last.ckpt``."""
+    return Path(output_dir) / "checkpoints" / "last.ckpt"
+
+
+def missing_last_message(path: Path, required: bool) -> str:
+    """The one line for ``ckpt_path=last`` / ``last_required`` when ``path`` does not exist."""
+    if required:
+        return (f"ckpt_path={LAST_REQUIRED}: no checkpoint at {path}; check output_dir (or hydra.run.dir), or use "
+                f"ckpt_path={LAST} to start a fresh run when there is none.")
+    return (f"regan-train: ckpt_path={LAST}: no checkpoint at {path}, starting a fresh run (ckpt_path={LAST_REQUIRED} "
+            "makes this an error).")
+
+
+def _flatten(node: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(_flatten(value, f"{prefix}.{key}"))
+        return out or {prefix: {}}
+    if isinstance(node, (list, tuple)):
+        return {prefix: [v for v in node]}
+    return {prefix: node}
+
+
+def _resume_view(config: Any, node: str) -> dict[str, Any]:
+    value = config.get(node) if isinstance(config, dict) else None
+    flat = _flatten(value, node) if value is not None else {}
+    if node == "data":
+        flat = {k: v for k, v in flat.items() if k.split(".")[1] not in RESUME_FREE_DATA_KEYS}
+    return flat
+
+
+def config_differences(stored: dict[str, Any], current: DictConfig) -> list[str]:
+    """Settings of :data:`RESUME_NODES` that differ between a checkpoint's stored config and ``current``, as
+    ``key (checkpoint: a, now: b)``; a node whose ``_target_`` differs is named once, by its ``_target_``.
+
+    Raises:
+        ConfigError: ``current`` cannot be resolved.
+    """
+    differences: list[str] = []
+    for node in RESUME_NODES:
+        try:
+            now_node = OmegaConf.to_container(current[node], resolve=True) if node in current else None
+        except Exception:  # an interpolation that only resolves inside the Hydra app: not comparable here
+            continue
+        if node not in stored and now_node is None:
+            continue
+        old = _resume_view(stored, node)
+        new = _resume_view({node: now_node} if now_node is not None else {}, node)
+        changed_targets = [k[: -len("._target_")] for k in old if k.endswith("._target_") and old[k] != new.get(k)]
+        for key in sorted(set(old) | set(new), key=lambda k: (k.count("."), k)):
+            if any(key.startswith(t + ".") and key != t + "._target_" for t in changed_targets):
+                continue
+            if old.get(key, "<unset>") != new.get(key, "<unset>"):
+                differences.append(f"{key} (checkpoint: {old.get(key, '<unset>')}, now: {new.get(key, '<unset>')})")
+    return differences
+
+
+def resume_mismatch_message(key: str, path: str | os.PathLike, differences: Sequence[str]) -> str:
+    """One line naming the settings a resume would change."""
+    shown = "; ".join(differences[:4]) + (f"; and {len(differences) - 4} more" if len(differences) > 4 else "")
+    return (f"{key}={str(path)!r} was trained with other settings than this run: {shown}. Resume with the "
+            "checkpoint's settings, or start a new run without ckpt_path (nothing was written).")
 
 
 # ---------------------------------------------------------------------------------------------- command line
@@ -270,5 +415,7 @@ def preflight(argv: Sequence[str]) -> Optional[DictConfig]:
     return cfg
 
 
-__all__ = ["ConfigError", "MAX_SEED", "check_output_dirs", "check_values", "check_writable_dir", "compose_checked", "fail",
-           "need_int", "preflight", "sweep_variants"]
+__all__ = ["ConfigError", "LAST", "LAST_REQUIRED", "MAX_SEED", "RESUME_NODES", "check_output_dirs", "check_values",
+           "check_writable_dir", "compose_checked", "config_differences", "fail", "last_checkpoint",
+           "missing_last_message", "need_int", "one_line", "preflight", "resume_mismatch_message", "run_output_dir",
+           "sweep_variants"]

@@ -11,7 +11,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from lightning_regan.cli.checks import fail, preflight
+from lightning_regan.cli.checks import fail, one_line, preflight, run_output_dir
 from lightning_regan.config import config_dir
 from lightning_regan.errors import ConfigError
 
@@ -26,9 +26,17 @@ def _app(cfg: DictConfig) -> float:
 def main() -> None:
     """``regan-train [hydra overrides]``: validate, then train (see :func:`lightning_regan.cli.train.train`)."""
     try:
-        preflight(sys.argv[1:])
+        cfg = preflight(sys.argv[1:])
     except ConfigError as exc:
         fail(exc)
+    if cfg is not None and cfg.get("ckpt_path") and not any(a in ("-m", "--multirun") for a in sys.argv[1:]):
+        # Resuming: the checkpoint is read and its settings compared before Hydra writes into the run folder.
+        from lightning_regan.cli.checkpoints import CheckpointError, resolve_resume  # imports torch
+
+        try:
+            resolve_resume(cfg, run_output_dir(cfg), announce=False)
+        except (ConfigError, CheckpointError) as exc:
+            fail(exc)
     _app()
 
 

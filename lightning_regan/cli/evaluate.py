@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from lightning_regan.atomic import write_json_atomic
+from lightning_regan.cli.args import OneLineParser
 
 from lightning_regan.fid.extractors import EXTRACTOR_CHOICES, build_extractor, extractor_name, extractor_num_features, resolve_extractor_spec
 from lightning_regan.fid.metric import FeatureDistances
@@ -38,9 +39,17 @@ class EvaluationError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------- inputs
-def build_datamodule(name: str, root: Optional[str] = None, overrides: Sequence[str] = ()) -> Any:
+def build_datamodule(name: str, root: Optional[str] = None, overrides: Sequence[str] = (),
+                     native_size: bool = False, expect: Optional[Callable[[Any], None]] = None) -> Any:
     """Instantiate the ``conf/data/<name>.yaml`` DataModule (``root`` sets its data folder; ``overrides`` are
-    Hydra overrides such as ``data.image_size=28``)."""
+    Hydra overrides such as ``data.image_size=28``).
+
+    Args:
+        native_size: Keep the images' own size (``data.image_size=null``) unless ``overrides`` set an image size:
+            how folders of images are evaluated, so that FID agrees with tools that read the files as they are.
+        expect: Called with the DataModule before its data is read (e.g. a shape check), so that a mismatch is
+            answered before any work.
+    """
     from lightning_regan.cli.checks import compose_checked
     from lightning_regan.errors import ConfigError
     from lightning_regan.builders import build_datamodule as _build
@@ -51,10 +60,16 @@ def build_datamodule(name: str, root: Optional[str] = None, overrides: Sequence[
         cfg = compose_checked([f"data={name}", "data.batch_size=1", *overrides])  # one line, with a did-you-mean
     except ConfigError as exc:
         raise EvaluationError(f"--data {name} {' '.join(overrides)}: {exc}".replace("  ", " ")) from None
-    return _datamodule_from_cfg(cfg, root, _build)
+    if native_size and "image_size" in cfg.data and not any(o.startswith("data.image_size=") for o in overrides):
+        from omegaconf import open_dict
+
+        with open_dict(cfg):
+            cfg.data.image_size = None
+    return _datamodule_from_cfg(cfg, root, _build, expect)
 
 
-def _datamodule_from_cfg(cfg: Any, root: Optional[str], build: Any) -> Any:
+def _datamodule_from_cfg(cfg: Any, root: Optional[str], build: Any,
+                         expect: Optional[Callable[[Any], None]] = None) -> Any:
     from omegaconf import open_dict
 
     if root is not None:
@@ -63,11 +78,42 @@ def _datamodule_from_cfg(cfg: Any, root: Optional[str], build: Any) -> Any:
             raise EvaluationError(f"Dataset config {cfg.data.get('_target_')} takes no data folder; drop --data-root.")
         with open_dict(cfg):
             cfg.data[key] = str(root)
-    datamodule = build(cfg)
-    setup = getattr(datamodule, "setup", None)
-    if callable(setup):
-        setup("fit")
+    datamodule = build(cfg, validate=False)
+    if expect is not None:
+        expect(datamodule)
+    for step in ("validate", "setup"):  # validate: prepare_data + setup("fit"), with clear errors
+        hook = getattr(datamodule, step, None)
+        if callable(hook):
+            hook() if step == "validate" else hook("fit")
     return datamodule
+
+
+def check_fits(module: Any, cfg: Any, source: str) -> Callable[[Any], None]:
+    """A check that a DataModule holds samples of the shape (and classes) the checkpoint's generator makes.
+
+    Raises (when called):
+        EvaluationError: in one line, before any statistics are computed.
+    """
+    want = tuple(int(d) for d in cfg.data_shape)
+    trained_on = (cfg.get("data") or {}).get("_target_", "?").rsplit(".", 1)[-1]
+
+    def check(datamodule: Any) -> None:
+        got = tuple(int(d) for d in getattr(datamodule, "shape", ()) or ())
+        name = getattr(datamodule, "name", type(datamodule).__name__)
+        if got != want:
+            raise EvaluationError(
+                f"{source} generates samples of shape {want} (trained on {trained_on}), but data {name!r} has "
+                f"samples of shape {got}; evaluate against the data it was trained on (drop --data) or a dataset of "
+                "that shape (e.g. --data-option image_size=N)."
+            )
+        classes = getattr(module, "num_classes", None)
+        if getattr(module, "conditional", False) and getattr(datamodule, "num_classes", None) != classes:
+            raise EvaluationError(
+                f"{source} is class-conditional with {classes} classes, but data {name!r} has "
+                f"{getattr(datamodule, 'num_classes', None)}; evaluate against labelled data with {classes} classes."
+            )
+
+    return check
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -213,7 +259,7 @@ def evaluate(
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="regan-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="regan-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", nargs="?", help="a .ckpt written by regan-train (or use --images)")
     parser.add_argument("--images", type=Path, help="a folder of generated images to evaluate instead of a checkpoint")
     parser.add_argument("--data", help="dataset config name (digits, mnist, fashion_mnist, ...); default: the checkpoint's")
@@ -238,11 +284,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if (args.checkpoint is None) == (args.images is None):
         parser.error("give either a checkpoint or --images DIR")
-    for name in ("num_samples", "batch_size", "kid_subsets"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    for name, minimum, why in (("num_samples", 2, " (FID needs 2 samples)"), ("batch_size", 1, ""),
+                               ("kid_subsets", 1, ""), ("kid_subset_size", 2, "")):
+        if getattr(args, name) < minimum:
+            parser.error(f"--{name.replace('_', '-')} must be >= {minimum}{why}, got {getattr(args, name)}")
     if args.num_real_samples is not None and args.num_real_samples < 2:
-        parser.error("--num-real-samples must be >= 2")
+        parser.error(f"--num-real-samples must be >= 2 (FID needs 2 samples), got {args.num_real_samples}")
     if args.images is not None and args.data is None:
         parser.error("--images needs --data to say which dataset to compare with")
     for option in args.data_option:
@@ -250,14 +297,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.error(f"--data-option {option!r}: write KEY=VALUE, e.g. --data-option image_size=28")
     data_overrides = [f"data.{o.removeprefix('data.')}" for o in args.data_option]
 
+    from hydra.errors import InstantiationException
+
+    from lightning_regan.cli.checks import one_line
     from lightning_regan.cli.sample import CheckpointError, load_module
 
     try:
         module = None
+        expect = None
         if args.checkpoint is not None:
             module, cfg = load_module(args.checkpoint, map_location=args.device)
+            expect = check_fits(module, cfg, f"checkpoint {str(args.checkpoint)!r}")
         if args.data is not None:
-            datamodule = build_datamodule(args.data, args.data_root, data_overrides)
+            datamodule = build_datamodule(args.data, args.data_root, data_overrides, native_size=module is None,
+                                          expect=expect)
         else:
             from lightning_regan.builders import build_datamodule as _build
 
@@ -265,7 +318,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 from omegaconf import OmegaConf
 
                 cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(data_overrides))
-            datamodule = _datamodule_from_cfg(cfg, args.data_root, _build)
+            datamodule = _datamodule_from_cfg(cfg, args.data_root, _build, expect)
         spec = resolve_extractor_spec(args.feature_extractor, datamodule)
         if module is not None:
             batches = checkpoint_batches(module, args.num_samples, args.seed, args.batch_size, raw=args.raw)
@@ -286,15 +339,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             seed=args.seed, weights_path=args.weights, cache_dir=args.cache_dir, device=args.device,
             progress=not args.no_progress, num_generated=len(files) if module is None else args.num_samples,
         )
-    except (CheckpointError, EvaluationError, FileNotFoundError, ValueError) as exc:  # incl. missing weights/data
-        print(f"regan-eval: {exc}", file=sys.stderr)
+    except (CheckpointError, EvaluationError, FileNotFoundError, ValueError, InstantiationException) as exc:
+        # incl. missing weights/data and bad --data-option values
+        print(f"regan-eval: {one_line(exc)}", file=sys.stderr)
         return 2
     result = {"source": source, "data": args.data or getattr(datamodule, "name", type(datamodule).__name__), **result}
+    shape = tuple(getattr(datamodule, "shape", ()) or ())
+    size = ""
+    if len(shape) == 3:  # images: the size both sides were compared at (before the extractor's own resizing)
+        result["image_size"] = [int(shape[1]), int(shape[2])]
+        size = f", at {shape[2]}x{shape[1]} px"
     line = f"FID {result['fid']:.4f}"
     if args.kid:
         line += f"  KID {result['kid_mean']:.5f} +- {result['kid_std']:.5f}"
     print(f"{line}  ({result['feature_extractor']} features, {result['num_samples']} generated vs "
-          f"{result['num_real_samples']} real, {result['seconds']:.1f} s)")
+          f"{result['num_real_samples']} real{size}, {result['seconds']:.1f} s)")
     if args.json is not None:
         write_json_atomic(args.json, result)
     return 0

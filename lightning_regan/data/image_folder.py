@@ -65,24 +65,53 @@ class ConvertMode:
         return image.convert(self.mode)
 
 
-def image_transform(image_size: int, channels: int) -> Any:
-    """PIL image -> ``(channels, S, S)`` tensor in [-1, 1]: short side resized to ``S``, center crop, scaled."""
+def image_transform(image_size: Optional[int], channels: int) -> Any:
+    """PIL image -> ``(channels, S, S)`` tensor in [-1, 1]: short side resized to ``S``, center crop, scaled
+    (``image_size=None``: the image's own size, scaled only)."""
     from torchvision import transforms
 
+    resize = [] if image_size is None else [transforms.Resize(image_size, antialias=True),
+                                            transforms.CenterCrop(image_size)]
     return transforms.Compose([
         ConvertMode(_MODES[channels]),
-        transforms.Resize(image_size, antialias=True),
-        transforms.CenterCrop(image_size),
+        *resize,
         transforms.ToTensor(),
         transforms.Normalize([0.5] * channels, [0.5] * channels),
     ])
 
 
+def common_size(paths: Sequence[Path]) -> tuple[int, int]:
+    """``(height, width)`` shared by every image (read from the file headers only).
+
+    Raises:
+        DatasetError: two images differ in size (both named), or a file cannot be read.
+    """
+    from PIL import Image
+
+    first: Optional[tuple[tuple[int, int], Path]] = None
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                width, height = img.size
+        except Exception as exc:  # PIL raises many types for broken files
+            raise DatasetError(f"Cannot read image file {path}: {type(exc).__name__}: {exc}. Remove or replace it.") from exc
+        if first is None:
+            first = ((height, width), path)
+        elif (height, width) != first[0]:
+            (h0, w0), p0 = first
+            raise DatasetError(
+                f"data.image_size=null keeps the images' own size, but {p0} is {w0}x{h0} px and {path} is "
+                f"{width}x{height} px; set data.image_size=N to resize them all to NxN."
+            )
+    assert first is not None
+    return first[0]
+
+
 class ImageFileDataset(Dataset):
     """Images from a list of ``(path, label)``: converted to ``channels``, resized and center-cropped to
-    ``image_size``, scaled to [-1, 1]. Items are ``(image (C, S, S), label)``."""
+    ``image_size`` (``None``: kept at their own size), scaled to [-1, 1]. Items are ``(image (C, S, S), label)``."""
 
-    def __init__(self, items: Sequence[tuple[Path, int]], image_size: int, channels: int) -> None:
+    def __init__(self, items: Sequence[tuple[Path, int]], image_size: Optional[int], channels: int) -> None:
         self.items = list(items)
         self.mode = _MODES[channels]
         self.transform = image_transform(image_size, channels)
@@ -110,7 +139,8 @@ class ImageFolderDataModule(GANDataModule):
 
     Args:
         root: The image folder.
-        image_size: Side ``S`` of the square images.
+        image_size: Side ``S`` of the square images; ``None`` keeps the images' own size (all must agree), as
+            FID tools such as torch-fidelity read a folder.
         channels: 1 (greyscale) or 3 (RGB).
         verify: Check every file with PIL during setup, so a corrupt image fails before training (naming the
             file) instead of in the middle of it.
@@ -122,7 +152,7 @@ class ImageFolderDataModule(GANDataModule):
     def __init__(
         self,
         root: Optional[str | os.PathLike] = None,
-        image_size: int = 64,
+        image_size: Optional[int] = 64,
         channels: int = 3,
         verify: bool = True,
         max_samples: Optional[int] = None,
@@ -132,7 +162,7 @@ class ImageFolderDataModule(GANDataModule):
         pin_memory: bool = False,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
-        check_int("ImageFolderDataModule", "image_size", image_size, 1)
+        check_int("ImageFolderDataModule", "image_size (null: the images' own size)", image_size, 1, optional=True)
         if channels not in _MODES:
             raise ValueError(f"ImageFolderDataModule: channels must be 1 (greyscale) or 3 (RGB), got {channels!r}.")
         if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):
@@ -144,7 +174,7 @@ class ImageFolderDataModule(GANDataModule):
         self.max_samples = max_samples
         self.extensions = tuple(extensions)
         self.name = "image_folder"
-        self.shape = (channels, image_size, image_size)
+        self._native: Optional[tuple[int, int]] = None
         self._items: Optional[list[tuple[Path, int]]] = None
         self._verified = False
 
@@ -167,6 +197,16 @@ class ImageFolderDataModule(GANDataModule):
                 )
             self._items = items[: self.max_samples] if self.max_samples else items
         return self._items
+
+    @property  # type: ignore[override]
+    def shape(self) -> tuple[int, int, int]:
+        """``(channels, S, S)``, or ``(channels, H, W)`` of the images themselves when ``image_size`` is ``None``
+        (read from the files' headers the first time it is asked)."""
+        if self.image_size is not None:
+            return (self.channels, self.image_size, self.image_size)
+        if self._native is None:
+            self._native = common_size([p for p, _ in self.files()])
+        return (self.channels, *self._native)
 
     def prepare_data(self) -> None:
         """Check that ``root`` holds images and, with ``verify``, that every one of them can be read."""
@@ -199,7 +239,9 @@ class ImageFolderDataModule(GANDataModule):
         for path, label in self.files():
             listing.update(f"{path.relative_to(self.root).as_posix()}|{path.stat().st_size}|{label}\n".encode())
         return {"root": str(self.root.resolve()), "files": listing.hexdigest(), "count": len(self.files()),
-                "image_size": self.image_size, "channels": self.channels}
+                "image_size": self.image_size if self.image_size is not None else list(self.shape[1:]),
+                "channels": self.channels}
 
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageFileDataset", "ImageFolderDataModule", "image_transform", "list_images", "verify_images"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageFileDataset", "ImageFolderDataModule", "common_size", "image_transform", "list_images",
+           "verify_images"]
