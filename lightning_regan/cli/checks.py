@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import errno
-import math
 import os
 import re
 import sys

@@ -11,7 +11,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from lightning_regan.cli.checks import fail, one_line, preflight, run_output_dir
+from lightning_regan.cli.checks import fail, preflight, run_output_dir
 from lightning_regan.config import config_dir
 from lightning_regan.errors import ConfigError
 
