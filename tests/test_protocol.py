@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from helpers import Identity2D, TinyD, TinyG, point_loader, quiet_trainer
-from lightning_regan import Divergence, EarlyTermination, FIDMonitor, FIDPlateau, GANModule, SampleGrid
+from lightning_regan import BestGenerator, Divergence, EarlyTermination, FIDMonitor, FIDPlateau, GANModule, SampleGrid
 from lightning_regan.protocol import GANModuleLike
 
 
@@ -92,14 +92,15 @@ def test_a_user_module_implementing_the_protocol_works_with_the_callbacks(tmp_pa
     assert not isinstance(module, GANModule)
     fid = FIDMonitor(every_n_g_steps=4, num_samples=64, batch_size=32, feature_extractor=Identity2D(),
                      real_data=torch.randn(128, 2) * 0.5 + 1.0, verbose=False)
-    early = EarlyTermination(fid_plateau=FIDPlateau(patience=100), divergence=Divergence(), verbose=False)
+    early = EarlyTermination(rules=[FIDPlateau(patience=100), Divergence()], verbose=False)
+    best = BestGenerator(monitor="val/fid", verbose=False)
     grid = SampleGrid(tmp_path / "samples", every_n_g_steps=6, num_points=64, num_real_points=0)
-    trainer = quiet_trainer(max_steps=2 * 12, max_epochs=-1, callbacks=[fid, early, grid])
+    trainer = quiet_trainer(max_steps=2 * 12, max_epochs=-1, callbacks=[fid, early, best, grid])
     trainer.fit(module, point_loader(n=128, batch_size=32))
     assert module.g_steps == 12 and module.d_steps == 12
     assert [g for g, _ in fid.history] == [4, 8, 12]  # the G-step clock is the module's own counter
     assert float(trainer.callback_metrics["val/fid_g_step"]) == 12.0
     best_fid, best_step = min((f, g) for g, f in fid.history)
-    assert early.status == "completed" and early.best_fid == best_fid and early.best_fid_step == best_step
+    assert early.status == "completed" and best.best_value == best_fid and best.best_g_step == best_step
     assert [g for g, _ in grid.written] == [6, 12] and all(p.is_file() for _, p in grid.written)
     assert (tmp_path / "samples" / "last.png").is_file()

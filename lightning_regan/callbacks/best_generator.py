@@ -9,7 +9,7 @@ from typing import Any, Optional
 import lightning as L
 from torch import Tensor
 
-from lightning_regan.callbacks.g_step import DECISION, GStepCallback, g_step_budget, g_steps_of
+from lightning_regan.callbacks.g_step import GStepCallback, g_step_budget, g_steps_of
 from lightning_regan.logged import NewEvaluations
 from lightning_regan.stopping.base import check_keys, check_mode
 from lightning_regan.validation import check_bool
@@ -41,8 +41,6 @@ class BestGenerator(GStepCallback):
         best_generator_step: G step of the kept copy (``None``: no copy of the best).
         restored: Whether the copy was loaded back; ``restored_into`` says where (``generator``/``ema_generator``).
     """
-
-    stage = DECISION
 
     def __init__(self, monitor: str = "val/fid", mode: str = "min", restore: str = "on_stop",
                  verbose: bool = True, step_key: Optional[str] = None) -> None:

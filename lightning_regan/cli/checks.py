@@ -224,7 +224,7 @@ def check_values(cfg: DictConfig) -> None:
         if node is not None:
             need_int(f"callbacks.{key}.every_n_g_steps", node.get("every_n_g_steps", 0), 0)
     fid = (cfg.get("callbacks") or {}).get("fid")
-    if _has_target(fid):
+    if has_target(fid):
         # FIDMonitor's own minimums, answered here without torch (the value alone decides).
         for name, minimum in (("num_samples", 2), ("num_real_samples", 2), ("batch_size", 1), ("kid_subset_size", 2),
                               ("kid_subsets", 1), ("pr_k", 1)):
