@@ -107,8 +107,9 @@ def median(values: list[float]) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- training
-def train(setup_name: str, seed: int, max_g_steps: int, every: int, work: Path) -> dict[str, Any]:
-    """Train one (setup, seed) and save the evaluation generator every ``every`` G steps; returns the objects."""
+def train(setup_name: str, seed: int, max_g_steps: int, every: int, work: Path, fit: bool = True) -> dict[str, Any]:
+    """Train one (setup, seed) and save the evaluation generator every ``every`` G steps; returns the objects.
+    ``fit=False`` builds the objects only (to score the snapshots an earlier, possibly cut, training saved)."""
     import lightning as L
     import torch
     from hydra.utils import instantiate
@@ -140,7 +141,7 @@ def train(setup_name: str, seed: int, max_g_steps: int, every: int, work: Path) 
                 self.last = g
                 torch.save(pl_module.eval_generator.state_dict(), snapshots / f"g{g}.pt")
 
-    done = (snapshots / f"g{max_g_steps}.pt").is_file()
+    done = (snapshots / f"g{max_g_steps}.pt").is_file() or not fit
     start = time.perf_counter()
     if not done:
         trainer = instantiate(cfg.trainer, max_steps=max_steps_for(max_g_steps, module.n_critic),
@@ -319,6 +320,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--reference-samples", type=int, default=10_000)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-g-steps", type=int, default=None, help="override the setups' budgets")
+    parser.add_argument("--score-only", action="store_true",
+                        help="no training: score the snapshots in --work (e.g. of a training cut short)")
     parser.add_argument("--every", type=int, default=None, help="override the setups' snapshot interval")
     args = parser.parse_args(argv)
     import torch
@@ -340,7 +343,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                           args.every or setup.every, setup.num_samples, setup.test_split)
         SETUPS[name] = setup
         for seed in args.seeds:
-            objs = train(name, seed, setup.max_g_steps, setup.every, work)
+            objs = train(name, seed, setup.max_g_steps, setup.every, work, fit=not args.score_only)
             t0 = time.perf_counter()
             refs = 400 if args.quick else args.reference_samples
             draws = 2 if args.quick else args.draws

@@ -1,9 +1,11 @@
-"""FID (and KID) between cached real statistics and generated features, with exact DDP reduction.
+"""FID (and KID, FID-infinity, RBF MMD²) between cached real statistics and generated features: one torchmetrics
+``Metric``, :class:`FeatureDistances`, with exact DDP reduction.
 
-Generated features go into :class:`FeatureMoments`, torchmetrics-style float64 sufficient statistics (sum,
-outer-product sum, count) with ``dist_reduce_fx="sum"``: each rank adds its share of the samples and the
-synced sums equal those of a single process, so every rank computes the same value. The real side is the
-cached :class:`~lightning_regan.fid.stats.RealStatistics`, held by every rank (not synced).
+Its states are the generated side's torchmetrics-style float64 sufficient statistics (sum, outer-product sum,
+count; ``dist_reduce_fx="sum"``) and, when needed, the generated features (``"cat"``): each rank adds its share of
+the samples and the synced states equal those of a single process, so every rank computes the same value. The real
+side is the cached :class:`~lightning_regan.fid.stats.RealStatistics` (and the MMD's
+:class:`~lightning_regan.fid.mmd.RBFReference`), held by every rank as plain attributes, never synced.
 
 :func:`frechet_distance` is torchmetrics' ``_compute_fid`` formula, ``||mu1 - mu2||^2 + tr(S1) + tr(S2) -
 2 tr((S1 S2)^1/2)``, with the last trace taken from the eigenvalues of the symmetric PSD matrix
@@ -15,6 +17,9 @@ With fewer generated samples than features (``n <= d``, e.g. 1,000 samples of 20
 CPU) whatever ``n``: :func:`frechet_distance_low_rank` takes the same eigenvalues from the ``n x n`` matrix
 ``P P^T`` with ``P = (F - mean) S1^1/2 / sqrt(n - 1)`` (``P^T P = S1^1/2 S2 S1^1/2``), in ``O(n d^2)``. The
 generated features are kept for it while there are at most ``d`` of them (see ``scripts/bench_fid.py``).
+
+The FID of ``n`` samples is biased upwards by roughly ``c / n``: :func:`fid_infinity` removes that bias by
+extrapolation (Chong & Forsyth 2020), and KID and MMD² are unbiased by construction.
 """
 
 from __future__ import annotations
