@@ -246,17 +246,22 @@ def score_points(objs: dict[str, Any], setup: Setup, draws: int, reference_sampl
 
 # ---------------------------------------------------------------------------------------------- analysis
 def resolution(rows: list[dict], name: str, truth: str) -> float:
-    """Smallest relative change of ``truth`` that ``name`` resolves (2 sigma of a difference of two draws over
-    the candidate's slope against ``truth``), median over the second half of the snapshots."""
+    """Smallest relative change of ``truth`` that ``name`` resolves late in the run: over the second half of the
+    snapshots (where a stop decision is made), the local slope ``b`` of the candidate's mean against ``truth``
+    (least squares); at each of those snapshots ``2 sqrt(2) sigma / (|b| truth)`` (two draws differing by two
+    standard deviations of their difference); the median."""
     import torch
 
-    xs = torch.tensor([r[truth] for r in rows], dtype=torch.float64)
-    means = torch.tensor([sum(r[name]) / len(r[name]) for r in rows], dtype=torch.float64)
-    if len(rows) < 3 or not bool(torch.isfinite(means).all()) or float(xs.std()) == 0:
+    late = rows[len(rows) // 2:]
+    if len(late) < 3:
+        return math.nan
+    xs = torch.tensor([r[truth] for r in late], dtype=torch.float64)
+    means = torch.tensor([sum(r[name]) / len(r[name]) for r in late], dtype=torch.float64)
+    if not bool(torch.isfinite(means).all()) or float(xs.std()) == 0:
         return math.nan
     slope = float(((xs - xs.mean()) * (means - means.mean())).sum() / (xs - xs.mean()).square().sum())
     out = []
-    for r in rows[len(rows) // 2:]:
+    for r in late:
         values = torch.tensor(r[name], dtype=torch.float64)
         sigma = float(values.std()) if len(values) > 1 else math.nan
         out.append(abs(2 * math.sqrt(2) * sigma / (slope * r[truth])) if slope and r[truth] else math.nan)
@@ -264,19 +269,25 @@ def resolution(rows: list[dict], name: str, truth: str) -> float:
 
 
 def analyse(run: dict[str, Any]) -> dict[str, Any]:
+    """Per (signal, truth): Spearman over all snapshots and over the second half (median and min over draws), and
+    the late resolution."""
     rows = run["snapshots"]
     if run["kind"] == "images":
         signals, truths = CANDIDATES, ("reference",)
     else:
         signals, truths = POINT_SIGNALS, POINT_TRUTHS
     out: dict[str, Any] = {}
+    late = rows[len(rows) // 2:]
     for truth in truths:
         sign = -1.0 if truth in ("hq_fraction", "modes") else 1.0  # higher is better there; signals are lower-better
         for name in signals:
             draws = len(rows[0][name]) if rows else 0
             rhos = [spearman([r[name][d] for r in rows], [sign * r[truth] for r in rows]) for d in range(draws)]
-            out[f"{name}~{truth}"] = {"spearman_median": median(rhos), "spearman_min": min(rhos, default=math.nan),
-                                      "resolution": resolution(rows, name, truth) if truth != "modes" else None}
+            late_rhos = [spearman([r[name][d] for r in late], [sign * r[truth] for r in late]) for d in range(draws)]
+            out[f"{name}~{truth}"] = {
+                "spearman_median": median(rhos), "spearman_min": min(rhos, default=math.nan),
+                "spearman_late_median": median(late_rhos), "spearman_late_min": min(late_rhos, default=math.nan),
+                "resolution": resolution(rows, name, truth) if truth != "modes" else None}
     return out
 
 
@@ -288,13 +299,16 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         runs = [r for r in report["runs"] if r["kind"] == kind]
         if not runs:
             continue
-        lines += [f"## {header}", "", "| run | pair | Spearman (median over draws) | min | resolvable relative change |",
-                  "|---|---|---|---|---|"]
+        lines += [f"## {header}", "", "Spearman: per noise draw across the run's snapshots, median (min) over the draws; "
+                  "late: the second half of the snapshots. Resolution: the smallest relative change of the truth a "
+                  "single evaluation resolves late in the run (2 sigma of a difference, local slope).", "",
+                  "| run | signal ~ truth | Spearman | late Spearman | late resolution |", "|---|---|---|---|---|"]
         for r in runs:
             for pair, v in r["analysis"].items():
                 res = v["resolution"]
-                lines.append(f"| {r['setup']} s{r['seed']} | {pair} | {v['spearman_median']:.3f} | "
-                             f"{v['spearman_min']:.3f} | {'-' if res is None else f'{100 * res:.1f} %'} |")
+                lines.append(f"| {r['setup']} s{r['seed']} | {pair} | {v['spearman_median']:.3f} "
+                             f"({v['spearman_min']:.3f}) | {v['spearman_late_median']:.3f} "
+                             f"({v['spearman_late_min']:.3f}) | {'-' if res is None else f'{100 * res:.1f} %'} |")
         lines.append("")
         lines += ["Per snapshot (mean over draws):", ""]
         for r in runs:
@@ -320,6 +334,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--reference-samples", type=int, default=10_000)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-g-steps", type=int, default=None, help="override the setups' budgets")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="no runs: merge these reports' runs (re-analysed) into <out>/signal_study.{json,md}")
     parser.add_argument("--score-only", action="store_true",
                         help="no training: score the snapshots in --work (e.g. of a training cut short)")
     parser.add_argument("--every", type=int, default=None, help="override the setups' snapshot interval")
@@ -330,6 +346,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.work) if args.work else out / "signal_work"
+    if args.merge:
+        reports = [json.loads(Path(p).read_text()) for p in args.merge]
+        runs = [{**run, "analysis": analyse(run)} for rep in reports for run in rep["runs"]]
+        report = {"command": " ; ".join(rep["command"] for rep in reports),
+                  "date": max(rep["date"] for rep in reports), "machine": reports[0]["machine"],
+                  "wall_time_s": max(rep["wall_time_s"] for rep in reports), "runs": runs,
+                  "note": "merged from runs that ran concurrently; wall time: the longest of them"}
+        (out / "signal_study.json").write_text(json.dumps(report, indent=1) + "\n")
+        write_markdown(report, out / "signal_study.md")
+        return 0
     start = time.perf_counter()
     runs = []
     setups = args.setups or (["digits", "ring"] if args.quick else list(SETUPS))
