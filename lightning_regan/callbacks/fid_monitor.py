@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 FID_KEY = "val/fid"
 KID_KEY = "val/kid"
-#: Unbiased RBF-mixture MMD² of the same samples (:mod:`lightning_regan.fid.metric`): the decision metric of point
+#: Unbiased RBF-mixture MMD² of the same samples (:mod:`lightning_regan.fid.mmd`): the decision metric of point
 #: data, where the Fréchet distance of identity features sees only means and covariances.
 MMD_KEY = "val/mmd"
 #: FID extrapolated to infinitely many samples from subsets of the same features (Chong & Forsyth 2020).

@@ -49,19 +49,33 @@ def rbf_bandwidths(real: Tensor, scales: Sequence[float] = DEFAULT_SCALES) -> Te
     return torch.tensor([float(s) * median for s in scales], dtype=torch.float64)
 
 
+def _kernel_block_sum(d2: Tensor, gammas: Tensor) -> Tensor:
+    """``sum over the block of sum_k exp(-gamma_k d2)``: the kernels added in float32 (each term is in [0, 1]), the
+    row sums reduced in float64."""
+    acc = torch.exp(-gammas[0] * d2)
+    for gamma in gammas[1:]:
+        acc += torch.exp(-gamma * d2)
+    return acc.sum(dim=1).double().sum()
+
+
 def rbf_kernel_sum(x: Tensor, y: Tensor, bandwidths: Tensor, chunk: int = 1024, same: bool = False) -> Tensor:
     """``sum_{i,j} k(x_i, y_j)`` for the mean of RBF kernels at ``bandwidths`` (float64 scalar).
 
     Args:
-        same: ``x`` and ``y`` are the same sample: leave out the diagonal (``i == j``, where ``k = 1``).
+        same: ``x`` and ``y`` are the same sample: leave out the diagonal (``i == j``, where ``k = 1``), and sum
+            only the blocks on and above the diagonal (the matrix is symmetric).
     """
     x, y = x.reshape(x.shape[0], -1).float(), y.reshape(y.shape[0], -1).float()
     gammas = (1.0 / (2.0 * bandwidths.to(x.device, torch.float64) ** 2)).float()
     total = torch.zeros((), dtype=torch.float64, device=x.device)
     for start in range(0, x.shape[0], chunk):
-        d2 = torch.cdist(x[start:start + chunk], y).square_()
-        for gamma in gammas:
-            total += torch.exp(-gamma * d2).sum(dtype=torch.float64)
+        rows = x[start:start + chunk]
+        if same:  # the diagonal block once, the blocks right of it twice
+            total += _kernel_block_sum(torch.cdist(rows, rows).square_(), gammas)
+            if start + chunk < y.shape[0]:
+                total += 2 * _kernel_block_sum(torch.cdist(rows, y[start + chunk:]).square_(), gammas)
+        else:
+            total += _kernel_block_sum(torch.cdist(rows, y).square_(), gammas)
     total /= len(gammas)
     if same:
         total -= x.shape[0]
