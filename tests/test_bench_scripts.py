@@ -137,7 +137,10 @@ def test_low_rank_route_equals_full_route(n):
     f = fake.float().double()
     expected = frechet_distance(real.mean(0), torch.cov(real.T), f.mean(0), torch.cov(f.T))
     assert metric.compute()["fid"] == pytest.approx(float(expected), rel=1e-7)
-    assert bool(metric.fake_features.features) == (n <= 16)  # features kept only while the low-rank route can use them
+    # told the sample count, FID alone keeps the features only while the low-rank route can use them
+    told = FeatureDistances(16, num_samples=n)
+    told.update(fake.float())
+    assert bool(told.fake_features) == (n <= 16)
 
 
 

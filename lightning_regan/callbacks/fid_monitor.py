@@ -1,4 +1,5 @@
-"""FIDMonitor: the evaluation callback that logs ``val/fid`` (and ``val/kid``) every few generator steps.
+"""FIDMonitor: the evaluation callback that logs ``val/fid`` (and ``val/mmd``, ``val/kid``, ``val/fid_inf``) every few
+generator steps.
 
 Evaluation only: it measures and logs; deciding to stop is :class:`~lightning_regan.callbacks.EarlyTermination`'s
 job. The feature extractor and the metric live in the callback, never in the LightningModule, so no Inception
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from typing import Any, Optional, Union
 
 import lightning as L
@@ -28,15 +30,11 @@ from lightning_regan.fid.extractors import (
     resolve_extractor_spec,
 )
 from lightning_regan.fid.intra import IntraClassFID, load_or_compute_class_statistics
+from lightning_regan.fid.data import RealSource, dataset_cache_key, real_source_of
+from lightning_regan.fid.extractors import IdentityExtractor
 from lightning_regan.fid.metric import FeatureDistances
-from lightning_regan.fid.stats import (
-    RealSource,
-    RealStatistics,
-    dataset_cache_key,
-    real_side_from_payload,
-    real_side_payload,
-    real_source_of,
-)
+from lightning_regan.fid.mmd import DEFAULT_SCALES, check_scales
+from lightning_regan.fid.stats import RealStatistics, real_side_from_payload, real_side_payload
 from lightning_regan.fid.weights import PathLike
 from lightning_regan.inputs import FixedInputs, generate
 
@@ -44,6 +42,11 @@ log = logging.getLogger(__name__)
 
 FID_KEY = "val/fid"
 KID_KEY = "val/kid"
+#: Unbiased RBF-mixture MMD² of the same samples (:mod:`lightning_regan.fid.mmd`): the decision metric of point
+#: data, where the Fréchet distance of identity features sees only means and covariances.
+MMD_KEY = "val/mmd"
+#: FID extrapolated to infinitely many samples from subsets of the same features (Chong & Forsyth 2020).
+FID_INF_KEY = "val/fid_inf"
 #: The G step the latest ``val/fid`` (and ``val/kid``) was measured at, logged with it.
 FID_STEP_KEY = "val/fid_g_step"
 #: Share of class-conditional samples that the FID classifier assigns to the class they were generated for.
@@ -55,8 +58,11 @@ RECALL_KEY = "val/recall"
 #: Intra-class FID of class-conditional modules (mean of per-class FIDs), with ``intra_fid=True``.
 INTRA_FID_KEY = "val/intra_fid"
 #: The logged key of each value an evaluation publishes (``FeatureDistances`` names the mean KID ``kid_mean``).
-LOGGED = {"fid": FID_KEY, "kid_mean": KID_KEY, "class_accuracy": CLASS_ACCURACY_KEY, "fid_std": FID_STD_KEY,
-          "precision": PRECISION_KEY, "recall": RECALL_KEY, "intra_fid": INTRA_FID_KEY}
+LOGGED = {"fid": FID_KEY, "kid_mean": KID_KEY, "mmd": MMD_KEY, "fid_inf": FID_INF_KEY,
+          "class_accuracy": CLASS_ACCURACY_KEY, "fid_std": FID_STD_KEY, "precision": PRECISION_KEY,
+          "recall": RECALL_KEY, "intra_fid": INTRA_FID_KEY}
+#: Values logged with their own ``<key>_g_step`` (the G step they were measured at), so a stop rule can read them.
+SIGNALS = ("kid_mean", "mmd", "fid_inf", "intra_fid")
 STATE_VERSION = 1
 
 
@@ -87,6 +93,13 @@ class FIDMonitor(GStepCallback):
         kid: Also log ``val/kid`` (mean over subsets).
         kid_subset_size: KID subset size (clipped to the sample counts).
         kid_subsets: Number of KID subsets.
+        mmd: Also log ``val/mmd``, the unbiased MMD² with a mixture of RBF kernels (bandwidths ``mmd_scales`` times
+            the real features' median pairwise distance) of the same generated samples to the real ones; the real
+            side's kernel term is computed once per run. ``None``: on with identity features (point data), where it
+            is the decision metric (``stop_metric: val/mmd`` in the point-data configs).
+        mmd_scales: Bandwidths of ``val/mmd`` as multiples of the real features' median pairwise distance.
+        fid_inf: Also log ``val/fid_inf``, the FID extrapolated to infinitely many samples from subsets of the same
+            features (:func:`~lightning_regan.fid.metric.fid_infinity`; no extra generator pass).
         cache_dir: Folder of the statistics / classifier cache (default ``$REGAN_CACHE_DIR`` or
             ``~/.cache/lightning_regan``).
         seed: Seed of the fixed evaluation noise (and of KID's subsets).
@@ -107,7 +120,8 @@ class FIDMonitor(GStepCallback):
             real samples, cached). Ignored for unconditional modules.
 
     Attributes:
-        history: ``[(g_step, fid), ...]``; ``kid_history`` likewise when ``kid``; ``extra_history``:
+        history: ``[(g_step, fid), ...]``; ``kid_history`` likewise when ``kid``; ``signal_history``:
+            ``{"mmd": [(g_step, value), ...], "fid_inf": [...]}`` for those that are on; ``extra_history``:
             ``[{"g_step", "fid_std", "precision", "recall"}, ...]`` when ``noise_draws`` or ``precision_recall``.
         eval_time_s: Total seconds spent in evaluations (not counting the real statistics, see ``setup_time_s``).
         last_fid: Latest FID or ``None``. ``evaluations``: number of evaluations.
@@ -136,6 +150,9 @@ class FIDMonitor(GStepCallback):
         precision_recall: bool = False,
         pr_k: int = 3,
         intra_fid: bool = False,
+        mmd: Optional[bool] = None,
+        mmd_scales: Sequence[float] = DEFAULT_SCALES,
+        fid_inf: bool = False,
     ) -> None:
         super().__init__()
         for name, value, minimum in (
@@ -147,6 +164,11 @@ class FIDMonitor(GStepCallback):
             check_int("FIDMonitor", name, value, minimum)
         if not isinstance(precision_recall, bool):
             raise ValueError(f"FIDMonitor: precision_recall must be true or false, got {precision_recall!r}.")
+        if mmd is not None and not isinstance(mmd, bool):
+            raise ValueError(f"FIDMonitor: mmd must be true, false or null (on for point data), got {mmd!r}.")
+        if not isinstance(fid_inf, bool):
+            raise ValueError(f"FIDMonitor: fid_inf must be true or false, got {fid_inf!r}.")
+        self.mmd_scales = check_scales("FIDMonitor", mmd_scales)
         if not isinstance(feature_extractor, nn.Module) and feature_extractor not in EXTRACTOR_CHOICES:
             raise ValueError(
                 f"FIDMonitor: feature_extractor must be one of {EXTRACTOR_CHOICES} or an nn.Module, got {feature_extractor!r}."
@@ -172,6 +194,9 @@ class FIDMonitor(GStepCallback):
         self.pr_k = pr_k
         self.intra_fid = bool(intra_fid)
         self._intra: Optional[IntraClassFID] = None
+        self.mmd = mmd
+        self.fid_inf = fid_inf
+        self.signal_history: dict[str, list[tuple[int, float]]] = {}
 
         self.extra_history: list[dict[str, Any]] = []
         self.history: list[tuple[int, float]] = []
@@ -227,6 +252,8 @@ class FIDMonitor(GStepCallback):
         if key is None and self.real_data is None:
             key = dataset_cache_key(datamodule)
         spec = resolve_extractor_spec(self.feature_extractor, datamodule)
+        mmd = self._mmd_on(spec)
+        keep_features = self.kid or self.precision_recall or mmd or self.fid_inf
         extractor: Optional[nn.Module] = None
         payload: Optional[dict[str, Any]] = None
         error: Optional[BaseException] = None
@@ -243,7 +270,7 @@ class FIDMonitor(GStepCallback):
                     payload = real_side_payload(
                         source, extractor.to(strategy.root_device), self.num_real_samples, dataset_key=key,
                         cache=self.cache_dir, batch_size=self.batch_size,
-                        keep_features=self.kid or self.precision_recall, device=strategy.root_device,
+                        keep_features=keep_features, device=strategy.root_device,
                     )
                     module = trainer.lightning_module
                     if self.intra_fid and getattr(module, "conditional", False):
@@ -265,7 +292,8 @@ class FIDMonitor(GStepCallback):
         self._intra = IntraClassFID.from_payload(payload["intra"]) if "intra" in payload else None
         num_features = extractor_num_features(self.extractor)
         self._metric = FeatureDistances(num_features, kid=self.kid, kid_subsets=self.kid_subsets,
-                                        kid_subset_size=self.kid_subset_size, seed=self.seed)
+                                        kid_subset_size=self.kid_subset_size, seed=self.seed, fid_inf=self.fid_inf,
+                                        mmd=mmd, mmd_scales=self.mmd_scales, num_samples=self.num_samples)
         self._metric.set_real(self.real_stats)
         self.setup_time_s += time.perf_counter() - start
         if self.verbose:
@@ -273,6 +301,12 @@ class FIDMonitor(GStepCallback):
                 f"FIDMonitor: {self.extractor_name} features ({num_features}-d), real statistics of "
                 f"{self.real_stats.num_samples} samples ({self.real_stats.source}, {self.setup_time_s:.1f} s)."
             )
+
+    def _mmd_on(self, spec: Union[str, nn.Module]) -> bool:
+        """``mmd``, or for ``None``: on with identity features (point data)."""
+        if self.mmd is not None:
+            return self.mmd
+        return spec == "identity" or isinstance(spec, IdentityExtractor)
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -337,17 +371,20 @@ class FIDMonitor(GStepCallback):
         self._last_eval_step = g_step
         metrics = {LOGGED[name]: value for name, value in values.items()}
         metrics[FID_STEP_KEY] = float(g_step)
+        for name in SIGNALS:  # EarlyTermination(fid_monitor="val/mmd") etc. read the G step of their value
+            if name in values:
+                metrics[f"{LOGGED[name]}_g_step"] = float(g_step)
         if "kid_mean" in values:
             self.last_kid = values["kid_mean"]
             self.kid_history.append((g_step, self.last_kid))
-            metrics[f"{KID_KEY}_g_step"] = float(g_step)
+        for name in ("mmd", "fid_inf"):
+            if name in values:
+                self.signal_history.setdefault(name, []).append((g_step, values[name]))
         if "class_accuracy" in values:
             self.class_accuracy_history.append((g_step, values["class_accuracy"]))
         extras = {name: values[name] for name in ("fid_std", "precision", "recall", "intra_fid") if name in values}
         if extras:
             self.extra_history.append({"g_step": g_step, **extras})
-        if "intra_fid" in values:  # EarlyTermination(fid_monitor="val/intra_fid") reads its G step
-            metrics[f"{INTRA_FID_KEY}_g_step"] = float(g_step)
         publish_metrics(trainer, pl_module, metrics, in_training)
         if self.verbose:
             others = "".join(f", {LOGGED[k].split('/')[-1]} {v:.4g}" for k, v in values.items() if k != "fid")
@@ -377,6 +414,7 @@ class FIDMonitor(GStepCallback):
             **({"class_accuracy_history": [[int(g), float(a)] for g, a in self.class_accuracy_history]}
                if self.class_accuracy_history else {}),
             **({"coverage_history": [dict(row) for row in self.extra_history]} if self.extra_history else {}),
+            **{f"{name}_history": [[int(g), float(v)] for g, v in rows] for name, rows in self.signal_history.items()},
         }
 
     # ------------------------------------------------------------------ checkpoints
@@ -387,6 +425,7 @@ class FIDMonitor(GStepCallback):
             "kid_history": [[g, k] for g, k in self.kid_history],
             "class_accuracy_history": [[g, a] for g, a in self.class_accuracy_history],
             "extra_history": [dict(row) for row in self.extra_history],
+            "signal_history": {name: [[g, v] for g, v in rows] for name, rows in self.signal_history.items()},
             "eval_time_s": self.eval_time_s,
             "evaluations": self.evaluations,
             "last_fid": self.last_fid,
@@ -400,6 +439,8 @@ class FIDMonitor(GStepCallback):
         self.kid_history = [(int(g), float(k)) for g, k in state_dict.get("kid_history") or []]
         self.class_accuracy_history = [(int(g), float(a)) for g, a in state_dict.get("class_accuracy_history") or []]
         self.extra_history = [dict(row) for row in state_dict.get("extra_history") or []]
+        self.signal_history = {str(name): [(int(g), float(v)) for g, v in rows]
+                               for name, rows in (state_dict.get("signal_history") or {}).items()}
         self.eval_time_s = float(state_dict.get("eval_time_s", 0.0))
         self.evaluations = int(state_dict.get("evaluations", len(self.history)))
         self.last_fid = state_dict.get("last_fid")
@@ -410,5 +451,5 @@ class FIDMonitor(GStepCallback):
             log.warning("FIDMonitor: resumed FID history was measured with %s features, now %s.", saved, self.extractor_name)
 
 
-__all__ = ["CLASS_ACCURACY_KEY", "FIDMonitor", "FID_KEY", "FID_STD_KEY", "FID_STEP_KEY", "INTRA_FID_KEY", "KID_KEY",
-           "PRECISION_KEY", "RECALL_KEY"]
+__all__ = ["CLASS_ACCURACY_KEY", "FIDMonitor", "FID_INF_KEY", "FID_KEY", "FID_STD_KEY", "FID_STEP_KEY", "INTRA_FID_KEY",
+           "KID_KEY", "MMD_KEY", "PRECISION_KEY", "RECALL_KEY"]

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_regan.fid.data import dataset_cache_key, reference_dataset_of
 from lightning_regan.fid.weights import (
     LOGITS_FEATURES,
     POOL_FEATURES,
@@ -460,8 +461,6 @@ def build_extractor(
             raise ValueError("feature_extractor='identity' needs the sample shape: a DataModule with `shape`.")
         return IdentityExtractor(math.prod(shape))
     # classifier
-    from lightning_regan.fid.stats import dataset_cache_key, reference_dataset_of
-
     data = reference if reference is not None else reference_dataset_of(datamodule)
     if data is None:
         raise ValueError(

@@ -7,10 +7,8 @@ dataset's ``cache_key()``, the extractor's key (name + weights hash / classifier
 ``num_real_samples``. Any change of key recomputes; files are written atomically and read with
 ``weights_only=True``.
 
-DataModule contract used here (duck-typed): ``reference_dataset()`` returns a map-style dataset whose items
-are samples in model space (``[-1, 1]`` images or points) or ``(sample, label)``; ``cache_key()`` returns a
-string that changes whenever that data changes. Without ``reference_dataset`` the ``train_dataloader()``
-is read; without ``cache_key`` nothing is cached on disk.
+The DataModule contract (``reference_dataset()``, ``cache_key()``) is :mod:`lightning_regan.fid.data`'s; its
+helpers are re-exported here.
 """
 
 from __future__ import annotations
@@ -18,24 +16,22 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
 from torchmetrics import Metric
 
+from lightning_regan.fid.data import RealSource, dataset_cache_key, iter_real_batches, real_source_of, reference_dataset_of
 from lightning_regan.fid.extractors import ClassifierExtractor, extractor_key, extractor_num_features
 from lightning_regan.fid.weights import PathLike, atomic_torch_save, cache_dir
-from lightning_regan.inputs import batch_samples
 
 log = logging.getLogger(__name__)
 
 STATS_VERSION = 1
-RealSource = Union[Dataset, DataLoader, Tensor, Iterable]
 
 
 def update_moments(features: Tensor, features_sum: Tensor, features_cov_sum: Tensor) -> int:
@@ -124,55 +120,6 @@ class RealStatistics:
     def from_dict(cls, state: Mapping[str, Any], source: str = "cache") -> "RealStatistics":
         return cls(state["features_sum"].double(), state["features_cov_sum"].double(), int(state["num_samples"]),
                    state.get("features"), str(state.get("key", "")), source)
-
-
-# ---------------------------------------------------------------------------------------------- data access
-def reference_dataset_of(datamodule: Any) -> Optional[Dataset]:
-    """``datamodule.reference_dataset()`` when it has one, else ``None``."""
-    fn = getattr(datamodule, "reference_dataset", None)
-    return fn() if callable(fn) else None
-
-
-def dataset_cache_key(datamodule: Any) -> Optional[str]:
-    """``datamodule.cache_key()`` (a method or attribute), else ``None`` (no disk cache)."""
-    key = getattr(datamodule, "cache_key", None)
-    if callable(key):
-        key = key()
-    return str(key) if key else None
-
-
-def real_source_of(datamodule: Any) -> Optional[RealSource]:
-    """Where real samples come from: ``reference_dataset()``, else ``train_dataloader()``, else ``None``."""
-    data = reference_dataset_of(datamodule)
-    if data is not None:
-        return data
-    loader = getattr(datamodule, "train_dataloader", None)
-    if callable(loader):
-        try:
-            return loader()
-        except Exception:  # LightningDataModule's default raises when not implemented
-            return None
-    return None
-
-
-def iter_real_batches(source: RealSource, num_samples: int, batch_size: int) -> Iterator[Tensor]:
-    """Batches of the first ``num_samples`` real samples of a dataset, DataLoader, tensor or iterable of batches."""
-    if isinstance(source, Tensor):
-        batches: Iterable[Any] = source[:num_samples].split(batch_size)
-    elif isinstance(source, Dataset):  # map-style or iterable: items, batched here
-        batches = DataLoader(source, batch_size=batch_size, shuffle=False)
-    else:
-        batches = source
-    seen = 0
-    for batch in batches:
-        x = batch_samples(batch)
-        if seen + x.shape[0] > num_samples:
-            x = x[: num_samples - seen]
-        seen += x.shape[0]
-        if x.shape[0]:
-            yield x
-        if seen >= num_samples:
-            return
 
 
 # ---------------------------------------------------------------------------------------------- computation
