@@ -295,3 +295,19 @@ def test_a_rule_is_configuration_that_feeding_never_changes(rule_cls):
     # replace() gives a new rule and leaves this one as it is.
     if "patience" in before and isinstance(before["patience"], int):
         assert rule.replace(patience=7).patience == 7 and rule.patience == before["patience"]
+
+
+def test_trend_on_an_unbiased_metric_that_dips_below_zero():
+    """val/mmd (unbiased MMD²) falls to its noise floor and then scatters around 0, negatives included: the trend
+    rule reads the scatter as flat and stops; a steady fall with one negative dip is still a fall (no stop)."""
+    falling = [1.0 * 0.6 ** k for k in range(12)]
+    # Scatter around 0 at the monitor's resolution (~3e-4), the negatives later than the positives.
+    scatter = [3e-4, 2e-4, -1e-4, 2.5e-4, -2e-4, 1e-4, -1e-4, -3e-4, 2e-4, -1e-4, -2e-4, 1.5e-4, -1e-4, -2e-4, -1e-4,
+               1e-4, -3e-4, -1e-4, -2e-4, 1e-4]
+    stop, message = feed(FIDTrend(), falling + scatter)
+    assert stop is not None and len(falling) * EVERY < stop <= (len(falling) + 12) * EVERY, message
+    state = FIDTrend().new_state()
+    feed(state, falling + scatter[:12])
+    assert state.projected_gain((len(falling) + 12) * EVERY) < 0.05
+    dipped = falling[:8] + [-1e-4] + falling[9:]
+    assert feed(FIDTrend(budget_g_steps=100 * EVERY), dipped)[0] is None

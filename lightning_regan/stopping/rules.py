@@ -654,7 +654,12 @@ class FIDTrendState(_EvaluationState):
     def projected_gain(self, g_step: int) -> float:
         """Relative improvement the current trend projects over the horizon (0 when flat or rising)."""
         rows = self._window(g_step, self.rule.window)
-        slope = theil_sen_slope([r[0] for r in rows], [math.log(max(r[1], 1e-300)) for r in rows])
+        # An unbiased estimate (val/mmd, val/kid) dips below 0 once the distributions match at the monitor's
+        # resolution; the deepest dip measures that resolution. Values under it are noise and enter the fit at the
+        # floor (never as log(0)), so a run scattering around 0 reads as flat.
+        values = [r[1] for r in self.history if r[1] is not None]
+        floor = max(min((v for v in values if v > 0), default=1e-12), max((-v for v in values if v < 0), default=0.0))
+        slope = theil_sen_slope([r[0] for r in rows], [math.log(max(r[1], floor)) for r in rows])
         return max(0.0, 1.0 - math.exp(slope * self.horizon_steps(g_step)))
 
     def update(self, g_step: int, metrics: Mapping[str, float]) -> tuple[bool, str]:
