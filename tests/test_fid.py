@@ -556,7 +556,7 @@ def test_regan_eval_image_folder(tmp_path, monkeypatch):
         def cache_key(self):
             return "test-digits-v1"
 
-    monkeypatch.setattr(ev, "build_datamodule", lambda name, root=None, overrides=(): Digits())
+    monkeypatch.setattr(ev, "build_datamodule", lambda name, root=None, overrides=(), **_: Digits())
     folder = tmp_path / "imgs"
     folder.mkdir()
     for i in range(40):

@@ -25,11 +25,17 @@ def test_python_example_trains_and_stops_or_finishes(tmp_path, monkeypatch):
     exec(compile(blocks[0], "README.md", "exec"), namespace)
     module, callbacks = namespace["module"], namespace["callbacks"]
     stopper = callbacks[1]
-    assert 0 < module.g_steps <= 1000
+    assert 0 < module.g_steps <= 1500
     assert stopper.status in ("completed", "stopped_early")
-    # Identity-feature FID on the ring: a generator that has found the ring scores well under 2.
-    best = callbacks[2].best_value
-    assert best is not None and best < 2.0
+    # The ring's decision metric is val/mmd, and the generator the run ends with is judged on ground truth: the
+    # share of 4,000 fresh samples near a mode and the modes they cover (not the metric the rules read).
+    assert callbacks[2].monitor == "val/mmd" and callbacks[2].best_value is not None
+    assert callbacks[2].best_value < 0.05
+    from lightning_regan.data.gaussians import mode_coverage
+
+    samples = module.generate(4000).cpu()
+    truth = mode_coverage(samples, namespace["data"].centers, namespace["data"].std)
+    assert truth["modes_covered"] >= 6 and truth["hq_fraction"] >= 0.2, truth
 
 
 def _table_rows(text: str) -> list[str]:
