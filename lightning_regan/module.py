@@ -62,6 +62,8 @@ class GANModule(L.LightningModule):
         num_classes: Number of classes for a class-conditional GAN (``None``: unconditional).
         label_probs: Class frequencies that :meth:`sample_labels` draws fake labels from (e.g. the data's label
             frequencies); ``None`` draws uniformly. Needs ``num_classes`` entries, non-negative, not all zero.
+        augment: Differentiable augmentation of every image D sees, real and fake, in the D and the G step
+            (:mod:`lightning_regan.augment`); its ``observe(real_logits)``, if any, runs after each D step.
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class GANModule(L.LightningModule):
         seed: int = 0,
         num_classes: Optional[int] = None,
         label_probs: Optional[Sequence[float]] = None,
+        augment: Optional[nn.Module] = None,
     ) -> None:
         super().__init__()
         if not isinstance(generator, nn.Module) or not isinstance(discriminator, nn.Module):
@@ -106,13 +109,14 @@ class GANModule(L.LightningModule):
                 "GANModule: latent_dim must be a positive integer; pass latent_dim=... or give the generator a "
                 f"`latent_dim` attribute (got {latent_dim!r})."
             )
-        self.save_hyperparameters(ignore=["generator", "discriminator", "g_optimizer", "d_optimizer", "loss", "regularizers"])
+        self.save_hyperparameters(ignore=["generator", "discriminator", "g_optimizer", "d_optimizer", "loss", "regularizers", "augment"])
         self.automatic_optimization = False
 
         self.generator = generator
         self.discriminator = discriminator
         self.loss = get_loss(loss)
         self.regularizers = regularizer_dict(regularizers)
+        self.augment = augment
         self.g_optimizer_factory = g_optimizer or _default_optimizer()
         self.d_optimizer_factory = d_optimizer or _default_optimizer()
         self.n_critic = n_critic
@@ -287,6 +291,8 @@ class GANModule(L.LightningModule):
         fake_labels = self.sample_labels(real.shape[0]) if labels is not None else None
         with torch.no_grad():
             fake = self.run_generator(self.generator, z, fake_labels)
+            if self.augment is not None:  # penalties are then taken at D's inputs, the augmented images
+                real, fake = self.augment(real), self.augment(fake)
         real_in = real.detach().requires_grad_(any(r.needs_real_grad for _, r in due))
         fake_in = fake.detach().requires_grad_(any(r.needs_fake_grad for _, r in due))
         metrics: dict[str, Tensor] = {}
@@ -309,6 +315,9 @@ class GANModule(L.LightningModule):
             d_opt.step()
         self.d_steps += 1
         metrics.update(d_loss=d_loss.detach(), d_adv=d_adv.detach(), d_real=d_real.detach().mean(), d_fake=d_fake.detach().mean())
+        metrics["rt"] = torch.sign(d_real.detach()).mean()  # ADA's overfitting heuristic E[sign(D(real))]
+        if getattr(self.augment, "observe", None) is not None:
+            metrics.update(self.augment.observe(d_real.detach()))
         return metrics
 
     def generator_step(self, batch_size: int, g_opt: Any) -> dict[str, Tensor]:
@@ -317,6 +326,8 @@ class GANModule(L.LightningModule):
             z = self.sample_noise(batch_size)
             labels = self.sample_labels(batch_size) if self.conditional else None
             fake = self.run_generator(self.generator, z, labels)
+            if self.augment is not None:
+                fake = self.augment(fake)
             g_loss = self.loss.g_loss(self.run_discriminator(fake, labels).float())
             g_opt.zero_grad(set_to_none=True)
             self.backward_and_reduce(g_loss, g_opt)

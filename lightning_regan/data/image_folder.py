@@ -6,7 +6,7 @@ import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -115,7 +115,7 @@ class ImageFolderDataModule(GANDataModule):
             file) instead of in the middle of it.
         max_samples: Use only the first ``max_samples`` files in sorted order.
         extensions: File extensions counted as images.
-        batch_size, num_workers, pin_memory: See :class:`GANDataModule`.
+        batch_size, num_workers, pin_memory, limit: See :class:`GANDataModule`.
     """
 
     def __init__(
@@ -129,8 +129,9 @@ class ImageFolderDataModule(GANDataModule):
         batch_size: int = 64,
         num_workers: int = 0,
         pin_memory: bool = False,
+        limit: Optional[Union[int, float]] = None,
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
+        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, limit=limit)
         if not isinstance(image_size, int) or image_size < 1:
             raise ValueError(f"ImageFolderDataModule: image_size must be a positive integer, got {image_size!r}.")
         if channels not in _MODES:
