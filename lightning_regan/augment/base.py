@@ -57,12 +57,13 @@ class Augment(nn.Module):
         metrics to log under ``train/``. Fixed augmentations have nothing to learn: no metrics."""
         return {}
 
-    def get_extra_state(self) -> Any:
-        return None if self.generator is None else {"generator": self.generator.get_state()}
+    def get_extra_state(self) -> Tensor:
+        # A tensor (empty without an own generator), so state dicts stay tensor-valued for every consumer.
+        return self.generator.get_state() if self.generator is not None else torch.zeros(0, dtype=torch.uint8)
 
     def set_extra_state(self, state: Any) -> None:
-        if state is not None and self.generator is not None:
-            self.generator.set_state(state["generator"])
+        if self.generator is not None and isinstance(state, Tensor) and state.numel() > 0:
+            self.generator.set_state(state)
 
 
 def check_images(owner: str, x: Tensor) -> None:
