@@ -8,6 +8,7 @@ fixed p = 0.5, so that every op runs on half of the images) start from the same 
 repeats in one process; each repeat's ratio of median step times is reported (median over repeats, and best-of-N,
 since other processes only ever add time). Process CPU time on a CPU (one thread), wall time on a GPU. Targets of
 issue 21: DiffAugment <= 1.15x, ADA <= 1.35x. The images are random (the cost of a step does not depend on them).
+Also measured: the cost of an R1 D update with the penalty at D's (augmented) inputs vs through the pipeline.
 
 Examples::
 
@@ -69,6 +70,38 @@ def run(variant: str, width: int, steps: int, device: torch.device) -> list[tupl
     return run_lightning(module, RandomImages(), steps, device, None)
 
 
+def r1_placement(width: int, steps: int, warmup: int) -> dict[str, Any]:
+    """CPU ms of one R1 D update (non-saturating loss + R1, ADA at p = 0.5) with the penalty taken where the library
+    takes it (at D's inputs: the augmented reals, one backward through D twice) and where StyleGAN2-ADA takes it (the
+    clean reals, through the augmentation: a double backward through ``grid_sample``); both must be finite."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    D = DCGANDiscriminator(SHAPE, channels=width)
+    aug = AdaptiveAugment(p=ADA_P, target=None)
+    opt = torch.optim.Adam(D.parameters())
+    real = torch.rand(BATCH, *SHAPE) * 2 - 1
+    out: dict[str, Any] = {}
+    for where in ("d_input", "through_pipeline"):
+        times, penalties = [], []
+        for i in range(steps + warmup):
+            t = time.process_time()
+            x = real.detach().requires_grad_() if where == "through_pipeline" else aug(real).detach().requires_grad_()
+            logits = D(aug(x) if where == "through_pipeline" else x)
+            (grad,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
+            penalty = grad.square().flatten(1).sum(1).mean()
+            loss = F.softplus(-logits).mean() + 5.0 * penalty
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if i >= warmup:
+                times.append(time.process_time() - t)
+            penalties.append(float(penalty))
+        out[where] = {"step_ms": 1e3 * common.median(times), "finite": all(map(lambda v: v == v and abs(v) < 1e30, penalties))}
+    out["ratio_through_pipeline"] = out["through_pipeline"]["step_ms"] / out["d_input"]["step_ms"]
+    return out
+
+
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true", help="a few steps, 1 repeat")
@@ -93,6 +126,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
             for variant in order:
                 stamps = run(variant, args.width, cfg["steps"] + cfg["warmup"], device)
                 times[variant].append(step_time(stamps, cfg["warmup"], clock))
+        r1 = r1_placement(args.width, cfg["steps"], cfg["warmup"])
     results: dict[str, Any] = {"none": {"step_ms": 1e3 * common.median(times["none"])}}
     for variant in ("diffaugment", "ada"):
         ratios = [a / b for a, b in zip(times[variant], times["none"])]
@@ -111,10 +145,13 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
                    "shape": list(SHAPE), "batch": BATCH, "ada_p": ADA_P, "diffaugment_policy": "color,translation,cutout"},
         "wall_time_s": time.perf_counter() - start, "variants": results,
         "step_ratio_diffaugment": results["diffaugment"]["ratio_median"], "step_ratio_ada": results["ada"]["ratio_median"],
+        "r1_placement": r1,
         "markdown": markdown,
     }
     path = common.write_json(payload, args.out, "bench_augment.json")
     print(markdown)
+    print(f"R1 D step: at D's inputs {r1['d_input']['step_ms']:.1f} ms, through the pipeline "
+          f"{r1['through_pipeline']['step_ms']:.1f} ms (x{r1['ratio_through_pipeline']:.2f})")
     print(f"\nwrote {path} ({payload['wall_time_s']:.0f} s)")
     return payload
 

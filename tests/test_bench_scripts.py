@@ -163,3 +163,5 @@ def test_bench_augment_smoke_writes_the_ratios_side_by_side(tmp_path):
         assert rows[v]["ratio_median"] == pytest.approx(rows[v]["step_ms"] / rows["none"]["step_ms"])
         assert data[f"step_ratio_{v}"] == rows[v]["ratio_median"]
     assert "| ada |" in data["markdown"]
+    r1 = data["r1_placement"]
+    assert r1["d_input"]["finite"] and r1["through_pipeline"]["finite"] and finite_positive(r1["ratio_through_pipeline"])
