@@ -40,7 +40,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-SHARED_DATA = Path(os.environ.get("REGAN_SHARED_DATA", str(REPO.parent / "shared" / "data")))
+#: The read-only MNIST / Fashion-MNIST archives (copied into <work>/data, where torchvision may extract them).
+SHARED_DATA = Path(os.environ.get("REGAN_SHARED_DATA") or next(
+    (str(p) for p in (REPO.parent / "shared" / "data", REPO.parent.parent / "shared" / "data") if p.is_dir()),
+    str(REPO.parent / "shared" / "data")))
 #: name -> (data config, data.limit)
 DATASETS: dict[str, tuple[str, Optional[int]]] = {
     "mnist_600": ("mnist", 600),
@@ -274,6 +277,8 @@ def prepare_data(work: Path) -> Path:
     root = work / "data"
     for name in ("MNIST", "FashionMNIST"):
         src, dst = SHARED_DATA / name / "raw", root / name / "raw"
+        if not src.is_dir() and not dst.is_dir():
+            raise SystemExit(f"{src} not found: set REGAN_SHARED_DATA to a folder holding MNIST/raw and FashionMNIST/raw")
         if src.is_dir() and not dst.is_dir():
             dst.mkdir(parents=True)
             for f in src.iterdir():
