@@ -464,6 +464,17 @@ def test_data_limit_is_a_deterministic_subset_by_count_or_fraction():
             DigitsDataModule(limit=bad)
 
 
+def test_docs_quote_the_committed_step_cost_figures():
+    """docs/augmentation.md's step-cost table is the benchmark's own table (bench/results/bench_augment.json)."""
+    import json
+
+    bench = json.loads((REPO_ROOT / "bench" / "results" / "bench_augment.json").read_text())
+    docs = (REPO_ROOT / "docs" / "augmentation.md").read_text()
+    quoted = docs.split("<!-- bench_augment -->", 1)[1].split("<!-- /bench_augment -->", 1)[0].strip()
+    assert quoted == bench["markdown"].strip()
+    assert bench["mode"] == "full" and {"step_ratio_diffaugment", "step_ratio_ada"} <= set(bench)
+
+
 if __name__ == "__main__":  # the DDP scenario, launched by the slow test above
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     _ddp_scenario(Path(sys.argv[1]))
