@@ -146,6 +146,17 @@ def test_ada_blit_ops_are_exact_flips_rotations_and_shifts():
         assert torch.isclose(s.reshape(-1, 1), a.reshape(1, -1), atol=1e-5).any(1).all()
 
 
+def test_ada_colour_ops_act_about_the_luma_axis():
+    x = images(64, 3)
+    grey = images(64, 1).expand(64, 3, 8, 8).contiguous()
+    for op in ("hue", "saturation"):  # rotate / scale the chroma: the channel mean (luma) and grey pixels stay
+        aug = AdaptiveAugment(p=1.0, ops=op, seed=0)
+        assert torch.allclose(aug(x).mean(1), x.mean(1), atol=1e-5) and torch.allclose(aug(grey), grey, atol=1e-5)
+    flipped = AdaptiveAugment(p=1.0, ops="lumaflip", seed=0)(grey)  # luma flip: a grey image is negated or kept
+    assert all(torch.allclose(f, g, atol=1e-5) or torch.allclose(f, -g, atol=1e-5) for f, g in zip(flipped, grey))
+    assert any(torch.allclose(f, -g, atol=1e-5) for f, g in zip(flipped, grey))
+
+
 def test_ada_applies_each_op_with_probability_p():
     x = images(2000, 1, side=4)
     changed = (AdaptiveAugment(p=0.3, ops="brightness", seed=0)(x) != x).flatten(1).any(1).float().mean()

@@ -249,7 +249,8 @@ class AdaptiveAugment(Augment):
             theta = torch.where(mask(), (self.rand(n, device=device) * 2 - 1) * math.pi * self.hue_max,
                                 torch.zeros(n, device=device))
             # Rodrigues: rotation by theta about the luma axis v.
-            k = torch.tensor([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]], device=device)
+            a = 1 / math.sqrt(3)  # the cross-product matrix of v (built from floats: no device-to-host reads)
+            k = torch.tensor([[0.0, -a, a], [a, 0.0, -a], [-a, a, 0.0]], device=device)
             sin, cos = torch.sin(theta)[:, None, None], torch.cos(theta)[:, None, None]
             c = _color_op(n, device, eye3 + sin * k + (1 - cos) * (k @ k)) @ c
         if "saturation" in ops:
