@@ -66,6 +66,8 @@ class GANModule(L.LightningModule):
         compile: ``torch.compile`` the G and D forwards of the adversarial terms (``True``, or a mapping of
             ``torch.compile`` arguments such as ``{"mode": "max-autotune"}``); terms needing double backward run
             through the eager networks (:mod:`lightning_regan.compile`, ``docs/compile.md``). Pays on GPUs only.
+        augment: Differentiable augmentation of every image D sees, real and fake, in the D and the G step
+            (:mod:`lightning_regan.augment`); its ``observe(real_logits)``, if any, runs after each D step.
     """
 
     def __init__(
@@ -87,6 +89,7 @@ class GANModule(L.LightningModule):
         num_classes: Optional[int] = None,
         label_probs: Optional[Sequence[float]] = None,
         compile: Union[bool, Mapping[str, Any]] = False,
+        augment: Optional[nn.Module] = None,
     ) -> None:
         super().__init__()
         if not isinstance(generator, nn.Module) or not isinstance(discriminator, nn.Module):
@@ -103,13 +106,14 @@ class GANModule(L.LightningModule):
         check_int("GANModule", "latent_dim (pass latent_dim=... or give the generator a `latent_dim` attribute)",
                   latent_dim, 1)
         options = compile_options(compile)
-        self.save_hyperparameters(ignore=["generator", "discriminator", "g_optimizer", "d_optimizer", "loss", "regularizers"])
+        self.save_hyperparameters(ignore=["generator", "discriminator", "g_optimizer", "d_optimizer", "loss", "regularizers", "augment"])
         self.automatic_optimization = False
 
         self.generator = generator
         self.discriminator = discriminator
         self.loss = get_loss(loss)
         self.regularizers = regularizer_dict(regularizers)
+        self.augment = augment
         self.g_optimizer_factory = g_optimizer or _default_optimizer()
         self.d_optimizer_factory = d_optimizer or _default_optimizer()
         self.n_critic = n_critic
@@ -292,6 +296,8 @@ class GANModule(L.LightningModule):
         G, D = self.training_networks(due)
         with torch.no_grad():
             fake = self.run_generator(G, z, fake_labels)
+            if self.augment is not None:  # penalties are then taken at D's inputs, the augmented images
+                real, fake = self.augment(real), self.augment(fake)
         real_in = real.detach().requires_grad_(any(r.needs_real_grad for _, r in due))
         fake_in = fake.detach().requires_grad_(any(r.needs_fake_grad for _, r in due))
         metrics: dict[str, Tensor] = {}
@@ -314,6 +320,9 @@ class GANModule(L.LightningModule):
             d_opt.step()
         self.d_steps += 1
         metrics.update(d_loss=d_loss.detach(), d_adv=d_adv.detach(), d_real=d_real.detach().mean(), d_fake=d_fake.detach().mean())
+        metrics["rt"] = torch.sign(d_real.detach()).mean()  # ADA's overfitting heuristic E[sign(D(real))]
+        if getattr(self.augment, "observe", None) is not None:
+            metrics.update(self.augment.observe(d_real.detach()))
         return metrics
 
     def generator_step(self, batch_size: int, g_opt: Any) -> dict[str, Tensor]:
@@ -323,6 +332,8 @@ class GANModule(L.LightningModule):
             z = self.sample_noise(batch_size)
             labels = self.sample_labels(batch_size) if self.conditional else None
             fake = self.run_generator(G, z, labels)
+            if self.augment is not None:
+                fake = self.augment(fake)
             g_loss = self.loss.g_loss(self.run_discriminator(fake, labels, D).float())
             g_opt.zero_grad(set_to_none=True)
             self.backward_and_reduce(g_loss, g_opt)

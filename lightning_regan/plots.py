@@ -146,6 +146,42 @@ def plot_fid(
     return _save(fig, path)
 
 
+def plot_augment(
+    history: Sequence[Sequence[Optional[float]]],
+    path: PathLike,
+    stop: StopMark = None,
+    target: Optional[float] = 0.6,
+) -> Path:
+    """Plot ADA's probability p and the overfitting heuristic r_t = E[sign(D(real))] against G steps.
+
+    Args:
+        history: Rows ``(g_step, ada_p, rt)``; a missing value is left as a gap (no ADA: no p curve).
+        path: PNG file to write (parent folders are created).
+        stop: ``(g_step, reason)`` of the stop, or ``None``.
+        target: ADA's r_t target, drawn as a dotted line, or ``None``.
+
+    Returns:
+        The written path.
+    """
+    fig, ax = _new_figure()
+    steps = [int(row[0]) for row in history]
+    rts = [_finite_or_nan(row[2]) for row in history]
+    ax.plot(steps, rts, label="r_t = E[sign(D(real))]", color="tab:purple", linewidth=0.8)
+    ps = [_finite_or_nan(row[1]) for row in history]
+    if any(math.isfinite(v) for v in ps):
+        ax.plot(steps, ps, label="ADA p", color="tab:green", linewidth=1.6)
+        if target is not None:
+            ax.axhline(target, color="tab:gray", linestyle=":", linewidth=1.0, label=f"r_t target {target}")
+    _mark_stop(ax, stop)
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_xlabel("generator step")
+    ax.set_ylabel("value")
+    ax.set_title("Discriminator overfitting (r_t) and augmentation probability")
+    ax.legend(loc="best")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
 def plot_run(summary: Mapping[str, Any], loss_history: Sequence[Sequence[Optional[float]]],
              plot_dir: Path) -> dict[str, str]:
     """``losses.png`` and (with an FID history) ``fid.png`` of a run in ``plot_dir``, from its ``summary.json``
@@ -156,6 +192,9 @@ def plot_run(summary: Mapping[str, Any], loss_history: Sequence[Sequence[Optiona
     try:
         plot_losses(loss_history, plot_dir / "losses.png", stop=stop)
         written["losses"] = "plots/losses.png"
+        if summary.get("augment_history"):
+            plot_augment(summary["augment_history"], plot_dir / "augment.png", stop=stop)
+            written["augment"] = "plots/augment.png"
         if summary["fid_history"]:
             best = None
             if summary["best_fid"] is not None:
@@ -215,4 +254,4 @@ def save_scatter(
     return atomic_write(Path(path), lambda p: fig.savefig(p, format="png"))
 
 
-__all__ = ["plot_fid", "plot_losses", "plot_run", "save_image_grid", "save_scatter"]
+__all__ = ["plot_augment", "plot_fid", "plot_losses", "plot_run", "save_image_grid", "save_scatter"]

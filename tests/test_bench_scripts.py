@@ -153,3 +153,18 @@ def test_bench_conditional_smoke_writes_both_step_times(tmp_path):
     assert finite_positive(row["unconditional_step_ms"]) and finite_positive(row["conditional_step_ms"])
     assert row["ratio_median"] == pytest.approx(row["conditional_step_ms"] / row["unconditional_step_ms"])
     assert "| mlp_digits |" in data["markdown"]
+
+
+def test_bench_augment_smoke_writes_the_ratios_side_by_side(tmp_path):
+    out = tmp_path / "bench_augment.json"
+    load_script("bench_augment").main(["--smoke", "--width", "4", "--device", "cpu", "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == "augment" and data["mode"] == "smoke" and MACHINE_KEYS <= set(data["machine"])
+    rows = data["variants"]
+    assert all(finite_positive(rows[v]["step_ms"]) for v in ("none", "diffaugment", "ada"))
+    for v in ("diffaugment", "ada"):
+        assert rows[v]["ratio_median"] == pytest.approx(rows[v]["step_ms"] / rows["none"]["step_ms"])
+        assert data[f"step_ratio_{v}"] == rows[v]["ratio_median"]
+    assert "| ada |" in data["markdown"]
+    r1 = data["r1_placement"]
+    assert r1["d_input"]["finite"] and r1["through_pipeline"]["finite"] and finite_positive(r1["ratio_through_pipeline"])

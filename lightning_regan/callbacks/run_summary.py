@@ -79,6 +79,8 @@ class RunSummary(GStepCallback):
         self.plots = bool(plots)
         #: Rows ``(g_step, d_loss, g_loss)`` recorded during training (kept in checkpoints).
         self.loss_history: list[tuple[int, Optional[float], Optional[float]]] = []
+        #: Rows ``(g_step, train/ada_p, train/rt)`` at the same G steps (ADA's p, the overfitting heuristic r_t).
+        self.augment_history: list[tuple[int, Optional[float], Optional[float]]] = []
         #: The last summary written (also on failure).
         self.summary: Optional[dict[str, Any]] = None
         self._start: Optional[float] = None
@@ -91,11 +93,13 @@ class RunSummary(GStepCallback):
         return self.output_dir / "summary.json"
 
     def state_dict(self) -> dict[str, Any]:
-        return {"loss_history": [list(row) for row in self.loss_history], "wall_time_s": self.wall_time_s()}
+        return {"loss_history": [list(row) for row in self.loss_history], "wall_time_s": self.wall_time_s(),
+                "augment_history": [list(row) for row in self.augment_history]}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.loss_history = [(int(r[0]), r[1], r[2]) for r in state_dict.get("loss_history") or []]
         self._elapsed_before = float(state_dict.get("wall_time_s", 0.0))
+        self.augment_history = [(int(r[0]), r[1], r[2]) for r in state_dict.get("augment_history") or []]
 
     def wall_time_s(self) -> float:
         """Seconds of training so far, including the parts run before a resume."""
@@ -126,6 +130,9 @@ class RunSummary(GStepCallback):
         d_loss, g_loss = (to_float(metrics[k]) if k in metrics else None for k in (self.d_loss_key, self.g_loss_key))
         if d_loss is not None or g_loss is not None:
             self.loss_history.append((g_step, d_loss, g_loss))
+        ada_p, rt = (to_float(metrics[k]) if k in metrics else None for k in ("train/ada_p", "train/rt"))
+        if ada_p is not None or rt is not None:
+            self.augment_history.append((g_step, ada_p, rt))
 
     def _finish(self, trainer: L.Trainer, pl_module: L.LightningModule, failure: Optional[BaseException]) -> None:
         g_step = g_steps_of(trainer, pl_module)
@@ -175,6 +182,10 @@ class RunSummary(GStepCallback):
             "checkpoint_last": checkpoint_last,
             "final_metrics": {k: json_safe(v) for k, v in sorted(trainer.callback_metrics.items())},
             "early_termination": None,
+            # augmentation (lightning_regan.augment): ADA's last p, the last r_t = E[sign(D(real))], their history
+            "ada_p": self.augment_history[-1][1] if self.augment_history else None,
+            "rt": self.augment_history[-1][2] if self.augment_history else None,
+            "augment_history": [list(row) for row in self.augment_history],
         }
         for cb in trainer.callbacks:
             if cb is not self and isinstance(cb, SummaryFields):

@@ -7,13 +7,15 @@ import json
 import os
 import warnings
 from collections.abc import Iterator
-from typing import Any, Optional
+from typing import Any, Optional, Union
+
+import torch
 
 import lightning as L
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from lightning_regan.validation import check_int
+from lightning_regan.validation import check_int, is_int, is_number
 
 # torchdata 0.11 calls a torch API that torch 2.14 deprecates, once per iterator: noise for our users.
 warnings.filterwarnings("ignore", message=".*'set_vital' is deprecated.*", category=UserWarning)
@@ -84,6 +86,9 @@ class GANDataModule(L.LightningDataModule):
         batch_size: Training batch size (the last incomplete batch is dropped).
         num_workers: DataLoader worker processes (persistent when > 0).
         pin_memory: Pin host memory (useful on GPU).
+        limit: Train on a deterministic subset: ``N`` images (an integer >= 1) or a fraction in (0, 1) of the
+            training set (:func:`limit_indices`, the same subset for every seed and rank). ``None``: all of it. The FID
+            reference set is not limited (it measures the distribution, not the subset).
     """
 
     #: Short dataset name, e.g. ``"mnist"``.
@@ -97,8 +102,15 @@ class GANDataModule(L.LightningDataModule):
     #: ``[0, num_classes)``), or ``None`` for unlabelled data; class-conditional models read it.
     num_classes: Optional[int] = None
 
-    def __init__(self, batch_size: int = 64, num_workers: int = 0, pin_memory: bool = False) -> None:
+    def __init__(self, batch_size: int = 64, num_workers: int = 0, pin_memory: bool = False,
+                 limit: Optional[Union[int, float]] = None) -> None:
         super().__init__()
+        if limit is not None and not (is_int(limit) and limit >= 1 or is_number(limit) and 0 < limit < 1):
+            raise ValueError(
+                f"{type(self).__name__}: limit must be a number of training images (an integer >= 1), a fraction in "
+                f"(0, 1), or null, got {limit!r} (e.g. data.limit=600 or data.limit=0.01)."
+            )
+        self.limit = limit
         check_int(type(self).__name__, "batch_size (e.g. data.batch_size=64)", batch_size, 1)
         check_int(type(self).__name__, "num_workers", num_workers, 0)
         self.batch_size = batch_size
@@ -125,6 +137,8 @@ class GANDataModule(L.LightningDataModule):
         """Build the training dataset (once) and check that it fills at least one batch."""
         if self._train is None:
             self._train = self._build_train()
+            if self.limit is not None:
+                self._train = Subset(self._train, limit_indices(len(self._train), self.limit))  # type: ignore[arg-type]
             n = len(self._train)  # type: ignore[arg-type]
             if n < self.batch_size:
                 self._train = None
@@ -201,4 +215,16 @@ class GANDataModule(L.LightningDataModule):
         return f"{self.name}-{digest}"
 
 
-__all__ = ["DatasetError", "DatasetNotFoundError", "GANDataModule", "PIPELINE_VERSION", "StatefulDistributedSampler"]
+def limit_indices(n: int, limit: Union[int, float], seed: int = 0) -> list[int]:
+    """Indices of a deterministic subset of ``range(n)``: ``limit`` items (an integer) or ``round(limit * n)`` (a
+    fraction in (0, 1)), drawn without replacement by a generator seeded with ``seed`` and sorted. A random subset
+    keeps the class mix of the full set (the first ``N`` items of a sorted dataset would not); a limit of ``n`` or
+    more keeps everything."""
+    k = int(limit) if is_int(limit) else max(1, round(float(limit) * n))
+    if k >= n:
+        return list(range(n))
+    chosen = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k]
+    return sorted(chosen.tolist())
+
+
+__all__ = ["DatasetError", "limit_indices", "DatasetNotFoundError", "GANDataModule", "PIPELINE_VERSION", "StatefulDistributedSampler"]

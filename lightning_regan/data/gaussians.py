@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor
@@ -116,7 +116,7 @@ class GaussianMixtureDataModule(GANDataModule):
         n_samples: Size of the (fixed) training set.
         n_reference: Size of the reference set used for FID statistics (drawn with another seed).
         seed: Seed of both sets.
-        batch_size, num_workers, pin_memory: See :class:`GANDataModule`.
+        batch_size, num_workers, pin_memory, limit: See :class:`GANDataModule`.
     """
 
     fid_feature_extractor = "identity"
@@ -134,8 +134,9 @@ class GaussianMixtureDataModule(GANDataModule):
         batch_size: int = 256,
         num_workers: int = 0,
         pin_memory: bool = False,
+        limit: Optional[Union[int, float]] = None,
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
+        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, limit=limit)
         if kind not in _DEFAULTS:
             raise ValueError(f"GaussianMixtureDataModule: kind must be 'ring' or 'grid', got {kind!r}.")
         num_modes = _DEFAULTS[kind]["num_modes"] if num_modes is None else num_modes

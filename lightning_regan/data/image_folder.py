@@ -6,7 +6,7 @@ import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -146,7 +146,7 @@ class ImageFolderDataModule(GANDataModule):
             file) instead of in the middle of it.
         max_samples: Use only the first ``max_samples`` files in sorted order.
         extensions: File extensions counted as images.
-        batch_size, num_workers, pin_memory: See :class:`GANDataModule`.
+        batch_size, num_workers, pin_memory, limit: See :class:`GANDataModule`.
     """
 
     def __init__(
@@ -160,8 +160,9 @@ class ImageFolderDataModule(GANDataModule):
         batch_size: int = 64,
         num_workers: int = 0,
         pin_memory: bool = False,
+        limit: Optional[Union[int, float]] = None,
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
+        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, limit=limit)
         check_int("ImageFolderDataModule", "image_size (null: the images' own size)", image_size, 1, optional=True)
         if channels not in _MODES:
             raise ValueError(f"ImageFolderDataModule: channels must be 1 (greyscale) or 3 (RGB), got {channels!r}.")

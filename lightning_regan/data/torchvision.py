@@ -12,7 +12,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Optional, Union
 
 from torch.utils.data import Dataset, Subset
 
@@ -54,7 +54,7 @@ class TorchvisionDataModule(GANDataModule):
         reference_split: Split used for FID reference statistics, ``"train"`` or ``"test"``.
         max_samples: Use only the first ``max_samples`` images of the train split (for quick runs); also applies
             to the reference when ``reference_split="train"``.
-        batch_size, num_workers, pin_memory: See :class:`GANDataModule`.
+        batch_size, num_workers, pin_memory, limit: See :class:`GANDataModule`.
     """
 
     #: The torchvision dataset class name (``torchvision.datasets.<name>``).
@@ -77,8 +77,9 @@ class TorchvisionDataModule(GANDataModule):
         batch_size: int = 64,
         num_workers: int = 0,
         pin_memory: bool = False,
+        limit: Optional[Union[int, float]] = None,
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
+        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, limit=limit)
         who = type(self).__name__
         if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
             raise ValueError(f"{who}: image_size must be a positive integer or null, got {image_size!r}.")
