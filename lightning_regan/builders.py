@@ -22,7 +22,6 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_regan.config import drop_unselected, has_target  # noqa: F401 (re-exported: torch-free, used by the CLI checks)
-from lightning_regan.callbacks import FID_KEY
 from lightning_regan.callbacks.g_step import OUTPUT
 from lightning_regan.callbacks.run_summary import SummaryFields
 from lightning_regan.errors import ConfigError
@@ -85,30 +84,12 @@ def build_callbacks(cfg: DictConfig) -> list[Callback]:
     """Every ``callbacks.<name>`` node, plus ``early_stopping``, in the order of their declared ``stage``
     (evaluation, then decision, then outputs; config order within a stage).
 
-    The checkpoint callback left with ``every_n_train_steps: null`` saves at every FID evaluation (converted to
-    Lightning's global steps, which count D and G updates), keeping ``best`` by ``val/fid`` when the FID runs.
     Progress-bar callbacks are skipped when the trainer has the bar switched off (Lightning refuses them).
     """
-    n_critic = cfg.module.get("n_critic", 1)
     nodes = {name: node for name, node in (cfg.get("callbacks") or {}).items() if has_target(node)}
-    fid_node = nodes.get("fid")
-    fid_every = int(fid_node.get("every_n_g_steps", 0)) if fid_node is not None else 0
     if has_target(cfg.get("early_stopping")):
         nodes["early_stopping"] = cfg.early_stopping
-    built: list[Callback] = []
-    for name, node in nodes.items():
-        extra: dict[str, Any] = {}
-        if name == "fid" and not fid_every and not node.get("evaluate_on_train_end", False):
-            continue  # every_n_g_steps=0: no FID, and no extractor or real statistics prepared for nothing
-        if name == "checkpoint":
-            if node.get("every_n_train_steps", None) is None:
-                extra["every_n_train_steps"] = (fid_every or max(1, cfg.max_g_steps // 10)) * (n_critic + 1)
-            if node.get("monitor", None) is None:
-                if fid_every:
-                    extra["monitor"] = FID_KEY
-                else:
-                    extra["save_top_k"] = 0
-        built.append(instantiate(node, **extra))
+    built: list[Callback] = [instantiate(node) for node in nodes.values()]
     if not cfg.trainer.get("enable_progress_bar", True):
         built = [cb for cb in built if not isinstance(cb, ProgressBar)]
     return sorted(built, key=lambda cb: getattr(cb, "stage", OUTPUT))  # stable: config order within a stage

@@ -19,6 +19,23 @@ def has_target(node: Any) -> bool:
     return isinstance(node, DictConfig) and "_target_" in node
 
 
+def _checkpoint_every(fid_every: int, max_g_steps: int, n_critic: int) -> int:
+    """Lightning global steps between checkpoints: at every FID evaluation, else every tenth of the budget (a G step
+    is ``n_critic + 1`` optimizer steps)."""
+    return (int(fid_every) or max(1, int(max_g_steps) // 10)) * (int(n_critic) + 1)
+
+
+def _if_positive(value: Any, then: Any, otherwise: Any = None) -> Any:
+    """``then`` when ``value`` > 0, else ``otherwise`` (e.g. a monitor only when the FID monitor runs)."""
+    return then if value and int(value) > 0 else otherwise
+
+
+# Resolvers of conf/callbacks/checkpoint.yaml (registered on import, before any config is composed).
+for _name, _fn in (("regan.checkpoint_every", _checkpoint_every), ("regan.if_positive", _if_positive)):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _fn)
+
+
 def config_dir() -> Path:
     """The directory holding ``train.yaml`` and the config groups.
 

@@ -7,15 +7,13 @@ from typing import Any
 from lightning_regan.callbacks.best_generator import BestGenerator
 from lightning_regan.callbacks.early_termination import EarlyTermination
 from lightning_regan.callbacks.fid_monitor import CLASS_ACCURACY_KEY, FID_KEY, FID_STEP_KEY, KID_KEY, FIDMonitor
-from lightning_regan.callbacks.g_step import EVALUATION, GStepCallback, g_steps_of, publish_metrics
+from lightning_regan.callbacks.g_step import GStepCallback, g_steps_of, publish_metrics
 from lightning_regan.callbacks.mode_coverage import ModeCoverageMonitor
 from lightning_regan.callbacks.progress import GStepProgressBar
 from lightning_regan.callbacks.random_streams import RandomStreams
 from lightning_regan.callbacks.run_summary import RunSummary, StopDecider, SummaryFields
 from lightning_regan.callbacks.samples import SampleGrid
 
-# FIDMonitor's stage, until its file declares it.
-FIDMonitor.stage = EVALUATION
 
 __all__ = [
     "BestGenerator", "CLASS_ACCURACY_KEY", "FID_KEY", "FID_STEP_KEY", "KID_KEY", "EarlyTermination", "FIDMonitor", "GStepCallback",

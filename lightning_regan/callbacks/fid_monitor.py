@@ -19,7 +19,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from lightning_regan.callbacks.g_step import GStepCallback, check_int, g_steps_of, is_due, publish_metrics
+from lightning_regan.callbacks.g_step import EVALUATION, GStepCallback, check_int, g_steps_of, is_due, publish_metrics
 from lightning_regan.fid.coverage import noise_and_coverage
 from lightning_regan.fid.extractors import (
     EXTRACTOR_CHOICES,
@@ -128,6 +128,8 @@ class FIDMonitor(GStepCallback):
         extractor: The feature extractor (after setup); ``extractor_name`` says which one was used.
     """
 
+    stage = EVALUATION
+
     def __init__(
         self,
         every_n_g_steps: int = 1000,
@@ -221,8 +223,14 @@ class FIDMonitor(GStepCallback):
         return self._generate_state_key(every_n_g_steps=self.every_n_g_steps, num_samples=self.num_samples, feature_extractor=spec)
 
     # ------------------------------------------------------------------ preparation
+    @property
+    def active(self) -> bool:
+        """Whether it evaluates at all (``every_n_g_steps=0`` without ``evaluate_on_train_end``: never, and nothing
+        is prepared for it)."""
+        return self.every_n_g_steps > 0 or self.evaluate_on_train_end
+
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage != "fit" or self._metric is not None:
+        if stage != "fit" or self._metric is not None or not self.active:
             return
         datamodule = getattr(trainer, "datamodule", None)
         source = self.real_data if self.real_data is not None else real_source_of(datamodule)
@@ -231,6 +239,8 @@ class FIDMonitor(GStepCallback):
         self._prepare(trainer, datamodule, source)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.active:
+            return
         if self._metric is None:
             self._prepare(trainer, getattr(trainer, "datamodule", None), trainer.train_dataloader)
         start = time.perf_counter()
