@@ -119,6 +119,27 @@ def bench_session(device: torch.device, threads: int) -> Iterator[None]:
                 logging.getLogger(name).setLevel(level)
 
 
+def ab_parser(doc: str, default_out: str) -> "argparse.ArgumentParser":
+    """The options every side-by-side (A vs B) benchmark takes: --smoke, --repeats, --steps, --device, --out."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--smoke", action="store_true", help="a few steps, 1 repeat")
+    p.add_argument("--repeats", type=int)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", help=f"JSON output (default bench/results/{default_out})")
+    return p
+
+
+def ab_config(modes: dict[str, dict[str, Any]], args: Any) -> tuple[str, dict[str, Any]]:
+    """The mode (smoke or full) of ``ab_parser``'s arguments and its settings with --repeats/--steps applied."""
+    mode = "smoke" if args.smoke else "full"
+    cfg = dict(modes[mode])
+    cfg.update({k: v for k, v in (("repeats", args.repeats), ("steps", args.steps)) if v is not None})
+    return mode, cfg
+
+
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 

@@ -18,7 +18,6 @@ Examples::
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -103,17 +102,10 @@ def r1_placement(width: int, steps: int, warmup: int) -> dict[str, Any]:
 
 
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--smoke", action="store_true", help="a few steps, 1 repeat")
+    p = common.ab_parser(__doc__, "bench_augment.json")
     p.add_argument("--width", type=int, default=16, help="DCGAN channels at full resolution")
-    p.add_argument("--repeats", type=int)
-    p.add_argument("--steps", type=int)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", help="JSON output (default bench/results/bench_augment.json)")
     args = p.parse_args(argv)
-    mode = "smoke" if args.smoke else "full"
-    cfg = dict(MODES[mode])
-    cfg.update({k: v for k, v in (("repeats", args.repeats), ("steps", args.steps)) if v is not None})
+    mode, cfg = common.ab_config(MODES, args)
     device = common.resolve_device(args.device)
     clock = 1 if device.type == "cpu" else 0
     start = time.perf_counter()

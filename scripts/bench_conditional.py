@@ -15,7 +15,6 @@ Examples::
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -58,17 +57,10 @@ def run(setup: str, conditional: bool, steps: int, device: torch.device) -> list
 
 
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--smoke", action="store_true", help="a few steps, 1 repeat")
+    p = common.ab_parser(__doc__, "bench_conditional.json")
     p.add_argument("--setups", nargs="+", choices=sorted(SETUPS), default=sorted(SETUPS))
-    p.add_argument("--repeats", type=int)
-    p.add_argument("--steps", type=int)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", help="JSON output (default bench/results/bench_conditional.json)")
     args = p.parse_args(argv)
-    mode = "smoke" if args.smoke else "full"
-    cfg = dict(MODES[mode])
-    cfg.update({k: v for k, v in (("repeats", args.repeats), ("steps", args.steps)) if v is not None})
+    mode, cfg = common.ab_config(MODES, args)
     device = common.resolve_device(args.device)
     clock = 1 if device.type == "cpu" else 0
     start = time.perf_counter()

@@ -1,0 +1,607 @@
+#!/usr/bin/env python
+"""Early-termination study v6: the stop decision graded on ground truth, with budget-free targets (issue 20).
+
+Design (one training per (setup, seed); every candidate replayed on it):
+
+1. Each (setup, seed) is trained once for its budget with no stopping. The product's ``FIDMonitor`` logs what a
+   user's run logs (``val/fid``, ``val/recall``, ``val/mmd``, ...) at the product's cadence. A study-only recorder
+   scores the same generator at once on the **ground truth**, on samples the monitor never saw:
+   - images: FID of 10,000 generated samples (other noise) against the whole test split (digits: all 1,797 images,
+     sklearn has no split), classifier features;
+   - points: MMD² of 10,000 generated points against 10,000 fresh real points (the truth the figures are graded
+     on), and the share of samples within 3 std of a mode and the modes covered (ModeCoverageMonitor's measures).
+   It also runs the configured divergence rule every G step (without stopping) and notes where it fires.
+2. A run with stopping is the full run cut at the rule's stop step (same seed: training is identical up to there),
+   handing over the generator of the best decision metric so far (what ``callbacks.best_generator`` restores).
+   Every candidate is replayed offline on the recorded metrics with the product's rule objects, instantiated from
+   the run's own Hydra config (``early_stopping`` group) with ``stop_metric`` set to the candidate's signal.
+3. Grading, on ground truth only: the grader's noise is its value on real vs real data at its own sample size;
+   a handed-over generator is "within" when its truth is within max(5 %, noise) of the full run's best truth; the
+   eps-oracle (eps = 5 %, widened to the grader's noise the same way) stops at the first evaluation within it of the
+   best; lag = stop step / oracle step on runs whose truth flattens (oracle step <= half the budget) or peaks.
+4. The candidate is chosen on the selection seeds (median gap, then lag) and the targets reported on the
+   held-out seeds; both sets were trained after the rule code and its defaults were last changed.
+
+Usage::
+
+    python studies/stopping_study.py --jobs 2 --work /tmp/stopping   # the study (committed results)
+    python studies/stopping_study.py --quick --out /tmp/q              # a smoke test (seconds)
+    python studies/stopping_study.py --replay studies/results/stopping_study.json --out studies/results
+
+Writes ``<out>/stopping_study.json`` (every run's history and every candidate's replay), ``<out>/stopping_study.md``
+and ``<out>/stopping_targets.json`` (the issue's target keys at the top level).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+DATA_ROOT = os.environ.get("REGAN_DATA_ROOT", str(REPO.parent / "shared" / "data"))
+EPSILON = 0.05
+TRUTH_SAMPLES = 10_000
+COMMON = ("logger=none", "trainer.enable_progress_bar=false", "~callbacks.samples", "~callbacks.checkpoint",
+          "~callbacks.summary", "~callbacks.best_generator")
+DCGAN16 = ("model=dcgan", "model.generator.channels=16", "model.discriminator.channels=16")
+SMALL = ("model=dcgan", "model.generator.channels=8", "model.discriminator.channels=8", "regularizer=none",
+         "augment=none", "data.batch_size=32")
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One training configuration."""
+
+    kind: str  # healthy | collapsing | diverging
+    description: str
+    overrides: tuple[str, ...]
+    max_g_steps: int
+    every: int
+    points: bool = False
+    torchvision: bool = False
+
+
+SETUPS: dict[str, Setup] = {
+    "ring": Setup("healthy", "`experiment=ring` (MLP, non-saturating + R1, EMA 0.995): point data, stops on val/mmd",
+                  ("experiment=ring",), 4000, 100, points=True),
+    "digits": Setup("healthy", "DCGAN (width 32) on sklearn's 8x8 digits, non-saturating + R1, EMA 0.995",
+                    ("data=digits", "model=dcgan", "model.generator.channels=32",
+                     "model.discriminator.channels=32"), 6000, 200),
+    "mnist_fast": Setup("healthy", "DCGAN (width 16) on MNIST, no regularizer, learning rates 2e-3 (flattens early)",
+                        ("data=mnist", *DCGAN16, "regularizer=none", "module.d_optimizer.lr=2e-3",
+                         "module.g_optimizer.lr=2e-3", "+callbacks.fid.feature_extractor=classifier"),
+                        3000, 100, torchvision=True),
+    "fmnist_600": Setup("healthy", "DCGAN (width 8) on 600 Fashion-MNIST images (data.limit=600), no augmentation, "
+                        "no regularizer: D memorizes, quality peaks then worsens",
+                        ("data=fashion_mnist", "data.limit=600", *SMALL,
+                         "+callbacks.fid.feature_extractor=classifier"), 2000, 100, torchvision=True),
+    "ring_collapse": Setup("collapsing", "`experiment=ring` with the saturating minimax loss, no regularizer, no EMA, "
+                           "learning rates 2e-3", ("experiment=ring", "loss=minimax", "regularizer=none",
+                                                   "module.ema_decay=null", "module.d_optimizer.lr=2e-3",
+                                                   "module.g_optimizer.lr=2e-3"), 3000, 100, points=True),
+    "diverging": Setup("diverging", "`experiment=diverging` (unconstrained Wasserstein critic, D lr 0.05, 5 critic "
+                       "steps per G step)", ("experiment=diverging",), 400, 50, points=True),
+}
+SELECTION_SEEDS = (10, 11)
+HELD_OUT_SEEDS = (12, 13, 14)
+#: Candidates: (early_stopping config, stop metric for images, stop metric for points). "product" is what each
+#: setup's own config does (conf/train.yaml's stop_metric: val/fid for images, val/mmd for points).
+CANDIDATES: dict[str, tuple[Optional[str], Optional[str], Optional[str]]] = {
+    "product": (None, None, None),
+    "trend/mmd": ("default", "val/mmd", "val/mmd"),
+    "trend/fid": ("default", "val/fid", "val/fid"),
+    "trend/fid_inf": ("default", "val/fid_inf", "val/fid"),
+    "plateau/mmd": ("fid", "val/mmd", "val/mmd"),
+    "plateau/fid": ("fid", "val/fid", "val/fid"),
+}
+#: The signals whose per-run rank agreement with the truth is reported (images; points log fid and mmd only).
+SIGNALS = ("val/fid", "val/mmd", "val/fid_inf")
+
+
+# ---------------------------------------------------------------------------------------------- training
+def _overrides(setup: Setup, spec: dict[str, Any]) -> list[str]:
+    out = [*setup.overrides, f"seed={spec['seed']}", f"max_g_steps={spec['max_g_steps']}",
+           f"callbacks.fid.every_n_g_steps={spec['every']}", f"output_dir={spec['run_dir']}"]
+    if not setup.points:
+        out += ["callbacks.fid.mmd=true", "callbacks.fid.fid_inf=true"]
+    if setup.torchvision:
+        out.append(f"data.root={DATA_ROOT}")
+    if spec.get("quick"):
+        out.append("callbacks.fid.num_samples=200")
+    return out
+
+
+def _truth_reference(setup: Setup, datamodule: Any, extractor: Any, seed: int, n: int) -> dict[str, Any]:
+    """The ground truth's real side and its real-vs-real value (the grader's noise)."""
+    import torch
+
+    from lightning_regan.data.gaussians import sample_mixture
+    from lightning_regan.fid.metric import FeatureDistances
+    from lightning_regan.fid.mmd import RBFReference
+    from lightning_regan.fid.stats import compute_real_statistics
+
+    with torch.random.fork_rng(devices=[]):
+        if setup.points:
+            draw = lambda s: sample_mixture(datamodule.centers, datamodule.std, n,  # noqa: E731
+                                            torch.Generator().manual_seed(s))[0]
+            reference = RBFReference.of(draw(2_000_003 + seed))
+            noise = [abs(float(reference.mmd2(draw(3_000_017 + seed + k)))) for k in range(3)]
+            return {"rbf": reference, "noise": max(noise), "noise_note": "max |MMD²| of 3 real vs real draws"}
+        test = datamodule._load("test") if setup.torchvision else datamodule.reference_dataset()
+        size = len(test)
+        stats = compute_real_statistics(test, extractor, size)
+        metric = FeatureDistances(stats.num_features)
+        metric.set_real(stats)
+        if setup.torchvision:  # real vs real: as many training images as the grader's generated samples
+            train = datamodule._load("train")
+            idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n]
+            other, note = torch.utils.data.Subset(train, idx.tolist()), f"FID of {n} training images vs the test split"
+        else:  # no split: half of the images vs the other half
+            half = torch.randperm(size, generator=torch.Generator().manual_seed(seed))
+            a, b = half[: size // 2].tolist(), half[size // 2:].tolist()
+            stats_a = compute_real_statistics(torch.utils.data.Subset(test, a), extractor, len(a))
+            pair = FeatureDistances(stats_a.num_features)
+            pair.set_real(stats_a)
+            metric_b, other, note = pair, torch.utils.data.Subset(test, b), "FID of one half of the images vs the other"
+            feats = compute_real_statistics(other, extractor, len(b), keep_features=True).features
+            metric_b.update(feats)
+            return {"metric": metric, "noise": float(metric_b.compute()["fid"]), "noise_note": note,
+                    "real_size": size}
+        feats = compute_real_statistics(other, extractor, n, keep_features=True).features
+        metric.update(feats)
+        noise = float(metric.compute()["fid"])
+        metric.reset_fake()
+        return {"metric": metric, "noise": noise, "noise_note": note, "real_size": size}
+
+
+def train_one(spec: dict[str, Any]) -> dict[str, Any]:
+    """Train one (setup, seed) for its budget and record the monitor's metrics and the truth at every evaluation."""
+    import lightning as L
+    import torch
+    from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import Callback
+
+    from lightning_regan.builders import build_callbacks, build_datamodule, build_models, build_module
+    from lightning_regan.callbacks import EarlyTermination, FIDMonitor
+    from lightning_regan.cli.train import validate_config
+    from lightning_regan.config import compose_config, drop_unselected
+    from lightning_regan.data.gaussians import mode_coverage
+    from lightning_regan.module import max_steps_for
+
+    torch.set_num_threads(1)
+    setup = SETUPS[spec["setup"]]
+    n = spec["truth_samples"]
+    stopping: EarlyTermination = instantiate(compose_config(_overrides(setup, spec)).early_stopping)
+    divergence = next(r for r in stopping.rules.values() if r.reason.value == "divergence")
+    divergence_state = divergence.new_state()
+    cfg = compose_config([*_overrides(setup, spec), *COMMON, "early_stopping=none"])
+    drop_unselected(cfg)
+    validate_config(cfg)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg, *build_models(cfg, tuple(datamodule.shape)))
+    callbacks = build_callbacks(cfg)
+    monitor = next(cb for cb in callbacks if isinstance(cb, FIDMonitor))
+    noise = torch.randn(n, int(cfg.model.latent_dim), generator=torch.Generator().manual_seed(10_000 + spec["seed"]))
+
+    class Recorder(Callback):
+        def __init__(self) -> None:
+            self.rows: list[dict[str, Any]] = []
+            self.reference: Optional[dict[str, Any]] = None
+            self.time_s = 0.0
+            self.last_g = -1
+            self.divergence_step: Optional[int] = None
+            self.first_exploded: Optional[int] = None
+
+        def truth(self, pl_module: Any) -> dict[str, float]:
+            if self.reference is None:
+                self.reference = _truth_reference(setup, datamodule, monitor.extractor, spec["seed"], n)
+            with torch.random.fork_rng(devices=[]), torch.no_grad():
+                fake = torch.cat([pl_module.generate(z=z) for z in noise.split(1000)])
+                if setup.points:
+                    cover = mode_coverage(fake, datamodule.centers, datamodule.std)
+                    return {"truth": float(self.reference["rbf"].mmd2(fake)), "hq_fraction": cover["hq_fraction"],
+                            "modes": cover["modes_covered"]}
+                metric = self.reference["metric"]
+                metric.reset_fake()
+                for chunk in fake.split(1000):
+                    metric.update(monitor.extractor(chunk))
+                return {"truth": float(metric.compute()["fid"])}
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+            g = int(pl_module.g_steps)
+            if g != self.last_g and g > 0:
+                self.last_g = g
+                metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k in divergence.keys}
+                if self.first_exploded is None and any(
+                        not math.isfinite(v) or abs(v) > 100.0 for v in metrics.values()):
+                    self.first_exploded = g
+                if self.divergence_step is None and divergence_state.update(g, metrics)[0]:
+                    self.divergence_step = g
+            if not monitor.history or (self.rows and self.rows[-1]["g_step"] == monitor.history[-1][0]):
+                return
+            start = time.perf_counter()
+            logged = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+            self.rows.append({"g_step": int(monitor.history[-1][0]), "metrics": logged, **self.truth(pl_module)})
+            self.time_s += time.perf_counter() - start
+
+    recorder = Recorder()
+    trainer = instantiate(cfg.trainer, max_steps=max_steps_for(spec["max_g_steps"], module.n_critic),
+                          callbacks=[*callbacks, recorder], logger=False, enable_checkpointing=False,
+                          default_root_dir=spec["run_dir"])
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule)
+    wall = time.perf_counter() - start
+    ref = recorder.reference or {}
+    return {
+        "spec": spec, "setup": spec["setup"], "seed": spec["seed"], "kind": setup.kind,
+        "max_g_steps": spec["max_g_steps"], "every": spec["every"], "g_steps": int(module.g_steps),
+        "extractor": monitor.extractor_name, "monitor_samples": monitor.num_samples, "fit_wall_s": wall,
+        "recorder_s": recorder.time_s, "monitor_s": monitor.eval_time_s + monitor.setup_time_s,
+        "grader_noise": ref.get("noise"), "grader_noise_note": ref.get("noise_note"),
+        "grader_real_size": ref.get("real_size", n), "evaluations": recorder.rows,
+        "divergence_g_step": recorder.divergence_step, "first_exploded_g_step": recorder.first_exploded,
+        "divergence_warmup": int(getattr(divergence, "warmup_g_steps", 0)),
+    }
+
+
+def _worker(specs: list[dict[str, Any]]) -> None:
+    for spec in specs:
+        record = train_one(spec)
+        Path(spec["run_dir"]).mkdir(parents=True, exist_ok=True)
+        Path(spec["run_dir"], "record.json").write_text(json.dumps(record))
+        print(f"{spec['setup']} seed {spec['seed']}: {record['fit_wall_s']:.0f} s", flush=True)
+
+
+def _finished(spec: dict[str, Any]) -> Optional[dict[str, Any]]:
+    path = Path(spec["run_dir"], "record.json")
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("spec") == spec:
+            return saved
+    return None
+
+
+def execute(groups: list[list[dict[str, Any]]], jobs: int) -> list[dict[str, Any]]:
+    """Each group (the runs of one setup) in one worker process, ``jobs`` processes at a time; finished runs are
+    read back, so an interrupted study continues where it stopped."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+
+    def run(group: list[dict[str, Any]]) -> None:
+        todo = [s for s in group if _finished(s) is None]
+        if not todo:
+            return
+        work = Path(todo[0]["run_dir"]).parent
+        work.mkdir(parents=True, exist_ok=True)
+        with open(work / f"{todo[0]['setup']}-{todo[0]['seed']}.log", "w") as log:
+            proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(todo)], env=env, stdout=log,
+                                  stderr=subprocess.STDOUT, cwd=work)
+        if proc.returncode:
+            raise RuntimeError(f"{todo[0]['setup']} failed (exit {proc.returncode}); see {log.name}")
+
+    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+        list(pool.map(run, groups))
+    runs = []
+    for spec in (s for g in groups for s in g):
+        saved = _finished(spec)
+        if saved is None:
+            raise RuntimeError(f"{spec['setup']} seed {spec['seed']} left no record")
+        runs.append(saved)
+    return runs
+
+
+# ---------------------------------------------------------------------------------------------- replay
+def candidate_rules(run: dict[str, Any], candidate: str) -> Any:
+    """The ``EarlyTermination`` of the run's own config for ``candidate`` (the product's rule objects)."""
+    from hydra.utils import instantiate
+
+    from lightning_regan.config import compose_config
+
+    group, image_metric, point_metric = CANDIDATES[candidate]
+    setup = SETUPS[run["setup"]]
+    extra = [] if group is None else [f"early_stopping={group}"]
+    metric = point_metric if setup.points else image_metric
+    if metric is not None:
+        extra.append(f"stop_metric={metric}")
+    cfg = compose_config([*_overrides(setup, run["spec"]), *extra])
+    return instantiate(cfg.early_stopping)
+
+
+def replay(run: dict[str, Any], candidate: str) -> dict[str, Any]:
+    """Where ``candidate`` stops ``run``, why, and which evaluation's generator it hands over."""
+    stopping = candidate_rules(run, candidate)
+    rules = {name: rule for name, rule in stopping.rules.items() if rule.cadence == "evaluation"}
+    decision = next(iter(rules.values())).monitor
+    mode = next(iter(rules.values())).mode
+    states = {name: rule.new_state() for name, rule in rules.items()}
+    for state in states.values():
+        if hasattr(state, "budget_g_steps") and getattr(state.rule, "budget_g_steps", 0) is None:
+            state.budget_g_steps = run["max_g_steps"]
+    rows = run["evaluations"]
+    div = run["divergence_g_step"]
+    stop, reason = None, "max_steps"
+    for row in rows:
+        if div is not None and div <= row["g_step"]:
+            break
+        for name, state in states.items():
+            if state.update(row["g_step"], row["metrics"])[0]:
+                stop, reason = row["g_step"], rules[name].reason.value
+                break
+        if stop is not None:
+            break
+    if div is not None and (stop is None or div < stop):
+        stop, reason = div, "divergence"
+    if stop is None:
+        stop = run["g_steps"]
+    seen = [i for i, r in enumerate(rows) if r["g_step"] <= stop and _finite(r["metrics"].get(decision))]
+    sign = 1.0 if mode == "min" else -1.0
+    handed = min(seen, key=lambda i: sign * rows[i]["metrics"][decision]) if seen else None
+    return {"stop_g_step": stop, "reason": reason, "handed_index": handed, "metric": decision}
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def truth_reference(run: dict[str, Any]) -> dict[str, Any]:
+    """The full run's best truth, its tolerance (max(eps, grader noise)), the eps-oracle and whether it peaked."""
+    rows = [r for r in run["evaluations"] if _finite(r["truth"])]
+    if not rows:
+        return {"best": None, "oracle_g_step": None, "flattened": False, "peaked": False}
+    best = min(rows, key=lambda r: r["truth"])
+    tol = max(EPSILON * abs(best["truth"]), run["grader_noise"] or 0.0)
+    oracle = next(r for r in rows if r["truth"] <= best["truth"] + tol)
+    last = run["evaluations"][-1]["truth"]
+    peaked = not _finite(last) or last > best["truth"] + tol
+    return {"best": best["truth"], "best_g_step": best["g_step"], "tolerance": tol, "oracle_g_step": oracle["g_step"],
+            "flattened": oracle["g_step"] <= run["max_g_steps"] / 2 or peaked, "peaked": peaked, "last": last}
+
+
+def spearman(a: list[float], b: list[float]) -> Optional[float]:
+    from scipy.stats import spearmanr
+
+    pairs = [(x, y) for x, y in zip(a, b) if _finite(x) and _finite(y)]
+    if len(pairs) < 3:
+        return None
+    rho = spearmanr([p[0] for p in pairs], [p[1] for p in pairs]).statistic
+    return None if not _finite(float(rho)) else float(rho)
+
+
+def grade(run: dict[str, Any], outcome: dict[str, Any]) -> dict[str, Any]:
+    ref = truth_reference(run)
+    rows = run["evaluations"]
+    idx = outcome["handed_index"]
+    handed = rows[idx]["truth"] if idx is not None else None
+    gap = within = None
+    if handed is not None and ref["best"] is not None and _finite(handed):
+        gap = (handed - ref["best"]) / abs(ref["best"]) if ref["best"] else None
+        within = handed <= ref["best"] + ref["tolerance"]
+    elif ref["best"] is not None:
+        within = False
+    lag = outcome["stop_g_step"] / ref["oracle_g_step"] if ref["oracle_g_step"] else None
+    return {"setup": run["setup"], "seed": run["seed"], "kind": run["kind"], "budget": run["max_g_steps"],
+            "stop_g_step": outcome["stop_g_step"], "reason": outcome["reason"], "metric": outcome["metric"],
+            "handed_g_step": rows[idx]["g_step"] if idx is not None else None, "handed_truth": handed,
+            "best_truth": ref["best"], "best_g_step": ref.get("best_g_step"), "last_truth": ref.get("last"),
+            "oracle_g_step": ref["oracle_g_step"], "tolerance": ref.get("tolerance"), "flattened": ref["flattened"],
+            "peaked": ref["peaked"], "lag": lag, "gap": gap, "within": within,
+            "saving": 1 - outcome["stop_g_step"] / run["max_g_steps"]}
+
+
+def _median(values: list[Any]) -> Optional[float]:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def signal_fidelity(runs: list[dict[str, Any]], signal_of: dict[str, str]) -> dict[str, Any]:
+    """Per setup, the median over runs of the Spearman correlation of each signal with the truth."""
+    out: dict[str, Any] = {}
+    for name in sorted({r["setup"] for r in runs if r["kind"] == "healthy"}):
+        own = [r for r in runs if r["setup"] == name]
+        per = {}
+        for signal in SIGNALS:
+            rhos = [spearman([e["metrics"].get(signal) for e in r["evaluations"]],
+                             [e["truth"] for e in r["evaluations"]]) for r in own]
+            if any(v is not None for v in rhos):
+                per[signal] = {"median": _median(rhos), "runs": rhos}
+        out[name] = {"decision_signal": signal_of[name], "signals": per}
+    return out
+
+
+def summarize(graded: list[dict[str, Any]], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    healthy = [g for g in graded if g["kind"] == "healthy"]
+    lagged = [g for g in healthy if g["flattened"] and g["lag"] is not None]
+    peaked = [g for g in healthy if g["peaked"]]
+    diverging = [g for g in graded if g["kind"] == "diverging"]
+    by_run = {(r["setup"], r["seed"]): r for r in runs}
+
+    def on_time(g: dict[str, Any]) -> bool:
+        run = by_run[(g["setup"], g["seed"])]
+        if run["first_exploded_g_step"] is None:
+            return g["reason"] == "divergence"
+        start = max(run["first_exploded_g_step"], run["divergence_warmup"])
+        return g["reason"] == "divergence" and g["stop_g_step"] - start <= run["every"]
+
+    collapsing = [g for g in graded if g["kind"] == "collapsing" and g["peaked"]]
+    return {
+        "healthy_runs": len(healthy), "lag_runs": len(lagged), "lag_median": _median([g["lag"] for g in lagged]),
+        "lag_max": max((g["lag"] for g in lagged), default=None),
+        "gap_within_share": (sum(bool(g["within"]) for g in healthy) / len(healthy)) if healthy else None,
+        "gap_median": _median([max(g["gap"], 0.0) if g["gap"] is not None else None for g in healthy]),
+        "peaked_runs": len(peaked),
+        "peaked_stopped_share": (sum(g["stop_g_step"] < g["budget"] and bool(g["within"]) for g in peaked)
+                                 / len(peaked)) if peaked else None,
+        "diverging_within_one_share": (sum(on_time(g) for g in diverging) / len(diverging)) if diverging else None,
+        "healthy_called_diverged_or_collapsed": sum(g["reason"] in ("divergence", "collapsed") for g in healthy),
+        "collapsing_runs": len(collapsing),
+        "collapsing_better_than_last": sum(
+            g["handed_truth"] is not None and _finite(g["handed_truth"]) and
+            (not _finite(g["last_truth"]) or g["handed_truth"] < g["last_truth"]) for g in collapsing),
+        "saving_median": _median([g["saving"] for g in healthy]),
+    }
+
+
+def analyse(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    graded = {c: [grade(r, replay(r, c)) for r in runs] for c in CANDIDATES}
+
+    def part(rows: list[dict[str, Any]], seeds: tuple[int, ...]) -> dict[str, Any]:
+        return summarize([g for g in rows if g["seed"] in seeds], [r for r in runs if r["seed"] in seeds])
+
+    selection = {c: part(rows, SELECTION_SEEDS) for c, rows in graded.items()}
+    # The choice, on the selection seeds only: most healthy runs within tolerance, then the smaller median lag.
+    chosen = min(CANDIDATES, key=lambda c: (-(selection[c]["gap_within_share"] or 0),
+                                            selection[c]["lag_median"] or math.inf))
+    held_out = {c: part(rows, HELD_OUT_SEEDS) for c, rows in graded.items()}
+    signal_of = {}
+    for r in runs:
+        signal_of.setdefault(r["setup"], next(g["metric"] for g in graded["product"] if g["setup"] == r["setup"]))
+    held_runs = [r for r in runs if r["seed"] in HELD_OUT_SEEDS]
+    fidelity = signal_fidelity(held_runs, signal_of)
+    return {"graded": graded, "selection": selection, "held_out": held_out, "chosen": chosen,
+            "fidelity_held_out": fidelity, "fidelity_all": signal_fidelity(runs, signal_of)}
+
+
+def targets(report: dict[str, Any]) -> dict[str, Any]:
+    analysis, runs = report["analysis"], report["runs"]
+    chosen = analysis["chosen"]
+    held = analysis["held_out"][chosen]
+    fid = analysis["fidelity_held_out"]
+    medians = {s: v["signals"].get(v["decision_signal"], {}).get("median") for s, v in fid.items()}
+    held_runs = [r for r in runs if r["seed"] in HELD_OUT_SEEDS]
+    cost = [r["monitor_s"] / max(r["fit_wall_s"] - r["recorder_s"], 1e-9) for r in held_runs if r["kind"] == "healthy"]
+    return {
+        "chosen": chosen,
+        "signal_spearman_min_setup_median": min((v for v in medians.values() if v is not None), default=None),
+        "signal_spearman_by_setup": medians,
+        "lag_median": held["lag_median"], "lag_max": held["lag_max"],
+        "gap_within_share": held["gap_within_share"], "gap_median": held["gap_median"],
+        "peaked_stopped_share": held["peaked_stopped_share"],
+        "diverging_within_one_share": held["diverging_within_one_share"],
+        "healthy_called_diverged_or_collapsed": held["healthy_called_diverged_or_collapsed"],
+        "collapsing_better_than_last": f"{held['collapsing_better_than_last']} of {held['collapsing_runs']}",
+        "monitor_cost_share": _median(cost), "monitor_cost_share_max": max(cost, default=None),
+        "command": report["command"], "date": report["date"], "seeds": {"selection": list(SELECTION_SEEDS),
+                                                                          "held_out": list(HELD_OUT_SEEDS)},
+    }
+
+
+# ---------------------------------------------------------------------------------------------- report
+def _f(value: Any, pct: bool = False) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    return f"{100 * value:.1f} %" if pct else f"{value:.3g}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    a, t = report["analysis"], report["targets"]
+    lines = [f"# Stop decision graded on ground truth (study v6)", "",
+             f"Command: `{report['command']}`; {report['date']}; wall {report['wall_time_s'] / 60:.0f} min on "
+             f"{report['machine']['cpus']} CPUs ({report['jobs']} workers). Chosen on the selection seeds "
+             f"{list(SELECTION_SEEDS)}: **{a['chosen']}**; held-out seeds {list(HELD_OUT_SEEDS)}.", "",
+             "## Setups", ""]
+    lines += [f"- `{name}` ({s.kind}, {s.max_g_steps} G steps, evaluated every {s.every}): {s.description}"
+              for name, s in SETUPS.items() if any(r["setup"] == name for r in report["runs"])]
+    lines += ["", "## Targets (held-out seeds, chosen candidate)", "", "| target | figure |", "|---|---|"]
+    lines += [f"| {k} | {_f(v) if not isinstance(v, dict) else json.dumps({s: _f(x) for s, x in v.items()})} |"
+              for k, v in t.items() if k not in ("command", "date", "seeds")]
+    head = ("| candidate | healthy within tol. | gap median | lag median | lag max | peaked stopped | diverging on time "
+            "| healthy called diverged/collapsed | saving median |")
+    for title, table in (("held-out seeds", a["held_out"]), ("selection seeds", a["selection"])):
+        lines += ["", f"## Candidates, {title}", "", head, "|---|---|---|---|---|---|---|---|---|"]
+        for c, s in table.items():
+            lines.append(f"| {c} | {_f(s['gap_within_share'], True)} of {s['healthy_runs']} | {_f(s['gap_median'], True)} "
+                         f"| {_f(s['lag_median'])} ({s['lag_runs']} runs) | {_f(s['lag_max'])} | "
+                         f"{_f(s['peaked_stopped_share'], True)} of {s['peaked_runs']} | "
+                         f"{_f(s['diverging_within_one_share'], True)} | {s['healthy_called_diverged_or_collapsed']} | "
+                         f"{_f(s['saving_median'], True)} |")
+    lines += ["", "## Signal fidelity (held-out seeds): median per-run Spearman with the truth", "",
+              "| setup | decision signal | " + " | ".join(SIGNALS) + " |", "|---|---|" + "---|" * len(SIGNALS)]
+    for name, v in a["fidelity_held_out"].items():
+        lines.append(f"| {name} | {v['decision_signal']} | " + " | ".join(
+            _f(v["signals"].get(s, {}).get("median")) for s in SIGNALS) + " |")
+    lines += ["", "## Runs (chosen candidate)", "",
+              "| setup | seed | stop | reason | handed (G step, truth) | best truth (G step) | last truth | oracle | "
+              "lag | gap | within | grader noise |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    noise = {(r["setup"], r["seed"]): r["grader_noise"] for r in report["runs"]}
+    for g in a["graded"][a["chosen"]]:
+        lines.append(f"| {g['setup']} | {g['seed']} | {g['stop_g_step']} | {g['reason']} | {g['handed_g_step']}, "
+                     f"{_f(g['handed_truth'])} | {_f(g['best_truth'])} ({g['best_g_step']}) | {_f(g['last_truth'])} | "
+                     f"{g['oracle_g_step']} | {_f(g['lag'])} | {_f(g['gap'], True)} | {g['within']} | "
+                     f"{_f(noise[(g['setup'], g['seed'])])} |")
+    return "\n".join(lines) + "\n"
+
+
+def machine() -> dict[str, Any]:
+    return {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()}
+
+
+def write(report: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    report["analysis"] = analyse(report["runs"])
+    report["targets"] = targets(report)
+    (out / "stopping_study.json").write_text(json.dumps(report, indent=1))
+    (out / "stopping_study.md").write_text(markdown(report))
+    (out / "stopping_targets.json").write_text(json.dumps(report["targets"], indent=1))
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/stopping_study"))
+    parser.add_argument("--out", type=Path, default=REPO / "studies" / "results")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS))
+    parser.add_argument("--quick", action="store_true", help="tiny budgets and samples (a smoke test)")
+    parser.add_argument("--replay", type=Path, help="re-analyse a committed stopping_study.json (no training)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        _worker(json.loads(args.worker))
+        return 0
+    if args.replay:
+        report = json.loads(args.replay.read_text())
+        write(report, args.out)
+        print((args.out / "stopping_study.md").read_text())
+        return 0
+    if args.quick:
+        global SELECTION_SEEDS, HELD_OUT_SEEDS
+        SELECTION_SEEDS, HELD_OUT_SEEDS = (0,), (1,)
+    start = time.perf_counter()
+    groups = []
+    heavy_first = ("fmnist_600", "mnist_fast", "digits", "ring", "ring_collapse", "diverging")
+    for name in sorted(args.setups, key=lambda n: heavy_first.index(n) if n in heavy_first else len(heavy_first)):
+        s = SETUPS[name]
+        for seed in (*SELECTION_SEEDS, *HELD_OUT_SEEDS):
+            groups.append([{
+                "setup": name, "seed": seed, "run_dir": str(args.work / f"{name}-s{seed}"),
+                "max_g_steps": 12 if args.quick else s.max_g_steps, "every": 4 if args.quick else s.every,
+                "truth_samples": 300 if args.quick else TRUTH_SAMPLES, **({"quick": True} if args.quick else {}),
+            }])
+    runs = execute(groups, args.jobs)
+    command = "python studies/stopping_study.py " + " ".join(a for a in (argv if argv is not None else sys.argv[1:]))
+    report = {"command": command.strip(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "machine": machine(), "jobs": args.jobs, "wall_time_s": time.perf_counter() - start,
+              "epsilon": EPSILON, "truth_samples": TRUTH_SAMPLES, "runs": runs}
+    write(report, args.out)
+    print((args.out / "stopping_study.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

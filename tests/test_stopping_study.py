@@ -1,0 +1,106 @@
+"""studies/stopping_study.py (v6, ground truth): its grading arithmetic, the replay through the product's config,
+and the committed study: its histories replayed give its stop steps, and its targets file has the issue's keys."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS = REPO_ROOT / "studies" / "results"
+TARGET_KEYS = ("signal_spearman_min_setup_median", "lag_median", "lag_max", "gap_within_share", "gap_median",
+               "peaked_stopped_share", "diverging_within_one_share", "monitor_cost_share", "command", "date", "seeds")
+
+
+def load_study():
+    spec = importlib.util.spec_from_file_location("stopping_study", REPO_ROOT / "studies" / "stopping_study.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+study = load_study()
+
+
+def scripted_run(signal, truth, setup="digits", kind="healthy", every=100, noise=0.0, metric="val/fid"):
+    rows = [{"g_step": (i + 1) * every, "metrics": {metric: s}, "truth": t} for i, (s, t) in enumerate(zip(signal, truth))]
+    spec = {"setup": setup, "seed": 0, "run_dir": "/tmp/unused", "max_g_steps": len(rows) * every, "every": every,
+            "truth_samples": 10}
+    return {"spec": spec, "setup": setup, "seed": 0, "kind": kind, "max_g_steps": len(rows) * every,
+            "g_steps": len(rows) * every, "every": every, "evaluations": rows, "grader_noise": noise,
+            "divergence_g_step": None, "first_exploded_g_step": None, "divergence_warmup": 0}
+
+
+def test_truth_reference_oracle_peak_and_noise():
+    # Truth best 10.0 at G step 600; within 5 % (<= 10.5): first at G step 400; the run ends 30 % worse: peaked.
+    run = scripted_run([0] * 8, [40, 20, 15, 10.4, 11, 10.0, 12, 13])
+    ref = study.truth_reference(run)
+    assert (ref["best"], ref["best_g_step"], ref["oracle_g_step"], ref["peaked"]) == (10.0, 600, 400, True)
+    # A grader noise of 5.0 widens the tolerance: G step 200 (20 > 15) is still out, 300 (15) is in; not peaked.
+    ref = study.truth_reference({**run, "grader_noise": 5.0})
+    assert ref["oracle_g_step"] == 300 and not ref["peaked"] and ref["flattened"]
+
+
+def test_grade_reads_the_truth_not_the_signal():
+    # The signal's best (G step 200) is the truth's worst late value: graded on the truth, not within.
+    run = scripted_run([5, 1, 3, 4], [9, 8, 2, 2])
+    graded = study.grade(run, {"stop_g_step": 400, "reason": "max_steps", "handed_index": 1, "metric": "val/fid"})
+    assert graded["handed_truth"] == 8 and graded["best_truth"] == 2 and graded["gap"] == pytest.approx(3.0)
+    assert graded["within"] is False and graded["lag"] == pytest.approx(400 / 300)
+
+
+def test_replay_uses_the_products_rules_and_hands_over_the_best_so_far():
+    # digits' product rule is early_stopping=default (FIDTrend on val/fid): a flat tail stops it before the budget.
+    signal = [400, 100, 40, 20, 12, 10.4, 11, 10.0] + [10.5, 10.2, 10.6, 10.3] * 10
+    run = scripted_run(signal, signal, every=200)
+    out = study.replay(run, "product")
+    assert out["metric"] == "val/fid" and out["reason"] == "fid_plateau" and out["stop_g_step"] < run["max_g_steps"]
+    assert run["evaluations"][out["handed_index"]]["g_step"] == 1600  # the best value so far (10.0)
+    # The ring's product rule reads val/mmd; a run logging only val/fid never stops on it.
+    ring = scripted_run(signal, signal, setup="ring", every=100)
+    assert study.replay(ring, "product")["metric"] == "val/mmd"
+    assert study.replay(ring, "product")["reason"] == "max_steps"
+
+
+def test_spearman_and_summary_shares():
+    assert study.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert study.spearman([1, 2], [1, 2]) is None
+    run = scripted_run([3, 2, 1, 1, 1, 1], [3, 2, 1, 1, 1, 1])  # flat from G step 300 of 600: lag counts
+    g = study.grade(run, {"stop_g_step": 600, "reason": "max_steps", "handed_index": 2, "metric": "val/fid"})
+    s = study.summarize([g], [run])
+    assert s["gap_within_share"] == 1.0 and s["gap_median"] == 0.0 and s["lag_median"] == pytest.approx(2.0)
+    # Still improving past half the budget: no lag is counted for the run.
+    late = scripted_run([3, 2, 1, 1], [3, 2, 1, 1])
+    g = study.grade(late, {"stop_g_step": 400, "reason": "max_steps", "handed_index": 2, "metric": "val/fid"})
+    assert study.summarize([g], [late])["lag_runs"] == 0
+
+
+def test_quick_study_end_to_end(tmp_path):
+    assert study.main(["--quick", "--setups", "ring", "diverging", "--jobs", "2", "--work", str(tmp_path / "w"),
+                       "--out", str(tmp_path / "o")]) == 0
+    report = json.loads((tmp_path / "o" / "stopping_study.json").read_text())
+    assert {r["setup"] for r in report["runs"]} == {"ring", "diverging"}
+    ring = next(r for r in report["runs"] if r["setup"] == "ring")
+    row = ring["evaluations"][0]
+    assert {"val/fid", "val/mmd"} <= set(row["metrics"]) and 0.0 <= row["hq_fraction"] <= 1.0
+    targets = json.loads((tmp_path / "o" / "stopping_targets.json").read_text())
+    assert set(TARGET_KEYS) <= set(targets)
+
+
+COMMITTED = RESULTS / "stopping_study.json"
+
+
+def test_committed_study_replays_to_its_stop_steps_and_targets_have_the_keys():
+    report = json.loads(COMMITTED.read_text())
+    chosen = report["analysis"]["chosen"]
+    for name in (chosen, "product"):
+        for run, graded in zip(report["runs"], report["analysis"]["graded"][name]):
+            out = study.replay(run, name)
+            assert (out["stop_g_step"], out["reason"]) == (graded["stop_g_step"], graded["reason"]), (name, run["setup"])
+    targets = json.loads((RESULTS / "stopping_targets.json").read_text())
+    assert set(TARGET_KEYS) <= set(targets) and targets == report["targets"]
