@@ -151,17 +151,9 @@ def _truth_reference(setup: Setup, datamodule: Any, extractor: Any, seed: int, n
             train = datamodule._load("train")
             idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n]
             other, note = torch.utils.data.Subset(train, idx.tolist()), f"FID of {n} training images vs the test split"
-        else:  # no split: half of the images vs the other half
-            half = torch.randperm(size, generator=torch.Generator().manual_seed(seed))
-            a, b = half[: size // 2].tolist(), half[size // 2:].tolist()
-            stats_a = compute_real_statistics(torch.utils.data.Subset(test, a), extractor, len(a))
-            pair = FeatureDistances(stats_a.num_features)
-            pair.set_real(stats_a)
-            metric_b, other, note = pair, torch.utils.data.Subset(test, b), "FID of one half of the images vs the other"
-            feats = compute_real_statistics(other, extractor, len(b), keep_features=True).features
-            metric_b.update(feats)
-            return {"metric": metric, "noise": float(metric_b.compute()["fid"]), "noise_note": note,
-                    "real_size": size}
+        else:  # no split (digits): n images drawn with replacement from the set, i.e. a perfect model of it
+            idx = torch.randint(size, (n,), generator=torch.Generator().manual_seed(seed))
+            other, note = torch.utils.data.Subset(test, idx.tolist()), f"FID of {n} images resampled from the set vs the set"
         feats = compute_real_statistics(other, extractor, n, keep_features=True).features
         metric.update(feats)
         noise = float(metric.compute()["fid"])
@@ -258,6 +250,24 @@ def train_one(spec: dict[str, Any]) -> dict[str, Any]:
         "divergence_g_step": recorder.divergence_step, "first_exploded_g_step": recorder.first_exploded,
         "divergence_warmup": int(getattr(divergence, "warmup_g_steps", 0)),
     }
+
+
+def grader_noise(record: dict[str, Any]) -> dict[str, Any]:
+    """The grader's real-vs-real noise of a recorded run, computed again (no training): what the worker records."""
+    import torch
+
+    from lightning_regan.builders import build_datamodule
+    from lightning_regan.config import compose_config
+    from lightning_regan.fid.extractors import build_extractor
+
+    torch.set_num_threads(1)
+    setup, spec = SETUPS[record["setup"]], record["spec"]
+    cfg = compose_config([*_overrides(setup, spec), *COMMON])
+    datamodule = build_datamodule(cfg)
+    datamodule.setup("fit")
+    extractor = None if setup.points else build_extractor(cfg.callbacks.fid.get("feature_extractor", "auto"), datamodule)
+    ref = _truth_reference(setup, datamodule, extractor, spec["seed"], spec["truth_samples"])
+    return {"grader_noise": ref["noise"], "grader_noise_note": ref["noise_note"]}
 
 
 def _worker(specs: list[dict[str, Any]]) -> None:
@@ -569,6 +579,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS))
     parser.add_argument("--quick", action="store_true", help="tiny budgets and samples (a smoke test)")
     parser.add_argument("--replay", type=Path, help="re-analyse a committed stopping_study.json (no training)")
+    parser.add_argument("--renoise", nargs="+", default=[], choices=list(SETUPS),
+                        help="with --replay: compute these setups' grader noise again (no training)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -576,6 +588,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     if args.replay:
         report = json.loads(args.replay.read_text())
+        for run in report["runs"]:
+            if run["setup"] in args.renoise:
+                run.update(grader_noise(run))
+        if args.renoise:
+            report["command"] += (f" && python studies/stopping_study.py --replay {args.replay} --renoise "
+                                  f"{' '.join(args.renoise)} --out {args.out}")
         write(report, args.out)
         print((args.out / "stopping_study.md").read_text())
         return 0
