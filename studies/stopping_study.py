@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import functools
 import json
 import math
 import os
@@ -221,7 +222,10 @@ def train_one(spec: dict[str, Any]) -> dict[str, Any]:
                 self.last_g = g
                 metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k in divergence.keys}
                 if self.first_exploded is None and any(
-                        not math.isfinite(v) or abs(v) > 100.0 for v in metrics.values()):
+                        not math.isfinite(v) or (ceiling is not None and abs(v) > ceiling)
+                        for v, ceiling in ((metrics.get(divergence.d_loss_key), divergence.d_loss_ceiling),
+                                           (metrics.get(divergence.g_loss_key), divergence.g_loss_ceiling))
+                        if v is not None):
                     self.first_exploded = g
                 if self.divergence_step is None and divergence_state.update(g, metrics)[0]:
                     self.divergence_step = g
@@ -316,20 +320,29 @@ def execute(groups: list[list[dict[str, Any]]], jobs: int) -> list[dict[str, Any
 
 
 # ---------------------------------------------------------------------------------------------- replay
-def candidate_rules(run: dict[str, Any], candidate: str) -> Any:
-    """The ``EarlyTermination`` of the run's own config for ``candidate`` (the product's rule objects)."""
+@functools.lru_cache(maxsize=None)
+def _candidate_rules(setup_name: str, candidate: str, spec_json: str) -> Any:
     from hydra.utils import instantiate
 
     from lightning_regan.config import compose_config
 
     group, image_metric, point_metric = CANDIDATES[candidate]
-    setup = SETUPS[run["setup"]]
+    setup = SETUPS[setup_name]
+    spec = json.loads(spec_json)
     extra = [] if group is None else [f"early_stopping={group}"]
     metric = point_metric if setup.points else image_metric
     if metric is not None:
         extra.append(f"stop_metric={metric}")
-    cfg = compose_config([*_overrides(setup, run["spec"]), *extra])
+    cfg = compose_config([*_overrides(setup, spec), *extra])
     return instantiate(cfg.early_stopping)
+
+
+def candidate_rules(run: dict[str, Any], candidate: str) -> Any:
+    """The ``EarlyTermination`` of the run's own config for ``candidate`` (the product's rule objects; composed once
+    per setup and budget: the seed and the run's folder do not reach the rules, and replay only reads them)."""
+    spec = {k: v for k, v in run["spec"].items() if k not in ("seed", "run_dir")}
+    return _candidate_rules(run["setup"], candidate, json.dumps({**spec, "seed": 0, "run_dir": "/tmp/unused"},
+                                                                sort_keys=True))
 
 
 def replay(run: dict[str, Any], candidate: str) -> dict[str, Any]:

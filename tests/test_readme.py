@@ -49,7 +49,12 @@ def test_study_table_and_readme_figures_are_the_committed_results():
     rows = set(_table_rows(study))
     docs = (REPO_ROOT / "docs" / "studies" / "early_stopping.md").read_text()
     assert set(_table_rows(docs.split("<!-- study -->", 1)[1].split("<!-- /study -->", 1)[0])) == rows
-    assert "(studies/early_stopping.md)" in (REPO_ROOT / "docs" / "early-termination.md").read_text()
+    held_out = study.split("\nHeld-out seeds:\n", 1)[1].strip().split("\n\n", 1)[0]  # the held-out table
+    chosen = next(r for r in _table_rows(held_out) if r.startswith("| **"))  # the chosen rule's row, in bold
+    kept, total = chosen.split("|")[2].strip().split("/")
+    guide = (REPO_ROOT / "docs" / "early-termination.md").read_text()  # v5's figures moved from the README to the guide
+    assert f"kept {kept} of {total} healthy runs within 5 %" in guide
+    assert "(studies/early_stopping.md)" in guide
 
 
 def test_readme_and_guide_quote_the_ground_truth_study():
