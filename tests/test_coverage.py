@@ -47,6 +47,15 @@ def test_precision_recall_tell_quality_from_coverage():
     assert math.isnan(nan[0]) and math.isnan(nan[1])
 
 
+def test_precision_recall_reuses_the_real_radii():
+    """The monitor computes the real side's radii once per run: passing them gives the very same figures."""
+    real, fake = mixture(600, 8, seed=0), mixture(500, 3, seed=1)
+    radii = knn_radii(real.double(), 3)
+    assert precision_recall(real, fake, 3, real_radii=radii) == precision_recall(real, fake, 3)
+    with pytest.raises(ValueError, match="real_radii"):
+        precision_recall(real, fake, 3, real_radii=radii[:10])
+
+
 def test_precision_recall_refuse_bad_inputs():
     with pytest.raises(ValueError, match="widths differ"):
         precision_recall(torch.randn(10, 2), torch.randn(10, 3))

@@ -651,11 +651,11 @@ def test_configs_build_the_documented_rules(name, rules):
     if "divergence" in rules:
         assert et.rules["divergence"].check_finite and et.rules["divergence"].d_loss_floor is not None
     if "metric_plateau" in rules:
-        assert et.rules["metric_plateau"].monitor == "val/fid"  # ${stop_metric}
+        assert et.rules["metric_plateau"].monitor == "val/mmd"  # ${stop_metric}
         if isinstance(et.rules["metric_plateau"], FIDPlateau):
             assert et.rules["metric_plateau"].window >= 3
     if "loss_plateau" in rules and name == "default":
-        assert et.rules["loss_plateau"].until_logged == "val/fid"
+        assert et.rules["loss_plateau"].until_logged == "val/mmd"
 
 
 def test_configs_read_the_stop_metric():

@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from hydra.utils import instantiate
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -144,7 +145,7 @@ def test_fid_infinity_rejects_bad_fractions():
 
 # ---------------------------------------------------------------------------------------------- monitor, configs
 def test_monitor_logs_mmd_with_its_g_step_on_the_ring_with_identity_features():
-    """A short fit on the ring: identity features turn val/mmd on (mmd=None); it is published with val/mmd_g_step
+    """A short fit on the ring: val/mmd is on by default; it is published with val/mmd_g_step
     into callback_metrics next to val/fid, recorded in the history, the summary and the checkpoint state."""
     L.seed_everything(0, verbose=False)
     torch.manual_seed(0)
@@ -172,18 +173,23 @@ def test_monitor_mmd_switch():
         FIDMonitor(mmd="yes")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="scales"):
         FIDMonitor(mmd_scales=[])
-    assert FIDMonitor(mmd=None)._mmd_on("identity") and not FIDMonitor(mmd=None)._mmd_on("classifier")
-    assert FIDMonitor(mmd=True)._mmd_on("classifier") and not FIDMonitor(mmd=False)._mmd_on("identity")
+    with pytest.raises(ValueError, match="mmd"):
+        FIDMonitor(mmd=None)  # type: ignore[arg-type]
+    assert FIDMonitor().mmd and not FIDMonitor(mmd=False).mmd
 
 
 @pytest.mark.parametrize("overrides,expected", [
     (["data=gaussians"], "val/mmd"), (["data=gaussians_grid"], "val/mmd"), (["experiment=ring"], "val/mmd"),
-    ([], "val/fid"), (["data=gaussians", "stop_metric=val/fid"], "val/fid"),
+    ([], "val/mmd"), (["data=mnist"], "val/mmd"), (["data=gaussians", "stop_metric=val/fid"], "val/fid"),
 ])
-def test_point_data_configs_stop_on_mmd(overrides, expected):
+def test_configs_stop_on_mmd(overrides, expected):
+    """Points and images decide on val/mmd (the signal study's winner); the monitor logs it in every config."""
     cfg = compose_config([*overrides, "output_dir=x"])
     assert cfg.stop_metric == expected
-    assert cfg.callbacks.fid.mmd is None  # on by itself for identity features
+    assert cfg.callbacks.fid.mmd is True
+    rules = instantiate(cfg.early_stopping).rules
+    assert {r.monitor for r in rules.values() if r.cadence == "evaluation"} == {expected}
+    assert instantiate(cfg.callbacks.best_generator).monitor == expected
 
 
 def test_signal_study_quick(tmp_path):

@@ -1,4 +1,4 @@
-"""studies/stopping_study.py (v6, ground truth): its grading arithmetic, the replay through the product's config,
+"""studies/stopping_study.py (v6/v7, ground truth): its grading arithmetic, the replay through the product's config,
 and the committed study: its histories replayed give its stop steps, and its targets file has the issue's keys."""
 
 from __future__ import annotations
@@ -55,16 +55,30 @@ def test_grade_reads_the_truth_not_the_signal():
 
 
 def test_replay_uses_the_products_rules_and_hands_over_the_best_so_far():
-    # digits' product rule is early_stopping=default (FIDTrend on val/fid): a flat tail stops it before the budget.
+    # digits' product rule is early_stopping=default (FIDTrend on val/mmd since v7): a flat tail stops it early.
     signal = [400, 100, 40, 20, 12, 10.4, 11, 10.0] + [10.5, 10.2, 10.6, 10.3] * 10
-    run = scripted_run(signal, signal, every=200)
+    run = scripted_run(signal, signal, every=200, metric="val/mmd")
     out = study.replay(run, "product")
-    assert out["metric"] == "val/fid" and out["reason"] == "fid_plateau" and out["stop_g_step"] < run["max_g_steps"]
+    assert out["metric"] == "val/mmd" and out["reason"] == "fid_plateau" and out["stop_g_step"] < run["max_g_steps"]
     assert run["evaluations"][out["handed_index"]]["g_step"] == 1600  # the best value so far (10.0)
-    # The ring's product rule reads val/mmd; a run logging only val/fid never stops on it.
-    ring = scripted_run(signal, signal, setup="ring", every=100)
-    assert study.replay(ring, "product")["metric"] == "val/mmd"
-    assert study.replay(ring, "product")["reason"] == "max_steps"
+    # The candidates on val/fid read it; the product (images and the ring) reads val/mmd: a run logging only val/fid
+    # never stops on it.
+    fid_only = scripted_run(signal, signal, every=200)
+    assert study.replay(fid_only, "trend/fid")["stop_g_step"] == out["stop_g_step"]
+    for setup in ("digits", "ring"):
+        only = scripted_run(signal, signal, setup=setup, every=100)
+        assert study.replay(only, "product")["metric"] == "val/mmd"
+        assert study.replay(only, "product")["reason"] == "max_steps"
+
+
+def test_monitor_share_at_the_default_cadence():
+    # 40 evaluations at the study's cadence (100) cost 10 s beside 90 s of training: 10 %. The setup's own cadence
+    # (images: 200) halves the evaluations: 5 s of 95 s.
+    run = {"monitor_s": 10.0, "fit_wall_s": 130.0, "recorder_s": 30.0, "g_steps": 4000,
+           "evaluations": [{}] * 40}
+    assert study.monitor_share(run) == pytest.approx(0.10)
+    assert study.monitor_share(run, 200) == pytest.approx(5 / 95)
+    assert study.default_cadence("digits") == 200 and study.default_cadence("ring") == 100
 
 
 def test_spearman_and_summary_shares():

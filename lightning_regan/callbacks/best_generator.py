@@ -30,7 +30,7 @@ class BestGenerator(GStepCallback):
     callback's checkpoint state, so a resumed run hands back the same generator.
 
     Args:
-        monitor: The metric (``val/fid``; ``${stop_metric}`` in the configs).
+        monitor: The metric (``val/fid`` here; ``${stop_metric}``, i.e. ``val/mmd``, in the configs).
         mode: ``"min"`` when lower is better, ``"max"`` when higher is.
         restore: ``"on_stop"``, ``"always"`` or ``"never"`` (only track the best).
         verbose: Log new bests and the restore (rank zero).

@@ -20,7 +20,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from lightning_regan.callbacks.g_step import EVALUATION, GStepCallback, check_int, g_steps_of, is_due, publish_metrics
-from lightning_regan.fid.coverage import noise_and_coverage
+from lightning_regan.fid.coverage import knn_radii, noise_and_coverage
 from lightning_regan.fid.extractors import (
     EXTRACTOR_CHOICES,
     ClassifierExtractor,
@@ -31,12 +31,12 @@ from lightning_regan.fid.extractors import (
 )
 from lightning_regan.fid.intra import IntraClassFID, load_or_compute_class_statistics
 from lightning_regan.fid.data import RealSource, dataset_cache_key, real_source_of
-from lightning_regan.fid.extractors import IdentityExtractor
-from lightning_regan.fid.metric import FeatureDistances
+from lightning_regan.fid.metric import FeatureDistances, sqrtm_psd
 from lightning_regan.fid.mmd import DEFAULT_SCALES, check_scales
 from lightning_regan.fid.stats import RealStatistics, real_side_from_payload, real_side_payload
 from lightning_regan.fid.weights import PathLike
 from lightning_regan.inputs import FixedInputs, generate
+from lightning_regan.validation import check_bool
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +95,9 @@ class FIDMonitor(GStepCallback):
         kid_subsets: Number of KID subsets.
         mmd: Also log ``val/mmd``, the unbiased MMD² with a mixture of RBF kernels (bandwidths ``mmd_scales`` times
             the real features' median pairwise distance) of the same generated samples to the real ones; the real
-            side's kernel term is computed once per run. ``None``: on with identity features (point data), where it
-            is the decision metric (``stop_metric: val/mmd`` in the point-data configs).
+            side's kernel term is computed once per run. On by default: it is the configs' decision metric
+            (``stop_metric: val/mmd``), for points (where FID of 2-D features is blind to modes) and images (where
+            FID at the monitor's sample size floors on its bias; docs/studies/signal.md).
         mmd_scales: Bandwidths of ``val/mmd`` as multiples of the real features' median pairwise distance.
         fid_inf: Also log ``val/fid_inf``, the FID extrapolated to infinitely many samples from subsets of the same
             features (:func:`~lightning_regan.fid.metric.fid_infinity`; no extra generator pass).
@@ -152,7 +153,7 @@ class FIDMonitor(GStepCallback):
         precision_recall: bool = False,
         pr_k: int = 3,
         intra_fid: bool = False,
-        mmd: Optional[bool] = None,
+        mmd: bool = True,
         mmd_scales: Sequence[float] = DEFAULT_SCALES,
         fid_inf: bool = False,
     ) -> None:
@@ -166,8 +167,6 @@ class FIDMonitor(GStepCallback):
             check_int("FIDMonitor", name, value, minimum)
         if not isinstance(precision_recall, bool):
             raise ValueError(f"FIDMonitor: precision_recall must be true or false, got {precision_recall!r}.")
-        if mmd is not None and not isinstance(mmd, bool):
-            raise ValueError(f"FIDMonitor: mmd must be true, false or null (on for point data), got {mmd!r}.")
         if not isinstance(fid_inf, bool):
             raise ValueError(f"FIDMonitor: fid_inf must be true or false, got {fid_inf!r}.")
         self.mmd_scales = check_scales("FIDMonitor", mmd_scales)
@@ -196,7 +195,7 @@ class FIDMonitor(GStepCallback):
         self.pr_k = pr_k
         self.intra_fid = bool(intra_fid)
         self._intra: Optional[IntraClassFID] = None
-        self.mmd = mmd
+        self.mmd = check_bool("FIDMonitor", "mmd", mmd)
         self.fid_inf = fid_inf
         self.signal_history: dict[str, list[tuple[int, float]]] = {}
 
@@ -212,6 +211,7 @@ class FIDMonitor(GStepCallback):
         self.extractor_name: Optional[str] = None
         self.real_stats: Optional[RealStatistics] = None
         self._metric: Optional[FeatureDistances] = None
+        self._real_constants: Optional[dict[str, Optional[Tensor]]] = None
         self._fixed_inputs = FixedInputs(num_samples, seed)
         #: ``[(g_step, class_accuracy), ...]`` for class-conditional modules with classifier features.
         self.class_accuracy_history: list[tuple[int, float]] = []
@@ -262,7 +262,7 @@ class FIDMonitor(GStepCallback):
         if key is None and self.real_data is None:
             key = dataset_cache_key(datamodule)
         spec = resolve_extractor_spec(self.feature_extractor, datamodule)
-        mmd = self._mmd_on(spec)
+        mmd = self.mmd
         keep_features = self.kid or self.precision_recall or mmd or self.fid_inf
         extractor: Optional[nn.Module] = None
         payload: Optional[dict[str, Any]] = None
@@ -300,6 +300,7 @@ class FIDMonitor(GStepCallback):
         self.extractor, self.real_stats = real_side_from_payload(payload, extractor)
         self.extractor_name = extractor_name(self.extractor)
         self._intra = IntraClassFID.from_payload(payload["intra"]) if "intra" in payload else None
+        self._real_constants = None
         num_features = extractor_num_features(self.extractor)
         self._metric = FeatureDistances(num_features, kid=self.kid, kid_subsets=self.kid_subsets,
                                         kid_subset_size=self.kid_subset_size, seed=self.seed, fid_inf=self.fid_inf,
@@ -311,12 +312,6 @@ class FIDMonitor(GStepCallback):
                 f"FIDMonitor: {self.extractor_name} features ({num_features}-d), real statistics of "
                 f"{self.real_stats.num_samples} samples ({self.real_stats.source}, {self.setup_time_s:.1f} s)."
             )
-
-    def _mmd_on(self, spec: Union[str, nn.Module]) -> bool:
-        """``mmd``, or for ``None``: on with identity features (point data)."""
-        if self.mmd is not None:
-            return self.mmd
-        return spec == "identity" or isinstance(spec, IdentityExtractor)
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -366,8 +361,14 @@ class FIDMonitor(GStepCallback):
         if trainer.world_size > 1:
             features = trainer.strategy.all_gather(features).reshape(-1, features.shape[-1])
         real = self.real_stats
-        out = noise_and_coverage(real.mean(), real.cov(), real.features if self.precision_recall else None, features,
-                                 self.noise_draws, self.pr_k, seed=self.seed)
+        real_features = real.features.to(features.device) if self.precision_recall else None
+        if self._real_constants is None:  # the real side is fixed for the run: its square root and radii once
+            self._real_constants = {
+                "sqrt_real_cov": sqrtm_psd(real.cov().double()) if self.noise_draws else None,
+                "real_radii": knn_radii(real_features.double(), self.pr_k) if real_features is not None else None,
+            }
+        out = noise_and_coverage(real.mean(), real.cov(), real_features, features, self.noise_draws, self.pr_k,
+                                 seed=self.seed, **self._real_constants)
         if self._intra is not None and labels is not None:
             out["intra_fid"] = self._intra(features, labels)
         return out

@@ -48,13 +48,14 @@ def _share_inside(points: Tensor, centres: Tensor, radii: Tensor, chunk: int = 1
     return inside / points.shape[0]
 
 
-def precision_recall(real: Tensor, fake: Tensor, k: int = 3) -> tuple[float, float]:
+def precision_recall(real: Tensor, fake: Tensor, k: int = 3, real_radii: Optional[Tensor] = None) -> tuple[float, float]:
     """Improved precision and recall of ``fake`` against ``real`` features (Kynkäänniemi et al., 2019).
 
     Args:
         real: Real features ``(N, D)``.
         fake: Generated features ``(M, D)``.
         k: Neighbourhood size of the manifold estimate (the paper uses 3).
+        real_radii: ``knn_radii(real, k)`` when already computed (the real side is fixed for a run).
 
     Returns:
         ``(precision, recall)``, each in [0, 1]; ``(nan, nan)`` when ``fake`` is not finite.
@@ -67,7 +68,11 @@ def precision_recall(real: Tensor, fake: Tensor, k: int = 3) -> tuple[float, flo
         raise ValueError(f"precision_recall: real and fake widths differ ({real.shape[1]} vs {fake.shape[1]}).")
     if not bool(torch.isfinite(fake).all()):
         return math.nan, math.nan
-    precision = _share_inside(fake, real, knn_radii(real, k))
+    if real_radii is None:
+        real_radii = knn_radii(real, k)
+    elif real_radii.shape != (real.shape[0],):
+        raise ValueError(f"precision_recall: real_radii must have shape ({real.shape[0]},), got {tuple(real_radii.shape)}.")
+    precision = _share_inside(fake, real, real_radii.to(real))
     recall = _share_inside(real, fake, knn_radii(fake, k))
     return precision, recall
 
@@ -112,14 +117,16 @@ def fid_bootstrap_std(
 
 
 def noise_and_coverage(real_mean: Tensor, real_cov: Tensor, real_features: Optional[Tensor], fake: Tensor,
-                       num_draws: int, k: int = 3, seed: int = 0) -> dict[str, float]:
+                       num_draws: int, k: int = 3, seed: int = 0, sqrt_real_cov: Optional[Tensor] = None,
+                       real_radii: Optional[Tensor] = None) -> dict[str, float]:
     """``fid_std`` (:func:`fid_bootstrap_std`, when ``num_draws``) and ``precision``/``recall``
-    (:func:`precision_recall`, when ``real_features`` are given) of the generated features ``fake``."""
+    (:func:`precision_recall`, when ``real_features`` are given) of the generated features ``fake``; the real side's
+    constants (``sqrt_real_cov``, ``real_radii``) are reused when given."""
     out: dict[str, float] = {}
     if num_draws:
-        out["fid_std"] = fid_bootstrap_std(real_mean, real_cov, fake, num_draws, seed=seed)
+        out["fid_std"] = fid_bootstrap_std(real_mean, real_cov, fake, num_draws, seed=seed, sqrt_real_cov=sqrt_real_cov)
     if real_features is not None:
-        out["precision"], out["recall"] = precision_recall(real_features.to(fake.device), fake, k)
+        out["precision"], out["recall"] = precision_recall(real_features.to(fake.device), fake, k, real_radii)
     return out
 
 
