@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
 import lightning as L
 import torch
 from torch import Tensor, nn
@@ -99,3 +104,12 @@ class LookupG(nn.Module):
     def forward(self, z: Tensor, y: Tensor) -> Tensor:
         idx = (z[:, 0].abs() * 1000).long() % 50
         return self.bank[(y + self.shift) % 10, idx] + 0 * self.w
+
+
+def load_script(path: Path, name: str) -> ModuleType:
+    """Import a study or benchmark script (not a package module) from its path, registered as ``name``."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

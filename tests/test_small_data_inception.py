@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
+from helpers import load_script
 from test_fid_inception import _find
 
 REPO = Path(__file__).resolve().parents[1]
@@ -17,11 +16,7 @@ SCRIPT = REPO / "studies" / "small_data_inception.py"
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("_small_data_inception", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "_small_data_inception")
 
 
 def test_the_runs_are_the_small_data_studys():

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
+
+from helpers import load_script
 
 STUDY = Path(__file__).resolve().parents[1] / "studies" / "small_data_study.py"
 TARGET_KEYS = {"best_fid_reduction_diffaugment_600", "best_fid_reduction_ada_600", "noaug_last_over_best_600",
@@ -14,11 +14,7 @@ TARGET_KEYS = {"best_fid_reduction_diffaugment_600", "best_fid_reduction_ada_600
 
 
 def load_study():
-    spec = importlib.util.spec_from_file_location("_small_data_study", STUDY)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(STUDY, "_small_data_study")
 
 
 def test_quick_study_grades_every_augment_and_writes_the_target_keys(tmp_path):

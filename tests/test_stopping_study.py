@@ -3,12 +3,12 @@ and the committed study: its histories replayed give its stop steps, and its tar
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+
+from helpers import load_script
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "studies" / "results"
@@ -17,11 +17,7 @@ TARGET_KEYS = ("signal_spearman_min_setup_median", "lag_median", "lag_max", "gap
 
 
 def load_study():
-    spec = importlib.util.spec_from_file_location("stopping_study", REPO_ROOT / "studies" / "stopping_study.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO_ROOT / "studies" / "stopping_study.py", "stopping_study")
 
 
 study = load_study()
