@@ -10,7 +10,7 @@ as many test-split images (``reference_split=test``).
 
 Usage::
 
-    python studies/small_data_inception.py --out studies/results            # ~20 min on a 2-core CPU
+    python studies/small_data_inception.py --out studies/results            # ~8 min on a 2-core CPU
     python studies/small_data_inception.py --quick --data digits --out /tmp/q  # a smoke test
 
 Writes ``<out>/small_data_inception.json`` (each run's Inception FID, G step of its best checkpoint and classifier

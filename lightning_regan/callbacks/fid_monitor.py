@@ -262,8 +262,7 @@ class FIDMonitor(GStepCallback):
         if key is None and self.real_data is None:
             key = dataset_cache_key(datamodule)
         spec = resolve_extractor_spec(self.feature_extractor, datamodule)
-        mmd = self.mmd
-        keep_features = self.kid or self.precision_recall or mmd or self.fid_inf
+        keep_features = self.kid or self.precision_recall or self.mmd or self.fid_inf
         extractor: Optional[nn.Module] = None
         payload: Optional[dict[str, Any]] = None
         error: Optional[BaseException] = None
@@ -304,7 +303,7 @@ class FIDMonitor(GStepCallback):
         num_features = extractor_num_features(self.extractor)
         self._metric = FeatureDistances(num_features, kid=self.kid, kid_subsets=self.kid_subsets,
                                         kid_subset_size=self.kid_subset_size, seed=self.seed, fid_inf=self.fid_inf,
-                                        mmd=mmd, mmd_scales=self.mmd_scales, num_samples=self.num_samples)
+                                        mmd=self.mmd, mmd_scales=self.mmd_scales, num_samples=self.num_samples)
         self._metric.set_real(self.real_stats)
         self.setup_time_s += time.perf_counter() - start
         if self.verbose:
@@ -360,15 +359,16 @@ class FIDMonitor(GStepCallback):
         under DDP)."""
         if trainer.world_size > 1:
             features = trainer.strategy.all_gather(features).reshape(-1, features.shape[-1])
-        real = self.real_stats
-        real_features = real.features.to(features.device) if self.precision_recall else None
-        if self._real_constants is None:  # the real side is fixed for the run: its square root and radii once
+        if self._real_constants is None:  # the real side is fixed for the run: its moments, root and radii once
+            real = self.real_stats
+            real_features = real.features.to(features.device).double() if self.precision_recall else None
             self._real_constants = {
+                "real_mean": real.mean(), "real_cov": real.cov(), "real_features": real_features,
                 "sqrt_real_cov": sqrtm_psd(real.cov().double()) if self.noise_draws else None,
-                "real_radii": knn_radii(real_features.double(), self.pr_k) if real_features is not None else None,
+                "real_radii": knn_radii(real_features, self.pr_k) if real_features is not None else None,
             }
-        out = noise_and_coverage(real.mean(), real.cov(), real_features, features, self.noise_draws, self.pr_k,
-                                 seed=self.seed, **self._real_constants)
+        out = noise_and_coverage(fake=features, num_draws=self.noise_draws, k=self.pr_k, seed=self.seed,
+                                 **self._real_constants)
         if self._intra is not None and labels is not None:
             out["intra_fid"] = self._intra(features, labels)
         return out
