@@ -177,9 +177,6 @@ class R1(Regularizer):
     needs_double_backward = True
     default_name = "r1"
 
-    def __init__(self, weight: float = 1.0, every: int = 1) -> None:
-        super().__init__(weight, every)
-
     def forward(self, batch: DiscriminatorBatch) -> Tensor:
         grads = input_gradients(batch.d_real, batch.real, batch.grad_scaler)
         return 0.5 * _per_sample_sq_norm(grads).mean()
@@ -191,9 +188,6 @@ class R2(Regularizer):
     needs_fake_grad = True
     needs_double_backward = True
     default_name = "r2"
-
-    def __init__(self, weight: float = 1.0, every: int = 1) -> None:
-        super().__init__(weight, every)
 
     def forward(self, batch: DiscriminatorBatch) -> Tensor:
         grads = input_gradients(batch.d_fake, batch.fake, batch.grad_scaler)

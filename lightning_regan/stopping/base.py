@@ -7,6 +7,7 @@ creates the :class:`RuleState` that a run feeds (``update(g_step, metrics)``) an
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -98,7 +99,8 @@ class StopRule:
     """Base class of a stop rule: the configuration of a pure stop criterion, never changed after construction.
 
     A subclass sets ``reason``, ``cadence`` and ``state_class``, sets ``monitor`` (the metric it decides on) and
-    ``mode`` in its constructor, and returns its constructor arguments from :meth:`config`.
+    ``mode`` in its constructor, and keeps each constructor argument (checked) in the attribute of the same name,
+    which is where :meth:`config` reads it back.
 
     Attributes:
         reason: The reason reported when the rule stops training.
@@ -128,8 +130,10 @@ class StopRule:
         return self.keys
 
     def config(self) -> dict[str, Any]:
-        """The constructor arguments (the configuration, never restored from a checkpoint)."""
-        raise NotImplementedError
+        """The constructor arguments, read back from the attributes of the same names (the configuration, never
+        restored from a checkpoint)."""
+        names = [name for name in inspect.signature(type(self).__init__).parameters if name != "self"]
+        return {name: _normalize(getattr(self, name)) for name in names}
 
     def replace(self, **changes: Any) -> "StopRule":
         """A new rule of the same class with some constructor arguments changed (this one is left as it is)."""
@@ -147,10 +151,15 @@ class StopRule:
 class RuleState:
     """Per-run state of a :class:`StopRule`: fed ``update(g_step, metrics)``, checkpointed with ``state_dict``.
 
+    A subclass names its counters and history in ``fields``: they are what ``state_dict`` saves and
+    ``load_state_dict`` restores (a field a checkpoint lacks keeps its fresh value).
+
     ``load_state_dict`` restores counters and history only: the rule's configuration always wins over what a
     checkpoint recorded (a difference is reported with a warning), so a resumed run takes the same decision at the
     same G step with the same configuration.
     """
+
+    fields: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, rule: StopRule) -> None:
         self.rule = rule
@@ -159,15 +168,9 @@ class RuleState:
         """Feed the metrics of one G step (or one evaluation); return ``(should_stop, message)``."""
         raise NotImplementedError
 
-    def _state(self) -> dict[str, Any]:
-        return {}
-
-    def _load_state(self, state: Mapping[str, Any]) -> None:
-        pass
-
     def state_dict(self) -> dict[str, Any]:
         """Counters and history as a plain dict (plus the configuration, for comparison on load)."""
-        return {"config": self.rule.config(), **copy.deepcopy(self._state())}
+        return {"config": self.rule.config(), **copy.deepcopy({name: getattr(self, name) for name in self.fields})}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore counters and history; the rule's configuration is kept (a change is warned about)."""
@@ -182,7 +185,9 @@ class RuleState:
                 UserWarning,
                 stacklevel=2,
             )
-        self._load_state(state_dict)
+        for name in self.fields:
+            if name in state_dict:
+                setattr(self, name, copy.deepcopy(state_dict[name]))
 
 
 __all__ = ["CODE_REASONS", "MODES", "REASON_CODES", "STATUS_RANKS", "RuleState", "StopReason", "StopRecord",

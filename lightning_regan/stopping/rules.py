@@ -104,19 +104,12 @@ class LossPlateau(StopRule):
     def required_keys(self) -> tuple[str, ...]:
         return self.monitors
 
-    def config(self) -> dict[str, Any]:
-        return {
-            "monitors": list(self.monitors), "window": self.window, "min_delta": self.min_delta,
-            "patience": self.patience, "warmup_g_steps": self.warmup_g_steps,
-            "check_every_n_g_steps": self.check_every_n_g_steps, "scale_floor": self.scale_floor,
-            "until_logged": self.until_logged,
-        }
-
 
 class LossPlateauState(RuleState):
     """Per-run state of :class:`LossPlateau`: the EMAs, their references and the count of flat checks."""
 
     rule: LossPlateau
+    fields = ("ema", "seen", "reference", "wait_count", "last_check_step", "off")
 
     def __init__(self, rule: LossPlateau) -> None:
         super().__init__(rule)
@@ -168,21 +161,6 @@ class LossPlateauState(RuleState):
             f"Loss plateau: the smoothed losses ({values}) moved less than {rule.min_delta:.1%} for "
             f"{self.wait_count} checks (every {rule.check_every_n_g_steps} G steps), at G step {g_step}."
         )
-
-    def _state(self) -> dict[str, Any]:
-        return {
-            "ema": dict(self.ema), "seen": dict(self.seen), "reference": dict(self.reference),
-            "wait_count": self.wait_count, "last_check_step": self.last_check_step, "off": self.off,
-        }
-
-    def _load_state(self, state: Mapping[str, Any]) -> None:
-        self.ema = {k: float(v) for k, v in (state.get("ema") or {}).items()}
-        self.seen = {k: int(v) for k, v in (state.get("seen") or {}).items()}
-        self.reference = {k: float(v) for k, v in (state.get("reference") or {}).items()}
-        self.wait_count = int(state.get("wait_count", 0))
-        last = state.get("last_check_step")
-        self.last_check_step = None if last is None else int(last)
-        self.off = bool(state.get("off", False))
 
 
 LossPlateau.state_class = LossPlateauState
@@ -237,18 +215,12 @@ class FIDPlateau(StopRule):
         self.mode = check_mode(name, mode)
         self.step_key = None if step_key is None else check_keys(name, "step_key", step_key)[0]
 
-    def config(self) -> dict[str, Any]:
-        return {
-            "patience": self.patience, "min_delta": self.min_delta, "window": self.window,
-            "warmup_g_steps": self.warmup_g_steps, "monitor": self.monitor, "mode": self.mode,
-            "step_key": self.step_key,
-        }
-
 
 class FIDPlateauState(RuleState):
     """Per-run state of :class:`FIDPlateau`: the recent values, the best smoothed value and the count."""
 
     rule: FIDPlateau
+    fields = ("recent", "best", "best_step", "wait_count", "evaluations")
 
     def __init__(self, rule: FIDPlateau) -> None:
         super().__init__(rule)
@@ -288,21 +260,6 @@ class FIDPlateauState(RuleState):
             f"by {rule.min_delta:.1%} on its best ({best}) for {self.wait_count} evaluations; "
             f"last value {float(value):.4g} at G step {g_step}."
         )
-
-    def _state(self) -> dict[str, Any]:
-        return {
-            "recent": list(self.recent), "best": self.best, "best_step": self.best_step,
-            "wait_count": self.wait_count, "evaluations": self.evaluations,
-        }
-
-    def _load_state(self, state: Mapping[str, Any]) -> None:
-        self.recent = [float(v) for v in state.get("recent") or []][-self.rule.window:]
-        best = state.get("best")
-        self.best = None if best is None else float(best)
-        best_step = state.get("best_step")
-        self.best_step = None if best_step is None else int(best_step)
-        self.wait_count = int(state.get("wait_count", 0))
-        self.evaluations = int(state.get("evaluations", 0))
 
 
 FIDPlateau.state_class = FIDPlateauState
@@ -371,19 +328,12 @@ class Divergence(StopRule):
         """Every metric name this rule reads."""
         return tuple(dict.fromkeys((*self.monitors, self.d_loss_key, self.g_loss_key)))
 
-    def config(self) -> dict[str, Any]:
-        return {
-            "check_finite": self.check_finite, "d_loss_floor": self.d_loss_floor,
-            "d_loss_ceiling": self.d_loss_ceiling, "g_loss_ceiling": self.g_loss_ceiling,
-            "patience": self.patience, "warmup_g_steps": self.warmup_g_steps, "d_loss_key": self.d_loss_key,
-            "g_loss_key": self.g_loss_key, "monitors": list(self.monitors),
-        }
-
 
 class DivergenceState(RuleState):
     """Per-run state of :class:`Divergence`: the count of consecutive violating checks."""
 
     rule: Divergence
+    fields = ("violation_count", "first_violation_step")
 
     def __init__(self, rule: Divergence) -> None:
         super().__init__(rule)
@@ -423,25 +373,11 @@ class DivergenceState(RuleState):
             f"(G steps {self.first_violation_step}..{g_step})."
         )
 
-    def _state(self) -> dict[str, Any]:
-        return {"violation_count": self.violation_count, "first_violation_step": self.first_violation_step}
-
-    def _load_state(self, state: Mapping[str, Any]) -> None:
-        self.violation_count = int(state.get("violation_count", 0))
-        first = state.get("first_violation_step")
-        self.first_violation_step = None if first is None else int(first)
-
 
 Divergence.state_class = DivergenceState
 
 
 # ---------------------------------------------------------------------------------------------- trend rules
-def _history_row(row: Sequence[Any]) -> list[Optional[float]]:
-    """A ``[g_step, fid, fid_std, recall]`` row read back from a state dict."""
-    return [int(row[0]), float(row[1]), None if row[2] is None else float(row[2]),
-            None if row[3] is None else float(row[3])]
-
-
 class _EvaluationRule(StopRule):
     """Shared configuration of the rules fed once per evaluation of a distance (FID, KID, MMD): input checks,
     warmup, recall guard. These project relative falls of a distance, so their mode is ``"min"``."""
@@ -475,12 +411,6 @@ class _EvaluationRule(StopRule):
     def required_keys(self) -> tuple[str, ...]:
         return (self.monitor,)
 
-    def _common_config(self) -> dict[str, Any]:
-        return {"tolerance": self.tolerance, "warmup_g_steps": self.warmup_g_steps, "min_progress": self.min_progress,
-                "min_evaluations": self.min_evaluations, "recall_tolerance": self.recall_tolerance,
-                "monitor": self.monitor, "noise_key": self.noise_key, "recall_key": self.recall_key,
-                "mode": self.mode, "step_key": self.step_key}
-
 
 class _EvaluationState(RuleState):
     """Shared state of the evaluation rules: ``history`` holds ``[g_step, value, std, recall]`` per evaluation
@@ -488,6 +418,7 @@ class _EvaluationState(RuleState):
     ``Divergence`` rule."""
 
     rule: _EvaluationRule
+    fields: tuple[str, ...] = ("history", "evaluations", "flat_count")
 
     def __init__(self, rule: _EvaluationRule) -> None:
         super().__init__(rule)
@@ -555,15 +486,6 @@ class _EvaluationState(RuleState):
             f"best {self.rule.monitor} {best[1]:.4g} at G step {best[0]}."
         )
 
-    def _state(self) -> dict[str, Any]:
-        return {"history": [list(row) for row in self.history], "evaluations": self.evaluations,
-                "flat_count": self.flat_count}
-
-    def _load_state(self, state: Mapping[str, Any]) -> None:
-        self.history = [_history_row(r) for r in state.get("history") or []]
-        self.evaluations = int(state.get("evaluations", len(self.history)))
-        self.flat_count = int(state.get("flat_count", 0))
-
 
 class FIDTrend(_EvaluationRule):
     """Stop when the FID's recent trend projects less than ``tolerance`` of improvement over the horizon.
@@ -628,10 +550,6 @@ class FIDTrend(_EvaluationRule):
         if self.window > 1.0:
             raise ValueError(f"{name}: window is a share of the run and must be <= 1, got {window!r}.")
         self.patience = check_int(name, "patience", patience, 1)
-
-    def config(self) -> dict[str, Any]:
-        return {"horizon": self.horizon, "window": self.window, "patience": self.patience,
-                "budget_g_steps": self.budget_g_steps, **self._common_config()}
 
 
 class FIDTrendState(_EvaluationState):
@@ -724,15 +642,12 @@ class FIDNoisePlateau(_EvaluationRule):
         self.patience = _below_one(name, "patience", patience, "is a share of the run", strict=True)
         self.min_delta_share = check_number(name, "min_delta_share", min_delta_share, 0.0)
 
-    def config(self) -> dict[str, Any]:
-        return {"z": self.z, "patience": self.patience, "min_delta_share": self.min_delta_share,
-                **self._common_config()}
-
 
 class FIDNoisePlateauState(_EvaluationState):
     """Per-run state of :class:`FIDNoisePlateau`: the history and the reference (the last improvement)."""
 
     rule: FIDNoisePlateau
+    fields = (*_EvaluationState.fields, "reference")
 
     def __init__(self, rule: FIDNoisePlateau) -> None:
         super().__init__(rule)
@@ -760,14 +675,6 @@ class FIDNoisePlateauState(_EvaluationState):
         why = (f"no improvement beyond {rule.z:g} x the measurement noise since G step {ref[0]} "
                f"({ref[1]:.4g})")
         return self._verdict(g_step, flat, why, blocked, 1)
-
-    def _state(self) -> dict[str, Any]:
-        return {**super()._state(), "reference": None if self.reference is None else list(self.reference)}
-
-    def _load_state(self, state: Mapping[str, Any]) -> None:
-        super()._load_state(state)
-        ref = state.get("reference")
-        self.reference = None if ref is None else _history_row(ref)
 
 
 FIDNoisePlateau.state_class = FIDNoisePlateauState
@@ -859,16 +766,12 @@ class Collapse(StopRule):
     def keys(self) -> tuple[str, ...]:
         return (self.monitor, self.recall_key)
 
-    def config(self) -> dict[str, Any]:
-        return {"recall_drop": self.recall_drop, "fid_rise": self.fid_rise, "window": self.window,
-                "patience": self.patience, "warmup_g_steps": self.warmup_g_steps, "min_recall": self.min_recall,
-                "monitor": self.monitor, "recall_key": self.recall_key, "mode": self.mode, "step_key": self.step_key}
-
 
 class CollapseState(RuleState):
     """Per-run state of :class:`Collapse`: the recent (value, recall) pairs, their best medians and the count."""
 
     rule: Collapse
+    fields = ("recent", "best_fid", "best_recall", "count")
 
     def __init__(self, rule: Collapse) -> None:
         super().__init__(rule)
@@ -903,16 +806,6 @@ class CollapseState(RuleState):
             f"the smoothed {rule.monitor} {moved} to {sm_fid:.4g} (best {self.best_fid:.4g}), for {self.count} "
             f"evaluations, at G step {g_step}."
         )
-
-    def _state(self) -> dict[str, Any]:
-        return {"recent": [list(r) for r in self.recent], "best_fid": self.best_fid,
-                "best_recall": self.best_recall, "count": self.count}
-
-    def _load_state(self, state: Mapping[str, Any]) -> None:
-        self.recent = [[float(a), float(b)] for a, b in state.get("recent") or []][-self.rule.window:]
-        self.best_fid = None if state.get("best_fid") is None else float(state["best_fid"])
-        self.best_recall = None if state.get("best_recall") is None else float(state["best_recall"])
-        self.count = int(state.get("count", 0))
 
 
 Collapse.state_class = CollapseState
