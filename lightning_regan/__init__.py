@@ -17,6 +17,7 @@ _LAZY = {
     "EarlyTermination": "lightning_regan.callbacks",
     "FIDMonitor": "lightning_regan.callbacks",
     "ModeCoverageMonitor": "lightning_regan.callbacks",
+    "OverfittingMonitor": "lightning_regan.callbacks",
     "RunSummary": "lightning_regan.callbacks",
     "SampleGrid": "lightning_regan.callbacks",
     "GANModule": "lightning_regan.module",

@@ -97,7 +97,7 @@ def test_default_config_is_valid_and_builds_everything(tmp_path):
     assert isinstance(module, GANModule) and list(module.regularizers) == ["r1"]
     names = [type(cb).__name__ for cb in build_callbacks(cfg)]
     assert names == [
-        "FIDMonitor", "EarlyTermination", "SampleGrid", "ModelCheckpoint", "BestGenerator", "RunSummary",
+        "FIDMonitor", "OverfittingMonitor", "EarlyTermination", "SampleGrid", "ModelCheckpoint", "BestGenerator", "RunSummary",
         "GStepProgressBar",
     ]
 
@@ -308,7 +308,7 @@ def test_a_preset_tuning_an_unchosen_entry_composes(tmp_path):
 
 
 def test_callbacks_are_removable_from_the_command_line(tmp_path):
-    cfg = compose(tmp_path, "~callbacks.fid", "~callbacks.samples")
+    cfg = compose(tmp_path, "~callbacks.fid", "~callbacks.samples", "~callbacks.overfitting")
     names = [type(cb).__name__ for cb in build_callbacks(cfg)]
     assert names == ["EarlyTermination", "ModelCheckpoint", "BestGenerator", "RunSummary", "GStepProgressBar"]
     checkpoint = next(cb for cb in build_callbacks(cfg) if type(cb).__name__ == "ModelCheckpoint")

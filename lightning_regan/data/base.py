@@ -117,6 +117,7 @@ class GANDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self._train: Optional[Dataset] = None
+        self._heldout: Optional[Dataset] = None
         self._reference: Optional[Dataset] = None
 
     # ------------------------------------------------------------------ subclass hooks
@@ -138,10 +139,13 @@ class GANDataModule(L.LightningDataModule):
         if self._train is None:
             self._train = self._build_train()
             if self.limit is not None:
-                self._train = Subset(self._train, limit_indices(len(self._train), self.limit))  # type: ignore[arg-type]
+                full, kept = self._train, limit_indices(len(self._train), self.limit)  # type: ignore[arg-type]
+                self._train = Subset(full, kept)
+                left_out = sorted(set(range(len(full))) - set(kept))  # type: ignore[arg-type]
+                self._heldout = Subset(full, left_out) if left_out else None
             n = len(self._train)  # type: ignore[arg-type]
             if n < self.batch_size:
-                self._train = None
+                self._train = self._heldout = None
                 raise DatasetError(
                     f"{type(self).__name__}: the training set has {n} samples, fewer than batch_size={self.batch_size}; "
                     "lower data.batch_size or add data."
@@ -189,6 +193,12 @@ class GANDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             pin_memory=self.pin_memory,
         )
+
+    def heldout_dataset(self) -> Optional[Dataset]:
+        """Real samples of the training distribution that D never trains on: with :attr:`limit`, the training samples
+        left out of the subset; ``None`` when D trains on all of them (``OverfittingMonitor`` reads it)."""
+        self.train_dataset()
+        return self._heldout
 
     def image_transform(self) -> Optional[Any]:
         """The transform from a PIL image to a ``(C, H, W)`` tensor in [-1, 1] that this module applies to its own
