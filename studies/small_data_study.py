@@ -7,18 +7,20 @@ deterministic subset, the same for every seed), and on all 60,000 Fashion-MNIST 
 ``diffaugment`` and ``ada``, over several seeds. Every ``--every`` G steps a grader callback (study-only) measures the
 Fréchet distance of ``--samples`` generated images (EMA generator, fixed noise) to ``--samples`` images of the TEST
 split, in the features of the package's small classifier trained on that dataset (TF-GAN's "MNIST Fréchet distance";
-NOT Inception FID), and records ADA's ``p`` and ``r_t``. Reported per run: best FID, last FID, the G step of the
-best, final p; per (data, augment): medians over seeds; and the issue's targets.
+NOT Inception FID), records ADA's ``p`` and ``r_t``, and D's overfitting gap (its mean logit on 512 training reals
+minus on 512 test-split reals, what ``OverfittingMonitor`` logs as ``val/d_gap``). Reported per run: best FID, last
+FID, the G step of the best, final p, the gap at the best and at the end; per (data, augment): medians over seeds;
+and the issue's targets.
 
 Usage::
 
-    nice -n 15 python studies/small_data_study.py --work /tmp/small_data      # the full study (27 runs)
+    nice -n 15 python studies/small_data_study.py --jobs 2 --work /tmp/small_data   # the full study (27 runs)
     python studies/small_data_study.py --quick --out /tmp/quick              # seconds: a smoke test (CI)
     python studies/small_data_study.py --analyse --work /tmp/small_data      # rebuild the report from the runs
 
 Writes ``<out>/small_data_study.json`` (every run's history), ``<out>/small_data_study.md`` and
 ``<out>/small_data_targets.json`` (the issue's target keys). Finished runs are kept in ``<work>/runs/*.json`` and
-skipped when the study is started again, and the report is rewritten after every run.
+skipped when the study is started again; ``--jobs`` runs train side by side, one thread each.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
@@ -56,6 +59,8 @@ SEEDS = (0, 1, 2)
 #: images of the budget). A first ADA run at 20 kimg (p reached 0.74 by G step 500, FID then rose 2.8x) was discarded
 #: in favour of grading what a user gets from augment=ada.
 ADA_SPEED_KIMG: Optional[float] = None
+#: Training and held-out reals D scores at each evaluation (the overfitting gap).
+GAP_SAMPLES = 512
 DEFAULTS = {"max_g_steps": 1500, "every": 250, "samples": 5000, "width": 8, "batch": 32}
 QUICK = {"max_g_steps": 12, "every": 6, "samples": 64, "width": 4, "batch": 16}
 
@@ -69,6 +74,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     from lightning.pytorch.callbacks import Callback
 
     from lightning_regan.builders import build_datamodule, build_models, build_module
+    from lightning_regan.callbacks.overfitting import mean_logit, take_samples
     from lightning_regan.cli.train import validate_config
     from lightning_regan.config import compose_config, drop_unselected
     from lightning_regan.fid.extractors import ClassifierExtractor
@@ -93,19 +99,29 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     cfg = compose_config(overrides)
     drop_unselected(cfg)
     validate_config(cfg)
+    classifier_options = {"steps": 30} if spec.get("quick") else {}
+    # Train the grader's classifier (or find it cached) before seeding: below, every run then loads it from the cache.
+    # Training it in the run would leave the global RNG elsewhere than loading it does (building the network draws
+    # from it), so a run's training would depend on whether an earlier run had cached the classifier.
+    warm = build_datamodule(cfg)
+    with torch.random.fork_rng(devices=[]):
+        ClassifierExtractor.fit(warm.reference_dataset(), dataset_key=dataset_cache_key(warm), **classifier_options)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, *build_models(cfg, tuple(datamodule.shape)))
     # The grader: a classifier of the dataset (the package's FID classifier, cached per dataset) and the test split.
     reference = datamodule.reference_dataset()
-    extractor = ClassifierExtractor.fit(reference, dataset_key=dataset_cache_key(datamodule),
-                                        **({"steps": 30} if spec.get("quick") else {})).eval()
+    extractor = ClassifierExtractor.fit(reference, dataset_key=dataset_cache_key(datamodule), **classifier_options).eval()
     test = datamodule._load("test") if data != "digits" else reference  # digits: no split (quick mode only)
     with torch.random.fork_rng(devices=[]):
         stats = compute_real_statistics(test, extractor, samples)
     metric = FeatureDistances(stats.num_features)
     metric.set_real(stats)
     noise = torch.randn(samples, int(cfg.model.latent_dim), generator=torch.Generator().manual_seed(10_000 + spec["seed"]))
+    # D's overfitting (OverfittingMonitor's measurement): its mean logit on training reals vs test-split reals it never
+    # trained on, the same fixed images at every evaluation (the test split is the held-out set at 60,000 images too).
+    n_gap = min(GAP_SAMPLES, samples)
+    gap_reals = (take_samples(datamodule.train_dataset(), n_gap, seed=1), take_samples(test, n_gap, seed=1))
 
     class Grader(Callback):
         def __init__(self) -> None:
@@ -122,9 +138,11 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
                 for z in noise.split(500):
                     metric.update(extractor(pl_module.generate(z=z)))
                 fid = float(metric.compute()["fid"])
+            d_train, d_heldout = (mean_logit(pl_module, x, y) for x, y in gap_reals)
             m = pl_module.last_step_metrics
             self.rows.append({"g_step": g, "fid": fid, "ada_p": float(m["ada_p"]) if "ada_p" in m else None,
-                              "rt": float(m["rt"]) if "rt" in m else None})
+                              "rt": float(m["rt"]) if "rt" in m else None, "d_train": d_train,
+                              "d_heldout": d_heldout, "d_gap": d_train - d_heldout})
             self.time_s += time.perf_counter() - start
 
     grader = Grader()
@@ -140,6 +158,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
         "train_images": len(datamodule.train_dataset()), "g_steps": int(module.g_steps), "history": rows,
         "best_fid": best["fid"] if best else None, "best_g_step": best["g_step"] if best else None,
         "last_fid": rows[-1]["fid"] if rows else None,
+        "gap_at_best": best.get("d_gap") if best else None, "gap_last": rows[-1].get("d_gap") if rows else None,
         "final_ada_p": float(module.augment.p) if spec["augment"] == "ada" else None,
         "ada_speed_kimg": float(module.augment.speed_kimg) if spec["augment"] == "ada" else None,
         "fit_wall_s": wall, "grader_s": grader.time_s, "classifier_accuracy": float(extractor.accuracy),
@@ -167,6 +186,8 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 "best_g_step": _median([r["best_g_step"] for r in group]),
                 "last_over_best": _median([r["last_fid"] / r["best_fid"] for r in group]),
                 "final_ada_p": _median([r["final_ada_p"] for r in group]),
+                "gap_at_best": _median([r.get("gap_at_best") for r in group]),
+                "gap_last": _median([r.get("gap_last") for r in group]),
             }
     return table
 
@@ -239,19 +260,24 @@ def markdown(report: dict[str, Any]) -> str:
         f"{s['max_g_steps']} G steps; graded every {s['every']} G steps on {s['samples']} generated vs {s['samples']} "
         "TEST-split images in the features of the package's small classifier of each dataset (not Inception FID). "
         f"ADA: conf/augment/ada.yaml (target 0.6, interval 4, speed {sorted({r.get('ada_speed_kimg') for r in report['runs'] if r['augment'] == 'ada'})} kimg). Seeds: {report['seeds']}. Runs: {len(report['runs'])}.",
-        "", "| data | augment | seeds | best FID (median) | last FID | last / best | G step of best | final ADA p |",
-        "|---|---|---|---|---|---|---|---|",
+        "", "| data | augment | seeds | best FID (median) | last FID | last / best | G step of best | final ADA p | "
+        "D gap at best | D gap last |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     fmt = lambda v, f="{:.3g}": "-" if v is None else f.format(v)  # noqa: E731
     for row in report["table"].values():
         lines.append(f"| {row['data']} | {row['augment']} | {len(row['seeds'])} | {fmt(row['best_fid'])} | "
                      f"{fmt(row['last_fid'])} | {fmt(row['last_over_best'], '{:.2f}')} | {fmt(row['best_g_step'], '{:.0f}')} | "
-                     f"{fmt(row['final_ada_p'], '{:.2f}')} |")
+                     f"{fmt(row['final_ada_p'], '{:.2f}')} | {fmt(row.get('gap_at_best'), '{:.2f}')} | "
+                     f"{fmt(row.get('gap_last'), '{:.2f}')} |")
+    lines += ["", "D gap: D's mean logit on 512 training reals minus on 512 test-split reals it never trained on "
+              "(OverfittingMonitor's `val/d_gap`), at the evaluation of the best FID and at the last one."]
     lines += ["", "## Targets (issue 21)", "", "| figure | value | target | |", "|---|---|---|---|"]
     for key, value in report["targets"].items():
         if key in TARGETS_TEXT:
             lines.append(f"| `{key}` | {fmt(value, '{:.3f}')} | {TARGETS_TEXT[key]} | {_met(key, value)} |")
-    lines += ["", "Not done here: the real-Inception confirmation at 600 images (CPU-bound; see docs/augmentation.md).", ""]
+    lines += ["", "The real-Inception check at 600 images: `studies/small_data_inception.py` "
+              "(`studies/results/small_data_inception.json`).", ""]
     return "\n".join(lines)
 
 
@@ -317,6 +343,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "studies" / "results")
     parser.add_argument("--bench", type=Path, default=REPO / "bench" / "results" / "bench_augment.json")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per run")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (one thread each)")
     args = parser.parse_args(argv)
 
     if args.worker:  # one run in this process; its record next to the spec
@@ -332,31 +359,37 @@ def main(argv: Optional[list[str]] = None) -> int:
     specs = make_specs(args, work, data_root)
     settings = QUICK if args.quick else {k: getattr(args, k) for k in DEFAULTS}
     start = time.perf_counter()
+
+    def train(spec: dict[str, Any]) -> None:
+        """Train one spec in its own process (unless its record exists); failures are reported, not raised."""
+        record_path = Path(spec["run_dir"], "record.json")
+        if record_path.is_file() or args.analyse:
+            return
+        Path(spec["run_dir"]).mkdir(parents=True, exist_ok=True)
+        if args.quick:
+            record_path.write_text(json.dumps(run_one(spec)))
+            return
+        spec_path = Path(spec["run_dir"], "spec.json")
+        spec_path.write_text(json.dumps(spec))
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+        with open(Path(spec["run_dir"], "log.txt"), "w") as log:
+            proc = subprocess.run([sys.executable, __file__, "--worker", str(spec_path)], stdout=log, stderr=log,
+                                  env=env, timeout=args.timeout, check=False)
+        if proc.returncode != 0:
+            print(f"{spec['name']}: failed (exit {proc.returncode}), see {spec['run_dir']}/log.txt", flush=True)
+
+    with ThreadPoolExecutor(max_workers=1 if args.quick else args.jobs) as pool:
+        list(pool.map(train, specs))
     runs: list[dict[str, Any]] = []
     for spec in specs:
         record_path = Path(spec["run_dir"], "record.json")
-        if not record_path.is_file() and not args.analyse:
-            Path(spec["run_dir"]).mkdir(parents=True, exist_ok=True)
-            if args.quick:
-                record_path.write_text(json.dumps(run_one(spec)))
-            else:
-                spec_path = Path(spec["run_dir"], "spec.json")
-                spec_path.write_text(json.dumps(spec))
-                log = open(Path(spec["run_dir"], "log.txt"), "w")
-                env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-                proc = subprocess.run([sys.executable, __file__, "--worker", str(spec_path)], stdout=log, stderr=log,
-                                      env=env, timeout=args.timeout, check=False)
-                log.close()
-                if proc.returncode != 0:
-                    print(f"{spec['name']}: failed (exit {proc.returncode}), see {spec['run_dir']}/log.txt", flush=True)
-                    continue
         if record_path.is_file():
             runs.append(json.loads(record_path.read_text()))
             r = runs[-1]
             print(f"{r['name']}: best {r['best_fid']:.4g} at {r['best_g_step']}, last {r['last_fid']:.4g}, "
                   f"p {r['final_ada_p']}, {r['fit_wall_s']:.0f} s", flush=True)
-            write_report(build_report(runs, command, time.perf_counter() - start, settings, args.seeds, args.bench),
-                         args.out)
+    if runs:
+        write_report(build_report(runs, command, time.perf_counter() - start, settings, args.seeds, args.bench), args.out)
     if not runs:
         print("no finished runs", file=sys.stderr)
         return 1
