@@ -108,6 +108,7 @@ def test_only_collapsing_runs_that_lost_their_best_count_as_collapsed():
     assert summary["targets"]["collapsing runs stopped with a better generator than the full run's last"]
 
 
+@pytest.mark.slow  # a study harness end to end (tens of seconds): the slow tier
 def test_quick_study_runs_end_to_end(tmp_path):
     """The CI smoke test: two tiny runs (ring, diverging) trained, recorded, replayed and reported."""
     out = tmp_path / "out"
@@ -127,6 +128,7 @@ def test_quick_study_runs_end_to_end(tmp_path):
     assert "Targets (held-out seeds, chosen rule)" in (out / "early_stopping_study.md").read_text()
 
 
+@pytest.mark.slow  # a study harness end to end (tens of seconds): the slow tier
 def test_a_longer_budget_continues_the_finished_runs_bit_for_bit(tmp_path):
     """--resume with a larger --budget continues a finished run from its last checkpoint; the record equals a fresh
     training of the longer budget (the study's v5 budgets were reached this way)."""
@@ -145,6 +147,7 @@ def test_a_longer_budget_continues_the_finished_runs_bit_for_bit(tmp_path):
         study.main([*common, "--budget", "ring=-5"])
 
 
+@pytest.mark.slow  # a study harness end to end (tens of seconds): the slow tier
 @pytest.mark.skipif(not COMMITTED.is_file(), reason="no committed study")
 def test_committed_histories_replayed_give_the_committed_stop_steps():
     report = json.loads(COMMITTED.read_text())

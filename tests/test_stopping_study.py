@@ -90,6 +90,7 @@ def test_spearman_and_summary_shares():
     assert study.summarize([g], [late])["lag_runs"] == 0
 
 
+@pytest.mark.slow  # a study harness end to end (tens of seconds): the slow tier
 def test_quick_study_end_to_end(tmp_path):
     assert study.main(["--quick", "--setups", "ring", "diverging", "--jobs", "2", "--work", str(tmp_path / "w"),
                        "--out", str(tmp_path / "o")]) == 0
