@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Does ``val/d_gap`` see D memorize its training set? (issue 21, item 4: the overfitting signal.)
+"""Do ``val/d_gap`` and ``val/d_rv`` see D memorize its training set? (issue 21, item 4: the overfitting signal.)
 
 The small-data study's DCGAN of width 8 does not memorize 600 images within its 1,500 G steps (its D gap stays under
 0.1 logit while r_t sits at 1): there r_t measures D winning, not D memorizing. This study trains the default
@@ -7,11 +7,11 @@ The small-data study's DCGAN of width 8 does not memorize 600 images within its 
 that has plenty (all but 100 of the 1,797 digits, the 100 held out), each through ``regan-train`` with
 ``OverfittingMonitor`` and ``FIDMonitor`` at the same cadence. Reported per run: the gap and the FID (classifier
 features, all 1,797 digits as the reference) at every evaluation, the best FID and its G step, the last FID, and the
-gap at the best and at the end.
+gap and r_v at the best and at the end.
 
 Usage::
 
-    python studies/overfitting_signal.py --out studies/results          # 4 runs, ~15 min on a 2-core CPU
+    python studies/overfitting_signal.py --out studies/results          # 4 runs, ~50 min on a 2-core CPU
     python studies/overfitting_signal.py --quick --out /tmp/q           # a smoke test
 
 Writes ``<out>/overfitting_signal.json`` and ``<out>/overfitting_signal.md``.
@@ -67,12 +67,18 @@ def train(name: str, limit: int, augment: str, work: Path, settings: dict[str, i
 def record(name: str, limit: int, augment: str, summary: dict[str, Any]) -> dict[str, Any]:
     """Gap and FID per evaluation from a run's ``summary.json``, and the figures the report quotes."""
     fid = {int(g): float(f) for g, f in summary["fid_history"]}
-    rows = [{"g_step": int(g), "d_train": a, "d_heldout": b, "d_gap": gap, "fid": fid.get(int(g))}
-            for g, a, b, gap in summary["overfitting"]["history"]]
+    keys = ("g_step", "d_train", "d_heldout", "d_gap", "d_generated", "d_rv")
+    rows = [{**dict(zip(keys, row)), "g_step": int(row[0]), "fid": fid.get(int(row[0]))}
+            for row in summary["overfitting"]["history"]]
     best = min((r for r in rows if r["fid"] is not None), key=lambda r: r["fid"])
     return {"name": name, "limit": limit, "augment": augment, "history": rows, "best_fid": best["fid"],
             "best_g_step": best["g_step"], "last_fid": rows[-1]["fid"], "gap_at_best": best["d_gap"],
-            "gap_last": rows[-1]["d_gap"], "wall_time_s": summary.get("wall_time_s")}
+            "gap_last": rows[-1]["d_gap"], "rv_at_best": best.get("d_rv"), "rv_last": rows[-1].get("d_rv"),
+            "wall_time_s": summary.get("wall_time_s")}
+
+
+def _num(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -83,15 +89,18 @@ def markdown(report: dict[str, Any]) -> str:
              f"FID (classifier features) and `val/d_gap` every {report['settings']['every']} G steps, seed "
              f"{report['settings']['seed']}. `data.limit=N` trains on N digits; the other 1,797 - N are the held-out "
              "reals (512 of each side scored, or all there are).", "",
-             "| run | best FID | at G step | last FID | last / best | D gap at best | D gap last |",
-             "|---|---|---|---|---|---|---|"]
+             "| run | best FID | at G step | last FID | last / best | D gap at best | D gap last | r_v at best | "
+             "r_v last |", "|---|---|---|---|---|---|---|---|---|"]
     for r in report["runs"]:
         lines.append(f"| {r['name']} | {r['best_fid']:.1f} | {r['best_g_step']} | {r['last_fid']:.1f} | "
-                     f"{r['last_fid'] / r['best_fid']:.2f} | {r['gap_at_best']:.2f} | {r['gap_last']:.2f} |")
-    lines += ["", "Per evaluation (G step: D gap / FID):", ""]
+                     f"{r['last_fid'] / r['best_fid']:.2f} | {r['gap_at_best']:.2f} | {r['gap_last']:.2f} | "
+                     f"{_num(r.get('rv_at_best'))} | {_num(r.get('rv_last'))} |")
+    lines += ["", "r_v = D gap / (D's mean logit on training reals - on generated samples): 0 when D scores unseen "
+              "reals like the ones it trained on, 1 when it scores them like fakes (`val/d_rv`; - where D does not "
+              "score the training reals above the fakes).", "", "Per evaluation (G step: D gap / r_v / FID):", ""]
     for r in report["runs"]:
-        lines.append(f"- {r['name']}: " + ", ".join(f"{h['g_step']}: {h['d_gap']:.2f} / {h['fid']:.1f}"
-                                                    for h in r["history"]))
+        lines.append(f"- {r['name']}: " + ", ".join(f"{h['g_step']}: {h['d_gap']:.2f} / {_num(h.get('d_rv'))} / "
+                                                    f"{h['fid']:.1f}" for h in r["history"]))
     return "\n".join(lines) + "\n"
 
 

@@ -12,7 +12,8 @@ from torch.utils.data import TensorDataset
 
 from lightning_regan import GANModule, OverfittingMonitor
 from lightning_regan.callbacks import RunSummary
-from lightning_regan.callbacks.overfitting import D_GAP_KEY, D_HELDOUT_KEY, D_TRAIN_KEY, mean_logit, take_samples
+from lightning_regan.callbacks.overfitting import (D_GAP_KEY, D_GENERATED_KEY, D_HELDOUT_KEY, D_RV_KEY, D_TRAIN_KEY,
+                                                   mean_logit, overfitting_rv, take_samples)
 from lightning_regan.data import DigitsDataModule, GaussianMixtureDataModule
 from helpers import TinyCondD, TinyCondG, TinyD, TinyG, quiet_trainer
 
@@ -90,10 +91,42 @@ def test_the_gap_of_a_memorizing_d_and_of_one_that_generalizes():
     monitor = OverfittingMonitor(every_n_g_steps=1, num_samples=64)
     monitor.setup(SimpleNamespace(datamodule=dm), module, "fit")
     assert monitor.active
-    assert monitor.evaluate(module) == (pytest.approx(1.0), pytest.approx(-1.0))  # gap 2: it knows its training set
+    # Gap 2: it knows its training set; held-out reals score like the generated samples, so r_v = 1.
+    d_train, d_heldout, d_generated = monitor.evaluate(module)
+    assert (d_train, d_heldout, d_generated) == (pytest.approx(1.0), pytest.approx(-1.0), pytest.approx(-1.0))
+    assert overfitting_rv(d_train, d_heldout, d_generated) == pytest.approx(1.0)
     module_fair = GANModule(TinyG(), TinyD())
-    d_train, d_heldout = monitor.evaluate(module_fair)
+    d_train, d_heldout, _ = monitor.evaluate(module_fair)
     assert abs(d_train - d_heldout) < 0.2  # an untrained D scores both sets of the same mixture alike
+
+
+def test_rv_is_the_gap_over_the_separation_from_fakes():
+    assert overfitting_rv(3.0, 2.0, -1.0) == pytest.approx(0.25)
+    assert overfitting_rv(30.0, 20.0, -10.0) == pytest.approx(0.25)  # scale-free: ten times the logits, same r_v
+    assert overfitting_rv(2.0, 2.0, -1.0) == 0.0
+    assert overfitting_rv(1.0, 0.5, 1.0) is None and overfitting_rv(1.0, 0.5, 2.0) is None  # D does not separate
+
+
+def test_generated_samples_are_fixed_and_conditional_ones_get_labels():
+    dm = GaussianMixtureDataModule(n_samples=256, batch_size=16, limit=128)
+    seen = []
+
+    class LabelD(TinyCondD):
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            seen.append(y.clone())
+            return super().forward(x, y)
+
+    k = dm.num_classes
+    module = GANModule(TinyCondG(num_classes=k), LabelD(num_classes=k), num_classes=k)
+    monitor = OverfittingMonitor(num_samples=300)  # more than one generation batch of 256
+    monitor.setup(SimpleNamespace(datamodule=dm), module, "fit")
+    first = monitor.evaluate(module)
+    # Labels reach D for the 128 training reals (all there are), the 128 held-out ones and the 300 fakes (2 batches).
+    assert [len(y) for y in seen] == [128, 128, 256, 44]
+    assert monitor.evaluate(module) == first  # the same reals and the same noise every time
+    state = torch.get_rng_state()
+    monitor.evaluate(module)
+    assert torch.equal(state, torch.get_rng_state())  # the global random stream is not touched
 
 
 def test_monitor_is_off_without_held_out_reals(caplog):
@@ -127,16 +160,26 @@ def test_monitor_logs_during_training_and_writes_the_summary(tmp_path):
     monitor = OverfittingMonitor(every_n_g_steps=4, num_samples=64)
     trainer = quiet_trainer(max_steps=20, callbacks=[monitor, RunSummary(tmp_path, plots=False)])
     trainer.fit(module, datamodule=dm)
-    assert [g for g, _, _ in monitor.history] == [4, 8, 10]  # every 4 G steps and the end
+    assert [row[0] for row in monitor.history] == [4, 8, 10]  # every 4 G steps and the end
     m = trainer.callback_metrics
-    assert float(m[D_GAP_KEY]) == pytest.approx(float(m[D_TRAIN_KEY]) - float(m[D_HELDOUT_KEY]), abs=1e-6)
+    d_train, d_heldout, d_generated = (float(m[k]) for k in (D_TRAIN_KEY, D_HELDOUT_KEY, D_GENERATED_KEY))
+    assert float(m[D_GAP_KEY]) == pytest.approx(d_train - d_heldout, abs=1e-6)
+    rv = overfitting_rv(d_train, d_heldout, d_generated)
+    assert (D_RV_KEY in m) == (rv is not None)
+    if rv is not None:
+        assert float(m[D_RV_KEY]) == pytest.approx(rv, rel=1e-5, abs=1e-6)
     summary = json.loads((tmp_path / "summary.json").read_text())["overfitting"]
     assert [row[0] for row in summary["history"]] == [4, 8, 10]
-    assert summary["final_gap"] == pytest.approx(monitor.history[-1][1] - monitor.history[-1][2])
+    g, a, b, f = monitor.history[-1]
+    assert summary["history"][-1] == pytest.approx([g, a, b, a - b, f, overfitting_rv(a, b, f)])
+    assert summary["final_gap"] == pytest.approx(a - b) and summary["final_rv"] == summary["history"][-1][5]
 
     restored = OverfittingMonitor()
     restored.load_state_dict(json.loads(json.dumps(monitor.state_dict())))
     assert restored.history == monitor.history
+    restored.load_state_dict({"history": [[4, 1.0, 0.5]]})  # a checkpoint from before d_generated was recorded
+    assert restored.history == [(4, 1.0, 0.5, None)]
+    assert restored.summary_fields(None, module)["overfitting"]["history"] == [[4, 1.0, 0.5, 0.5, None, None]]
 
 
 def test_monitor_does_not_change_training(tmp_path):

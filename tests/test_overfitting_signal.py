@@ -27,15 +27,18 @@ def test_runs_train_on_a_subset_with_both_monitors(study, tmp_path):
 
 def test_record_pairs_gap_and_fid_by_g_step(study):
     summary = {"fid_history": [[10, 50.0], [20, 30.0], [30, 40.0]],
-               "overfitting": {"history": [[10, 0.1, 0.0, 0.1], [20, 0.5, 0.1, 0.4], [30, 1.0, -0.5, 1.5]]},
+               "overfitting": {"history": [[10, 0.1, 0.0, 0.1, 0.2, None], [20, 0.5, 0.1, 0.4, -1.5, 0.2],
+                                           [30, 1.0, -0.5, 1.5, -2.0, 0.5]]},
                "wall_time_s": 12.0}
     r = study.record("x", 64, "none", summary)
     assert [h["fid"] for h in r["history"]] == [50.0, 30.0, 40.0]
+    assert [h["d_rv"] for h in r["history"]] == [None, 0.2, 0.5]
     assert (r["best_fid"], r["best_g_step"], r["last_fid"]) == (30.0, 20, 40.0)
-    assert (r["gap_at_best"], r["gap_last"]) == (0.4, 1.5)
-    assert "| x | 30.0 | 20 | 40.0 | 1.33 | 0.40 | 1.50 |" in study.markdown(
-        {"command": "c", "date": "d", "wall_s": 1.0, "machine": "m", "runs": [r],
-         "settings": {"max_g_steps": 30, "every": 10, "seed": 0}})
+    assert (r["gap_at_best"], r["gap_last"], r["rv_at_best"], r["rv_last"]) == (0.4, 1.5, 0.2, 0.5)
+    text = study.markdown({"command": "c", "date": "d", "wall_s": 1.0, "machine": "m", "runs": [r],
+                           "settings": {"max_g_steps": 30, "every": 10, "seed": 0}})
+    assert "| x | 30.0 | 20 | 40.0 | 1.33 | 0.40 | 1.50 | 0.20 | 0.50 |" in text
+    assert "- x: 10: 0.10 / - / 50.0, 20: 0.40 / 0.20 / 30.0" in text
 
 
 @pytest.mark.skipif(not RESULT.is_file(), reason="no committed result")
