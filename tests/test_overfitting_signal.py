@@ -49,6 +49,10 @@ def test_committed_result_shows_memorization_where_there_are_few_images():
     assert abs(plenty["gap_last"]) < few["gap_last"] / 4  # with 1,697 it cannot tell them from unseen digits
     for r in runs.values():
         assert r["best_fid"] == min(h["fid"] for h in r["history"]) and r["last_fid"] == r["history"][-1]["fid"]
+    rv = [h["d_rv"] for h in few["history"]]
+    assert rv == sorted(rv) and rv[-1] > 1.0  # r_v rises at every evaluation and passes 1: unseen digits score as fake
+    for h in few["history"]:
+        assert h["d_rv"] == pytest.approx(h["d_gap"] / (h["d_train"] - h["d_generated"]))
 
 
 @pytest.mark.slow
@@ -65,7 +69,7 @@ def test_the_augmentation_guide_quotes_the_committed_result():
     guide = (REPO / "docs" / "augmentation.md").read_text()
     for r in json.loads(RESULT.read_text())["runs"]:
         row = (f"| {r['limit']:,} | {r['augment']} | {r['best_fid']:.1f} ({r['best_g_step']:,}) | {r['last_fid']:.1f} | "
-               f"{r['gap_at_best']:.2f} | {r['gap_last']:.2f} |")
+               f"{r['gap_at_best']:.2f} | {r['gap_last']:.2f} | {r['rv_at_best']:.2f} | {r['rv_last']:.2f} |")
         assert row in guide, row
     runs = {r["name"]: r for r in json.loads(RESULT.read_text())["runs"]}
     readme = " ".join((REPO / "README.md").read_text().split())

@@ -19,14 +19,15 @@ log = logging.getLogger(__name__)
 
 #: The logged names: D's mean logit on training reals, on held-out reals, their difference, and the G step.
 D_TRAIN_KEY, D_HELDOUT_KEY, D_GAP_KEY, D_GAP_STEP_KEY = "val/d_train", "val/d_heldout", "val/d_gap", "val/d_gap_g_step"
-#: D's mean logit on generated samples, and ADA's scale-free r_v = (d_train - d_heldout) / (d_train - d_generated).
+#: D's mean logit on generated samples, and ADA's r_v = (d_train - d_heldout) / (d_train - d_generated).
 D_GENERATED_KEY, D_RV_KEY = "val/d_generated", "val/d_rv"
 
 
 def overfitting_rv(d_train: float, d_heldout: float, d_generated: float) -> Optional[float]:
     """ADA's r_v (Karras et al. 2020, eq. 1): where held-out reals sit between the training reals (0: D scores them
-    alike, no overfitting) and the generated samples (1: D takes unseen reals for fakes). ``None`` while D does not
-    score the training reals above the generated ones (the ratio has no meaning then)."""
+    alike, no overfitting) and the generated samples (1: D scores unseen reals like fakes; above 1: below them, as when
+    G reproduces the memorized images). ``None`` while D does not score the training reals above the generated ones
+    (the ratio has no meaning then); noisy while that margin is small."""
     separation = d_train - d_generated
     return (d_train - d_heldout) / separation if separation > 0 else None
 
@@ -73,8 +74,8 @@ class OverfittingMonitor(GStepCallback):
     ``val/d_gap = d_train - d_heldout`` and ``val/d_rv = d_gap / (d_train - d_generated)`` with
     ``val/d_gap_g_step``. A D that memorizes its training set scores the images it trained on higher than unseen
     images of the same distribution, so the gap grows (Karras et al. 2020, figure 1); ``val/d_rv`` divides it by how
-    far D separates reals from fakes, so it reads the same whatever D's logit scale (0: no overfitting, 1: held-out
-    reals scored like fakes; not logged while ``d_train <= d_generated``). ``train/rt`` = E[sign(D(real))] is the
+    far D separates its training reals from the fakes, so it does not grow with D's logit scale (0: no overfitting,
+    1: held-out reals scored like fakes; see :func:`overfitting_rv`). ``train/rt`` = E[sign(D(real))] is the
     cheaper heuristic ADA steers by. Every rank computes the same values (same samples, same networks); the training
     run's random streams are not touched. Without held-out reals the monitor logs nothing and says so once.
 
