@@ -12,10 +12,12 @@ import os
 import shutil
 import subprocess
 
+import pytest
 import torch
 from omegaconf import OmegaConf
 
 
+@pytest.mark.slow  # the default seed's run is in the default suite (test_train_cli.py)
 def test_diverging_preset_stops_as_diverged_at_the_first_allowed_step_and_keeps_a_finite_best_checkpoint(tmp_path):
     exe = shutil.which("regan-train")
     assert exe, "regan-train is not installed (pip install -e .)"

@@ -20,6 +20,7 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow  # about a minute: the preset's whole budget
 def test_ring_preset_covers_at_least_7_of_8_modes_within_its_budget(tmp_path, one_thread):
     cfg = compose_config(["experiment=ring", "seed=0", "logger=none", "trainer.enable_progress_bar=false",
                           "callbacks.samples.every_n_g_steps=0", f"output_dir={tmp_path}"])

@@ -221,6 +221,7 @@ def test_joblib_sweep_prunes_hopeless_trials_and_writes_the_table(tmp_path):
     assert "sweep:" in out.stdout and (sweep / "sweep.md").read_text() == md
 
 
+@pytest.mark.slow  # two sweeps, one killed
 def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     sweep = tmp_path / "sweep"
     args = ("max_g_steps=150", "hydra.sweeper.n_trials=3", "pruner=none")
