@@ -177,6 +177,7 @@ def run_sweep(sweep_dir: Path, *overrides: str, timeout: float = 400) -> subproc
     return proc
 
 
+@pytest.mark.slow  # a whole Optuna sweep through the joblib launcher; pruning itself is tested above in-process
 def test_joblib_sweep_prunes_hopeless_trials_and_writes_the_table(tmp_path):
     sweep = tmp_path / "sweep"
     # Median pruning after 2 finished trials: the first batch (0, 1) always completes, the second (2, 3) is
