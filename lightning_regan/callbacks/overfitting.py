@@ -126,7 +126,8 @@ class OverfittingMonitor(GStepCallback):
             raise RuntimeError("OverfittingMonitor.evaluate: no held-out reals; call setup with a limited data module.")
         (x_train, y_train), (x_heldout, y_heldout) = self._reals
         z, labels = self._inputs(pl_module)
-        fakes = torch.cat([generate(pl_module, z[i:i + 256], None if labels is None else labels[i:i + 256]).cpu()
+        # The fakes stay on the module's device: mean_logit scores them there.
+        fakes = torch.cat([generate(pl_module, z[i:i + 256], None if labels is None else labels[i:i + 256])
                            for i in range(0, len(z), 256)])
         return (mean_logit(pl_module, x_train, y_train), mean_logit(pl_module, x_heldout, y_heldout),
                 mean_logit(pl_module, fakes, labels))
