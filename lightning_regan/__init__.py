@@ -28,6 +28,7 @@ _LAZY = {
     "FIDPlateau": "lightning_regan.stopping",
     "FIDPowerLaw": "lightning_regan.stopping",
     "FIDTrend": "lightning_regan.stopping",
+    "Trend": "lightning_regan.stopping",
     "LossPlateau": "lightning_regan.stopping",
     "RuleState": "lightning_regan.stopping",
     "StopReason": "lightning_regan.stopping",

@@ -70,7 +70,8 @@ class EarlyTermination(GStepCallback):
     Rules are configuration and are never changed: the callback keeps one per-run state per rule
     (``rule.new_state()``), saved in checkpoints (the counters, not the stop decision: a resumed fit decides again,
     with the current rules, not the checkpoint's). A trend rule without ``budget_g_steps`` gets the Trainer's budget in
-    its state at each fit.
+    its state at each fit, and :class:`~lightning_regan.stopping.Trend` learns whether the module starts from trained
+    weights (``pl_module.initialized_from`` is not ``None``: a fine-tune, which needs no take-off).
 
     Args:
         rules: The stop rules, as a list (named by class, e.g. ``fid_trend``) or a mapping name -> rule (``None``
@@ -100,7 +101,7 @@ class EarlyTermination(GStepCallback):
             tuned = [name for name, rule in named.items() if "tolerance" in rule.config()]
             if not tuned:
                 raise ValueError(
-                    "EarlyTermination: tolerance needs a rule with a tolerance (FIDTrend, FIDNoisePlateau, FIDPowerLaw), "
+                    "EarlyTermination: tolerance needs a rule with a tolerance (Trend, FIDTrend, FIDNoisePlateau, FIDPowerLaw), "
                     f"got {', '.join(type(r).__name__ for r in named.values()) or 'no rules'}."
                 )
             named = {name: rule.replace(tolerance=float(tolerance)) if name in tuned else rule
@@ -170,10 +171,17 @@ class EarlyTermination(GStepCallback):
         # Each fit decides afresh; the rules' counters carry over.
         self.stop_record, self.stop_reason, self.stop_message, self.stopped_g_step = None, None, None, None
         self._pending.clear()
-        budget = g_step_budget(trainer, pl_module)
+        self.prepare_states(g_step_budget(trainer, pl_module), getattr(pl_module, "initialized_from", None))
+
+    def prepare_states(self, budget_g_steps: Optional[int], initialized_from: Any = None) -> None:
+        """Give the rules' states what a fit knows at its start: the budget in G steps (for trend rules without their
+        own ``budget_g_steps``) and whether the module starts from trained weights (``initialized_from`` not
+        ``None``: a fine-tune). Called by ``on_train_start``; a replay of logged curves calls it the same way."""
         for name, state in self.states.items():
             if hasattr(state, "budget_g_steps") and getattr(self.rules[name], "budget_g_steps", 0) is None:
-                state.budget_g_steps = budget
+                state.budget_g_steps = budget_g_steps
+            if hasattr(state, "starts_trained"):
+                state.starts_trained = initialized_from is not None
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int

@@ -26,8 +26,9 @@ from lightning_regan.stopping.rules import (
     FIDPowerLaw,
     FIDTrend,
     LossPlateau,
+    Trend,
 )
 
 __all__ = ["CODE_REASONS", "REASON_CODES", "STATUS_RANKS", "Collapse", "Divergence", "FIDNoisePlateau",
            "FIDPlateau", "FIDPowerLaw", "FIDTrend", "LossPlateau", "RuleState", "StopReason", "StopRecord",
-           "StopRule", "first_stop", "fit_power_law", "theil_sen_slope"]
+           "StopRule", "Trend", "first_stop", "fit_power_law", "theil_sen_slope"]

@@ -572,11 +572,7 @@ class FIDTrendState(_EvaluationState):
     def projected_gain(self, g_step: int) -> float:
         """Relative improvement the current trend projects over the horizon (0 when flat or rising)."""
         rows = self._window(g_step, self.rule.window)
-        # An unbiased estimate (val/mmd, val/kid) dips below 0 once the distributions match at the monitor's
-        # resolution; the deepest dip measures that resolution. Values under it are noise and enter the fit at the
-        # floor (never as log(0)), so a run scattering around 0 reads as flat.
-        values = [r[1] for r in self.history if r[1] is not None]
-        floor = max(min((v for v in values if v > 0), default=1e-12), max((-v for v in values if v < 0), default=0.0))
+        floor = _noise_floor([r[1] for r in self.history if r[1] is not None])
         slope = theil_sen_slope([r[0] for r in rows], [math.log(max(r[1], floor)) for r in rows])
         return max(0.0, 1.0 - math.exp(slope * self.horizon_steps(g_step)))
 
@@ -709,6 +705,142 @@ class FIDPowerLawState(FIDTrendState):
 FIDPowerLaw.state_class = FIDPowerLawState
 
 
+# ---------------------------------------------------------------------------------------------- Trend
+class Trend(_EvaluationRule):
+    """Stop when even an optimistic projection of the metric to the end of the budget cannot beat the best so far.
+
+    Rule: at each evaluation (from ``warmup_g_steps`` on, once ``min_evaluations`` values are in and the run has
+    taken off), fit the Theil-Sen line of ``log value`` against ``log(t + t1)`` over the last ``window`` share of the
+    run (``t1``: the first evaluation's G step, so that a fine-tune evaluated at G step 0 fits too). That is a power
+    law, the shape learning curves decelerate with: each doubling of the run gains the same share. Project the fitted
+    level at ``t`` to the end of the budget (``T``: a falling line followed to ``T``, a flat or rising one held), and
+    make the projection optimistic by ``z`` times the spread of the residuals (1.4826 x their median absolute value):
+    a value that noisy could still come. The evaluation is *flat* when that optimistic end value would not beat the
+    best value so far by ``tolerance``. The run stops once every evaluation of the last ``patience`` share of the run
+    was flat (G steps since the first flat one >= ``patience * t``, at least two evaluations), unless recall is still
+    rising (see :class:`FIDTrend`).
+
+    Why: compared with :class:`FIDTrend` (a log-linear trend over a horizon of 4x the run): on long public training
+    curves a log-linear trend projects gains a decelerating curve never delivers, so it kept runs going (8 % of the
+    savings an oracle makes, ``docs/studies/real_curves.md``); a flat verdict that must hold for half of the run
+    rather than two evaluations does not end a run inside a pause that later resumes; comparing with the best so far
+    (not the current value) lets a run that has peaked and worsens stop. A run from scratch sits near its first value
+    before it takes off, so such a run decides only after its metric has fallen by ``min_progress``; a fine-tune
+    (``starts_trained``: ``EarlyTermination`` sets it for a module initialized from trained weights) decides from its
+    first evaluations, since it may never fall that far.
+
+    Args:
+        tolerance: Gain over the best so far, relative, that going on must be able to reach (0.05 = 5 %).
+        window: Share of the run (most recent G steps) whose evaluations the line is fitted on.
+        patience: Share of the run the flat verdict must have held (0.5 = the last half) before stopping.
+        z: Multiple of the residual spread the projection is made optimistic by (0: the fitted line alone).
+        min_evaluations: Fewest evaluations in a fit (and before any decision).
+        horizon: Without a budget, how far ahead to project, as a multiple of the G steps so far.
+        recall_tolerance, warmup_g_steps, monitor, noise_key, recall_key, min_progress, budget_g_steps, mode, step_key:
+            As in :class:`FIDTrend` (``min_progress`` applies to runs from scratch only).
+    """
+
+    def __init__(
+        self,
+        tolerance: float = 0.05,
+        window: float = 0.5,
+        patience: float = 0.5,
+        z: float = 2.0,
+        min_evaluations: int = 8,
+        horizon: float = 1.0,
+        recall_tolerance: Optional[float] = 0.02,
+        warmup_g_steps: int = 0,
+        monitor: str = "val/fid",
+        noise_key: Optional[str] = None,
+        recall_key: str = "val/recall",
+        min_progress: float = 0.5,
+        budget_g_steps: Optional[int] = None,
+        mode: str = "min",
+        step_key: Optional[str] = None,
+    ) -> None:
+        name = type(self).__name__
+        self._init_common(tolerance, warmup_g_steps, min_evaluations, recall_tolerance, monitor, noise_key, recall_key,
+                          min_progress, mode, step_key)
+        self.window = check_number(name, "window", window, 0.0, strict=True)
+        if self.window > 1.0:
+            raise ValueError(f"{name}: window is a share of the run and must be <= 1, got {window!r}.")
+        self.patience = _below_one(name, "patience", patience, "is a share of the run", strict=True)
+        self.z = check_number(name, "z", z, 0.0)
+        self.horizon = check_number(name, "horizon", horizon, 0.0, strict=True)
+        self.budget_g_steps = check_int(name, "budget_g_steps", budget_g_steps, 1, optional=True)
+
+
+class TrendState(_EvaluationState):
+    """Per-run state of :class:`Trend`; ``budget_g_steps`` and ``starts_trained`` are set by the caller
+    (``EarlyTermination``: the Trainer's budget, and whether the module starts from trained weights)."""
+
+    rule: Trend
+    fields = (*_EvaluationState.fields, "flat_since")
+
+    def __init__(self, rule: Trend) -> None:
+        super().__init__(rule)
+        self.budget_g_steps: Optional[int] = rule.budget_g_steps
+        self.starts_trained = False
+        self.flat_since: Optional[int] = None
+
+    def takeoff_g_step(self) -> Optional[int]:
+        return int(self.history[0][0]) if self.starts_trained else super().takeoff_g_step()
+
+    def projection(self, g_step: int) -> dict[str, float]:
+        """The fit and its optimistic projection at ``g_step``: ``level`` (fitted value now), ``end`` (projected
+        value at the end of the budget), ``optimistic`` (``end`` less ``z`` residual spreads), ``best`` (best value
+        so far), ``gain`` (``1 - optimistic / best``), ``end_g_step``."""
+        rule = self.rule
+        rows = self._window(g_step, rule.window)
+        t1 = next((float(r[0]) for r in self.history if r[0] > 0), 1.0)
+        floor = _noise_floor([r[1] for r in self.history])
+        xs = [math.log(r[0] + t1) for r in rows]
+        ys = [math.log(max(r[1], floor)) for r in rows]
+        slope = theil_sen_slope(xs, ys)
+        intercept = statistics.median(y - slope * x for x, y in zip(xs, ys))
+        spread = 1.4826 * statistics.median(abs(y - intercept - slope * x) for x, y in zip(xs, ys))
+        end_step = (float(self.budget_g_steps) if self.budget_g_steps is not None
+                    else g_step + rule.horizon * max(g_step, t1))
+        now, end = math.log(g_step + t1), math.log(max(end_step, g_step) + t1)
+        level = intercept + slope * now
+        projected = level + min(slope, 0.0) * (end - now)
+        optimistic = projected - rule.z * spread
+        best = min(r[1] for r in self.history)
+        return {"level": math.exp(level), "end": math.exp(projected), "optimistic": math.exp(optimistic),
+                "best": best, "gain": 1.0 - math.exp(optimistic) / max(best, floor), "end_g_step": end_step}
+
+    def update(self, g_step: int, metrics: Mapping[str, float]) -> tuple[bool, str]:
+        rule = self.rule
+        if not self._record(g_step, metrics):
+            return False, ""
+        p = self.projection(g_step)
+        left = p["end_g_step"] - g_step
+        blocked = self._recall_rising(self._window(g_step, rule.window), left)
+        if p["gain"] >= rule.tolerance or left <= 0 or blocked:
+            self.flat_since, self.flat_count = None, 0
+            return False, f"Trend: {blocked} at G step {g_step}; no plateau." if blocked else ""
+        self.flat_since = g_step if self.flat_since is None else self.flat_since
+        self.flat_count += 1
+        if self.flat_count < 2 or g_step - self.flat_since < rule.patience * g_step:
+            return False, ""
+        return True, (
+            f"Plateau (Trend): even an optimistic projection of {rule.monitor} to G step {p['end_g_step']:.0f} "
+            f"({p['optimistic']:.4g}) would beat its best so far ({p['best']:.4g}) by only {max(p['gain'], 0.0):.1%} "
+            f"< {rule.tolerance:.1%}, at every evaluation since G step {self.flat_since} ({self.flat_count} "
+            f"evaluations), at G step {g_step}."
+        )
+
+
+Trend.state_class = TrendState
+
+
+def _noise_floor(values: Sequence[float]) -> float:
+    """The smallest value a log fit takes: an unbiased estimate (val/mmd, val/kid) dips below 0 once the
+    distributions match at the monitor's resolution; the deepest dip measures that resolution, and values under it
+    enter the fit at the floor (never as log(0)), so a run scattering around 0 reads as flat."""
+    return max(min((v for v in values if v > 0), default=1e-12), max((-v for v in values if v < 0), default=0.0))
+
+
 # ---------------------------------------------------------------------------------------------- Collapse
 class Collapse(StopRule):
     """Stop a run that mode-collapses: recall falling while the quality metric worsens, for ``patience`` evaluations.
@@ -811,6 +943,6 @@ class CollapseState(RuleState):
 Collapse.state_class = CollapseState
 
 
-__all__ = ["Collapse", "CollapseState", "Divergence", "DivergenceState", "FIDNoisePlateau", "FIDNoisePlateauState",
+__all__ = ["Collapse", "CollapseState", "Trend", "TrendState", "Divergence", "DivergenceState", "FIDNoisePlateau", "FIDNoisePlateauState",
            "FIDPlateau", "FIDPlateauState", "FIDPowerLaw", "FIDPowerLawState", "FIDTrend", "FIDTrendState",
            "LossPlateau", "LossPlateauState"]
