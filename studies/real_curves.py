@@ -24,6 +24,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -54,14 +55,18 @@ def load_curves(path: Path) -> list[dict[str, Any]]:
     return curves
 
 
-def stopping_callback(config: str, overrides: tuple[str, ...] = ()) -> Any:
-    """``EarlyTermination`` of ``early_stopping=<config>``, deciding on :data:`MONITOR`."""
-    from hydra.utils import instantiate
-
+@functools.lru_cache(maxsize=None)
+def _stopping_config(config: str, overrides: tuple[str, ...]) -> Any:
     from lightning_regan.config import compose_config
 
-    cfg = compose_config([f"early_stopping={config}", f"stop_metric={MONITOR}", *overrides])
-    return instantiate(cfg.early_stopping)
+    return compose_config([f"early_stopping={config}", f"stop_metric={MONITOR}", *overrides]).early_stopping
+
+
+def stopping_callback(config: str, overrides: tuple[str, ...] = ()) -> Any:
+    """A new ``EarlyTermination`` of ``early_stopping=<config>``, deciding on :data:`MONITOR` (fresh rule states)."""
+    from hydra.utils import instantiate
+
+    return instantiate(_stopping_config(config, tuple(overrides)))
 
 
 def replay(curve: dict[str, Any], config: str, overrides: tuple[str, ...] = ()) -> dict[str, Any]:

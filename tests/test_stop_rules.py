@@ -21,6 +21,7 @@ from lightning_regan.stopping import (
     FIDPlateau,
     StopReason,
     StopRule,
+    Trend,
     fit_power_law,
     theil_sen_slope,
 )
@@ -54,7 +55,7 @@ def power_curve(n, floor=0.0, alpha=0.5, scale=100.0):
     return [floor + scale * ((i + 1) * EVERY / EVERY) ** -alpha for i in range(n)]
 
 
-RULES = [FIDTrend, FIDPowerLaw, FIDNoisePlateau]
+RULES = [Trend, FIDTrend, FIDPowerLaw, FIDNoisePlateau]
 
 
 def test_theil_sen_ignores_an_outlier_and_the_power_law_fit_recovers_its_parameters():
@@ -96,7 +97,9 @@ def test_noise_plateau_waits_out_a_pause_within_its_patience():
 
 @pytest.mark.parametrize("rule_cls", RULES)
 def test_a_flat_noisy_curve_stops_as_an_fid_plateau(rule_cls):
-    fids = [100.0, 40.0] + noisy([10.0] * 58, 0.03, seed=3)  # takes off, then flat with 3 % noise
+    # Takes off, then flat with 3 % noise (Trend: 1.5 %; with 3 % noise, values 2 x 3 % below the level could still
+    # come, more than its 5 % tolerance: tested below).
+    fids = [100.0, 40.0] + noisy([10.0] * 58, 0.015 if rule_cls is Trend else 0.03, seed=3)
     rule = rule_cls()
     stop, message = feed(rule, fids, stds=[0.3] * 60)
     assert stop is not None and stop <= 30 * EVERY, message
@@ -193,6 +196,8 @@ def test_no_plateau_before_the_run_takes_off(rule_cls):
     # Without the guard the flat start reads as a plateau (at a horizon of 1x the run: with the default 4x, noise of
     # 1 % per evaluation projects more than 5 % and this flat start would not stop either).
     short = {"horizon": 1.0} if "horizon" in inspect.signature(rule_cls).parameters else {}
+    if rule_cls is Trend:  # flat for a quarter of the run, from the 5th evaluation on, without optimism
+        short = {"min_evaluations": 5, "patience": 0.25, "z": 0.0}
     stop, _ = feed(rule_cls(min_progress=0.0, **short), fids)
     assert stop is not None and stop <= 12 * EVERY
 
@@ -311,3 +316,60 @@ def test_trend_on_an_unbiased_metric_that_dips_below_zero():
     assert state.projected_gain((len(falling) + 12) * EVERY) < 0.05
     dipped = falling[:8] + [-1e-4] + falling[9:]
     assert feed(FIDTrend(budget_g_steps=100 * EVERY), dipped)[0] is None
+
+
+def test_trend_keeps_going_while_noise_could_still_beat_the_best_by_the_tolerance():
+    # Flat with 3 % noise: 2 x 3 % below the level is more than the 5 % tolerance over the best so far.
+    fids = [100.0, 40.0] + noisy([10.0] * 58, 0.03, seed=3)
+    assert feed(Trend(), fids)[0] is None
+    assert feed(Trend(z=0.0), fids)[0] is not None
+
+
+def test_trend_stops_a_run_that_peaked_and_worsens():
+    # Falls to its best at evaluation 20, then worsens by 2 % per evaluation: nothing left to gain over the best, so it
+    # stops before the end of its budget (hand back the best: BestGenerator).
+    fids = power_curve(20) + [power_curve(20)[-1] * 1.02 ** k for k in range(1, 40)]
+    stop, message = feed(Trend(min_progress=0.0), fids)
+    assert stop is not None and stop < len(fids) * EVERY, message  # flat for the last half of the run
+    assert "best so far" in message
+
+
+def test_trend_does_not_end_a_run_inside_a_pause_that_resumes():
+    # Falls, pauses for a quarter of the run so far (flat, 2 % noise), then falls again: never flat for half the run.
+    head = power_curve(24)
+    fids = head + noisy([head[-1]] * 8, 0.02, seed=5) + [head[-1] * 0.97 ** k for k in range(1, 30)]
+    stop, message = feed(Trend(min_progress=0.0), fids)
+    assert stop is None, message
+
+
+def test_a_fine_tune_decides_without_a_take_off_and_a_run_from_scratch_waits_for_one():
+    # A trained network barely improves (never halves): flat from the start with 1 % noise.
+    fids = noisy([10.0] * 40, 0.01, seed=9)
+    scratch = Trend().new_state()
+    assert feed(scratch, fids)[0] is None
+    finetune = Trend().new_state()
+    finetune.starts_trained = True
+    stop, message = feed(finetune, fids)
+    assert stop is not None and stop <= 20 * EVERY, message
+
+
+def test_trend_projects_to_the_budget_with_a_power_law():
+    # Still falling as t^-0.5: the projection to a budget 4x away gains 50 %, to a budget 1 % away almost nothing.
+    fids = power_curve(20)
+    state = Trend(min_progress=0.0).new_state()
+    for i, fid in enumerate(fids):
+        state.update((i + 1) * EVERY, {"val/fid": fid})
+    state.budget_g_steps = 80 * EVERY
+    far = state.projection(20 * EVERY)
+    assert far["end"] == pytest.approx(fids[-1] * ((80 * EVERY + EVERY) / (20 * EVERY + EVERY)) ** -0.5, rel=0.06)
+    state.budget_g_steps = 20 * EVERY + 20
+    assert state.projection(20 * EVERY)["gain"] < 0.01
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"window": 1.5}, "window"), ({"patience": 1.0}, "patience"), ({"z": -1}, "z"), ({"horizon": 0}, "horizon"),
+    ({"min_evaluations": 1}, "min_evaluations"), ({"mode": "max"}, "mode"),
+])
+def test_bad_trend_arguments_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Trend(**kwargs)
