@@ -72,12 +72,16 @@ def stopping_callback(config: str, overrides: tuple[str, ...] = ()) -> Any:
 def replay(curve: dict[str, Any], config: str, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
     """Where ``early_stopping=<config>`` stops ``curve``, why, and what it hands back."""
     stopping = stopping_callback(config, overrides)
+    if not hasattr(stopping, "prepare_states"):  # early_stopping=none: no EarlyTermination
+        stopping = None
     points = curve["points"]
     x0, x_end = points[0][0], points[-1][0]
     steps = [round(x * STEPS_PER_UNIT) for x, _ in points]
     trained = curve.get("starts_from") == "trained"
-    stopping.prepare_states(budget_g_steps=steps[-1], initialized_from="trained" if trained else None)
-    rules = {name: rule for name, rule in stopping.rules.items() if rule.cadence == "evaluation"}
+    rules = {}
+    if stopping is not None:
+        stopping.prepare_states(budget_g_steps=steps[-1], initialized_from="trained" if trained else None)
+        rules = {name: rule for name, rule in stopping.rules.items() if rule.cadence == "evaluation"}
     stop_index, reason, message = None, "max_steps", ""
     for index, (g_step, (_, value)) in enumerate(zip(steps, points)):
         for name, rule in rules.items():

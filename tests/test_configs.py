@@ -197,9 +197,10 @@ def test_early_stopping_choice_instantiates(tmp_path, rule):
     assert {"loss_plateau", "metric_plateau"} & set(callback.rules) and "divergence" in callback.rules
     # default: all the rules, and where the stop metric is measured its rule decides (the losses only without one).
     loss_plateau = callback.rules.get("loss_plateau")
-    assert (loss_plateau is not None and loss_plateau.until_logged == "val/mmd") is (rule == "default")
-    if rule == "default":
+    assert (loss_plateau is not None and loss_plateau.until_logged == "val/mmd") is (rule in ("default", "trend_v5"))
+    if rule in ("default", "trend_v5"):
         assert set(callback.rules) == {"loss_plateau", "metric_plateau", "collapse", "divergence"}
+        assert type(callback.rules["metric_plateau"]).__name__ == ("Trend" if rule == "default" else "FIDTrend")
 
 
 @pytest.mark.parametrize("trainer", choices("trainer"))
@@ -379,6 +380,6 @@ def test_a_collapse_setting_left_without_its_rule_is_dropped_and_trend_builds_it
         early = next(cb for cb in build_callbacks(cfg) if type(cb).__name__ == "EarlyTermination")
         collapse, trend = early.rules["collapse"], early.rules["metric_plateau"]
         assert type(collapse).__name__ == "Collapse" and trend.tolerance == 0.05 and collapse.min_recall == 0.1
-        assert type(trend).__name__ == "FIDTrend" and trend.patience == 2
+        assert type(trend).__name__ == "Trend" and trend.patience == 0.5 and trend.min_evaluations == 8
         assert ("loss_plateau" in early.rules) is (choice == "default")
     assert early.rules["loss_plateau"].until_logged == "val/mmd"

@@ -160,10 +160,11 @@ def test_committed_histories_replayed_give_the_committed_stop_steps():
 
 
 @pytest.mark.skipif(not COMMITTED.is_file(), reason="no committed study")
-def test_default_config_is_the_rule_the_study_chose():
+def test_trend_v5_config_is_the_rule_the_study_chose():
+    # v5's choice was the default of 0.3; since 0.4 the default is Trend (docs/studies/real_curves.md).
     analysis = json.loads(COMMITTED.read_text())["analysis"]
     chosen = analysis["candidates"][analysis["chosen"]]
-    et = instantiate(compose_config(["output_dir=/tmp/unused"]).early_stopping)
+    et = instantiate(compose_config(["output_dir=/tmp/unused", "early_stopping=trend_v5"]).early_stopping)
     rule = et.rules["metric_plateau"]
     assert type(rule).__name__ == chosen["family"]
     defaults = study.FAMILIES[chosen["family"]]().config()
