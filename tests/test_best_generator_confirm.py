@@ -189,6 +189,22 @@ def test_confirm_seed_equal_to_the_monitors_is_refused():
         et.fit(et.ScriptedGAN(), [ScriptedScorer(LOGGED, CONFIRM), keeper(confirm_seed=7)], g_steps=5)
 
 
+def test_configured_in_callbacks_best_generator():
+    from hydra.utils import instantiate
+
+    from lightning_regan.config import compose_config
+
+    default = instantiate(compose_config(["output_dir=x"]).callbacks.best_generator)
+    assert (default.monitor, default.top_k, default.confirm_samples, default.confirm_seed) == (MMD, 3, None, None)
+    assert default.confirming
+    tuned = instantiate(compose_config(["output_dir=x", "callbacks.best_generator.top_k=5",
+                                        "callbacks.best_generator.confirm_samples=8000",
+                                        "callbacks.best_generator.confirm_seed=11"]).callbacks.best_generator)
+    assert (tuned.top_k, tuned.confirm_samples, tuned.confirm_seed) == (5, 8000, 11)
+    off = instantiate(compose_config(["output_dir=x", "callbacks.best_generator.confirm_samples=0"]).callbacks.best_generator)
+    assert not off.confirming
+
+
 # ---------------------------------------------------------------------------------------------- resume
 def test_state_round_trip_and_the_old_single_copy_state(tmp_path):
     best = keeper()
