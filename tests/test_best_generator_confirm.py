@@ -205,6 +205,25 @@ def test_configured_in_callbacks_best_generator():
     assert not off.confirming
 
 
+@pytest.mark.parametrize("override, expected", [
+    ("callbacks.best_generator.top_k=0", ["callbacks.best_generator", "top_k must be an integer >= 1, got 0"]),
+    ("callbacks.best_generator.confirm_samples=1", ["callbacks.best_generator", "confirm_samples", "got 1"]),
+    ("callbacks.best_generator.confirm_seed=0", ["confirm_seed=0 is callbacks.fid.seed", "fresh samples"]),
+])
+def test_bad_values_are_one_line_with_exit_code_2(tmp_path, monkeypatch, capsys, override, expected):
+    from lightning_regan.cli import entry
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(sys, "argv", ["regan-train", "trainer.enable_progress_bar=false", f"hydra.run.dir={run}",
+                                      override])
+    with pytest.raises(SystemExit) as exited:
+        entry.main()
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert exited.value.code == 2 and len(lines) == 1 and lines[0].startswith("regan-train: error: "), lines
+    assert all(text in lines[0] for text in expected), lines[0]
+    assert not (run / "summary.json").exists()
+
+
 # ---------------------------------------------------------------------------------------------- resume
 def test_state_round_trip_and_the_old_single_copy_state(tmp_path):
     best = keeper()
