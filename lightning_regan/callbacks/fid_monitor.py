@@ -35,7 +35,7 @@ from lightning_regan.fid.metric import FeatureDistances, sqrtm_psd
 from lightning_regan.fid.mmd import DEFAULT_SCALES, check_scales
 from lightning_regan.fid.stats import RealStatistics, real_side_from_payload, real_side_payload
 from lightning_regan.fid.weights import PathLike
-from lightning_regan.inputs import FixedInputs, generate
+from lightning_regan.inputs import FixedInputs, generate, seeded_inputs
 from lightning_regan.validation import check_bool
 
 log = logging.getLogger(__name__)
@@ -353,6 +353,48 @@ class FIDMonitor(GStepCallback):
         self.eval_time_s += time.perf_counter() - start
         self.evaluations += 1
         return values
+
+    @property
+    def scored_metrics(self) -> tuple[str, ...]:
+        """The logged keys :meth:`score` returns (``val/fid``, and ``val/mmd``, ``val/kid``, ``val/fid_inf`` when on);
+        empty when the monitor never evaluates (:attr:`active` false)."""
+        if not self.active:
+            return ()
+        names = ("fid",) + (("mmd",) if self.mmd else ()) + (("kid_mean",) if self.kid else ()) \
+            + (("fid_inf",) if self.fid_inf else ())
+        return tuple(LOGGED[name] for name in names)
+
+    @torch.no_grad()
+    def score(self, trainer: L.Trainer, pl_module: L.LightningModule, num_samples: int, seed: int) -> dict[str, float]:
+        """The metrics of :attr:`scored_metrics` of ``pl_module.generate`` now, on ``num_samples`` inputs drawn under
+        ``seed``, with the features and real side of the logged evaluations.
+
+        Nothing is logged or recorded (no history, not counted in :attr:`eval_time_s`): what a decision callback
+        calls to re-measure a generator with another sample (``BestGenerator``'s confirmation). Collective under DDP:
+        call on every rank with the same arguments; every rank gets the same values.
+
+        Returns:
+            ``{"val/fid": ..., "val/mmd": ..., ...}`` keyed as logged.
+        """
+        if self._metric is None or self.extractor is None:
+            raise RuntimeError("FIDMonitor.score called before setup (run it inside trainer.fit).")
+        check_int("FIDMonitor.score", "num_samples", num_samples, 2)
+        rank, world = trainer.global_rank, trainer.world_size
+        device = pl_module.device
+        self._metric = self._metric.to(device)
+        self.extractor = self.extractor.to(device)
+        self._metric.reset_fake()
+        noise, labels = seeded_inputs(pl_module, num_samples, seed)
+        noise = noise.cpu()
+        labels = None if labels is None else labels.cpu()
+        batches = noise[rank::world].split(self.batch_size)
+        label_batches = [None] * len(batches) if labels is None else labels[rank::world].split(self.batch_size)
+        with torch.random.fork_rng(devices=[]):
+            for z, y in zip(batches, label_batches):
+                self._metric.update(self.extractor(generate(pl_module, z, y)))
+        values = self._metric.compute()
+        self._metric.reset_fake()
+        return {LOGGED[name]: float(values[name]) for name in ("fid", "mmd", "kid_mean", "fid_inf") if name in values}
 
     def _extras(self, trainer: L.Trainer, features: Tensor, labels: Optional[Tensor]) -> dict[str, float]:
         """Measurement noise, precision/recall and intra-class FID on all ranks' generated features (collective

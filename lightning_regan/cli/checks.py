@@ -233,6 +233,12 @@ def check_values(cfg: DictConfig) -> None:
         draws = fid.get("noise_draws", 0)
         if draws is not None and draws != 0:
             need_int("callbacks.fid.noise_draws", draws, 2)
+    best = (cfg.get("callbacks") or {}).get("best_generator")
+    if has_target(best) and has_target(fid):
+        seed = best.get("confirm_seed")
+        if seed is not None and seed == fid.get("seed", 0):
+            raise ConfigError(f"callbacks.best_generator.confirm_seed={seed} is callbacks.fid.seed: the confirmation "
+                              "needs fresh samples; choose another seed (or null: the monitor's seed + 1).")
     ckpt = cfg.get("ckpt_path")
     if ckpt is not None and not isinstance(ckpt, str):
         raise ConfigError(f"ckpt_path must be a file path, {LAST} or {LAST_REQUIRED}, got {ckpt!r}.")
