@@ -228,3 +228,19 @@ def test_through_optuna_pruning_a_flat_trial_stops_training(tmp_path):
     assert cb.pruned and cb.pruned_g_step == 15 == module.g_steps
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert s["status"] == "pruned" and s["optuna"]["pruner"] == "CurvePruner"
+
+
+@pytest.mark.slow  # a whole sweep through regan-train (4 trials, basic launcher)
+def test_a_sweep_with_pruner_curve_prunes_the_trials_whose_generator_never_moves(tmp_path):
+    """``pruner=curve`` through the regan_optuna sweeper: the two configurations that never move G are cut at half
+    of their budget (5 FIDs), the two that train run to the end."""
+    from test_sweep import load_study, run_sweep
+
+    sweep = tmp_path / "sweep"
+    run_sweep(sweep, "max_g_steps=100", "hydra.sweeper.n_trials=4", "pruner=curve", "pruner.tolerance=0.0")
+    study = load_study(str(sweep / "optuna.journal"))
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE", "PRUNED", "PRUNED"]
+    for t in study.trials[2:]:
+        s = json.loads((sweep / str(t.number) / "summary.json").read_text())
+        assert s["status"] == "pruned" and s["optuna"]["pruner"] == "CurvePruner"
+        assert s["optuna"]["pruned_g_step"] == 50
