@@ -244,3 +244,63 @@ def test_a_sweep_with_pruner_curve_prunes_the_trials_whose_generator_never_moves
         s = json.loads((sweep / str(t.number) / "summary.json").read_text())
         assert s["status"] == "pruned" and s["optuna"]["pruner"] == "CurvePruner"
         assert s["optuna"]["pruned_g_step"] == 50
+
+
+# ------------------------------------------------------------------------------- the study and its quotes
+def test_the_study_figures_in_the_docs_are_the_committed_results():
+    """docs/studies/sweep_pruner.md quotes rows of studies/results/sweep_curve_study.md; docs/sweeps.md quotes the
+    held-out G-step shares; pruner=curve and CurvePruner's defaults are the study's choice."""
+    results = json.loads((REPO_ROOT / "studies" / "results" / "sweep_curve_study.json").read_text())
+    assert not set(results["selection_seeds"]) & set(results["heldout_seeds"])
+    assert set(results["seeds"]) == set(results["heldout_seeds"]) == {"2", "3"}
+    report = (REPO_ROOT / "studies" / "results" / "sweep_curve_study.md").read_text()
+    rows = {line for line in report.splitlines() if line.startswith("| ") and not line.startswith("|---")}
+    page = (REPO_ROOT / "docs" / "studies" / "sweep_pruner.md").read_text()
+    quoted = page.split("<!-- sweep-curve-study -->", 1)[1].split("\n\n#", 1)[0]
+    table = [line for line in quoted.splitlines() if line.startswith("| ") and not line.startswith("|---")]
+    assert len(table) == 3 and set(table) <= rows
+    assert ("**not met**" in quoted) is not results["meets_targets"]
+    for seed, r in results["seeds"].items():
+        assert r["meets_targets"] == (r["g_steps_ratio"] <= 0.40 and (r["same_best_trial"] or r["best_fid_gap"] <= 0.05))
+        assert r["g_steps_ratio"] == sum(row["g_steps"] for row in r["rows"]) / (1000 * len(r["rows"]))
+    ratios = " and ".join(f"{results['seeds'][s]['g_steps_ratio']:.0%}" for s in ("2", "3"))
+    guide = (REPO_ROOT / "docs" / "sweeps.md").read_text()
+    assert f"running {ratios} of the unpruned sweep's G steps" in guide
+    percentile = json.loads((REPO_ROOT / "studies" / "results" / "sweep_study.json").read_text())["seeds"]["3"]
+    assert f"(its best {percentile['best_fid_gap']:.0%} worse) at {percentile['g_steps_ratio']:.0%}".replace(
+        "%", " %") in guide
+    f = results["fidelity"]
+    assert f"{f['setting_seeds_reproduced']} of {f['setting_seeds']:,} (setting, seed) replays" in page
+    assert f"differs by {f['mean_abs_ratio_difference']:.1%} on average".replace("%", " %") in page
+
+    chosen = results["chosen"]["overrides"]
+    conf = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "pruner" / "curve.yaml"))
+    assert {k: conf[k] for k in chosen} == chosen
+    default = CurvePruner()
+    assert {k: getattr(default, k) for k in chosen} == chosen
+
+
+def test_the_study_replays_the_curve_pruner_on_reconstructed_curves():
+    """studies/sweep_curve_study.py: a trial's curve is rebuilt from the replayed settings' rows (best FID so far at
+    each pruning step, the best at the end) and replayed through the sweep study's replay."""
+    import importlib.util
+    import sys
+
+    sys.path.insert(0, str(REPO_ROOT / "studies"))
+    spec = importlib.util.spec_from_file_location("sweep_curve_study", REPO_ROOT / "studies" / "sweep_curve_study.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    row = lambda trial, at, best, steps=1000: {"trial": trial, "params": {"x": trial}, "g_steps": at or steps,
+                                                "pruned_at": at, "best_fid": best}
+    payloads = [{"rows": [{"seeds": {"0": {"rows": [row(0, None, 0.2), row(1, 300, 3.5)]}}},
+                          {"seeds": {"0": {"rows": [row(0, None, 0.2), row(1, 500, 3.5)]}}}]},
+                {"candidates": [{"seeds": {"0": {"rows": [row(0, None, 0.2), row(1, 100, 3.6)]}}}]}]
+    trials = study.reconstruct(payloads)
+    assert trials == {"0": {0: {"params": {"x": 0}, "curve": {1000: 0.2}, "best_fid": 0.2},
+                            1: {"params": {"x": 1}, "curve": {300: 3.5, 500: 3.5, 100: 3.6}, "best_fid": None}}}
+    trials["0"][1]["curve"].update({700: 3.5, 1000: 3.5})
+    trials["0"][1]["best_fid"] = 3.5
+    frozen = study.frozen_trials(trials["0"])
+    assert [t.number for t in frozen] == [0, 1] and list(frozen[1].intermediate_values) == [100, 300, 500, 700, 1000]
+    replayed = study.sweep_study.replay(frozen, CurvePruner(budget_g_steps=1000))
+    assert replayed["rows"][1]["pruned_at"] == 500 and replayed["g_steps"] == 1500 and replayed["same_best_trial"]
