@@ -186,10 +186,10 @@ def test_the_budget_comes_from_the_pruner_or_the_trials_user_attribute():
     ({"tolerance": "0.1"}, "tolerance must be a number < 1"),
     ({"min_budget_share": 1.0}, r"min_budget_share must be a number in \[0, 1\)"),
     ({"min_budget_share": True}, r"min_budget_share must be a number"),
-    ({"z": -1.0}, "z must be"),
-    ({"window": 0.0}, "window must be"),
-    ({"window": 1.5}, "window is a share of the run"),
-    ({"min_evaluations": 1}, "min_evaluations must be"),
+    ({"z": -1.0}, "CurvePruner: z must be"),
+    ({"window": 0.0}, "CurvePruner: window must be"),
+    ({"window": 1.5}, "CurvePruner: window is a share of the run"),
+    ({"min_evaluations": 1}, "CurvePruner: min_evaluations must be"),
 ])
 def test_bad_arguments_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):

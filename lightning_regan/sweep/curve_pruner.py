@@ -43,8 +43,8 @@ class CurvePruner(optuna.pruners.BasePruner):
 
     The defaults are the setting ``studies/sweep_curve_study.py`` chose on the ring sweep's selection seeds
     (docs/studies/sweep_pruner.md): judge from half of the budget on, and keep a trial while its optimistic end value
-    is within 10 times the incumbent (``tolerance=-9``), since the ring's best trials fall 100-fold in the second
-    half of their budget after a slow start.
+    is within 10 times the incumbent (``tolerance=-9``), since the ring's best trials fall 50- to 300-fold in the
+    second half of their budget after a slow start.
 
     Args:
         budget_g_steps: G steps each trial may run (``max_g_steps``). ``None``: read the trial's user attribute
@@ -68,9 +68,11 @@ class CurvePruner(optuna.pruners.BasePruner):
             raise ValueError(f"{name}: tolerance must be a number < 1 (a relative gain), got {tolerance!r}.")
         if not _is_number(min_budget_share) or not 0.0 <= min_budget_share < 1.0:
             raise ValueError(f"{name}: min_budget_share must be a number in [0, 1), got {min_budget_share!r}.")
-        # Trend checks z >= 0, 0 < window <= 1 and min_evaluations >= 2 (an integer), with the same messages.
-        self._rule = Trend(tolerance=0.05, window=window, z=z, min_evaluations=min_evaluations, min_progress=0.0,
-                           recall_tolerance=None)
+        try:  # Trend checks z >= 0, 0 < window <= 1 and min_evaluations >= 2 (an integer)
+            self._rule = Trend(tolerance=0.05, window=window, z=z, min_evaluations=min_evaluations, min_progress=0.0,
+                               recall_tolerance=None)
+        except ValueError as err:
+            raise ValueError(str(err).replace("Trend:", f"{name}:", 1)) from None
         self.budget_g_steps = budget_g_steps
         self.tolerance = float(tolerance)
         self.z = self._rule.z
