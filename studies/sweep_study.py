@@ -338,12 +338,14 @@ def write_report(results: dict[str, Any], out_dir: Path) -> None:
               *candidate_table(results["candidates"], sel, chosen["pruner"]), ""]
     if results.get("heldout_candidates"):
         rows = results["heldout_candidates"]
-        rank = next(i for i, r in enumerate(rows, 1) if r["pruner"] == chosen["pruner"])
+        rank = next((i for i, r in enumerate(rows, 1) if r["pruner"] == chosen["pruner"]), None)
+        ranked = (f"the chosen one ranks {rank} of {len(rows)} by the selection rule's order here." if rank else
+                  f"the pruner given by --pruner ({chosen['pruner']}) is not among them.")
         lines += [f"## After the choice, for reference: the candidates on the held-out seeds {', '.join(held)}", "",
                   f"The same replay on the held-out seeds' unpruned sweeps (not read by the choice). "
                   f"{sum(r['meets_targets'] for r in rows)} of {len(rows)} candidates meet both targets on every "
                   f"held-out seed, {sum(r['keeps_best'] for r in rows)} keep the best trial on every held-out seed; "
-                  f"the chosen one ranks {rank} of {len(rows)} by the selection rule's order here.", "",
+                  f"{ranked}", "",
                   *candidate_table(rows, held, chosen["pruner"]), ""]
     (out_dir / "sweep_study.md").write_text("\n".join(lines))
 
