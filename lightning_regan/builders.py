@@ -101,10 +101,15 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
 
 
 def build_trainer(cfg: DictConfig, module: GANModule, callbacks: list[Callback], loggers: list[Logger]) -> L.Trainer:
-    """The Trainer of ``cfg.trainer`` with the G-step budget converted to Lightning's ``max_steps``."""
+    """The Trainer of ``cfg.trainer`` with the G-step budget converted to Lightning's ``max_steps``; checkpoints are
+    written atomically (:class:`~lightning_regan.checkpoint_io.AtomicCheckpointIO`) unless ``trainer.plugins`` names
+    plugins of its own."""
+    from lightning_regan.checkpoint_io import AtomicCheckpointIO
+
+    extra = {} if cfg.trainer.get("plugins") else {"plugins": [AtomicCheckpointIO()]}
     return instantiate(
         cfg.trainer, max_steps=max_steps_for(cfg.max_g_steps, module.n_critic), callbacks=callbacks,
-        logger=loggers or False, default_root_dir=str(cfg.output_dir),
+        logger=loggers or False, default_root_dir=str(cfg.output_dir), **extra,
     )
 
 

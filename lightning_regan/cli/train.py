@@ -176,6 +176,14 @@ def run(cfg: DictConfig) -> float:
         fail(exc)
     except SIGTERMException:  # a SystemExit with code None: a scheduler would count the run as a success
         _stopped(cfg, "SIGTERM", EXIT_SIGTERM)
+    except OSError as exc:
+        from lightning_regan.atomic import is_disk_full
+
+        if not is_disk_full(exc):
+            raise
+        from lightning_regan.cli.disk_full import stop_on_full_disk
+
+        stop_on_full_disk(cfg.output_dir, exc)  # one line, exit code 1; every file left is complete
     except SystemExit as exc:
         # Lightning answers Ctrl+C (KeyboardInterrupt) with sys.exit(1) after its graceful shutdown.
         if isinstance(exc.__context__, KeyboardInterrupt):
