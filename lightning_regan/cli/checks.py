@@ -236,6 +236,8 @@ def check_values(cfg: DictConfig) -> None:
     ckpt = cfg.get("ckpt_path")
     if ckpt is not None and not isinstance(ckpt, str):
         raise ConfigError(f"ckpt_path must be a file path, {LAST} or {LAST_REQUIRED}, got {ckpt!r}.")
+    if not isinstance(cfg.get("resume_stopped", False), bool):
+        raise ConfigError(f"resume_stopped must be true or false, got {cfg.get('resume_stopped')!r}.")
     regs = cfg.get("regularizer") or {}
     for name, node in regs.items():
         if not has_target(node):
