@@ -163,7 +163,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         import lightning as L
 
         L.seed_everything(cfg.seed, workers=True, verbose=False)
-        objects = builders.build_all(cfg)
+        from lightning_regan.cli.run_checks import check_before_trainer
+
+        objects = builders.build_all(cfg, before_trainer=check_before_trainer)
         summary = builders.fit(objects, ckpt_path)
     finally:
         unlock_run_folder(cfg.output_dir)
