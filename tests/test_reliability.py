@@ -263,7 +263,14 @@ def small_tmpfs(tmp_path):
     try:
         yield mount
     finally:
-        subprocess.run(["umount", str(mount)], check=False)
+        import logging
+
+        for handler in [h for lg in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+                        for h in getattr(lg, "handlers", [])]:
+            if str(getattr(handler, "baseFilename", "")).startswith(str(mount)):
+                handler.close()  # Hydra's train.log handler stays open after an in-process run
+        if subprocess.run(["umount", str(mount)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount)], check=False)  # lazily, when something still holds it
 
 
 def test_a_full_disk_real_filesystem(small_tmpfs):
