@@ -1,12 +1,14 @@
 """One process at a time per run folder: ``<output_dir>/.regan.lock`` holds the owner's PID and host.
 
 The lock file is created complete (written under a temporary name, then hard-linked to its final name, which fails
-when it exists), so a reader never sees a half-written lock. A lock left by a process that is gone (same host, PID
+when it exists, as ``O_EXCL`` does; ``O_CREAT | O_EXCL`` itself where the filesystem has no hard links), so a reader
+never sees a half-written lock. A lock left by a process that is gone (same host, PID
 not running, or running but started at another time: a reused PID) is stale and taken over. Torch-free.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -67,6 +69,24 @@ def describe_owner(owner: dict[str, Any]) -> str:
     return f"PID {owner.get('pid')} on host {owner.get('host')}{since}"
 
 
+def _create_exclusive(complete: str, path: Path) -> None:
+    """Create ``path`` with the contents of the file ``complete``, failing with ``FileExistsError`` when it exists.
+
+    A hard link makes it appear complete at once; where the filesystem has no hard links, ``O_CREAT | O_EXCL``.
+    """
+    try:
+        os.link(complete, path)
+        return
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV):
+            raise
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    with os.fdopen(fd, "w") as f:
+        f.write(Path(complete).read_text())
+
+
 class RunLock:
     """Exclusive ownership of a run folder by this process (re-entrant within it).
 
@@ -118,7 +138,7 @@ class RunLock:
                 json.dump(self._owner(), f)
             for _ in range(3):
                 try:
-                    os.link(tmp, self.path)  # fails with FileExistsError when the lock exists: O_EXCL semantics
+                    _create_exclusive(tmp, self.path)
                     break
                 except FileExistsError:
                     owner = read_lock(self.path)

@@ -455,3 +455,17 @@ def test_few_real_samples_are_warned(ended_runs, capsys):
                    "--num-real-samples, or evaluate against more real data)."], err
     assert evaluate.main([ckpt, "-n", "100", "--no-progress"]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_the_lock_falls_back_to_o_excl_without_hard_links(tmp_path, monkeypatch):
+    from lightning_regan import run_lock
+
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "hard links not supported")
+
+    monkeypatch.setattr(run_lock.os, "link", no_links)
+    with run_lock.RunLock(tmp_path) as lock:
+        assert run_lock.read_lock(lock.path)["pid"] == os.getpid()
+        with pytest.raises(FileExistsError):
+            run_lock._create_exclusive(str(lock.path), lock.path)
+    assert not lock.path.exists()
