@@ -469,3 +469,16 @@ def test_the_lock_falls_back_to_o_excl_without_hard_links(tmp_path, monkeypatch)
         with pytest.raises(FileExistsError):
             run_lock._create_exclusive(str(lock.path), lock.path)
     assert not lock.path.exists()
+
+
+def test_a_stop_metric_nothing_reads_is_not_checked():
+    """Without stop rules, checkpoint and best generator nothing reads stop_metric: nothing to refuse."""
+    from lightning_regan.builders import build_callbacks
+    from lightning_regan.cli.run_checks import check_monitored_metrics, monitored_metrics
+    from lightning_regan.config import compose_config, drop_unselected
+
+    cfg = compose_config(["experiment=ring", "callbacks=[summary]", "early_stopping=none", "output_dir=/tmp/unused"])
+    drop_unselected(cfg)
+    callbacks = build_callbacks(cfg)
+    assert monitored_metrics(cfg, callbacks) == []
+    check_monitored_metrics(cfg, callbacks)

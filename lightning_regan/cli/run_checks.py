@@ -67,8 +67,7 @@ def monitored_metrics(cfg: DictConfig, callbacks: Sequence[Any]) -> list[tuple[s
         if isinstance(metric, str) and metric.startswith("val/") and metric not in {m for m, _ in seen}:
             seen.append((metric, "stop_metric" if metric == stop_metric else key))
 
-    add(stop_metric, "stop_metric")
-    for cb in callbacks:
+    for cb in callbacks:  # stop_metric only where something reads it (callbacks=[summary] reads nothing)
         add(getattr(cb, "monitor", None), f"the monitor of {type(cb).__name__}")
         for name, rule in (getattr(cb, "rules", None) or {}).items():
             add(getattr(rule, "monitor", None), f"early_stopping.rules.{name}.monitor")
