@@ -265,10 +265,11 @@ def small_tmpfs(tmp_path):
     finally:
         import logging
 
-        for handler in [h for lg in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
-                        for h in getattr(lg, "handlers", [])]:
-            if str(getattr(handler, "baseFilename", "")).startswith(str(mount)):
-                handler.close()  # Hydra's train.log handler stays open after an in-process run
+        for lg in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+            for handler in list(getattr(lg, "handlers", [])):
+                if str(getattr(handler, "baseFilename", "")).startswith(str(mount)):
+                    lg.removeHandler(handler)  # Hydra's train.log handler stays after an in-process run
+                    handler.close()
         if subprocess.run(["umount", str(mount)], capture_output=True).returncode != 0:
             subprocess.run(["umount", "-l", str(mount)], check=False)  # lazily, when something still holds it
 
@@ -476,9 +477,23 @@ def test_a_stop_metric_nothing_reads_is_not_checked():
     from lightning_regan.builders import build_callbacks
     from lightning_regan.cli.run_checks import check_monitored_metrics, monitored_metrics
     from lightning_regan.config import compose_config, drop_unselected
+    from lightning_regan.errors import ConfigError
 
     cfg = compose_config(["experiment=ring", "callbacks=[summary]", "early_stopping=none", "output_dir=/tmp/unused"])
     drop_unselected(cfg)
     callbacks = build_callbacks(cfg)
     assert monitored_metrics(cfg, callbacks) == []
     check_monitored_metrics(cfg, callbacks)
+    # No FID monitor evaluates (none configured, or every_n_g_steps=0): the stop rules read val/mmd in vain on purpose
+    # (the loss plateau stands in); a metric no callback could log is still refused.
+    for overrides in (["callbacks=[checkpoint,summary]"], ["callbacks.fid.every_n_g_steps=0"]):
+        cfg = compose_config(["experiment=ring", *overrides, "output_dir=/tmp/unused"])
+        drop_unselected(cfg)
+        callbacks = build_callbacks(cfg)
+        assert ("val/mmd", "stop_metric") in monitored_metrics(cfg, callbacks)
+        check_monitored_metrics(cfg, callbacks)
+    cfg = compose_config(["experiment=ring", "callbacks.fid.every_n_g_steps=0", "stop_metric=val/foo",
+                          "output_dir=/tmp/unused"])
+    drop_unselected(cfg)
+    with pytest.raises(ConfigError, match="stop_metric=val/foo is logged by none"):
+        check_monitored_metrics(cfg, build_callbacks(cfg))

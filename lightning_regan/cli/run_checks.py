@@ -50,12 +50,13 @@ def logged_metrics(callback: Any, module: Any = None) -> Optional[set[str]]:
     return None  # a user's callback: it may log anything
 
 
-def _would_log_if_active(callback: Any, metric: str) -> bool:
-    """``metric`` is one of an inactive FID monitor's (``callbacks.fid.every_n_g_steps=0``: the loss rules stand in)."""
+def _fid_metric_without_fid(callbacks: Sequence[Any], metric: str) -> bool:
+    """``metric`` is one the FID monitor logs, and no FID monitor evaluates (none configured, or
+    ``callbacks.fid.every_n_g_steps=0``): a run that measures no metric on purpose, where the loss rules stand in."""
     from lightning_regan.callbacks import FIDMonitor
     from lightning_regan.callbacks import fid_monitor as fm
 
-    return isinstance(callback, FIDMonitor) and not callback.active and metric in fm.LOGGED.values()
+    return metric in fm.LOGGED.values() and not any(isinstance(cb, FIDMonitor) and cb.active for cb in callbacks)
 
 
 def monitored_metrics(cfg: DictConfig, callbacks: Sequence[Any]) -> list[tuple[str, str]]:
@@ -87,7 +88,7 @@ def check_monitored_metrics(cfg: DictConfig, callbacks: Sequence[Any], module: A
             return  # a callback of the user's may log it
         logged |= keys
     for metric, key in monitored_metrics(cfg, callbacks):
-        if metric in logged or any(_would_log_if_active(cb, metric) for cb in callbacks):
+        if metric in logged or _fid_metric_without_fid(callbacks, metric):
             continue
         shown = sorted(k for k in logged if not k.endswith("_g_step"))
         example = next((k for k in ("val/mmd", "val/fid") if k in shown), shown[0] if shown else None)
