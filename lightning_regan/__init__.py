@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 # Public name -> module that defines it.
 _LAZY = {
+    "AtomicCheckpointIO": "lightning_regan.checkpoint_io",
     "BestGenerator": "lightning_regan.callbacks",
     "EarlyTermination": "lightning_regan.callbacks",
     "FIDMonitor": "lightning_regan.callbacks",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -13,6 +14,32 @@ from typing import Any, Union
 from torch import Tensor
 
 PathLike = Union[str, os.PathLike]
+
+#: ``errno`` values that mean "the disk (or the user's quota on it) is full".
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFullError(OSError):
+    """A file could not be written because its disk (or quota) is full; nothing was left under its final name.
+
+    Attributes:
+        target: The file that was being written.
+    """
+
+    def __init__(self, target: PathLike, cause: OSError) -> None:
+        super().__init__(cause.errno, cause.strerror or str(cause), str(target))
+        self.target = Path(target)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is a full disk or quota."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, DiskFullError) or (isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS):
+            return True
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return False
 
 
 def _umask() -> int:
@@ -27,19 +54,39 @@ def atomic_write(target: PathLike, write: Callable[[str], Any]) -> Path:
     Args:
         target: Final path; its folder is created.
         write: Writes the whole file at the temporary path it is given.
+
+    Raises:
+        DiskFullError: the disk holding ``target`` is full (``target`` is left as it was: complete or absent).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        os.close(fd)
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, target)
+    except OSError as exc:
+        if exc.errno in DISK_FULL_ERRNOS and not isinstance(exc, DiskFullError):
+            raise DiskFullError(target, exc) from exc
+        raise
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     return target
+
+
+def write_bytes_atomic(path: PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically, fsynced before the rename (:func:`atomic_write`)."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    return atomic_write(path, write)
 
 
 def json_safe(value: Any) -> Any:

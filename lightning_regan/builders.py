@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import lightning as L
 from hydra.utils import get_class, instantiate
@@ -101,15 +101,25 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
 
 
 def build_trainer(cfg: DictConfig, module: GANModule, callbacks: list[Callback], loggers: list[Logger]) -> L.Trainer:
-    """The Trainer of ``cfg.trainer`` with the G-step budget converted to Lightning's ``max_steps``."""
+    """The Trainer of ``cfg.trainer`` with the G-step budget converted to Lightning's ``max_steps``; checkpoints are
+    written atomically (:class:`~lightning_regan.checkpoint_io.AtomicCheckpointIO`) unless ``trainer.plugins`` names
+    plugins of its own."""
+    from lightning_regan.checkpoint_io import AtomicCheckpointIO
+
+    extra = {} if cfg.trainer.get("plugins") else {"plugins": [AtomicCheckpointIO()]}
     return instantiate(
         cfg.trainer, max_steps=max_steps_for(cfg.max_g_steps, module.n_critic), callbacks=callbacks,
-        logger=loggers or False, default_root_dir=str(cfg.output_dir),
+        logger=loggers or False, default_root_dir=str(cfg.output_dir), **extra,
     )
 
 
-def build_all(cfg: DictConfig, validate_data: bool = True) -> dict[str, Any]:
-    """DataModule, module, callbacks, loggers and Trainer of a composed config (nothing is trained)."""
+def build_all(cfg: DictConfig, validate_data: bool = True,
+              before_trainer: Optional[Callable[..., None]] = None) -> dict[str, Any]:
+    """DataModule, module, callbacks, loggers and Trainer of a composed config (nothing is trained).
+
+    ``before_trainer(cfg, datamodule, module, callbacks)``, when given, runs before the Trainer is made (which prints
+    Lightning's device lines): checks that need the built pieces answer there.
+    """
     datamodule = build_datamodule(cfg, validate=validate_data)
     data_shape = tuple(datamodule.shape)
     num_classes = conditioning_classes(cfg, datamodule)
@@ -120,6 +130,8 @@ def build_all(cfg: DictConfig, validate_data: bool = True) -> dict[str, Any]:
     run_config["num_classes"] = num_classes  # regan-sample / regan-eval rebuild the networks without the data
     module.run_config = run_config
     callbacks = build_callbacks(cfg)
+    if before_trainer is not None:
+        before_trainer(cfg, datamodule, module, callbacks)
     loggers = build_loggers(cfg)
     trainer = build_trainer(cfg, module, callbacks, loggers)
     return {"cfg": cfg, "datamodule": datamodule, "module": module, "callbacks": callbacks, "loggers": loggers,

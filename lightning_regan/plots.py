@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from lightning_regan.atomic import atomic_write
+from lightning_regan.atomic import atomic_write, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +43,8 @@ def _mark_stop(ax: object, stop: StopMark) -> None:
 
 
 def _save(fig: Figure, path: PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    # atomically: a full disk leaves the previous plot (or none), never a truncated PNG
+    return atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def plot_losses(
@@ -203,7 +201,8 @@ def plot_run(summary: Mapping[str, Any], loss_history: Sequence[Sequence[Optiona
                      smoothed=summary.get("fid_smoothed"), coverage=summary.get("coverage_history"))
             written["fid"] = "plots/fid.png"
     except Exception as err:
-        log.warning("RunSummary: could not write plots into %s: %s", plot_dir, err)
+        # a full disk is reported once, by whoever ends the run (regan-train: one line naming the folder)
+        (log.debug if is_disk_full(err) else log.warning)("RunSummary: could not write plots into %s: %s", plot_dir, err)
     return written
 
 

@@ -241,7 +241,7 @@ def _no_inception(tmp: Path, monkeypatch) -> list[str]:
 TOOL_CASES = [
     ("eval: data of another shape", "regan-eval", lambda t, m: [_ring_ckpt(t), "--data", "mnist", "--data-root",
                                                                 str(t / "no-mnist"), "--no-progress"],
-     ["ring.ckpt", "shape (2,)", "'mnist'", "(1, 28, 28)"], 3.0),
+     ["ring.ckpt", "shape (2,)", "--data mnist", "(1, 28, 28)"], 3.0),
     ("eval: one sample", "regan-eval", lambda t, m: [_ring_ckpt(t), "-n", "1"], ["--num-samples", "got 1"], None),
     ("eval: bad number", "regan-eval", lambda t, m: [_ring_ckpt(t), "--batch-size", "x"], ["--batch-size", "'x'"], None),
     ("eval: missing Inception weights", "regan-eval", _no_inception,

@@ -43,7 +43,7 @@ def test_limit_holds_out_the_rest_of_the_training_set():
     assert not set(train.indices) & set(heldout.indices)
     assert sorted(train.indices + heldout.indices) == list(range(1797))
     assert DigitsDataModule(batch_size=16).heldout_dataset() is None  # D trains on everything: nothing held out
-    assert DigitsDataModule(limit=5000, batch_size=16).heldout_dataset() is None
+    assert DigitsDataModule(limit=1797, batch_size=16).heldout_dataset() is None  # the whole set: nothing held out
 
 
 def test_take_samples_is_seeded_and_keeps_labels():

@@ -33,7 +33,7 @@ from lightning_regan.fid.intra import IntraClassFID, load_or_compute_class_stati
 from lightning_regan.fid.data import RealSource, dataset_cache_key, real_source_of
 from lightning_regan.fid.metric import FeatureDistances, sqrtm_psd
 from lightning_regan.fid.mmd import DEFAULT_SCALES, check_scales
-from lightning_regan.fid.stats import RealStatistics, real_side_from_payload, real_side_payload
+from lightning_regan.fid.stats import few_real_samples_warning, RealStatistics, real_side_from_payload, real_side_payload
 from lightning_regan.fid.weights import PathLike
 from lightning_regan.inputs import FixedInputs, generate, seeded_inputs
 from lightning_regan.validation import check_bool
@@ -306,6 +306,10 @@ class FIDMonitor(GStepCallback):
                                         mmd=self.mmd, mmd_scales=self.mmd_scales, num_samples=self.num_samples)
         self._metric.set_real(self.real_stats)
         self.setup_time_s += time.perf_counter() - start
+        few = few_real_samples_warning(self.real_stats.num_samples, "raise callbacks.fid.num_real_samples, or use "
+                                       "more real data")
+        if few is not None and trainer.is_global_zero:
+            log.warning("FIDMonitor: %s", few)
         if self.verbose:
             rank_zero_info(
                 f"FIDMonitor: {self.extractor_name} features ({num_features}-d), real statistics of "

@@ -9,7 +9,7 @@ from typing import Any, Optional, Protocol, Union, runtime_checkable
 
 import lightning as L
 
-from lightning_regan.atomic import json_safe, write_json_atomic
+from lightning_regan.atomic import is_disk_full, json_safe, write_json_atomic
 from lightning_regan.callbacks.g_step import GStepCallback, check_int, g_steps_of, is_due
 from lightning_regan.logged import to_float
 from lightning_regan.stopping.base import StopRecord, first_stop
@@ -120,6 +120,8 @@ class RunSummary(GStepCallback):
         try:
             self._finish(trainer, pl_module, exception)
         except Exception as err:  # never replace the run's own exception with ours
+            if is_disk_full(err) and is_disk_full(exception):
+                return  # the run's own error already says the disk is full (regan-train: one line naming it)
             log.error("RunSummary: could not write %s after %s: %s", self.summary_path, type(exception).__name__, err)
 
     # ------------------------------------------------------------------ internals

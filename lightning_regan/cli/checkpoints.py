@@ -43,17 +43,49 @@ def _why_refused(exc: BaseException) -> str:
         if "global" in reason.lower():
             return f"it holds objects other than tensors and plain containers ({reason}), which are never loaded"
         return f"not a checkpoint ({reason or 'unreadable pickle'})"
+    first = _first_sentence(text)
+    return f"not a checkpoint ({type(exc).__name__}{': ' + first[:300] if first else ''})"
+
+
+class DamagedCheckpoint(Exception):
+    """A file that began as a torch checkpoint but is cut short or corrupted (``str``: why, one clause)."""
+
+
+def _first_sentence(text: str) -> str:
     first = text.strip().splitlines()[0] if text.strip() else ""
-    return f"not a checkpoint ({type(exc).__name__}{': ' + first[:200] if first else ''})"
+    return first.split(". ")[0].rstrip(".")
+
+
+def other_checkpoint(path: Path) -> str:
+    """What to use instead of a damaged ``path``: the newest other ``.ckpt`` beside it, ``best.ckpt`` first."""
+    others = [p for p in path.parent.glob("*.ckpt")
+              if p.is_file() and p.resolve() != path.resolve() and zipfile.is_zipfile(p)]
+    best = [p for p in others if p.name == "best.ckpt"]
+    if best or others:
+        choice = (best or sorted(others, key=lambda p: p.stat().st_mtime_ns))[-1]
+        return f"use {choice} or an earlier checkpoint"
+    return "use checkpoints/best.ckpt or an earlier checkpoint"
 
 
 def _not_torch(path: Path) -> Optional[str]:
     """Why ``path`` is not a torch checkpoint, judged from its first bytes without unpickling anything (``None``:
-    a zip archive as ``torch.save`` writes, or torch's legacy format, both left to ``torch.load``)."""
+    a zip archive as ``torch.save`` writes, or torch's legacy format, both left to ``torch.load``).
+
+    Raises:
+        DamagedCheckpoint: it begins like a checkpoint (a zip archive) but is cut short, or is zeroed.
+    """
     if zipfile.is_zipfile(path):
         return None
     with open(path, "rb") as f:
-        head = f.read(len(_LEGACY_TORCH_HEAD))
+        head = f.read(4096)
+    size = path.stat().st_size
+    if head.startswith(b"PK\x03\x04"):
+        raise DamagedCheckpoint(f"a zip archive cut short ({size:,} bytes): its writing was interrupted (a full disk, "
+                                "a kill)")
+    if head and not head.strip(b"\0"):
+        raise DamagedCheckpoint(f"it begins with {len(head):,} zero bytes where a checkpoint begins with 'PK' (zeroed "
+                                "by a crash of the machine or the filesystem)")
+    head = head[: len(_LEGACY_TORCH_HEAD)]
     if head == _LEGACY_TORCH_HEAD:
         return None
     if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
@@ -75,7 +107,10 @@ def read_checkpoint(path: str | os.PathLike, key: str = "checkpoint", map_locati
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{key}={str(path)!r} does not exist; pass an existing .ckpt file.")
-    why = _not_torch(path)
+    try:
+        why = _not_torch(path)
+    except DamagedCheckpoint as exc:
+        raise CheckpointError(f"{key}={str(path)!r} is damaged: {exc}; {other_checkpoint(path)}.") from None
     if why is not None:
         raise CheckpointError(f"{key}={str(path)!r} is refused: {why}; pass a checkpoint written by regan-train.")
     try:
@@ -83,6 +118,11 @@ def read_checkpoint(path: str | os.PathLike, key: str = "checkpoint", map_locati
             warnings.simplefilter("ignore")
             checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # zip/pickle errors of any kind on a foreign file; unsafe objects refused by torch
+        if "PytorchStreamReader" in str(exc):  # a zip archive whose contents are corrupted
+            raise CheckpointError(
+                f"{key}={str(path)!r} is damaged: the archive is corrupted ({_first_sentence(str(exc))}); "
+                f"{other_checkpoint(path)}."
+            ) from None
         raise CheckpointError(
             f"{key}={str(path)!r} is refused: {_why_refused(exc)}; pass a checkpoint written by regan-train."
         ) from None

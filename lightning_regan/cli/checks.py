@@ -71,11 +71,13 @@ def compose_checked(overrides: Sequence[str]) -> DictConfig:
         ) from None
     except OverrideParseException as exc:
         lines = str(exc).splitlines()
-        raise ConfigError(f"{lines[0]}: {lines[1] if len(lines) > 1 else 'bad syntax'} (write key=value).") from None
+        hint = quote_hint(overrides) or " (write key=value)"
+        detail = re.sub(r"\s{2,}\^\s*$", "", lines[1]) if len(lines) > 1 else "bad syntax"  # the lexer's caret line
+        raise ConfigError(f"{lines[0]}: {detail}{hint}.") from None
     except HydraException as exc:
         match = re.match(r"Could not override '([^']+)'", str(exc))
         if match is None:
-            raise ConfigError(_first_line(exc)) from None
+            raise ConfigError(_first_line(exc).rstrip(".") + (quote_hint(overrides) or "") + ".") from None
         key = match.group(1)
         rest = [o for o in overrides if not re.match(rf"^[+~]*{re.escape(key)}=", o)]
         try:
@@ -83,6 +85,23 @@ def compose_checked(overrides: Sequence[str]) -> DictConfig:
         except HydraException:
             base = compose_config([])
         raise ConfigError(_unknown_key(key, overrides, base, config_dir())) from None
+
+
+_SPECIAL = re.compile(r"[\s'\"\[\](){},=:]")
+
+
+def quote_hint(overrides: Sequence[str]) -> str:
+    """A hint to quote the first override whose value holds spaces or characters of Hydra's grammar (a path such as
+    ``/tmp/my dir/x[1].ckpt``), with the spelling that works in a shell; ``""`` when there is none."""
+    for override in overrides:
+        key, eq, value = override.partition("=")
+        if not eq or not value or value[0] in "'\"[{" or not _SPECIAL.search(value) or key.startswith(("hydra/", "~")):
+            continue
+        if "/" not in value and not re.search(r"\s", value):
+            continue  # not a path: a syntax error of its own
+        quoted = f"\"{key}='{value}'\"" if "'" not in value else f'"{key}=\\"{value}\\""'
+        return f" (quote a path with spaces or special characters for Hydra, inside the shell's quotes: {quoted})"
+    return ""
 
 
 def _unknown_key(key: str, overrides: Sequence[str], base: DictConfig, conf: Path) -> str:
@@ -242,6 +261,8 @@ def check_values(cfg: DictConfig) -> None:
     ckpt = cfg.get("ckpt_path")
     if ckpt is not None and not isinstance(ckpt, str):
         raise ConfigError(f"ckpt_path must be a file path, {LAST} or {LAST_REQUIRED}, got {ckpt!r}.")
+    if not isinstance(cfg.get("resume_stopped", False), bool):
+        raise ConfigError(f"resume_stopped must be true or false, got {cfg.get('resume_stopped')!r}.")
     regs = cfg.get("regularizer") or {}
     for name, node in regs.items():
         if not has_target(node):

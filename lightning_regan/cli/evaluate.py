@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -88,8 +89,17 @@ def _datamodule_from_cfg(cfg: Any, root: Optional[str], build: Any,
     return datamodule
 
 
-def check_fits(module: Any, cfg: Any, source: str) -> Callable[[Any], None]:
-    """A check that a DataModule holds samples of the shape (and classes) the checkpoint's generator makes.
+def cli_spelling(message: str) -> str:
+    """``message`` with the Python spellings of options that regan-eval has as flags in regan-eval's spelling
+    (``feature_extractor='identity'`` -> ``--feature-extractor identity``)."""
+    message = re.sub(r"feature_extractor='(\w+)'", r"--feature-extractor \1", message)
+    message = re.sub(r"\(or '(identity|classifier|inception)'", r"(or --feature-extractor \1", message)
+    return message.replace("allow_download=True or ", "")
+
+
+def check_fits(module: Any, cfg: Any, source: str, data_flag: Optional[str] = None) -> Callable[[Any], None]:
+    """A check that a DataModule holds samples of the shape (and classes) the checkpoint's generator makes
+    (``data_flag``: the ``--data`` value the user gave, named in the messages as given).
 
     Raises (when called):
         EvaluationError: in one line, before any statistics are computed.
@@ -100,16 +110,17 @@ def check_fits(module: Any, cfg: Any, source: str) -> Callable[[Any], None]:
     def check(datamodule: Any) -> None:
         got = tuple(int(d) for d in getattr(datamodule, "shape", ()) or ())
         name = getattr(datamodule, "name", type(datamodule).__name__)
+        data = f"--data {data_flag}" if data_flag else f"data {name!r}"
         if got != want:
             raise EvaluationError(
-                f"{source} generates samples of shape {want} (trained on {trained_on}), but data {name!r} has "
+                f"{source} generates samples of shape {want} (trained on {trained_on}), but {data} has "
                 f"samples of shape {got}; evaluate against the data it was trained on (drop --data) or a dataset of "
                 "that shape (e.g. --data-option image_size=N)."
             )
         classes = getattr(module, "num_classes", None)
         if getattr(module, "conditional", False) and getattr(datamodule, "num_classes", None) != classes:
             raise EvaluationError(
-                f"{source} is class-conditional with {classes} classes, but data {name!r} has "
+                f"{source} is class-conditional with {classes} classes, but {data} has "
                 f"{getattr(datamodule, 'num_classes', None)}; evaluate against labelled data with {classes} classes."
             )
 
@@ -307,7 +318,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         expect = None
         if args.checkpoint is not None:
             module, cfg = load_module(args.checkpoint, map_location=args.device)
-            expect = check_fits(module, cfg, f"checkpoint {str(args.checkpoint)!r}")
+            expect = check_fits(module, cfg, f"checkpoint {str(args.checkpoint)!r}", args.data)
         if args.data is not None:
             datamodule = build_datamodule(args.data, args.data_root, data_overrides, native_size=module is None,
                                           expect=expect)
@@ -341,8 +352,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         )
     except (CheckpointError, EvaluationError, FileNotFoundError, ValueError, InstantiationException) as exc:
         # incl. missing weights/data and bad --data-option values
-        print(f"regan-eval: {one_line(exc)}", file=sys.stderr)
+        print(f"regan-eval: {cli_spelling(one_line(exc))}", file=sys.stderr)
         return 2
+    from lightning_regan.fid.stats import few_real_samples_warning
+
+    few = few_real_samples_warning(int(result.get("num_real_samples") or 0),
+                                   "raise --num-real-samples, or evaluate against more real data")
+    if few is not None:
+        print(f"regan-eval: {few}", file=sys.stderr)
     result = {"source": source, "data": args.data or getattr(datamodule, "name", type(datamodule).__name__), **result}
     shape = tuple(getattr(datamodule, "shape", ()) or ())
     size = ""

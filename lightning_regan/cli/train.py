@@ -152,13 +152,36 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     drop_unselected(cfg)
     validate_config(cfg)
     warn_slow_precision(cfg)
-    ckpt_path = _resolve_ckpt_path(cfg)
-    import lightning as L
+    from lightning_regan.run_lock import lock_run_folder, unlock_run_folder
 
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    objects = builders.build_all(cfg)
-    summary = builders.fit(objects, ckpt_path)
+    lock_run_folder(cfg.output_dir)  # one process per run folder (re-entrant: regan-train took it before Hydra)
+    try:
+        ckpt_path = _resolve_ckpt_path(cfg)
+        ended = _judge_resume(cfg, ckpt_path)
+        if ended is not None:
+            return ended, {}
+        import lightning as L
+
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        from lightning_regan.cli.run_checks import check_before_trainer
+
+        objects = builders.build_all(cfg, before_trainer=check_before_trainer)
+        summary = builders.fit(objects, ckpt_path)
+    finally:
+        unlock_run_folder(cfg.output_dir)
     return summary, objects
+
+
+def _judge_resume(cfg: DictConfig, ckpt_path: Optional[str]) -> Optional[dict[str, Any]]:
+    """The ended run's summary when resuming it changes nothing (said in one line), else ``None`` (train)."""
+    from lightning_regan.cli.ended_run import judge_resume
+
+    verdict = judge_resume(cfg, ckpt_path, cfg.output_dir)
+    if verdict.line and int(os.environ.get("LOCAL_RANK", 0)) == 0:
+        print(verdict.line, file=sys.stderr, flush=True)
+    if verdict.go:
+        return None
+    return json.loads((Path(cfg.output_dir) / "summary.json").read_text())
 
 
 def run(cfg: DictConfig) -> float:
@@ -176,6 +199,14 @@ def run(cfg: DictConfig) -> float:
         fail(exc)
     except SIGTERMException:  # a SystemExit with code None: a scheduler would count the run as a success
         _stopped(cfg, "SIGTERM", EXIT_SIGTERM)
+    except OSError as exc:
+        from lightning_regan.atomic import is_disk_full
+
+        if not is_disk_full(exc):
+            raise
+        from lightning_regan.cli.disk_full import stop_on_full_disk
+
+        stop_on_full_disk(cfg.output_dir, exc)  # one line, exit code 1; every file left is complete
     except SystemExit as exc:
         # Lightning answers Ctrl+C (KeyboardInterrupt) with sys.exit(1) after its graceful shutdown.
         if isinstance(exc.__context__, KeyboardInterrupt):

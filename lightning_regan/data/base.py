@@ -139,7 +139,15 @@ class GANDataModule(L.LightningDataModule):
         if self._train is None:
             self._train = self._build_train()
             if self.limit is not None:
-                full, kept = self._train, limit_indices(len(self._train), self.limit)  # type: ignore[arg-type]
+                total = len(self._train)  # type: ignore[arg-type]
+                if is_int(self.limit) and self.limit > total:
+                    self._train = None
+                    raise DatasetError(
+                        f"{type(self).__name__}: data.limit={self.limit} is more than the training set's {total} "
+                        f"samples; use data.limit={total} or less, a fraction (e.g. data.limit=0.5), or data.limit=null "
+                        "for all of it."
+                    )
+                full, kept = self._train, limit_indices(total, self.limit)  # type: ignore[arg-type]
                 self._train = Subset(full, kept)
                 left_out = sorted(set(range(len(full))) - set(kept))  # type: ignore[arg-type]
                 self._heldout = Subset(full, left_out) if left_out else None

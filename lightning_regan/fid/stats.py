@@ -279,3 +279,17 @@ __all__ = [
     "statistics_key",
     "statistics_path",
 ]
+
+
+#: Fewer real samples than this make an FID mostly bias and noise (its bias grows like 1/N; the usual 10,000-50,000).
+MIN_REAL_SAMPLES = 100
+
+
+def few_real_samples_warning(num_real: int, fix: str) -> Optional[str]:
+    """A one-line warning when the real statistics come from fewer than :data:`MIN_REAL_SAMPLES` samples (``fix``:
+    how to give it more, in the caller's spelling), else ``None``."""
+    if num_real >= MIN_REAL_SAMPLES:
+        return None
+    return (f"warning: the real statistics of this FID come from {num_real} samples; below {MIN_REAL_SAMPLES} an FID "
+            f"is mostly its small-sample bias and noise, not a comparison of the distributions ({fix}).")
+
