@@ -105,6 +105,10 @@ class FIDMonitor(GStepCallback):
             ``~/.cache/lightning_regan``).
         seed: Seed of the fixed evaluation noise (and of KID's subsets).
         evaluate_on_train_end: Also evaluate when training ends (unless the last G step was just evaluated).
+        evaluate_on_train_start: Also evaluate the starting generator, at G step 0, before the first training step;
+            ``None``: when the module starts from trained weights (``pl_module.initialized_from`` is not ``None``, a
+            fine-tune), so that the stop rule sees where it starts and ``BestGenerator`` can hand the starting
+            generator back when the fine-tune never beats it.
         real_data: Real samples to use instead of the DataModule's (dataset, DataLoader or tensor); not cached
             on disk unless ``dataset_key`` is given.
         dataset_key: Cache key of ``real_data``.
@@ -144,6 +148,7 @@ class FIDMonitor(GStepCallback):
         cache_dir: Optional[PathLike] = None,
         seed: int = 0,
         evaluate_on_train_end: bool = False,
+        evaluate_on_train_start: Optional[bool] = None,
         real_data: Optional[RealSource] = None,
         dataset_key: Optional[str] = None,
         weights_path: Optional[PathLike] = None,
@@ -185,6 +190,11 @@ class FIDMonitor(GStepCallback):
         self.cache_dir = cache_dir
         self.seed = seed
         self.evaluate_on_train_end = evaluate_on_train_end
+        if evaluate_on_train_start is not None and not isinstance(evaluate_on_train_start, bool):
+            raise ValueError(f"FIDMonitor: evaluate_on_train_start must be true, false or null, got "
+                             f"{evaluate_on_train_start!r}.")
+        self.evaluate_on_train_start = evaluate_on_train_start
+        self._start_due = False
         self.real_data = real_data
         self.dataset_key = dataset_key
         self.weights_path = weights_path
@@ -248,6 +258,17 @@ class FIDMonitor(GStepCallback):
         self._metric.prepare(pl_module.device)  # square root of the real covariance, once per run
         self.extractor = self.extractor.to(pl_module.device)
         self.setup_time_s += time.perf_counter() - start
+        wanted = self.evaluate_on_train_start
+        if wanted is None:
+            wanted = getattr(pl_module, "initialized_from", None) is not None
+        self._start_due = bool(wanted) and self.every_n_g_steps > 0 and g_steps_of(trainer, pl_module) == 0
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        # The starting generator, before the first step (logged from a batch hook, as every evaluation is).
+        if self._start_due:
+            self._start_due = False
+            self._record(trainer, pl_module, 0, self.evaluate(trainer, pl_module), in_training=True)
 
     def _prepare(self, trainer: L.Trainer, datamodule: Any, source: Optional[RealSource]) -> None:
         """Build the extractor and the real statistics (rank zero computes, the others receive them)."""
