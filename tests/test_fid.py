@@ -693,3 +693,31 @@ def test_our_statistics_are_torchmetrics_fid_states_and_why_the_real_side_is_kep
     ours_fake.sync(dist_sync_fn=two_ranks, distributed_available=lambda: True)
     assert int(ours_fake.num_samples) == 80 and ours_real.num_samples == 50  # only the generated side is reduced
     ours_fake.unsync()
+
+
+def test_monitor_evaluates_a_fine_tunes_starting_generator_at_g_step_zero(tmp_path):
+    """A module started from trained weights (``initialized_from``) is evaluated before its first step; BestGenerator
+    keeps that generator and EarlyTermination's rules see the evaluation at G step 0."""
+    from lightning_regan import BestGenerator, EarlyTermination, Trend
+
+    def run(initialized_from, **kw):
+        module = make_module()
+        module.initialized_from = initialized_from
+        start = {k: v.clone() for k, v in module.generator.state_dict().items()}
+        monitor = FIDMonitor(every_n_g_steps=3, num_samples=32, feature_extractor=Projection(), cache_dir=tmp_path,
+                             mmd=False, verbose=False, **kw)
+        best = BestGenerator(monitor=FID_KEY, restore="never", top_k=3, verbose=False)
+        stopping = EarlyTermination(rules=[Trend(monitor=FID_KEY)], verbose=False)
+        fit(module, [monitor, best, stopping], g_steps=6)
+        return monitor, best, stopping, start
+
+    monitor, best, stopping, start = run({"path": "pretrained.ckpt"})
+    assert [g for g, _ in monitor.history] == [0, 3, 6]
+    assert stopping.states["trend"].history[0][0] == 0 and stopping.states["trend"].starts_trained
+    kept = {c["g_step"]: c["weights"] for c in best.candidates}  # all three evaluations are kept (top_k=3)
+    assert sorted(kept) == [0, 3, 6] and all(torch.equal(kept[0][k], v) for k, v in start.items())
+    assert [g for g, _ in run(None)[0].history] == [3, 6]
+    assert [g for g, _ in run(None, evaluate_on_train_start=True)[0].history] == [0, 3, 6]
+    assert [g for g, _ in run({"path": "x"}, evaluate_on_train_start=False)[0].history] == [3, 6]
+    with pytest.raises(ValueError, match="evaluate_on_train_start"):
+        FIDMonitor(evaluate_on_train_start="yes")
