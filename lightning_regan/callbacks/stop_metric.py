@@ -1,0 +1,93 @@
+"""The stop metric: the one quality number a run decides on, and what the output callbacks show of it.
+
+The stop rules and ``BestGenerator`` decide on one logged metric (``stop_metric`` in the configs, ``val/mmd`` by
+default). The progress bar, ``summary.json`` and the plots lead with the same number: :func:`find_stop_metric` names
+it (from an explicit setting, else from the deciding callbacks' public ``monitor``/``mode``) and
+:class:`MetricHistory` records its evaluations and its best value from ``trainer.callback_metrics``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any, Optional
+
+from lightning_regan.logged import NewEvaluations
+from lightning_regan.metric_modes import HIGHER_IS_BETTER, metric_mode, sweep_direction  # noqa: F401 (public here)
+
+
+def find_stop_metric(callbacks: Iterable[Any]) -> Optional[tuple[str, str]]:
+    """``(metric, mode)`` the run decides on, read from the callbacks' public attributes, or ``None``.
+
+    In order: a ``BestGenerator`` (``monitor``, ``mode``); the first evaluation rule of an ``EarlyTermination``
+    (``rules[...].monitor``, ``.mode``); a ``ModelCheckpoint`` with a ``monitor``.
+    """
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lightning_regan.callbacks.best_generator import BestGenerator
+    from lightning_regan.callbacks.early_termination import EarlyTermination
+
+    callbacks = list(callbacks)
+    for cb in callbacks:
+        if isinstance(cb, BestGenerator):
+            return cb.monitor, cb.mode
+    for cb in callbacks:
+        if isinstance(cb, EarlyTermination):
+            for rule in cb.rules.values():
+                if rule.cadence == "evaluation" and rule.monitor:
+                    return rule.monitor, rule.mode
+    for cb in callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.monitor:
+            return cb.monitor, cb.mode
+    return None
+
+
+class MetricHistory:
+    """The evaluations of one logged metric and the best of them (lower for ``mode="min"``, higher for ``"max"``).
+
+    Each new evaluation (a new ``<metric>_g_step``, else a changed value; :class:`~lightning_regan.logged.NewEvaluations`)
+    is kept as ``(g_step, value)``. Non-finite values are kept in the history but never best.
+    """
+
+    def __init__(self, metric: str, mode: str = "min", step_key: Optional[str] = None) -> None:
+        if mode not in ("min", "max"):
+            raise ValueError(f"MetricHistory: mode must be 'min' or 'max', got {mode!r}.")
+        self.metric = metric
+        self.mode = mode
+        self.history: list[tuple[int, float]] = []
+        self._evaluations = NewEvaluations(metric, step_key or f"{metric}_g_step")
+
+    def read(self, metrics: Any, g_step: int) -> Optional[tuple[int, float]]:
+        """Record a new evaluation in ``metrics`` (``trainer.callback_metrics``); returns it, else ``None``."""
+        new = self._evaluations.read(metrics, g_step)
+        if new is not None and not (self.history and self.history[-1][0] == new[0]):
+            self.history.append((int(new[0]), float(new[1])))
+        return new
+
+    @property
+    def last(self) -> Optional[float]:
+        return self.history[-1][1] if self.history else None
+
+    @property
+    def best(self) -> Optional[tuple[int, float]]:
+        """``(g_step, value)`` of the best finite evaluation (the earliest on ties), or ``None``."""
+        finite = [(g, v) for g, v in self.history if math.isfinite(v)]
+        if not finite:
+            return None
+        pick = min if self.mode == "min" else max
+        value = pick(v for _, v in finite)
+        return next((g, v) for g, v in finite if v == value)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "history": [[g, v] for g, v in self.history],
+                "last_step": self._evaluations.last_step, "last_value": self._evaluations.last_value}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("metric", self.metric) != self.metric:
+            return  # another metric's history (the config changed): start afresh
+        self.history = [(int(g), float(v)) for g, v in state.get("history") or []]
+        self._evaluations.last_step = state.get("last_step")
+        self._evaluations.last_value = state.get("last_value")
+
+
+__all__ = ["HIGHER_IS_BETTER", "MetricHistory", "find_stop_metric", "metric_mode", "sweep_direction"]
