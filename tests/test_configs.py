@@ -40,7 +40,7 @@ CONF = config_dir()
 EMBEDDED_DATA = {"digits", "gaussians", "gaussians_grid"}
 EMBEDDED_DATA_CLASSES = {"DigitsDataModule", "GaussianMixtureDataModule"}
 # Keys of summary.json a sweeper may optimize (product.md).
-SUMMARY_METRICS = {"best_fid", "g_steps", "wall_time_s"}
+SUMMARY_METRICS = {"best_value", "best_fid", "g_steps", "wall_time_s"}
 
 
 def choices(group: str) -> list[str]:

@@ -42,6 +42,32 @@ def find_stop_metric(callbacks: Iterable[Any]) -> Optional[tuple[str, str]]:
     return None
 
 
+def stop_metric_fields(callbacks: Iterable[Any], results: dict[str, Any], metric: Optional[str] = None,
+                       mode: Optional[str] = None) -> dict[str, Any]:
+    """``summary.json``'s stop-metric fields (``stop_metric``, ``stop_mode``, ``best_value``, ``best_g_step``,
+    ``history``) of a run that had no ``RunSummary``, from what the other callbacks report: the evaluation history
+    ``<name>_history`` in ``results`` (``FIDMonitor``'s ``mmd_history``, ``fid_history``), else a ``BestGenerator``
+    of that metric. Empty when the run names no stop metric."""
+    from lightning_regan.callbacks.best_generator import BestGenerator
+
+    callbacks = list(callbacks)
+    if metric is None:
+        found = find_stop_metric(callbacks)
+        if found is None:
+            return {}
+        metric, mode = found[0], mode or found[1]
+    mode = mode or metric_mode(metric)
+    tracker = MetricHistory(metric, mode)
+    tracker.history = [(int(g), float(v)) for g, v in results.get(f"{metric.rsplit('/', 1)[-1]}_history") or []]
+    best = tracker.best
+    if best is None:
+        keeper = next((cb for cb in callbacks if isinstance(cb, BestGenerator) and cb.monitor == metric), None)
+        if keeper is not None and keeper.best_value is not None:
+            best = (keeper.best_g_step, keeper.best_value)
+    return {"stop_metric": metric, "stop_mode": mode, "best_value": best[1] if best else None,
+            "best_g_step": best[0] if best else None, "history": [[g, v] for g, v in tracker.history]}
+
+
 class MetricHistory:
     """The evaluations of one logged metric and the best of them (lower for ``mode="min"``, higher for ``"max"``).
 
@@ -90,4 +116,5 @@ class MetricHistory:
         self._evaluations.last_value = state.get("last_value")
 
 
-__all__ = ["HIGHER_IS_BETTER", "MetricHistory", "find_stop_metric", "metric_mode", "sweep_direction"]
+__all__ = ["HIGHER_IS_BETTER", "MetricHistory", "find_stop_metric", "metric_mode", "stop_metric_fields",
+           "sweep_direction"]

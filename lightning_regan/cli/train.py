@@ -19,7 +19,6 @@ from omegaconf import DictConfig, open_dict
 from lightning_regan.cli.checkpoints import CheckpointError, check_same_settings, resolve_resume, slurm_hpc_checkpoint
 from lightning_regan.cli.checks import MAX_SEED, check_values, fail  # noqa: F401 (public names)
 from lightning_regan.config import drop_unselected, has_target
-from lightning_regan.errors import ConfigError
 from lightning_regan.data.base import DatasetError, DatasetNotFoundError
 from lightning_regan.errors import ConfigError
 from lightning_regan.fid.weights import InceptionWeightsError
@@ -181,12 +180,23 @@ def run(cfg: DictConfig) -> float:
         if isinstance(exc.__context__, KeyboardInterrupt):
             _stopped(cfg, "SIGINT (Ctrl+C)", EXIT_SIGINT)
         raise
-    key = cfg.get("optimized_metric") or "best_fid"
+    return objective(cfg, summary)
+
+
+def objective(cfg: DictConfig, summary: dict[str, Any]) -> float:
+    """``summary[optimized_metric]`` (``best_value``, the best value of the stop metric, by default; a summary from
+    before 0.4 without it: ``best_fid``), the value a Hydra sweeper optimizes. A run without it (diverged before any
+    evaluation, evaluation off) gets the worst value: ``inf``, or ``-inf`` when it is ``best_value`` of a metric
+    where higher is better (``stop_mode=max``: the sweep maximizes)."""
+    key = cfg.get("optimized_metric") or "best_value"
     value = summary.get(key)
+    if key == "best_value" and "best_value" not in summary and "stop_metric" not in summary:
+        value = summary.get("best_fid")  # an old summary (before 0.4)
     if not isinstance(value, (int, float)):
-        # A run without the metric (diverged before any FID, FID off) is the worst result for a minimizing sweeper.
-        log.warning("regan-train: the run has no %s (status %s); returning inf.", key, summary.get("status"))
-        return float("inf")
+        worst = float("-inf") if key == "best_value" and summary.get("stop_mode", cfg.get("stop_mode")) == "max" \
+            else float("inf")
+        log.warning("regan-train: the run has no %s (status %s); returning %s.", key, summary.get("status"), worst)
+        return worst
     return float(value)
 
 
