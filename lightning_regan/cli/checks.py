@@ -189,6 +189,9 @@ def check_values(cfg: DictConfig) -> None:
         if cfg.seed > MAX_SEED:
             raise ConfigError(f"seed must be an integer in [0, {MAX_SEED}], got {cfg.seed}.")
     need_int("max_g_steps", cfg.get("max_g_steps"), 1)
+    if "stop_mode" in cfg and cfg.get("stop_mode") not in ("min", "max"):
+        raise ConfigError(f"stop_mode must be min (lower is better) or max (higher is better), got "
+                          f"{cfg.get('stop_mode')!r} (e.g. stop_mode=max for stop_metric=val/class_accuracy).")
     module = cfg.get("module") or {}
     need_int("module.n_critic", module.get("n_critic", 1), 1)
     decay = module.get("ema_decay")
