@@ -206,6 +206,12 @@ class RunSummary(GStepCallback):
             summary["plots"] = plot_run(summary, self.loss_history, self.output_dir / "plots")
         self.summary = summary
         write_json_atomic(self.summary_path, summary)
+        if trainer.loggers:  # W&B / MLflow: the stop metric's best as the run's summary metric, plots and samples
+            from lightning_regan.tracking import publish_run
+
+            images = [self.output_dir / rel for rel in dict.fromkeys((summary.get("plots") or {}).values())]
+            images += [cb.last_path for cb in trainer.callbacks if hasattr(cb, "last_path")]
+            publish_run(trainer.loggers, summary, images)
         log.info("RunSummary: %s (%s) -> %s", summary["status"], summary["stop_reason"], self.summary_path)
 
     def build_summary(
