@@ -60,15 +60,15 @@ class RunSummary(GStepCallback):
 
     Args:
         output_dir: Folder of ``summary.json`` and ``plots/``.
+        loss_log_every_n_g_steps: Keep ``(g_step, d_loss, g_loss)`` for the loss plot every this many G steps.
+        d_loss_key: Logged D loss.
+        g_loss_key: Logged G loss.
+        plots: Write the plots.
         stop_metric: The logged metric the run decides on (``${stop_metric}`` in the configs); ``None`` takes the
             ``monitor`` of a ``BestGenerator``, else of the first evaluation rule of an ``EarlyTermination``, else of
             a ``ModelCheckpoint`` (none of these: no stop metric, ``best_value`` is ``null``).
         stop_mode: ``"min"`` or ``"max"``; ``None`` takes that callback's ``mode``, else the metric's
             (:func:`~lightning_regan.callbacks.stop_metric.metric_mode`).
-        loss_log_every_n_g_steps: Keep ``(g_step, d_loss, g_loss)`` for the loss plot every this many G steps.
-        d_loss_key: Logged D loss.
-        g_loss_key: Logged G loss.
-        plots: Write the plots.
     """
 
     def __init__(
