@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from lightning_regan.config import drop_unselected, has_target  # noqa: F401 (re-exported: torch-free, used by the CLI checks)
 from lightning_regan.callbacks.g_step import OUTPUT
 from lightning_regan.callbacks.run_summary import SummaryFields
-from lightning_regan.callbacks.stop_metric import stop_metric_fields
+from lightning_regan.stop_metric import stop_metric_fields
 from lightning_regan.errors import ConfigError
 from lightning_regan.module import GANModule, max_steps_for
 from lightning_regan.regularizers import spectral_norm

@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
 from lightning_regan.callbacks.g_step import GStepCallback, g_step_budget, g_steps_of
-from lightning_regan.callbacks.stop_metric import MetricHistory, find_stop_metric, metric_mode
+from lightning_regan.stop_metric import MetricHistory, find_stop_metric, metric_mode
 from lightning_regan.protocol import GANModuleLike
 from lightning_regan.validation import check_int
 
@@ -36,7 +36,7 @@ class GStepProgressBar(GStepCallback, TQDMProgressBar):
         process_position: Offset of the bar in lines, as in ``TQDMProgressBar``.
         stop_metric: The metric the run decides on, shown first with its best value (``mmd=...``,
             ``best_mmd=...``); ``None`` takes it from the deciding callbacks (``BestGenerator``'s ``monitor``, ...,
-            :func:`~lightning_regan.callbacks.stop_metric.find_stop_metric`).
+            :func:`~lightning_regan.stop_metric.find_stop_metric`).
         stop_mode: ``"min"`` or ``"max"``; ``None``: that callback's, else the metric's.
     """
 

@@ -11,7 +11,7 @@ import lightning as L
 
 from lightning_regan.atomic import json_safe, write_json_atomic
 from lightning_regan.callbacks.g_step import GStepCallback, check_int, g_steps_of, is_due
-from lightning_regan.callbacks.stop_metric import MetricHistory, find_stop_metric, metric_mode
+from lightning_regan.stop_metric import MetricHistory, find_stop_metric, metric_mode
 from lightning_regan.logged import to_float
 from lightning_regan.stopping.base import StopRecord, first_stop
 
@@ -68,7 +68,7 @@ class RunSummary(GStepCallback):
             ``monitor`` of a ``BestGenerator``, else of the first evaluation rule of an ``EarlyTermination``, else of
             a ``ModelCheckpoint`` (none of these: no stop metric, ``best_value`` is ``null``).
         stop_mode: ``"min"`` or ``"max"``; ``None`` takes that callback's ``mode``, else the metric's
-            (:func:`~lightning_regan.callbacks.stop_metric.metric_mode`).
+            (:func:`~lightning_regan.stop_metric.metric_mode`).
     """
 
     def __init__(

@@ -9,33 +9,45 @@ it (from an explicit setting, else from the deciding callbacks' public ``monitor
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Optional
 
 from lightning_regan.logged import NewEvaluations
 from lightning_regan.metric_modes import HIGHER_IS_BETTER, metric_mode, sweep_direction  # noqa: F401 (public here)
 
 
-def find_stop_metric(callbacks: Iterable[Any]) -> Optional[tuple[str, str]]:
-    """``(metric, mode)`` the run decides on, read from the callbacks' public attributes, or ``None``.
+def _is_keeper(cb: Any) -> bool:
+    """A callback that keeps the best of a metric (``BestGenerator``): public ``monitor``, ``mode``, ``best_value``,
+    ``best_g_step``."""
+    return all(hasattr(cb, a) for a in ("monitor", "mode", "best_value", "best_g_step")) and isinstance(cb.monitor, str)
 
-    In order: a ``BestGenerator`` (``monitor``, ``mode``); the first evaluation rule of an ``EarlyTermination``
-    (``rules[...].monitor``, ``.mode``); a ``ModelCheckpoint`` with a ``monitor``.
+
+def _evaluation_rules(cb: Any) -> list[Any]:
+    """The evaluation rules of a callback with public stop ``rules`` (``EarlyTermination``), in order."""
+    rules = getattr(cb, "rules", None)
+    if not isinstance(rules, Mapping):
+        return []
+    return [r for r in rules.values() if getattr(r, "cadence", None) == "evaluation" and getattr(r, "monitor", None)]
+
+
+def find_stop_metric(callbacks: Iterable[Any]) -> Optional[tuple[str, str]]:
+    """``(metric, mode)`` the run decides on, read from the callbacks' public attributes (never their classes:
+    callbacks talk through metrics), or ``None``.
+
+    In order: a callback that keeps the best of a metric (``BestGenerator``: ``monitor``, ``mode``); the first
+    evaluation rule of a callback with stop ``rules`` (``EarlyTermination``: ``rules[...].monitor``, ``.mode``); a
+    ``ModelCheckpoint`` with a ``monitor``.
     """
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from lightning_regan.callbacks.best_generator import BestGenerator
-    from lightning_regan.callbacks.early_termination import EarlyTermination
-
     callbacks = list(callbacks)
     for cb in callbacks:
-        if isinstance(cb, BestGenerator):
+        if _is_keeper(cb):
             return cb.monitor, cb.mode
     for cb in callbacks:
-        if isinstance(cb, EarlyTermination):
-            for rule in cb.rules.values():
-                if rule.cadence == "evaluation" and rule.monitor:
-                    return rule.monitor, rule.mode
+        rules = _evaluation_rules(cb)
+        if rules:
+            return rules[0].monitor, rules[0].mode
     for cb in callbacks:
         if isinstance(cb, ModelCheckpoint) and cb.monitor:
             return cb.monitor, cb.mode
@@ -46,10 +58,8 @@ def stop_metric_fields(callbacks: Iterable[Any], results: dict[str, Any], metric
                        mode: Optional[str] = None) -> dict[str, Any]:
     """``summary.json``'s stop-metric fields (``stop_metric``, ``stop_mode``, ``best_value``, ``best_g_step``,
     ``history``) of a run that had no ``RunSummary``, from what the other callbacks report: the evaluation history
-    ``<name>_history`` in ``results`` (``FIDMonitor``'s ``mmd_history``, ``fid_history``), else a ``BestGenerator``
-    of that metric. Empty when the run names no stop metric."""
-    from lightning_regan.callbacks.best_generator import BestGenerator
-
+    ``<name>_history`` in ``results`` (``FIDMonitor``'s ``mmd_history``, ``fid_history``), else a callback that kept
+    the best of that metric (``BestGenerator``). Empty when the run names no stop metric."""
     callbacks = list(callbacks)
     if metric is None:
         found = find_stop_metric(callbacks)
@@ -61,7 +71,7 @@ def stop_metric_fields(callbacks: Iterable[Any], results: dict[str, Any], metric
     tracker.history = [(int(g), float(v)) for g, v in results.get(f"{metric.rsplit('/', 1)[-1]}_history") or []]
     best = tracker.best
     if best is None:
-        keeper = next((cb for cb in callbacks if isinstance(cb, BestGenerator) and cb.monitor == metric), None)
+        keeper = next((cb for cb in callbacks if _is_keeper(cb) and cb.monitor == metric), None)
         if keeper is not None and keeper.best_value is not None:
             best = (keeper.best_g_step, keeper.best_value)
     return {"stop_metric": metric, "stop_mode": mode, "best_value": best[1] if best else None,
