@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from lightning_regan.config import drop_unselected, has_target  # noqa: F401 (re-exported: torch-free, used by the CLI checks)
 from lightning_regan.callbacks.g_step import OUTPUT
 from lightning_regan.callbacks.run_summary import SummaryFields
+from lightning_regan.stop_metric import stop_metric_fields
 from lightning_regan.errors import ConfigError
 from lightning_regan.module import GANModule, max_steps_for
 from lightning_regan.regularizers import spectral_norm
@@ -143,7 +144,8 @@ def fit(objects: dict[str, Any], ckpt_path: Optional[str]) -> dict[str, Any]:
 
     The results are the module's G and D steps, this process's ``wall_time_s`` and every callback's
     ``summary_fields()`` (``best_fid``, ``status``, ...), read from the run itself; where a ``summary.json`` was
-    written (by ``RunSummary``, also from spawned DDP ranks), its entries complete them.
+    written (by ``RunSummary``, also from spawned DDP ranks), its entries complete them. Without one, the stop
+    metric's fields (``best_value``, ...) come from the callbacks (:func:`stop_metric_fields`).
     """
     output_dir = Path(objects["cfg"].output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -159,6 +161,9 @@ def fit(objects: dict[str, Any], ckpt_path: Optional[str]) -> dict[str, Any]:
     summary_path = output_dir / "summary.json"
     if summary_path.is_file():
         results.update(json.loads(summary_path.read_text()))
+    if "best_value" not in results:  # no RunSummary: the stop metric's best from the other callbacks
+        cfg = objects["cfg"]
+        results.update(stop_metric_fields(trainer.callbacks, results, cfg.get("stop_metric"), cfg.get("stop_mode")))
     return results
 
 

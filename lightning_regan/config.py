@@ -9,6 +9,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from lightning_regan.metric_modes import metric_mode, sweep_direction
+
 log = logging.getLogger(__name__)
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -30,8 +32,10 @@ def _if_positive(value: Any, then: Any, otherwise: Any = None) -> Any:
     return then if value and int(value) > 0 else otherwise
 
 
-# Resolvers of conf/callbacks/checkpoint.yaml (registered on import, before any config is composed).
-for _name, _fn in (("regan.checkpoint_every", _checkpoint_every), ("regan.if_positive", _if_positive)):
+# Resolvers of conf/callbacks/checkpoint.yaml, train.yaml's stop_mode and the sweeps' direction (registered on import,
+# before any config is composed).
+for _name, _fn in (("regan.checkpoint_every", _checkpoint_every), ("regan.if_positive", _if_positive),
+                   ("regan.metric_mode", metric_mode), ("regan.sweep_direction", sweep_direction)):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _fn)
 

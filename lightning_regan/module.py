@@ -113,6 +113,9 @@ class GANModule(L.LightningModule):
         self.discriminator = discriminator
         self.loss = get_loss(loss)
         self.regularizers = regularizer_dict(regularizers)
+        for reg in self.regularizers.values():  # a term that cannot apply says so now, not at the first D step
+            if reg.weight > 0 and callable(getattr(reg, "check_discriminator", None)):
+                reg.check_discriminator(discriminator)
         self.augment = augment
         self.g_optimizer_factory = g_optimizer or _default_optimizer()
         self.d_optimizer_factory = d_optimizer or _default_optimizer()

@@ -1,4 +1,5 @@
-"""A run's pictures: loss and FID curves marking where and why training stopped, sample grids, 2-D scatter plots.
+"""A run's pictures: loss, stop-metric and FID curves marking where and why training stopped, sample grids, 2-D
+scatter plots.
 
 Figures are drawn with matplotlib's object API on the Agg canvas (no pyplot state, no display needed),
 so plotting never changes the user's matplotlib backend.
@@ -144,6 +145,68 @@ def plot_fid(
     return _save(fig, path)
 
 
+def _metric_panel(ax: object, history: Sequence[Sequence[float]], metric: str, mode: str, stop: StopMark,
+                  best: Optional[tuple[int, float]], color: str) -> None:
+    """One metric's curve with its best starred and the stop marked; log axis when every value is positive."""
+    steps = [int(row[0]) for row in history]
+    values = [_finite_or_nan(row[1]) for row in history]
+    ax.plot(steps, values, marker="o", markersize=3, label=metric, color=color)
+    if best is not None and best[1] is not None and math.isfinite(best[1]):
+        ax.plot([best[0]], [best[1]], marker="*", markersize=14, color="gold", markeredgecolor="black",
+                linestyle="none", label=f"best {best[1]:.4g} (G step {best[0]})")
+    _mark_stop(ax, stop)
+    finite = [v for v in values if math.isfinite(v)]
+    log_axis = bool(finite) and all(v > 0 for v in finite)  # an unbiased MMD² can dip below 0: then linear
+    if log_axis:
+        ax.set_yscale("log")
+    ax.set_xlabel("generator step")
+    ax.set_ylabel(f"{metric}{' (log scale)' if log_axis else ''}")
+    ax.set_title(f"{metric} ({'lower' if mode == 'min' else 'higher'} is better)")
+    ax.legend(loc="best", fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+
+
+def plot_stop_metric(
+    history: Sequence[Sequence[float]],
+    path: PathLike,
+    metric: str,
+    mode: str = "min",
+    stop: StopMark = None,
+    best: Optional[tuple[int, float]] = None,
+    fid_history: Optional[Sequence[Sequence[float]]] = None,
+    fid_best: Optional[tuple[int, float]] = None,
+) -> Path:
+    """The stop metric's curve (the number the run decided on) with its best and the stop marked; with
+    ``fid_history``, the FID beside it in a second panel.
+
+    Args:
+        history: Rows ``(g_step, value)`` of the stop metric.
+        path: PNG file to write (parent folders are created).
+        metric: Its name (``val/mmd``).
+        mode: ``"min"`` or ``"max"`` (only the title says which is better).
+        stop: ``(g_step, reason)`` of the stop, or ``None``.
+        best: ``(g_step, value)`` of its best evaluation, or ``None``.
+        fid_history: Rows ``(g_step, fid)``, or ``None`` (one panel).
+        fid_best: ``(g_step, fid)`` of the best FID, or ``None``.
+
+    Returns:
+        The written path.
+    """
+    two = bool(fid_history)
+    fig = Figure(figsize=(11.0 if two else 7.0, 4.0), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    _metric_panel(fig.add_subplot(1, 2 if two else 1, 1), history, metric, mode, stop, best, "tab:purple")
+    if two:
+        _metric_panel(fig.add_subplot(1, 2, 2), fid_history, "val/fid", "min", stop, fid_best, "tab:green")
+    return _save(fig, path)
+
+
+def stop_metric_plot_name(metric: str) -> str:
+    """``plots/<name>.png`` of a stop metric: its last path component, file-safe (``val/mmd`` -> ``mmd.png``)."""
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(metric).rsplit("/", 1)[-1]) or "metric"
+    return f"{name}.png"
+
+
 def plot_augment(
     history: Sequence[Sequence[Optional[float]]],
     path: PathLike,
@@ -182,9 +245,10 @@ def plot_augment(
 
 def plot_run(summary: Mapping[str, Any], loss_history: Sequence[Sequence[Optional[float]]],
              plot_dir: Path) -> dict[str, str]:
-    """``losses.png`` and (with an FID history) ``fid.png`` of a run in ``plot_dir``, from its ``summary.json``
-    fields; returns the written plots relative to the run folder. A plot that fails is logged, never raised, so it
-    cannot cost the run its summary."""
+    """``losses.png``, the stop metric's ``<metric>.png`` (e.g. ``mmd.png``, FID beside it; for ``val/fid`` that is
+    ``fid.png``), ``fid.png`` (with an FID history) and ``augment.png`` (when augmenting) of a run in ``plot_dir``,
+    from its ``summary.json`` fields; returns the written plots relative to the run folder (``stop_metric``: the
+    stop metric's). A plot that fails is logged, never raised, so it cannot cost the run its summary."""
     written: dict[str, str] = {}
     stop = (int(summary["stopped_g_step"]), str(summary["stop_reason"]))
     try:
@@ -193,21 +257,43 @@ def plot_run(summary: Mapping[str, Any], loss_history: Sequence[Sequence[Optiona
         if summary.get("augment_history"):
             plot_augment(summary["augment_history"], plot_dir / "augment.png", stop=stop)
             written["augment"] = "plots/augment.png"
-        if summary["fid_history"]:
+        fid_best = None
+        if summary.get("best_fid") is not None:
+            fid_best = (int(summary["best_fid_step"]), float(summary["best_fid"]))
+        metric = summary.get("stop_metric")
+        if metric and metric != "val/fid" and summary.get("history"):
             best = None
-            if summary["best_fid"] is not None:
-                best = (int(summary["best_fid_step"]), float(summary["best_fid"]))
+            if summary.get("best_value") is not None:
+                best = (int(summary["best_g_step"]), float(summary["best_value"]))
+            name = stop_metric_plot_name(metric)
+            plot_stop_metric(summary["history"], plot_dir / name, metric, summary.get("stop_mode") or "min", stop=stop,
+                             best=best, fid_history=summary.get("fid_history"), fid_best=fid_best)
+            written["stop_metric"] = f"plots/{name}"
+        if summary["fid_history"]:
+            best = fid_best
             plot_fid(summary["fid_history"], plot_dir / "fid.png", stop=stop, best=best,
                      smoothed=summary.get("fid_smoothed"), coverage=summary.get("coverage_history"))
             written["fid"] = "plots/fid.png"
+            if metric == "val/fid":
+                written["stop_metric"] = "plots/fid.png"
     except Exception as err:
         # a full disk is reported once, by whoever ends the run (regan-train: one line naming the folder)
         (log.debug if is_disk_full(err) else log.warning)("RunSummary: could not write plots into %s: %s", plot_dir, err)
     return written
 
 
-def save_image_grid(images: Tensor, path: Union[str, Path], nrow: int = 8) -> Path:
-    """Save images ``(N, C, H, W)`` (or ``(N, H, W)``) in [-1, 1] as one PNG grid, atomically."""
+#: Sample grids smaller than this many pixels a side are enlarged (nearest neighbour, whole factors) to at least it:
+#: the default run's 8x8 digits make an 82x82 grid, too small to see.
+MIN_GRID_SIDE = 256
+
+
+def save_image_grid(images: Tensor, path: Union[str, Path], nrow: int = 8, min_side: int = MIN_GRID_SIDE) -> Path:
+    """Save images ``(N, C, H, W)`` (or ``(N, H, W)``) in [-1, 1] as one PNG grid, atomically.
+
+    A grid whose shorter side is under ``min_side`` pixels is enlarged by the smallest whole factor that reaches it,
+    nearest neighbour (each pixel becomes a k x k block: nothing is smoothed or invented); ``0`` keeps it as is.
+    """
+    from torchvision.utils import make_grid
     from torchvision.utils import save_image
 
     if images.dim() == 3:
@@ -215,7 +301,12 @@ def save_image_grid(images: Tensor, path: Union[str, Path], nrow: int = 8) -> Pa
     if images.dim() != 4:
         raise ValueError(f"save_image_grid: expected images of shape (N, C, H, W), got {tuple(images.shape)}.")
     unit = (images.detach().float().cpu().nan_to_num(0.0).clamp(-1, 1) + 1) / 2
-    return atomic_write(Path(path), lambda p: save_image(unit, p, nrow=nrow, format="png"))
+    grid = make_grid(unit, nrow=nrow)
+    side = min(grid.shape[-2:])
+    if min_side and side < min_side:
+        factor = -(-int(min_side) // int(side))  # ceil
+        grid = grid.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+    return atomic_write(Path(path), lambda p: save_image(grid, p, format="png"))
 
 
 def save_scatter(
@@ -253,4 +344,5 @@ def save_scatter(
     return atomic_write(Path(path), lambda p: fig.savefig(p, format="png"))
 
 
-__all__ = ["plot_augment", "plot_fid", "plot_losses", "plot_run", "save_image_grid", "save_scatter"]
+__all__ = ["plot_augment", "plot_fid", "plot_losses", "plot_run", "plot_stop_metric", "save_image_grid", "save_scatter",
+           "stop_metric_plot_name"]

@@ -93,6 +93,10 @@ class Regularizer(nn.Module):
         """Return the unweighted penalty as a scalar tensor."""
         raise NotImplementedError
 
+    def check_discriminator(self, discriminator: nn.Module) -> None:
+        """Raise ``ValueError`` (one line saying what to pass) when this term cannot apply to ``discriminator``;
+        :class:`~lightning_regan.GANModule` calls it at construction. Nothing to check by default."""
+
     def extra_repr(self) -> str:
         return f"weight={self.weight}, every={self.every}"
 
@@ -126,6 +130,23 @@ def _penalized_parameters(module: nn.Module, include_bias: bool) -> list[Tensor]
     return [p for p in module.parameters() if p.requires_grad and (include_bias or p.ndim >= 2)]
 
 
+def _weight_parameters(owner: Regularizer, module: nn.Module, include_bias: bool) -> list[Tensor]:
+    """The parameters a weight norm penalizes, or ``ValueError`` in one line when there are none."""
+    params = _penalized_parameters(module, include_bias)
+    if params:
+        return params
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    name = type(owner).__name__
+    if trainable:  # all 1-D: a linear D written with a vector weight, or biases and norm gains only
+        raise ValueError(
+            f"{name}: the discriminator {type(module).__name__} has no weight matrix or convolution kernel (every "
+            f"trainable parameter is 1-D), so there is nothing to penalize by default; pass include_bias=True "
+            f"(regularizer.{owner.default_name}.include_bias=true) to penalize its 1-D parameters, or use another "
+            "regularizer (r1, r2, wgan_gp, lecam).")
+    raise ValueError(f"{name}: the discriminator {type(module).__name__} has no trainable parameters to penalize; "
+                     "use a gradient penalty (r1, r2, wgan_gp) or lecam instead.")
+
+
 class WeightL1(Regularizer):
     """L1 norm of D's weights, ``sum |w|`` (the seed's R(D) = ||w||_1).
 
@@ -144,8 +165,11 @@ class WeightL1(Regularizer):
         super().__init__(weight, every)
         self.include_bias = include_bias
 
+    def check_discriminator(self, discriminator: nn.Module) -> None:
+        _weight_parameters(self, discriminator, self.include_bias)
+
     def forward(self, batch: DiscriminatorBatch) -> Tensor:
-        params = _penalized_parameters(batch.discriminator, self.include_bias)
+        params = _weight_parameters(self, batch.discriminator, self.include_bias)
         return torch.stack([p.abs().sum() for p in params]).sum()
 
 
@@ -161,8 +185,11 @@ class WeightL2(Regularizer):
         super().__init__(weight, every)
         self.include_bias = include_bias
 
+    def check_discriminator(self, discriminator: nn.Module) -> None:
+        _weight_parameters(self, discriminator, self.include_bias)
+
     def forward(self, batch: DiscriminatorBatch) -> Tensor:
-        params = _penalized_parameters(batch.discriminator, self.include_bias)
+        params = _weight_parameters(self, batch.discriminator, self.include_bias)
         return torch.stack([p.square().sum() for p in params]).sum()
 
 

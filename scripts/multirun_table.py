@@ -31,7 +31,8 @@ from lightning_regan.sweep import format_cell
 
 #: summary.json fields copied into the table, in this order.
 SUMMARY_FIELDS = (
-    "status", "stop_reason", "g_steps", "d_steps", "best_fid", "best_fid_step", "final_fid",
+    "status", "stop_reason", "g_steps", "d_steps", "stop_metric", "best_value", "best_g_step", "best_fid",
+    "best_fid_step", "final_fid",
     "wall_time_s", "fid_eval_time_s", "world_size",
 )
 
@@ -87,7 +88,8 @@ def collect_runs(multirun_dir: Path) -> list[dict[str, Any]]:
             "error": summary.get("error"),
         }
         for field in SUMMARY_FIELDS:
-            record[field] = summary.get(field)
+            record[field] = summary.get(field)  # summaries before 0.4 have no stop_metric/best_value/best_g_step
+        record["stop_mode"] = summary.get("stop_mode")
         record["final_fid"] = history[-1][1] if history else None
         runs.append(record)
     if not runs:
@@ -121,9 +123,20 @@ def table_rows(runs: Sequence[dict[str, Any]]) -> tuple[list[str], list[dict[str
 
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def best_run(runs: Sequence[dict[str, Any]]) -> Optional[dict[str, Any]]:
-    """The run with the lowest finite ``best_fid`` (``None`` when no run has one)."""
-    scored = [r for r in runs if isinstance(r.get("best_fid"), (int, float)) and math.isfinite(r["best_fid"])]
+    """The run with the best finite ``best_value`` of the stop metric (lowest, or highest for ``stop_mode`` max),
+    among the runs that share the first run's ``stop_metric``; runs whose summaries have no stop metric (before 0.4)
+    by the lowest finite ``best_fid``. ``None`` when no run has one."""
+    metric = next((r["stop_metric"] for r in runs if r.get("stop_metric") and _finite(r.get("best_value"))), None)
+    if metric is not None:
+        scored = [r for r in runs if r.get("stop_metric") == metric and _finite(r.get("best_value"))]
+        sign = -1.0 if scored[0].get("stop_mode") == "max" else 1.0
+        return min(scored, key=lambda r: sign * r["best_value"])
+    scored = [r for r in runs if _finite(r.get("best_fid"))]
     return min(scored, key=lambda r: r["best_fid"]) if scored else None
 
 
@@ -152,7 +165,11 @@ def write_markdown(runs: Sequence[dict[str, Any]], path: Path, title: str) -> Pa
         if best is not None and run is best:
             cells = [f"**{c}**" if c else c for c in cells]
         lines.append("| " + " | ".join(cells) + " |")
-    if best is not None:
+    if best is not None and best.get("stop_metric") and _finite(best.get("best_value")):
+        lines += ["", f"Best {best['stop_metric']}: job `{best['job']}` ({_describe(best)}), "
+                      f"best_value={format_cell(best['best_value'])} at G step {best['best_g_step']} "
+                      f"(best_fid={format_cell(best['best_fid'])})."]
+    elif best is not None:
         lines += ["", f"Best FID: job `{best['job']}` ({_describe(best)}), best_fid={format_cell(best['best_fid'])} "
                       f"at G step {best['best_fid_step']}."]
     failed = failed_runs(runs)

@@ -335,8 +335,10 @@ def test_sample_grid_has_one_row_per_class(tmp_path):
     trainer = quiet_trainer(max_steps=max_steps_for(1), callbacks=[grid])
     trainer.fit(module, DigitsDataModule(batch_size=32))
     image = Image.open(grid.last_path)
-    # torchvision's grid: 2 px padding around 8x8 cells, nrow columns, one row per class
-    assert image.size == (6 * 10 + 2, 10 * 10 + 2)
+    # torchvision's grid: 2 px padding around 8x8 cells, nrow columns, one row per class; enlarged 5x (nearest
+    # neighbour) to at least 256 px a side
+    assert image.size == (5 * (6 * 10 + 2), 5 * (10 * 10 + 2))
+    image = image.resize((6 * 10 + 2, 10 * 10 + 2), Image.NEAREST)
     rows = torch.as_tensor(list(image.convert("L").getdata()), dtype=torch.float32).view(102, 62)
     cell = lambda r, c: rows[2 + 10 * r : 10 + 10 * r, 2 + 10 * c : 10 + 10 * c]  # noqa: E731
     z, y = class_inputs(module, 6, module.fixed_noise_seed)
@@ -362,6 +364,9 @@ def test_regan_sample_class_option(tmp_path):
     assert main([str(ckpt), "--class", "7", "-n", "5", "--nrow", "5", "-o", str(png), "--seed", "3"]) == 0
     z, y = class_inputs(module, 5, 3, classes=[7])
     expected = ((module.generate(z=z, y=y).clamp(-1, 1) + 1) / 2 * 255).round()
+    assert Image.open(png).size == (22 * 52, 22 * 12)  # enlarged by the whole factor that takes 12 px to >= 256
+    assert main([str(ckpt), "--class", "7", "-n", "5", "--nrow", "5", "-o", str(png), "--seed", "3",
+                 "--min-side", "0"]) == 0
     image = torch.as_tensor(list(Image.open(png).convert("L").getdata()), dtype=torch.float32).view(12, 52)
     for c in range(5):
         assert (image[2:10, 2 + 10 * c : 10 + 10 * c] - expected[c, 0]).abs().max() <= 1.0
@@ -376,7 +381,7 @@ def test_regan_sample_class_option(tmp_path):
     torch.testing.assert_close(torch.cat(list(checkpoint_batches(module, 10, 4, batch_size=4))), module.generate(z=z, y=y))
     assert main([str(ckpt), "--class", "10", "-o", str(png)]) == 2
     assert main([str(ckpt), "--class", "0", "--class", "9", "--nrow", "3", "-o", str(tmp_path / "two.png")]) == 0
-    assert Image.open(tmp_path / "two.png").size == (3 * 10 + 2, 2 * 10 + 2)
+    assert Image.open(tmp_path / "two.png").size == (12 * (3 * 10 + 2), 12 * (2 * 10 + 2))
 
 
 def test_regan_sample_class_on_an_unconditional_checkpoint_is_refused(tmp_path, capsys):

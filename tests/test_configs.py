@@ -40,7 +40,7 @@ CONF = config_dir()
 EMBEDDED_DATA = {"digits", "gaussians", "gaussians_grid"}
 EMBEDDED_DATA_CLASSES = {"DigitsDataModule", "GaussianMixtureDataModule"}
 # Keys of summary.json a sweeper may optimize (product.md).
-SUMMARY_METRICS = {"best_fid", "g_steps", "wall_time_s"}
+SUMMARY_METRICS = {"best_value", "best_fid", "g_steps", "wall_time_s"}
 
 
 def choices(group: str) -> list[str]:
@@ -224,15 +224,25 @@ def test_trainer_choice_instantiates(tmp_path, trainer):
 
 
 @pytest.mark.parametrize("logger", choices("logger"))
-def test_logger_choice_instantiates(tmp_path, logger):
+def test_logger_choice_instantiates(tmp_path, monkeypatch, logger):
     cfg = compose(tmp_path, f"logger={logger}")
     if logger == "none":
         assert not cfg.get("logger") and build_loggers(cfg) == []
         return
+    if logger in ("wandb", "mlflow"):  # optional extras: tested where installed (offline, under tmp_path)
+        pytest.importorskip(logger)
+        monkeypatch.setenv("WANDB_SILENT", "true")
     (built,) = build_loggers(cfg)
     built.log_metrics({"train/g_loss": 1.0}, step=1)
     built.finalize("success")
-    assert Path(built.log_dir).is_relative_to(tmp_path)
+    if logger == "wandb":
+        import wandb
+
+        wandb.finish()
+    if logger in ("wandb", "mlflow"):  # the offline run / the local store, under the run's output_dir
+        assert (tmp_path / ("wandb" if logger == "wandb" else "mlflow.db")).exists()
+    else:
+        assert Path(built.log_dir).is_relative_to(tmp_path)
 
 
 def test_several_loggers_at_once(tmp_path):

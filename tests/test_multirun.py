@@ -65,6 +65,22 @@ def test_table_and_plot_from_a_multirun_dir(tmp_path):
     assert png.startswith(PNG_MAGIC) and len(png) > 5000
 
 
+def test_table_ranks_runs_by_their_stop_metric(tmp_path):
+    # 0.4 summaries lead with the stop metric: the best run is the best val/mmd, not the best FID
+    for job, (mmd, fid) in {"0": (0.02, 1.0), "1": (0.01, 3.0)}.items():
+        fake_job(tmp_path, job, [f"seed={job}"], fid, [[10, fid]])
+        path = tmp_path / job / "summary.json"
+        summary = json.loads(path.read_text())
+        path.write_text(json.dumps({"stop_metric": "val/mmd", "stop_mode": "min", "best_value": mmd,
+                                    "best_g_step": 10, "history": [[10, mmd]], **summary}))
+    paths = table.build(tmp_path)
+    with open(paths["csv"]) as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["stop_metric"], r["best_value"], r["best_fid"]) for r in rows] == [("val/mmd", "0.02", "1.0"),
+                                                                                ("val/mmd", "0.01", "3.0")]
+    assert "Best val/mmd: job `1` (seed=1), best_value=0.01 at G step 10 (best_fid=3)." in paths["markdown"].read_text()
+
+
 def test_no_plot_without_fid_and_clear_errors(tmp_path, capsys):
     fake_job(tmp_path / "sweep", "0", ["regularizer=l2"], None, [])
     paths = table.build(tmp_path / "sweep", out_dir=tmp_path / "report")

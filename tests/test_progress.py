@@ -64,6 +64,32 @@ def test_bar_spans_the_run_in_g_steps_and_shows_losses_and_fid(tmp_path, capsys)
     assert bar.train_progress_bar.n == 6 and bar.train_progress_bar.total == 6
 
 
+class FakeMMD(Callback):
+    """Publishes ``val/mmd`` (and its G step) at G steps 2, 4, 6: 0.5, 0.125, 0.25."""
+
+    def on_train_batch_end(self, trainer, pl_module, *_):
+        value = {2: 0.5, 4: 0.125, 6: 0.25}.get(pl_module.g_steps)
+        if value is not None:
+            trainer.callback_metrics["val/mmd"] = torch.tensor(value)
+            trainer.callback_metrics["val/mmd_g_step"] = torch.tensor(float(pl_module.g_steps))
+
+
+@pytest.mark.parametrize("from_callback", [False, True])
+def test_bar_shows_the_stop_metric_and_its_best_first(tmp_path, capsys, from_callback):
+    from lightning_regan.callbacks import BestGenerator
+
+    L.seed_everything(0, verbose=False)
+    bar = GStepProgressBar(refresh_rate=3) if from_callback else GStepProgressBar(refresh_rate=3, stop_metric="val/mmd")
+    extra = [BestGenerator(monitor="val/mmd", verbose=False)] if from_callback else []
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=max_steps_for(6, 1), logger=False, max_epochs=-1,
+                        callbacks=[FakeFID(), FakeMMD(), *extra, bar], enable_checkpointing=False,
+                        enable_model_summary=False)
+    trainer.fit(GANModule(TinyG(), TinyD()), point_loader(n=64))
+    final = capsys.readouterr().out.rsplit("\r", 1)[-1]
+    # the best (0.125 at G step 4) counts although the bar was drawn at G steps 3 and 6 only
+    assert re.search(r"\[.*, mmd=0\.25, best_mmd=0\.125, d_loss=[-\d.e]+, g_loss=[-\d.e]+, fid=12\.5", final), final
+
+
 def test_resumed_run_starts_the_bar_at_the_checkpoints_g_step(tmp_path, capsys):
     fit_with_bar(2, n_critic=1, tmp_path=tmp_path, save_every=4)  # global_step 4 = G step 2
     capsys.readouterr()

@@ -51,6 +51,37 @@ def test_weight_norms_exclude_bias_by_default(batch):
     assert WeightL2(include_bias=True)(batch).item() == pytest.approx(26.09)
 
 
+class VectorD(nn.Module):
+    """A linear D written with a vector weight: every parameter is 1-D."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([3.0, -4.0, 1.0]))
+        self.b = nn.Parameter(torch.tensor(0.3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x @ self.w + self.b).unsqueeze(1)
+
+
+@pytest.mark.parametrize("cls", [WeightL1, WeightL2])
+def test_weight_norms_refuse_a_d_without_weight_matrices_in_one_line(cls):
+    from lightning_regan import GANModule
+
+    from helpers import TinyG
+
+    with pytest.raises(ValueError, match=r"^" + cls.__name__ + r": the discriminator VectorD has no weight matrix .*"
+                                         r"pass include_bias=True \(regularizer\.l[12]\.include_bias=true\)") as err:
+        GANModule(TinyG(out_dim=3), VectorD(), regularizers=[cls()])
+    assert "\n" not in str(err.value)
+    GANModule(TinyG(out_dim=3), VectorD(), regularizers=[cls(weight=0.0)])  # switched off: nothing to check
+    module = GANModule(TinyG(out_dim=3), VectorD(), regularizers=[cls(include_bias=True)])
+    batch = make_batch(module.discriminator, torch.randn(4, 3), torch.randn(4, 3))
+    expected = 8.3 if cls is WeightL1 else 26.09
+    assert module.regularizers[cls.default_name](batch).item() == pytest.approx(expected)
+    with pytest.raises(ValueError, match="no weight matrix"):  # the term itself, used without GANModule
+        cls()(batch)
+
+
 def test_gradient_penalty_is_differentiable_wrt_d_params(batch):
     # d/dw [1/2 ||w||^2] = w: the double backward reaches D's weights.
     R1()(batch).backward()

@@ -62,7 +62,13 @@ def test_summary_after_fid_plateau_stop(tmp_path):
     assert s["best_generator"]["restored"] and s["best_generator"]["restored_into"] == "generator"
     assert s["best_generator"]["restored_g_step"] == 30 == s["best_generator"]["best_g_step"]
     assert s["final_metrics"]["val/fid"] == pytest.approx(fid.history[-1][1])
-    assert s["plots"] == {"losses": "plots/losses.png", "fid": "plots/fid.png"}
+    # the stop metric leads: BestGenerator's monitor (val/fid here), its best and history as the rules read them
+    assert list(s)[:4] == ["stop_metric", "stop_mode", "best_value", "best_g_step"]
+    assert (s["stop_metric"], s["stop_mode"]) == ("val/fid", "min")
+    assert (s["best_value"], s["best_g_step"]) == (pytest.approx(55.0), 30)
+    assert s["history"] == [[g, pytest.approx(f)] for g, f in s["fid_history"]]
+    assert s["plots"] == {"losses": "plots/losses.png", "fid": "plots/fid.png", "stop_metric": "plots/fid.png"}
+    assert "augment_history" not in s and s["ada_p"] is None  # no augmentation: no augment history nor plot
     assert_png(tmp_path / "plots" / "losses.png")
     assert_png(tmp_path / "plots" / "fid.png")
     # loss history: every 10 G steps plus the stop point
@@ -90,6 +96,42 @@ def test_best_fid_from_the_fid_monitor_when_no_early_termination(tmp_path):
     s = read_summary(tmp_path)
     assert (s["best_fid"], s["best_fid_step"]) == (20.0, 10)
     assert s["fid_history"] == [[5, 40.0], [10, 20.0], [15, 30.0]]
+
+
+class ScriptedSignal(GStepCallback):
+    """Logs ``val/<name>`` and ``val/<name>_g_step`` at scripted G steps (a stand-in for FIDMonitor's val/mmd)."""
+
+    def __init__(self, name: str, values: dict) -> None:
+        self.name, self.values = name, dict(values)
+
+    def on_g_step(self, trainer, pl_module, g):
+        if g in self.values:
+            pl_module.log_dict({f"val/{self.name}": self.values[g], f"val/{self.name}_g_step": float(g)},
+                               on_step=True, on_epoch=False, batch_size=1)
+
+
+@pytest.mark.parametrize("mode, best", [("min", (5, 0.25)), ("max", (15, 0.75))])
+def test_summary_leads_with_the_stop_metric_and_plots_it_beside_the_fid(tmp_path, mode, best):
+    fid = ScriptedFID({5: 40.0, 10: 20.0, 15: 30.0})
+    signal = ScriptedSignal("score", {5: 0.25, 10: 0.5, 15: 0.75})
+    fit(ScriptedGAN(), [fid, signal, RunSummary(tmp_path, stop_metric="val/score", stop_mode=mode)], g_steps=20)
+    s = read_summary(tmp_path)
+    assert (s["stop_metric"], s["stop_mode"]) == ("val/score", mode)
+    assert (s["best_g_step"], s["best_value"]) == best
+    assert s["history"] == [[5, 0.25], [10, 0.5], [15, 0.75]]
+    assert (s["best_fid"], s["best_fid_step"]) == (20.0, 10)  # the FID fields stay for those who read them
+    assert s["plots"]["stop_metric"] == "plots/score.png"
+    assert assert_png(tmp_path / "plots" / "score.png").shape[1] == 1100  # two panels: the metric, FID beside it
+
+
+def test_summary_reads_the_stop_metric_from_best_generator(tmp_path):
+    signal = ScriptedSignal("mmd", {4: 0.5, 8: 0.125, 12: 0.25})
+    fit(ScriptedGAN(), [signal, BestGenerator(monitor="val/mmd", verbose=False), RunSummary(tmp_path)], g_steps=14)
+    s = read_summary(tmp_path)
+    assert (s["stop_metric"], s["stop_mode"], s["best_value"], s["best_g_step"]) == ("val/mmd", "min", 0.125, 8)
+    assert s["best_generator"]["best_value"] == s["best_value"]
+    assert s["plots"]["stop_metric"] == "plots/mmd.png" and "fid" not in s["plots"]  # no FID: one panel
+    assert assert_png(tmp_path / "plots" / "mmd.png").shape[1] == 700
 
 
 def test_summary_of_a_diverged_run_is_valid_json(tmp_path):

@@ -105,8 +105,12 @@ def test_sample_grid_writes_on_g_steps_and_at_the_end(tmp_path):
     assert names == ["last.png", "step_3.png", "step_6.png", "step_8.png"]
     assert (tmp_path / "samples" / "last.png").read_bytes() == (tmp_path / "samples" / "step_8.png").read_bytes()
     grid = Image.open(tmp_path / "samples" / "step_3.png")
-    # 16 images of 8x8 in rows of 4 with torchvision's 2-pixel padding: 4 * (8 + 2) + 2 pixels each way.
-    assert grid.size == (42, 42)
+    # 16 images of 8x8 in rows of 4 with torchvision's 2-pixel padding: 4 * (8 + 2) + 2 pixels each way, enlarged
+    # 7x (nearest neighbour: each pixel a 7x7 block) to at least 256 px
+    assert grid.size == (7 * 42, 7 * 42)
+    big = torch.tensor(list(grid.convert("L").getdata())).view(294, 294)
+    assert torch.equal(big, big[::7, ::7].repeat_interleave(7, 0).repeat_interleave(7, 1))  # whole 7x7 blocks
+    grid = grid.resize((42, 42), Image.NEAREST)
     pixels = torch.tensor(list(grid.convert("L").getdata())).view(42, 42)
     assert torch.all(pixels[2:10, 2:10] == 255)  # images of +1 are white
 

@@ -144,7 +144,7 @@ SPACE = ["hydra.sweeper.sampler._target_=optuna.samplers.BruteForceSampler", "~h
 @pytest.mark.parametrize("summary", [True, False])
 def test_the_objective_comes_from_the_run_with_or_without_a_summary_file(tmp_path, summary):
     """What a sweeper optimizes is read from the run itself: without RunSummary (``~callbacks.summary``) the trial
-    still returns its best FID, not ``inf``."""
+    still returns the best value of its stop metric (val/mmd), not ``inf``."""
     from lightning_regan.callbacks import FIDMonitor
     from lightning_regan.cli.train import run, train
     from lightning_regan.config import compose_config
@@ -156,8 +156,48 @@ def test_the_objective_comes_from_the_run_with_or_without_a_summary_file(tmp_pat
     fid = next(cb for cb in objects["callbacks"] if isinstance(cb, FIDMonitor))
     assert [g for g, _ in fid.history] == [10, 20] and results["g_steps"] == 20
     assert results["best_fid"] == min(f for _, f in fid.history)
+    assert results["stop_metric"] == "val/mmd" and results["best_value"] == min(v for _, v in fid.signal_history["mmd"])
     if not summary:  # the sweeper's value: the same run again, through regan-train's Hydra body
-        assert run(compose_config([*overrides, f"output_dir={tmp_path / 'run'}"])) == results["best_fid"]
+        assert run(compose_config([*overrides, f"output_dir={tmp_path / 'run'}"])) == results["best_value"]
+
+
+@pytest.mark.parametrize("stop_metric, key", [("val/mmd", "mmd"), ("val/fid", "fid")])
+def test_the_sweep_objective_follows_the_stop_metric(tmp_path, stop_metric, key):
+    """hparams_search's objective is best_value: the best of whatever stop_metric the run decides on."""
+    from lightning_regan.callbacks import FIDMonitor
+    from lightning_regan.cli.train import objective, train
+    from lightning_regan.config import compose_config
+
+    overrides = [*FAST, "max_g_steps=20", f"stop_metric={stop_metric}", f"output_dir={tmp_path}"]
+    cfg = compose_config(overrides)
+    results, objects = train(cfg)
+    fid = next(cb for cb in objects["callbacks"] if isinstance(cb, FIDMonitor))
+    history = fid.history if key == "fid" else fid.signal_history["mmd"]
+    assert results["stop_metric"] == stop_metric and results["history"] == [[g, v] for g, v in history]
+    assert objective(cfg, results) == min(v for _, v in history) == results["best_value"]
+    assert compose_config(["hparams_search=lr_r1"]).optimized_metric == "best_value"
+    # a summary from before 0.4 (no stop metric) still gives its best FID; a run without the value its worst
+    assert objective(cfg, {"best_fid": 2.5}) == 2.5
+    assert objective(cfg, {"stop_metric": stop_metric, "best_value": None}) == float("inf")
+
+
+@pytest.mark.parametrize("stop_metric, direction", [("val/mmd", "minimize"), ("val/fid", "minimize"),
+                                                    ("val/class_accuracy", "maximize")])
+def test_the_sweep_direction_follows_the_stop_metrics_mode(tmp_path, stop_metric, direction):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from lightning_regan.cli.train import objective
+    from lightning_regan.config import config_dir
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=["hparams_search=lr_r1", f"stop_metric={stop_metric}"],
+                      return_hydra_config=True)
+    assert cfg.hydra.sweeper.direction == direction and cfg.callbacks.optuna_pruning.monitor == stop_metric
+    assert cfg.callbacks.best_generator.mode == cfg.stop_mode == ("max" if direction == "maximize" else "min")
+    worst = objective(cfg, {"stop_metric": stop_metric, "best_value": None})
+    assert worst == (float("-inf") if direction == "maximize" else float("inf"))
 
 
 def sweep_cmd(sweep_dir: Path, *overrides: str) -> list[str]:
@@ -193,18 +233,18 @@ def test_joblib_sweep_prunes_hopeless_trials_and_writes_the_table(tmp_path):
     for t in trials:
         s = json.loads((sweep / str(t.number) / "summary.json").read_text())  # job dir = trial number
         assert s["optuna"]["trial_number"] == t.number
-        assert t.intermediate_values == {g: pytest.approx(f) for g, f in s["fid_history"]}
+        assert t.intermediate_values == {g: pytest.approx(v) for g, v in s["history"]}  # the stop metric's curve
         if t.state.name == "PRUNED":
             # A stalled G repeats its FID: the repeat is confirmed at the next batch start, one G step later.
             assert s["status"] == "pruned" and s["optuna"]["pruned_g_step"] <= s["g_steps"] <= 41
         else:
-            assert s["status"] == "completed" and s["g_steps"] == 100 and t.value == pytest.approx(s["best_fid"])
+            assert s["status"] == "completed" and s["g_steps"] == 100 and t.value == pytest.approx(s["best_value"])
     # A G that never moves is never the best; the best trial trains G.
     assert study.best_trial.params["module.g_optimizer.lr"] == "0.003"
 
     md = (sweep / "sweep.md").read_text()
     assert md in proc.stdout  # printed and written
-    assert "| trial | regularizer.r1.weight | module.g_optimizer.lr | g_steps | pruned_at | best_fid | status |" in md
+    assert "| trial | regularizer.r1.weight | module.g_optimizer.lr | g_steps | pruned_at | best_value | best_fid | status |" in md
     pruned = [t for t in trials if t.state.name == "PRUNED"]
     steps = {t.number: json.loads((sweep / str(t.number) / "summary.json").read_text())["g_steps"] for t in trials}
     run = sum(steps.values())
@@ -266,7 +306,7 @@ def test_sweep_table_from_a_journal(tmp_path):
     paths = write_sweep_report(study, tmp_path)
     md = paths["markdown"].read_text()
     assert "2 trials, 1 pruned." in md and "G steps: 120 run; 200 without pruning" in md and "60%" in md
-    assert "| 1 |" in md and "| 20 | 20 | 5 | pruned |" in md
+    assert "| 1 |" in md and "| 20 | 20 | 5 | 5 | pruned |" in md  # old trials: best_value from the reported FIDs
     assert "Best trial: 0" in md and yaml.safe_load(paths["best"].read_text())["trial"] == 0
 
 
@@ -414,5 +454,5 @@ def test_submitit_local_sweep_reaches_the_study_from_separate_jobs(tmp_path):
     assert {t.number: t.state.name for t in study.trials} == {0: "COMPLETE", 1: "COMPLETE", 2: "PRUNED", 3: "PRUNED"}
     for t in study.trials:
         s = json.loads((sweep / str(t.number) / "summary.json").read_text())
-        assert t.intermediate_values == {g: pytest.approx(f) for g, f in s["fid_history"]}
+        assert t.intermediate_values == {g: pytest.approx(v) for g, v in s["history"]}  # the stop metric's curve
         assert s["status"] == ("pruned" if t.state.name == "PRUNED" else "completed")

@@ -107,6 +107,7 @@ def test_diverging_preset_ends_diverged_and_keeps_its_best_checkpoint(tmp_path):
         (["seed=abc"], "seed must be an integer >= 0"),
         (["model=resnet"], "resize the data with data.image_size=32"),
         (["data=gaussians"], "use model=mlp for 2-D points"),
+        (["stop_mode=best"], "stop_mode must be min (lower is better) or max"),
     ],
 )
 def test_bad_input_fails_before_training_with_a_clear_message(tmp_path, monkeypatch, capsys, overrides, message):

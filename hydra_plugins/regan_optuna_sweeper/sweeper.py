@@ -2,9 +2,9 @@
 
 The sweeper asks the study for ``n_jobs`` trials at a time, launches them through whatever Hydra launcher is
 configured (basic, joblib, submitit local or SLURM) and tells the study each result. Each job gets
-``optuna_trial.{number,study_name,storage}`` as overrides; the ``OptunaPruning`` callback in the job reports its
-FID curve to that trial through the shared storage and stops the run when the study's pruner says so. A job
-whose ``summary.json`` says ``"pruned"`` is told as ``TrialState.PRUNED``.
+``optuna_trial.{number,study_name,storage}`` as overrides; the ``OptunaPruning`` callback in the job reports the
+curve of its stop metric (``val/mmd`` by default) to that trial through the shared storage and stops the run when the
+study's pruner says so. A job whose ``summary.json`` says ``"pruned"`` is told as ``TrialState.PRUNED``.
 
 Resume: the study lives in its storage (by default a journal file in the sweep directory), so running the same
 command again with the same ``hydra.sweep.dir`` (or storage) continues it: finished trials (complete, pruned,
@@ -285,7 +285,8 @@ class ReganOptunaSweeper(Sweeper):
                     summary = {}
         if ret.cfg is not None and "max_g_steps" in ret.cfg:
             trial.set_user_attr("max_g_steps", int(ret.cfg.max_g_steps))
-        for key in ("status", "stop_reason", "g_steps", "best_fid", "best_fid_step", "stopped_g_step"):
+        for key in ("status", "stop_reason", "g_steps", "stop_metric", "best_value", "best_g_step", "best_fid",
+                    "best_fid_step", "stopped_g_step"):
             if key in summary:
                 trial.set_user_attr(key, summary[key])
         try:
@@ -298,7 +299,7 @@ class ReganOptunaSweeper(Sweeper):
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             return
         if summary.get("status") == "pruned":
-            # Optuna keeps the last reported FID as a pruned trial's value.
+            # Optuna keeps the last reported value (of the stop metric) as a pruned trial's value.
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             return
         if not isinstance(value, (int, float)) or math.isnan(value):

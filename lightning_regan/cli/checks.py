@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import errno
+import importlib.util
 import os
 import re
 import sys
@@ -197,6 +198,10 @@ def need_int(key: str, value: Any, minimum: int) -> None:
         raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r} (e.g. {key}={max(minimum, 1)}).")
 
 
+#: Loggers of the optional trackers, and the package (and extra) each needs.
+TRACKER_PACKAGES = {"WandbLogger": "wandb", "MLFlowLogger": "mlflow"}
+
+
 def check_values(cfg: DictConfig) -> None:
     """Check the types and ranges of the values ``train`` relies on (no torch needed), naming key and type.
 
@@ -208,6 +213,14 @@ def check_values(cfg: DictConfig) -> None:
         if cfg.seed > MAX_SEED:
             raise ConfigError(f"seed must be an integer in [0, {MAX_SEED}], got {cfg.seed}.")
     need_int("max_g_steps", cfg.get("max_g_steps"), 1)
+    if "stop_mode" in cfg and cfg.get("stop_mode") not in ("min", "max"):
+        raise ConfigError(f"stop_mode must be min (lower is better) or max (higher is better), got "
+                          f"{cfg.get('stop_mode')!r} (e.g. stop_mode=max for stop_metric=val/class_accuracy).")
+    for name, node in (cfg.get("logger") or {}).items():  # optional trackers: say what to install, before torch
+        package = TRACKER_PACKAGES.get(str(node._target_).rsplit(".", 1)[-1]) if has_target(node) else None
+        if package is not None and importlib.util.find_spec(package) is None:
+            raise ConfigError(f"logger={name} needs the {package} package, which is not installed: "
+                              f"pip install 'lightning-regan[{package}]' (or choose logger=csv).")
     module = cfg.get("module") or {}
     need_int("module.n_critic", module.get("n_critic", 1), 1)
     decay = module.get("ema_decay")

@@ -1,12 +1,15 @@
-"""``regan-eval``: FID (and KID) of a ``regan-train`` checkpoint or of an image folder against a dataset.
+"""``regan-eval``: FID (and KID, and the RBF MMD² the runs decide on) of a ``regan-train`` checkpoint or of an image
+folder against a dataset.
 
 Uses the same feature extractors and the same cached real statistics as the ``FIDMonitor`` callback, and the
-same fixed noise (``module.sample_noise(n)`` drawn under ``--seed``, ``seeded_noise``), so with the same settings it
-reproduces the ``val/fid`` a run logged. Prints the result and optionally writes it as JSON.
+same fixed noise (``module.sample_noise(n)`` drawn under ``--seed``, ``seeded_noise``). For a checkpoint the
+sample counts, seed, batch size, feature extractor and MMD bandwidths default to the run's own ``FIDMonitor``
+settings (``callbacks.fid`` in the config the checkpoint stores), so it reproduces the ``val/fid`` and (``--mmd``)
+``val/mmd`` the run logged at that checkpoint. Prints the result and optionally writes it as JSON.
 
 Examples::
 
-    regan-eval outputs/train/runs/.../checkpoints/best.ckpt --num-samples 1000
+    regan-eval outputs/train/runs/.../checkpoints/best.ckpt --mmd
     regan-eval --images generated/ --data mnist --data-root ../shared/data --feature-extractor classifier --json fid.json
 """
 
@@ -29,6 +32,7 @@ from lightning_regan.cli.args import OneLineParser
 
 from lightning_regan.fid.extractors import EXTRACTOR_CHOICES, build_extractor, extractor_name, extractor_num_features, resolve_extractor_spec
 from lightning_regan.fid.metric import FeatureDistances
+from lightning_regan.fid.mmd import DEFAULT_SCALES
 from lightning_regan.fid.stats import dataset_cache_key, load_or_compute_real_statistics, real_source_of
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -216,8 +220,11 @@ def evaluate(
     extractor: Any = None,
     progress: bool = False,
     num_generated: Optional[int] = None,
+    mmd: bool = False,
+    mmd_scales: Sequence[float] = DEFAULT_SCALES,
 ) -> dict[str, Any]:
-    """FID (and KID) of generated ``batches`` against ``datamodule``'s cached real statistics.
+    """FID (and KID, and with ``mmd`` the unbiased RBF MMD² at ``mmd_scales``, as ``FIDMonitor`` logs ``val/mmd``) of
+    generated ``batches`` against ``datamodule``'s cached real statistics.
 
     With ``progress``, tqdm bars (on stderr, shown once an evaluation has run for 2 s) count the real and the
     generated samples encoded (``num_generated``: the expected count, for the bar's total).
@@ -238,10 +245,10 @@ def evaluate(
               file=sys.stderr) as bar:
         stats = load_or_compute_real_statistics(
             real, extractor, num_real_samples, dataset_key=key, cache=cache_dir,
-            batch_size=batch_size, keep_features=kid, device=device, progress=bar.update,
+            batch_size=batch_size, keep_features=kid or mmd, device=device, progress=bar.update,
         )
     metric = FeatureDistances(extractor_num_features(extractor), kid=kid, kid_subsets=kid_subsets,
-                              kid_subset_size=kid_subset_size, seed=seed).to(device)
+                              kid_subset_size=kid_subset_size, seed=seed, mmd=mmd, mmd_scales=mmd_scales).to(device)
     metric.set_real(stats)
     num = nonfinite = 0
     with torch.no_grad(), tqdm(total=num_generated, desc="generated features", unit="img", delay=2,
@@ -254,6 +261,8 @@ def evaluate(
     if num < 2:
         raise EvaluationError(f"FID needs at least 2 generated samples, got {num}.")
     result: dict[str, Any] = dict(metric.compute())
+    if "mmd" in result:  # rounded to float32 as FIDMonitor logs it, so the logged val/mmd compares with ==
+        result["mmd"] = float(torch.tensor(result["mmd"], dtype=torch.float32))
     if not math.isfinite(float(result["fid"])):
         cause = (f"{nonfinite} of the {num} generated samples hold NaN or inf values" if nonfinite else
                  "the features' statistics are not finite (the feature extractor returned NaN/inf)")
@@ -269,6 +278,30 @@ def evaluate(
     return result
 
 
+#: FIDMonitor's arguments that set what an evaluation measures, with regan-eval's option of each.
+MONITOR_SETTINGS = {"num_samples": "num_samples", "num_real_samples": "num_real_samples", "seed": "seed",
+                    "batch_size": "batch_size", "feature_extractor": "feature_extractor", "mmd_scales": "mmd_scales"}
+#: Defaults when neither the command line nor the checkpoint's config sets them (FIDMonitor's own).
+EVAL_DEFAULTS = {"num_samples": 1000, "num_real_samples": None, "seed": 0, "batch_size": 100,
+                 "feature_extractor": "auto", "mmd_scales": DEFAULT_SCALES}
+
+
+def monitor_settings(cfg: Any) -> dict[str, Any]:
+    """The settings of the ``FIDMonitor`` of a run's config (``callbacks.fid``) that decide its values: sample
+    counts, seed, batch size (the extractor's batches), feature extractor, MMD bandwidths. Empty when the run had no
+    FID monitor."""
+    from omegaconf import OmegaConf
+
+    node = (cfg.get("callbacks") or {}).get("fid") if cfg is not None else None
+    if node is None or not str(node.get("_target_", "")).endswith("FIDMonitor"):
+        return {}
+    node = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
+    out = {key: node[key] for key in MONITOR_SETTINGS if node.get(key) is not None}
+    if not isinstance(out.get("feature_extractor", "auto"), str):
+        out.pop("feature_extractor")  # a module given from Python: not in a config
+    return out
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = OneLineParser(prog="regan-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", nargs="?", help="a .ckpt written by regan-train (or use --images)")
@@ -278,15 +311,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
                         help="a DataModule option as in regan-train's data.KEY=VALUE (repeatable), e.g. image_size=28")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--feature-extractor", default="auto", choices=EXTRACTOR_CHOICES,
-                        help="auto: the dataset's choice (identity for points, inception for images unless it says otherwise)")
-    parser.add_argument("-n", "--num-samples", type=int, default=1000, help="generated samples (checkpoint), or max images read")
-    parser.add_argument("--num-real-samples", type=int, default=None, help="real samples (default: --num-samples)")
+    parser.add_argument("--feature-extractor", default=None, choices=EXTRACTOR_CHOICES,
+                        help="auto: the dataset's choice (identity for points, inception for images unless it says "
+                             "otherwise); default: the run's FID monitor's, else auto")
+    parser.add_argument("-n", "--num-samples", type=int, default=None,
+                        help="generated samples (checkpoint), or max images read; default: the run's FID monitor's, "
+                             "else 1000")
+    parser.add_argument("--num-real-samples", type=int, default=None,
+                        help="real samples (default: the run's FID monitor's, else --num-samples)")
+    parser.add_argument("--mmd", action="store_true",
+                        help="also compute the unbiased RBF-kernel MMD² (val/mmd, the runs' stop metric) as the "
+                             "run's FID monitor did (its bandwidths)")
     parser.add_argument("--kid", action="store_true", help="also compute KID")
     parser.add_argument("--kid-subset-size", type=int, default=1000)
     parser.add_argument("--kid-subsets", type=int, default=100)
-    parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0, help="noise seed (the FIDMonitor's default is 0)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="samples per batch (default: the run's FID monitor's, else 100)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="noise seed (default: the run's FID monitor's, else 0)")
     parser.add_argument("--raw", action="store_true", help="use the trained G, not its EMA copy")
     parser.add_argument("--weights", help="Inception weights file (default: found by regan-fid-weights' cache)")
     parser.add_argument("--cache-dir", help="statistics/classifier cache folder (default $REGAN_CACHE_DIR or ~/.cache/lightning_regan)")
@@ -297,7 +339,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("give either a checkpoint or --images DIR")
     for name, minimum, why in (("num_samples", 2, " (FID needs 2 samples)"), ("batch_size", 1, ""),
                                ("kid_subsets", 1, ""), ("kid_subset_size", 2, "")):
-        if getattr(args, name) < minimum:
+        if getattr(args, name) is not None and getattr(args, name) < minimum:
             parser.error(f"--{name.replace('_', '-')} must be >= {minimum}{why}, got {getattr(args, name)}")
     if args.num_real_samples is not None and args.num_real_samples < 2:
         parser.error(f"--num-real-samples must be >= 2 (FID needs 2 samples), got {args.num_real_samples}")
@@ -316,9 +358,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         module = None
         expect = None
+        monitor: dict[str, Any] = {}
         if args.checkpoint is not None:
             module, cfg = load_module(args.checkpoint, map_location=args.device)
             expect = check_fits(module, cfg, f"checkpoint {str(args.checkpoint)!r}", args.data)
+            monitor = monitor_settings(cfg)
+        # the command line, else the run's FID monitor (checkpoints), else FIDMonitor's defaults
+        for key, value in EVAL_DEFAULTS.items():
+            if getattr(args, key, None) is None:
+                setattr(args, key, monitor.get(key, value))
         if args.data is not None:
             datamodule = build_datamodule(args.data, args.data_root, data_overrides, native_size=module is None,
                                           expect=expect)
@@ -349,6 +397,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             kid_subset_size=args.kid_subset_size, kid_subsets=args.kid_subsets, batch_size=args.batch_size,
             seed=args.seed, weights_path=args.weights, cache_dir=args.cache_dir, device=args.device,
             progress=not args.no_progress, num_generated=len(files) if module is None else args.num_samples,
+            mmd=args.mmd, mmd_scales=args.mmd_scales,
         )
     except (CheckpointError, EvaluationError, FileNotFoundError, ValueError, InstantiationException) as exc:
         # incl. missing weights/data and bad --data-option values
@@ -369,6 +418,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     line = f"FID {result['fid']:.4f}"
     if args.kid:
         line += f"  KID {result['kid_mean']:.5f} +- {result['kid_std']:.5f}"
+    if args.mmd:
+        line += f"  MMD {result['mmd']:.6g}"
     print(f"{line}  ({result['feature_extractor']} features, {result['num_samples']} generated vs "
           f"{result['num_real_samples']} real{size}, {result['seconds']:.1f} s)")
     if args.json is not None:

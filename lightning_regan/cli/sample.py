@@ -56,8 +56,9 @@ def to_unit_range(x: Tensor) -> Tensor:
     return (x.float().clamp(-1, 1) + 1) / 2
 
 
-def save_samples(samples: Tensor, out: Path, nrow: int = 8, folder: bool = False) -> list[Path]:
-    """Write images as one PNG grid (``folder=False``) or one PNG per sample; 2-D points as a scatter PNG.
+def save_samples(samples: Tensor, out: Path, nrow: int = 8, folder: bool = False, min_side: int = 256) -> list[Path]:
+    """Write images as one PNG grid (``folder=False``; enlarged nearest neighbour to at least ``min_side`` pixels a
+    side) or one PNG per sample at the model's size; 2-D points as a scatter PNG.
 
     Files are written to a temporary name and renamed, so nothing half-written is left behind.
     """
@@ -76,7 +77,7 @@ def save_samples(samples: Tensor, out: Path, nrow: int = 8, folder: bool = False
             atomic_write(target, lambda p, img=img: save_image(img, p, format="png"))
             written.append(target)
         return written
-    return [save_image_grid(samples, out, nrow=nrow)]
+    return [save_image_grid(samples, out, nrow=nrow, min_side=min_side)]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -86,6 +87,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("-n", "--num", type=int, default=64, help="number of samples")
     parser.add_argument("--nrow", type=int, default=8, help="images per grid row")
     parser.add_argument("--seed", type=int, default=0, help="noise seed")
+    parser.add_argument("--min-side", type=int, default=256,
+                        help="enlarge a smaller grid (nearest neighbour, whole factor) to at least this many pixels a "
+                             "side; 0 keeps the model's size (--folder images always keep it)")
     parser.add_argument("--folder", action="store_true", help="write one PNG per sample into --out")
     parser.add_argument("--raw", action="store_true", help="use the trained G, not its EMA copy")
     parser.add_argument(
@@ -94,9 +98,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
              "samples each); default: labels drawn like training draws them",
     )
     args = parser.parse_args(argv)
-    for flag, value in (("--num", args.num), ("--nrow", args.nrow)):
-        if value < 1:
-            parser.error(f"{flag} must be >= 1, got {value}")
+    for flag, value, minimum in (("--num", args.num, 1), ("--nrow", args.nrow, 1), ("--min-side", args.min_side, 0)):
+        if value < minimum:
+            parser.error(f"{flag} must be >= {minimum}, got {value}")
     try:
         module, _ = load_module(args.checkpoint)
     except CheckpointError as exc:
@@ -123,7 +127,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         samples = module.generate(z=z)
     else:
         samples = module.generate(z=z, y=labels)
-    written = save_samples(samples, Path(args.out), nrow=args.nrow, folder=args.folder)
+    written = save_samples(samples, Path(args.out), nrow=args.nrow, folder=args.folder, min_side=args.min_side)
     print(written[0].parent if args.folder else written[0])
     return 0
 

@@ -19,7 +19,6 @@ from omegaconf import DictConfig, open_dict
 from lightning_regan.cli.checkpoints import CheckpointError, check_same_settings, resolve_resume, slurm_hpc_checkpoint
 from lightning_regan.cli.checks import MAX_SEED, check_values, fail  # noqa: F401 (public names)
 from lightning_regan.config import drop_unselected, has_target
-from lightning_regan.errors import ConfigError
 from lightning_regan.data.base import DatasetError, DatasetNotFoundError
 from lightning_regan.errors import ConfigError
 from lightning_regan.fid.weights import InceptionWeightsError
@@ -44,19 +43,46 @@ QUIET_WARNINGS: tuple[str, ...] = (
 )
 #: Info lines that are advertisements, not information about the run.
 QUIET_INFO: tuple[str, ...] = ("Tip: For seamless cloud logging",)
+#: Info lines the console leaves to regan-train's own last line (train.log keeps them): Lightning's
+#: "`Trainer.fit` stopped: `max_steps=4000` reached" counts Lightning's steps, twice the G steps.
+CONSOLE_QUIET_INFO: tuple[str, ...] = ("`Trainer.fit` stopped:",)
 
 
 class _DropInfo(logging.Filter):
+    def __init__(self, texts: tuple[str, ...] = QUIET_INFO) -> None:
+        super().__init__()
+        self.texts = texts
+
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not any(text in message for text in QUIET_INFO)
+        return not any(text in message for text in self.texts)
+
+
+def _console_handlers() -> list[logging.Handler]:
+    return [h for h in logging.getLogger().handlers
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+
+
+def log_file() -> Optional[Path]:
+    """The file the root logger writes (Hydra's ``<hydra.runtime.output_dir>/train.log``), or ``None``."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            return Path(handler.baseFilename)
+    return None
 
 
 def quiet_console() -> None:
-    """Silence :data:`QUIET_WARNINGS` and :data:`QUIET_INFO` (the ``regan-train`` process only; a library user's
-    own Trainer is left alone)."""
+    """Silence :data:`QUIET_WARNINGS` and :data:`QUIET_INFO`, and print each logged event once (Lightning's own
+    console handler removed: :func:`~lightning_regan.cli.console.single_console`). The ``regan-train`` process only;
+    a library user's own Trainer is left alone."""
     import warnings
 
+    from lightning_regan.cli.console import single_console
+
+    single_console()
+    for handler in _console_handlers():
+        if not any(isinstance(f, _DropInfo) for f in handler.filters):
+            handler.addFilter(_DropInfo(CONSOLE_QUIET_INFO))
     for pattern in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
@@ -212,12 +238,73 @@ def run(cfg: DictConfig) -> float:
         if isinstance(exc.__context__, KeyboardInterrupt):
             _stopped(cfg, "SIGINT (Ctrl+C)", EXIT_SIGINT)
         raise
-    key = cfg.get("optimized_metric") or "best_fid"
+    report_end(cfg, summary)
+    return objective(cfg, summary)
+
+
+#: What each stop reason means, in regan's words (a reason not listed is shown as it is).
+REASON_WORDS: dict[str, str] = {
+    "max_steps": "the G-step budget max_g_steps is spent",
+    "max_epochs": "the epoch budget is spent",
+    "fast_dev_run": "fast_dev_run",
+    "plateau": "the stop metric is unlikely to improve by more than the tolerance",
+    "fid_plateau": "the stop metric is unlikely to improve by more than the tolerance",
+    "loss_plateau": "the losses stopped moving (no stop metric measured yet)",
+    "divergence": "training diverged",
+    "collapsed": "the generator collapsed (recall fell while the stop metric worsened)",
+    "pruned": "the sweep's pruner stopped this trial",
+    "trainer_should_stop": "a callback stopped the Trainer",
+}
+
+
+def end_lines(cfg: DictConfig, summary: dict[str, Any]) -> list[str]:
+    """The lines ``regan-train`` ends on: where the outputs are, then what happened (status, reason, G step, best
+    value of the stop metric and its G step, the best checkpoint)."""
+    status, reason = summary.get("status", "?"), str(summary.get("stop_reason", "?"))
+    g_step = summary.get("stopped_g_step", summary.get("g_steps"))
+    budget = cfg.get("max_g_steps")
+    words = REASON_WORDS.get(reason)
+    why = f"{reason}: {words}" if words and words != reason else reason
+    metric = summary.get("stop_metric")
+    if metric and summary.get("best_value") is not None:
+        best = f"best {metric} {summary['best_value']:.4g} at G step {summary['best_g_step']}"
+    elif metric:
+        best = f"no {metric} was measured"
+    else:
+        best = "no stop metric"
+    ckpt = summary.get("checkpoint_best")
+    where = f"best checkpoint {ckpt}" if ckpt else "no best checkpoint (nothing was evaluated)"
+    logs = log_file()
+    logs_where = "" if logs is None else (f", {logs.name}" if logs.parent == Path(cfg.output_dir) else
+                                          f"; the full log in {logs}")
+    return [
+        f"Outputs in {cfg.output_dir}: summary.json, checkpoints/, samples/, plots/{logs_where}.",
+        f"regan-train: {status} ({why}) at G step {g_step}{f' of {budget}' if budget else ''}; {best}; {where}.",
+    ]
+
+
+def report_end(cfg: DictConfig, summary: dict[str, Any]) -> None:
+    """Log :func:`end_lines` (rank zero): the console and ``train.log`` end on them."""
+    if int(os.environ.get("LOCAL_RANK", 0)) != 0 or int(os.environ.get("NODE_RANK", 0)) != 0:
+        return
+    for line in end_lines(cfg, summary):
+        log.info(line)
+
+
+def objective(cfg: DictConfig, summary: dict[str, Any]) -> float:
+    """``summary[optimized_metric]`` (``best_value``, the best value of the stop metric, by default; a summary from
+    before 0.4 without it: ``best_fid``), the value a Hydra sweeper optimizes. A run without it (diverged before any
+    evaluation, evaluation off) gets the worst value: ``inf``, or ``-inf`` when it is ``best_value`` of a metric
+    where higher is better (``stop_mode=max``: the sweep maximizes)."""
+    key = cfg.get("optimized_metric") or "best_value"
     value = summary.get(key)
+    if key == "best_value" and "best_value" not in summary and "stop_metric" not in summary:
+        value = summary.get("best_fid")  # an old summary (before 0.4)
     if not isinstance(value, (int, float)):
-        # A run without the metric (diverged before any FID, FID off) is the worst result for a minimizing sweeper.
-        log.warning("regan-train: the run has no %s (status %s); returning inf.", key, summary.get("status"))
-        return float("inf")
+        worst = float("-inf") if key == "best_value" and summary.get("stop_mode", cfg.get("stop_mode")) == "max" \
+            else float("inf")
+        log.warning("regan-train: the run has no %s (status %s); returning %s.", key, summary.get("status"), worst)
+        return worst
     return float(value)
 
 

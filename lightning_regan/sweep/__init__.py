@@ -16,8 +16,9 @@ from typing import Any, Optional
 
 import yaml
 
-#: Columns after the parameters, in this order.
-TRIAL_FIELDS = ("g_steps", "pruned_at", "best_fid", "status")
+#: Columns after the parameters, in this order: ``best_value`` is the best value of the run's stop metric (what the
+#: sweep optimizes by default), ``best_fid`` the best FID beside it.
+TRIAL_FIELDS = ("g_steps", "pruned_at", "best_value", "best_fid", "status")
 
 
 def format_cell(value: Any) -> str:
@@ -33,25 +34,32 @@ def trial_records(study: Any) -> list[dict[str, Any]]:
     """One record per trial that counts (trials a killed sweep left running and that ran again are left out).
 
     Fields: ``trial``, ``params``, ``g_steps`` (G steps the run took), ``pruned_at`` (G step of the pruning
-    evaluation, else ``None``), ``best_fid``, ``status`` (summary.json's: completed, stopped_early, pruned,
-    diverged, failed; else the Optuna state), ``max_g_steps``, ``output_dir``.
+    evaluation, else ``None``), ``stop_metric``, ``best_value`` (its best: summary.json's, else the best value the
+    trial reported to the pruner, which reports the stop metric), ``best_fid``, ``status`` (summary.json's:
+    completed, stopped_early, pruned, diverged, failed; else the Optuna state), ``max_g_steps``, ``output_dir``.
+    Trials of studies before 0.4 (no ``best_value`` or ``stop_metric``; they reported FID) read as before.
     """
     requeued = set(study.user_attrs.get("requeued", []))
+    pick = min if study.direction.name == "MINIMIZE" else max
     records = []
     for t in study.get_trials(deepcopy=False):
         if t.number in requeued or not t.state.is_finished():
             continue
         attrs = t.user_attrs
         pruned = t.state.name == "PRUNED"
+        finite = [v for v in t.intermediate_values.values() if math.isfinite(v)]
+        reported = pick(finite) if finite else None
+        best_value = attrs.get("best_value", reported)
         best = attrs.get("best_fid")
-        if best is None and t.intermediate_values:
-            finite = [v for v in t.intermediate_values.values() if math.isfinite(v)]
-            best = min(finite) if finite else None
+        if best is None and attrs.get("stop_metric") in (None, "val/fid") and finite:
+            best = min(finite)  # the trial reported FID (studies before 0.4, or stop_metric=val/fid)
         records.append({
             "trial": t.number,
             "params": dict(t.params),
             "g_steps": attrs.get("g_steps"),
             "pruned_at": (attrs.get("stopped_g_step") or t.last_step) if pruned else None,
+            "stop_metric": attrs.get("stop_metric"),
+            "best_value": best_value,
             "best_fid": best,
             "status": attrs.get("status") or t.state.name.lower(),
             "max_g_steps": attrs.get("max_g_steps"),
@@ -105,8 +113,11 @@ def write_sweep_report(study: Any, sweep_dir: Path) -> dict[str, Optional[Path]]
     best = best_record(study, records)
     totals = g_step_totals(records)
     n_pruned = sum(r["status"] == "pruned" for r in records)
+    metric = next((r["stop_metric"] for r in records if r["stop_metric"]), None)
+    objective = f"best_value is the best {metric}; " if metric else ""
     lines = [f"# Sweep {study.study_name}", "",
-             f"{len(records)} trials, {n_pruned} pruned. Steps are generator updates (G steps).", "",
+             f"{len(records)} trials, {n_pruned} pruned. Steps are generator updates (G steps). {objective}the sweep "
+             f"{study.direction.name.lower()}s each trial's returned value.", "",
              "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for r, row in zip(records, rows):
         cells = [format_cell(v) for v in row]
@@ -121,14 +132,16 @@ def write_sweep_report(study: Any, sweep_dir: Path) -> dict[str, Optional[Path]]
     best_path: Optional[Path] = None
     if best is not None:
         params = ", ".join(f"{k}={format_cell(v)}" for k, v in best["params"].items())
-        lines.append(f"Best trial: {best['trial']} ({params}), best FID {format_cell(best['best_fid'])}; its config: "
-                     f"best_trial.yaml.")
+        score = (f"best {best['stop_metric']} {format_cell(best['best_value'])}, " if best["stop_metric"] else "")
+        lines.append(f"Best trial: {best['trial']} ({params}), {score}best FID {format_cell(best['best_fid'])}; its "
+                     f"config: best_trial.yaml.")
         config = None
         if best["output_dir"] and (Path(best["output_dir"]) / ".hydra" / "config.yaml").is_file():
             config = yaml.safe_load((Path(best["output_dir"]) / ".hydra" / "config.yaml").read_text())
         best_path = sweep_dir / "best_trial.yaml"
         best_path.write_text(yaml.safe_dump({
-            "trial": best["trial"], "value": best["value"], "best_fid": best["best_fid"], "params": best["params"],
+            "trial": best["trial"], "value": best["value"], "stop_metric": best["stop_metric"],
+            "best_value": best["best_value"], "best_fid": best["best_fid"], "params": best["params"],
             "output_dir": best["output_dir"], "config": config,
         }, sort_keys=False))
     else:
