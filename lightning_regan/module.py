@@ -136,6 +136,8 @@ class GANModule(L.LightningModule):
         self.d_steps = 0
         #: Plain-python copy of the config this module was built from (set by ``train``); saved in checkpoints.
         self.run_config: Optional[dict[str, Any]] = None
+        #: Where the weights were started from (:meth:`load_pretrained`; ``summary.json`` "init_from"), else ``None``.
+        self.initialized_from: Optional[dict[str, Any]] = None
         #: Detached metrics of the last training step (keys without the ``train/`` prefix).
         self.last_step_metrics: dict[str, Tensor] = {}
         #: Whether the last training batch took a G step: the one place that turns batches into G-step events
@@ -394,10 +396,28 @@ class GANModule(L.LightningModule):
         return [RandomStreams()]
 
     # ------------------------------------------------------------------ checkpoints
+    def load_pretrained(self, source: Any, parts: Optional[Sequence[str]] = None) -> dict[str, Any]:
+        """Start from trained weights before ``fit`` (fine-tuning): G, D and/or the EMA of G from a regan-train
+        checkpoint or a plain state-dict file (:mod:`lightning_regan.pretrained`); optimizers, counters and callback
+        state stay fresh. The networks must match tensor for tensor (one-line
+        :class:`~lightning_regan.errors.PretrainedWeightsError` naming the first that does not, nothing loaded).
+
+        Args:
+            source: A file path, a loaded state-dict mapping, or :class:`~lightning_regan.pretrained.PretrainedWeights`.
+            parts: Which of ``"generator"``, ``"discriminator"``, ``"ema"`` to load; ``None``: all that both have.
+
+        Returns:
+            What was loaded (also kept in :attr:`initialized_from` and in this module's checkpoints).
+        """
+        from lightning_regan.pretrained import load_pretrained
+
+        return load_pretrained(self, source, parts)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # RandomStreams (a callback, called before this hook) adds the ranks' random states to the same section.
         checkpoint.setdefault(CHECKPOINT_KEY, {}).update(
             version=CHECKPOINT_VERSION, g_steps=self.g_steps, d_steps=self.d_steps, config=self.run_config,
+            init_from=self.initialized_from,
         )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -412,6 +432,7 @@ class GANModule(L.LightningModule):
         self.g_steps = int(state["g_steps"])
         self.d_steps = int(state["d_steps"])
         self.run_config = state.get("config")
+        self.initialized_from = state.get("init_from")  # a resumed fine-tune keeps saying where it started from
 
 
 __all__ = ["GANModule", "class_inputs", "max_steps_for", "seeded_inputs", "seeded_noise"]

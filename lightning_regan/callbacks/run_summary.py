@@ -186,6 +186,8 @@ class RunSummary(GStepCallback):
             "ada_p": self.augment_history[-1][1] if self.augment_history else None,
             "rt": self.augment_history[-1][2] if self.augment_history else None,
             "augment_history": [list(row) for row in self.augment_history],
+            # fine-tuning: where the weights were started from (GANModule.load_pretrained, init_from), else null
+            "init_from": getattr(pl_module, "initialized_from", None),
         }
         for cb in trainer.callbacks:
             if cb is not self and isinstance(cb, SummaryFields):

@@ -236,6 +236,7 @@ def check_values(cfg: DictConfig) -> None:
     ckpt = cfg.get("ckpt_path")
     if ckpt is not None and not isinstance(ckpt, str):
         raise ConfigError(f"ckpt_path must be a file path, {LAST} or {LAST_REQUIRED}, got {ckpt!r}.")
+    check_init_from(cfg)
     regs = cfg.get("regularizer") or {}
     for name, node in regs.items():
         if not has_target(node):
@@ -249,6 +250,34 @@ def check_values(cfg: DictConfig) -> None:
     for key in ("generator", "discriminator"):
         if not has_target(model.get(key)):
             raise ConfigError(f"model.{key} needs a _target_; pick an architecture with model=mlp|dcgan|resnet.")
+
+
+def check_init_from(cfg: DictConfig) -> None:
+    """``init_from`` (a file path or null) and ``init_from_parts`` (null or a list of generator, discriminator, ema).
+
+    Raises:
+        ConfigError: a wrong type, a missing file, unknown or repeated parts, or parts without ``init_from``.
+    """
+    from lightning_regan.pretrained import PARTS  # torch-free at import
+
+    source, parts = cfg.get("init_from"), cfg.get("init_from_parts")
+    if source is not None and (not isinstance(source, str) or not source):
+        raise ConfigError(f"init_from must be a file path (a regan-train checkpoint or a state_dict file), got {source!r}.")
+    if source is not None and not Path(source).expanduser().is_file():
+        raise ConfigError(
+            f"init_from={source!r} does not exist; pass a regan-train checkpoint (e.g. <run>/checkpoints/best.ckpt) "
+            "or a torch.save'd state_dict file."
+        )
+    if parts is None:
+        return
+    values = list(parts) if isinstance(parts, Sequence) and not isinstance(parts, str) else None
+    if values is None or not values or any(p not in PARTS for p in values) or len(set(values)) != len(values):
+        raise ConfigError(
+            f"init_from_parts must list distinct parts among {', '.join(PARTS)} (or be null for all), got {parts!r} "
+            "(e.g. init_from_parts=[generator,discriminator])."
+        )
+    if source is None:
+        raise ConfigError("init_from_parts is set but init_from is not; pass init_from=<checkpoint> (or drop init_from_parts).")
 
 
 # ---------------------------------------------------------------------------------------------- output folders

@@ -19,9 +19,8 @@ from omegaconf import DictConfig, open_dict
 from lightning_regan.cli.checkpoints import CheckpointError, check_same_settings, resolve_resume, slurm_hpc_checkpoint
 from lightning_regan.cli.checks import MAX_SEED, check_values, fail  # noqa: F401 (public names)
 from lightning_regan.config import drop_unselected, has_target
-from lightning_regan.errors import ConfigError
 from lightning_regan.data.base import DatasetError, DatasetNotFoundError
-from lightning_regan.errors import ConfigError
+from lightning_regan.errors import ConfigError, PretrainedWeightsError
 from lightning_regan.fid.weights import InceptionWeightsError
 
 log = logging.getLogger(__name__)
@@ -30,6 +29,7 @@ log = logging.getLogger(__name__)
 # Errors that mean "fix your input", reported as one message (exit code 2) by regan-train.
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError, CheckpointError, DatasetError, DatasetNotFoundError, InceptionWeightsError, InstantiationException,
+    PretrainedWeightsError,
 )
 
 
@@ -153,10 +153,14 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     validate_config(cfg)
     warn_slow_precision(cfg)
     ckpt_path = _resolve_ckpt_path(cfg)
+    # init_from (fine-tuning): read before the data is built; a resumed run takes its weights from ckpt_path instead.
+    pretrained = builders.read_init_from(cfg) if ckpt_path is None else None
     import lightning as L
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     objects = builders.build_all(cfg)
+    if pretrained is not None:
+        builders.apply_init_from(cfg, objects["module"], pretrained)
     summary = builders.fit(objects, ckpt_path)
     return summary, objects
 
