@@ -14,6 +14,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from lightning_regan.compile import CompiledNetworks, compile_options
 from lightning_regan.distributed import all_reduce_gradients, broadcast_buffers, ddp_model, optimizer_parameters
+from lightning_regan.freeze import freeze_d_blocks, keep_frozen
 from lightning_regan.inputs import batch_labels, batch_samples, check_labels, label_distribution
 from lightning_regan.inputs import class_inputs, seeded_inputs, seeded_noise  # public here too (their first home)
 from lightning_regan.losses import AdversarialLoss, get_loss
@@ -68,6 +69,9 @@ class GANModule(L.LightningModule):
             through the eager networks (:mod:`lightning_regan.compile`, ``docs/compile.md``). Pays on GPUs only.
         augment: Differentiable augmentation of every image D sees, real and fake, in the D and the G step
             (:mod:`lightning_regan.augment`); its ``observe(real_logits)``, if any, runs after each D step.
+        freeze_d_layers: FreezeD (Mo et al. 2020, for fine-tuning): freeze D's first ``k`` blocks, as listed by its
+            ``freezable_blocks()`` method (:mod:`lightning_regan.freeze`): no gradients, not in D's optimizer, eval
+            mode throughout. 0 freezes nothing.
     """
 
     def __init__(
@@ -90,6 +94,7 @@ class GANModule(L.LightningModule):
         label_probs: Optional[Sequence[float]] = None,
         compile: Union[bool, Mapping[str, Any]] = False,
         augment: Optional[nn.Module] = None,
+        freeze_d_layers: int = 0,
     ) -> None:
         super().__init__()
         if not isinstance(generator, nn.Module) or not isinstance(discriminator, nn.Module):
@@ -106,6 +111,9 @@ class GANModule(L.LightningModule):
         check_int("GANModule", "latent_dim (pass latent_dim=... or give the generator a `latent_dim` attribute)",
                   latent_dim, 1)
         options = compile_options(compile)
+        #: D's frozen blocks (``freeze_d_layers``), a plain list: the modules stay where D holds them.
+        self.frozen_d_blocks: list[nn.Module] = freeze_d_blocks(discriminator, freeze_d_layers)
+        self.freeze_d_layers = freeze_d_layers
         self.save_hyperparameters(ignore=["generator", "discriminator", "g_optimizer", "d_optimizer", "loss", "regularizers", "augment"])
         self.automatic_optimization = False
 
@@ -235,11 +243,19 @@ class GANModule(L.LightningModule):
 
     # ------------------------------------------------------------------ optimization
     def configure_optimizers(self) -> list[Optimizer]:
-        """G's optimizer first, then D's (``g_opt, d_opt = self.optimizers()``)."""
+        """G's optimizer first, then D's (``g_opt, d_opt = self.optimizers()``); D's leaves out its frozen blocks."""
+        frozen = {id(p) for block in self.frozen_d_blocks for p in block.parameters()}
         return [
             self.g_optimizer_factory(self.generator.parameters()),
-            self.d_optimizer_factory(self.discriminator.parameters()),
+            self.d_optimizer_factory([p for p in self.discriminator.parameters() if id(p) not in frozen]),
         ]
+
+    def train(self, mode: bool = True) -> "GANModule":
+        """``nn.Module.train``, with D's frozen blocks (``freeze_d_layers``) kept frozen and in eval mode."""
+        super().train(mode)
+        if getattr(self, "frozen_d_blocks", None):
+            keep_frozen(self.frozen_d_blocks)
+        return self
 
     #: The samples and the labels of a batch (override for other batch layouts).
     real_samples = staticmethod(batch_samples)

@@ -198,6 +198,7 @@ def check_values(cfg: DictConfig) -> None:
         )
     need_int("module.ema_start_g_step", module.get("ema_start_g_step", 0), 0)
     need_int("module.num_fixed_samples", module.get("num_fixed_samples", 64), 1)
+    need_int("module.freeze_d_layers", module.get("freeze_d_layers", 0), 0)
     try:
         from lightning_regan.compile import compile_options  # torch-free
 
