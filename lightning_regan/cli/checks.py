@@ -264,7 +264,9 @@ def check_init_from(cfg: DictConfig) -> None:
     source, parts = cfg.get("init_from"), cfg.get("init_from_parts")
     if source is not None and (not isinstance(source, str) or not source):
         raise ConfigError(f"init_from must be a file path (a regan-train checkpoint or a state_dict file), got {source!r}.")
-    if source is not None and not Path(source).expanduser().is_file():
+    # With ckpt_path the file may be gone (a resume takes the weights from the checkpoint); train() reads it when
+    # the run starts fresh.
+    if source is not None and cfg.get("ckpt_path") is None and not Path(source).expanduser().is_file():
         raise ConfigError(
             f"init_from={source!r} does not exist; pass a regan-train checkpoint (e.g. <run>/checkpoints/best.ckpt) "
             "or a torch.save'd state_dict file."
