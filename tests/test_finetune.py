@@ -21,7 +21,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 from lightning_regan import GANModule, max_steps_for
 from lightning_regan.cli.checks import check_values
