@@ -8,9 +8,9 @@ On the target, MNIST digits 5-9 limited to 600 training images (``data.classes=[
 subset for every seed), each condition trains ``--max-g-steps`` G steps (equal budgets) without stopping, seeds 0-2:
 
 - ``scratch``: from scratch, DiffAugment;
-- ``finetune``: ``init_from`` (G, D and the EMA of G), DiffAugment, FreezeD on D's stem (``module.freeze_d_layers=1``):
-  the preset;
-- ``finetune_no_freezed``: the same without FreezeD; ``finetune_no_diffaugment``: the same without DiffAugment.
+- ``finetune``: ``init_from`` (G, D and the EMA of G), DiffAugment: the preset;
+- ``finetune_freezed``: the same with FreezeD on D's stem (``module.freeze_d_layers=1``);
+  ``finetune_no_diffaugment``: the same as ``finetune`` without DiffAugment.
 
 Ground truth, every ``--every`` G steps (a study-only grader): the Fréchet distance of ``--samples`` generated images
 (EMA generator, fixed noise) to the TEST split's digits 5-9 (4,861 images), in the features of the package's small
@@ -25,9 +25,9 @@ step, gap = (truth of the generator handed back - best truth) / best truth, the 
 evaluation with the best ``val/mmd`` up to the stop (what ``callbacks.best_generator`` restores).
 
 Reported (medians over seeds): ``finetune_over_scratch_best`` (best truth of ``finetune`` / of ``scratch``, same
-seed), ``finetune_stop_lag`` and ``finetune_gap`` (the preset's fine-tunes), ``freezed_effect`` (``finetune`` /
-``finetune_no_freezed``) and ``diffaugment_effect`` (``finetune`` / ``finetune_no_diffaugment``): ratios of best truth,
-below 1 where the option helps.
+seed), ``finetune_stop_lag`` and ``finetune_gap`` (the preset's fine-tunes), ``freezed_effect`` (``finetune_freezed``
+/ ``finetune``) and ``diffaugment_effect`` (``finetune`` / ``finetune_no_diffaugment``): ratios of best truth, below 1
+where the option helps.
 
 Usage::
 
@@ -68,9 +68,9 @@ TARGET_CLASSES = (5, 6, 7, 8, 9)
 #: name -> (starts from the pretrained checkpoint, augment, module.freeze_d_layers)
 CONDITIONS: dict[str, tuple[bool, str, int]] = {
     "scratch": (False, "diffaugment", 0),
-    "finetune": (True, "diffaugment", 1),
-    "finetune_no_freezed": (True, "diffaugment", 0),
-    "finetune_no_diffaugment": (True, "none", 1),
+    "finetune": (True, "diffaugment", 0),
+    "finetune_freezed": (True, "diffaugment", 1),
+    "finetune_no_diffaugment": (True, "none", 0),
 }
 FINETUNES = tuple(name for name, (init, _, _) in CONDITIONS.items() if init)
 SEEDS = (0, 1, 2)
@@ -296,7 +296,7 @@ def analyse(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "finetune_over_scratch_best": ratio("finetune", "scratch"),
         "finetune_stop_lag": _median([g.get("lag") for g in preset]),
         "finetune_gap": _median([g.get("gap") for g in preset]),
-        "freezed_effect": ratio("finetune", "finetune_no_freezed"),
+        "freezed_effect": ratio("finetune_freezed", "finetune"),
         "diffaugment_effect": ratio("finetune", "finetune_no_diffaugment"),
     }
     return {"graded": graded, "table": table, "targets": keys}

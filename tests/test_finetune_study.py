@@ -39,7 +39,7 @@ def test_quick_study_pretrains_once_fine_tunes_every_condition_and_writes_the_ta
     assert TARGET_KEYS <= set(targets) and all(targets[k] is not None for k in TARGET_KEYS)
     best = {r["condition"]: graded[r["name"]]["best_truth"] for r in report["runs"]}
     assert targets["finetune_over_scratch_best"] == pytest.approx(best["finetune"] / best["scratch"])
-    assert targets["freezed_effect"] == pytest.approx(best["finetune"] / best["finetune_no_freezed"])
+    assert targets["freezed_effect"] == pytest.approx(best["finetune_freezed"] / best["finetune"])
     assert "| `finetune_stop_lag` |" in (tmp_path / "out" / "finetune_study.md").read_text()
     # Started again, finished trainings are read back, not trained again.
     assert study.main([*args[:-1], str(tmp_path / "out2")]) == 0
@@ -57,3 +57,19 @@ def test_grade_finds_the_oracle_and_the_gap_of_the_generator_handed_back(monkeyp
     # best 19.5 at 150; within 5 % (0.975) first at G step 100 (20.0): the oracle; the stop at 150 lags 1.5x
     assert graded["best_truth"] == 19.5 and graded["oracle_g_step"] == 100 and graded["lag"] == 1.5
     assert graded["handed_truth"] == 20.0 and graded["gap"] == pytest.approx(0.5 / 19.5)
+
+
+def test_the_guide_and_readme_quote_the_committed_results():
+    repo = STUDY.parents[1]
+    targets = json.loads((repo / "studies" / "results" / "finetune_targets.json").read_text())
+    report = json.loads((repo / "studies" / "results" / "finetune_study.json").read_text())
+    guide = (repo / "docs" / "finetuning.md").read_text().split("## What it buys: the study", 1)[1].split("\n## ", 1)[0]
+    assert f"best truth {targets['finetune_over_scratch_best']:.2f}x that of training from scratch" in guide
+    assert f"best truth {targets['diffaugment_effect']:.2f}x of the fine-tunes without it" in guide
+    assert f"best truth {targets['freezed_effect']:.2f}x with D's stem frozen" in guide
+    assert f"median lag {targets['finetune_stop_lag']:.2f}" in guide and f"gap {100 * targets['finetune_gap']:.1f} %" in guide
+    assert all(targets["met"][k] == "met" for k in ("finetune_over_scratch_best", "finetune_stop_lag", "finetune_gap"))
+    for condition, row in report["table"].items():  # the table's medians
+        assert f"| {row['best_truth']:.1f} |" in guide, condition
+    readme = (repo / "README.md").read_text()
+    assert f"reached {targets['finetune_over_scratch_best']:.2f}x the best FID from scratch;" in readme
