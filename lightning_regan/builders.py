@@ -27,6 +27,7 @@ from lightning_regan.callbacks.run_summary import SummaryFields
 from lightning_regan.stop_metric import stop_metric_fields
 from lightning_regan.errors import ConfigError
 from lightning_regan.module import GANModule, max_steps_for
+from lightning_regan.pretrained import PretrainedWeights, load_pretrained, read_pretrained
 from lightning_regan.regularizers import spectral_norm
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,43 @@ def build_all(cfg: DictConfig, validate_data: bool = True,
             "trainer": trainer}
 
 
+# ---------------------------------------------------------------------------------------------- init_from
+def read_init_from(cfg: DictConfig) -> Optional[PretrainedWeights]:
+    """The weights ``cfg.init_from`` names, read safely (``None`` when it is not set). Read before the data and the
+    networks are built, so a missing, unsafe or damaged file is answered first."""
+    source = cfg.get("init_from")
+    return None if source in (None, "") else read_pretrained(source)
+
+
+def _model_differences(stored: Optional[dict[str, Any]], cfg: DictConfig, data_shape: Any) -> list[str]:
+    """``key: checkpoint vs now`` for the model settings and data shape that differ from the pretraining run's."""
+    if not isinstance(stored, dict):
+        return []
+
+    def flat(node: Any, prefix: str) -> dict[str, Any]:
+        if isinstance(node, dict):
+            return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}.{key}").items()}
+        return {prefix: node}
+
+    old = {**flat(stored.get("model") or {}, "model"), "data_shape": stored.get("data_shape")}
+    new = {**flat(OmegaConf.to_container(cfg.model, resolve=True), "model"), "data_shape": list(data_shape)}
+    return [f"{k}: {old.get(k, '<unset>')} vs {new.get(k, '<unset>')}" for k in sorted(set(old) | set(new))
+            if old.get(k, "<unset>") != new.get(k, "<unset>")]
+
+
+def apply_init_from(cfg: DictConfig, module: GANModule, weights: PretrainedWeights, data_shape: Any = None) -> dict[str, Any]:
+    """Load ``weights`` into ``module`` (parts ``cfg.init_from_parts``); a shape mismatch names the tensor and, for a
+    regan-train checkpoint, the model settings that differ from its run. Returns what ``summary.json`` records."""
+    shape = data_shape if data_shape is not None else (module.run_config or {}).get("data_shape", [])
+    diffs = _model_differences(weights.config, cfg, shape)
+    hint = f" (the checkpoint's run differs in {'; '.join(diffs[:3])})" if diffs else ""
+    parts = cfg.get("init_from_parts")
+    parts = None if parts is None else [str(p) for p in parts]
+    record = load_pretrained(module, weights, parts, hint=hint)
+    log.info("init_from: %s from %s (%s)", ", ".join(record["parts"]), record["path"], record["kind"])
+    return record
+
+
 def fit(objects: dict[str, Any], ckpt_path: Optional[str]) -> dict[str, Any]:
     """Fit the built objects and return the run's results, whatever callbacks ran.
 
@@ -168,6 +206,6 @@ def fit(objects: dict[str, Any], ckpt_path: Optional[str]) -> dict[str, Any]:
 
 
 __all__ = [
-    "build_all", "build_callbacks", "build_datamodule", "build_loggers", "build_models",
-    "build_module", "build_trainer", "conditioning_classes", "drop_unselected", "fit",
+    "apply_init_from", "build_all", "build_callbacks", "build_datamodule", "build_loggers", "build_models",
+    "build_module", "build_trainer", "conditioning_classes", "drop_unselected", "fit", "read_init_from",
 ]

@@ -5,4 +5,8 @@ class ConfigError(ValueError):
     """A composed configuration holds a value that cannot work; raised before any training work."""
 
 
-__all__ = ["ConfigError"]
+class PretrainedWeightsError(ValueError):
+    """Trained weights to start from (``init_from``) that are missing, unsafe, damaged, or do not fit the networks."""
+
+
+__all__ = ["ConfigError", "PretrainedWeightsError"]

@@ -14,6 +14,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from lightning_regan.compile import CompiledNetworks, compile_options
 from lightning_regan.distributed import all_reduce_gradients, broadcast_buffers, ddp_model, optimizer_parameters
+from lightning_regan.freeze import freeze_d_blocks, keep_frozen
 from lightning_regan.inputs import batch_labels, batch_samples, check_labels, label_distribution
 from lightning_regan.inputs import class_inputs, seeded_inputs, seeded_noise  # public here too (their first home)
 from lightning_regan.losses import AdversarialLoss, get_loss
@@ -68,6 +69,9 @@ class GANModule(L.LightningModule):
             through the eager networks (:mod:`lightning_regan.compile`, ``docs/compile.md``). Pays on GPUs only.
         augment: Differentiable augmentation of every image D sees, real and fake, in the D and the G step
             (:mod:`lightning_regan.augment`); its ``observe(real_logits)``, if any, runs after each D step.
+        freeze_d_layers: FreezeD (Mo et al. 2020, for fine-tuning): freeze D's first ``k`` blocks, as listed by its
+            ``freezable_blocks()`` method (:mod:`lightning_regan.freeze`): no gradients, not in D's optimizer, eval
+            mode throughout. 0 freezes nothing.
     """
 
     def __init__(
@@ -90,6 +94,7 @@ class GANModule(L.LightningModule):
         label_probs: Optional[Sequence[float]] = None,
         compile: Union[bool, Mapping[str, Any]] = False,
         augment: Optional[nn.Module] = None,
+        freeze_d_layers: int = 0,
     ) -> None:
         super().__init__()
         if not isinstance(generator, nn.Module) or not isinstance(discriminator, nn.Module):
@@ -106,6 +111,9 @@ class GANModule(L.LightningModule):
         check_int("GANModule", "latent_dim (pass latent_dim=... or give the generator a `latent_dim` attribute)",
                   latent_dim, 1)
         options = compile_options(compile)
+        #: D's frozen blocks (``freeze_d_layers``), a plain list: the modules stay where D holds them.
+        self.frozen_d_blocks: list[nn.Module] = freeze_d_blocks(discriminator, freeze_d_layers)
+        self.freeze_d_layers = freeze_d_layers
         self.save_hyperparameters(ignore=["generator", "discriminator", "g_optimizer", "d_optimizer", "loss", "regularizers", "augment"])
         self.automatic_optimization = False
 
@@ -139,6 +147,8 @@ class GANModule(L.LightningModule):
         self.d_steps = 0
         #: Plain-python copy of the config this module was built from (set by ``train``); saved in checkpoints.
         self.run_config: Optional[dict[str, Any]] = None
+        #: Where the weights were started from (:meth:`load_pretrained`; ``summary.json`` "init_from"), else ``None``.
+        self.initialized_from: Optional[dict[str, Any]] = None
         #: Detached metrics of the last training step (keys without the ``train/`` prefix).
         self.last_step_metrics: dict[str, Tensor] = {}
         #: Whether the last training batch took a G step: the one place that turns batches into G-step events
@@ -236,11 +246,19 @@ class GANModule(L.LightningModule):
 
     # ------------------------------------------------------------------ optimization
     def configure_optimizers(self) -> list[Optimizer]:
-        """G's optimizer first, then D's (``g_opt, d_opt = self.optimizers()``)."""
+        """G's optimizer first, then D's (``g_opt, d_opt = self.optimizers()``); D's leaves out its frozen blocks."""
+        frozen = {id(p) for block in self.frozen_d_blocks for p in block.parameters()}
         return [
             self.g_optimizer_factory(self.generator.parameters()),
-            self.d_optimizer_factory(self.discriminator.parameters()),
+            self.d_optimizer_factory([p for p in self.discriminator.parameters() if id(p) not in frozen]),
         ]
+
+    def train(self, mode: bool = True) -> "GANModule":
+        """``nn.Module.train``, with D's frozen blocks (``freeze_d_layers``) kept frozen and in eval mode."""
+        super().train(mode)
+        if getattr(self, "frozen_d_blocks", None):
+            keep_frozen(self.frozen_d_blocks)
+        return self
 
     #: The samples and the labels of a batch (override for other batch layouts).
     real_samples = staticmethod(batch_samples)
@@ -397,10 +415,28 @@ class GANModule(L.LightningModule):
         return [RandomStreams()]
 
     # ------------------------------------------------------------------ checkpoints
+    def load_pretrained(self, source: Any, parts: Optional[Sequence[str]] = None) -> dict[str, Any]:
+        """Start from trained weights before ``fit`` (fine-tuning): G, D and/or the EMA of G from a regan-train
+        checkpoint or a plain state-dict file (:mod:`lightning_regan.pretrained`); optimizers, counters and callback
+        state stay fresh. The networks must match tensor for tensor (one-line
+        :class:`~lightning_regan.errors.PretrainedWeightsError` naming the first that does not, nothing loaded).
+
+        Args:
+            source: A file path, a loaded state-dict mapping, or :class:`~lightning_regan.pretrained.PretrainedWeights`.
+            parts: Which of ``"generator"``, ``"discriminator"``, ``"ema"`` to load; ``None``: all that both have.
+
+        Returns:
+            What was loaded (also kept in :attr:`initialized_from` and in this module's checkpoints).
+        """
+        from lightning_regan.pretrained import load_pretrained
+
+        return load_pretrained(self, source, parts)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # RandomStreams (a callback, called before this hook) adds the ranks' random states to the same section.
         checkpoint.setdefault(CHECKPOINT_KEY, {}).update(
             version=CHECKPOINT_VERSION, g_steps=self.g_steps, d_steps=self.d_steps, config=self.run_config,
+            init_from=self.initialized_from,
         )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -415,6 +451,7 @@ class GANModule(L.LightningModule):
         self.g_steps = int(state["g_steps"])
         self.d_steps = int(state["d_steps"])
         self.run_config = state.get("config")
+        self.initialized_from = state.get("init_from")  # a resumed fine-tune keeps saying where it started from
 
 
 __all__ = ["GANModule", "class_inputs", "max_steps_for", "seeded_inputs", "seeded_noise"]

@@ -260,6 +260,8 @@ class RunSummary(GStepCallback):
             # augmentation (lightning_regan.augment): ADA's last p, the last r_t = E[sign(D(real))], their history
             "ada_p": self.augment_history[-1][1] if self.augment_history else None,
             "rt": self.augment_history[-1][2] if self.augment_history else None,
+            # fine-tuning: where the weights were started from (GANModule.load_pretrained, init_from), else null
+            "init_from": getattr(pl_module, "initialized_from", None),
         }
         if self.augment_history:  # only when augmenting
             summary["augment_history"] = [list(row) for row in self.augment_history]

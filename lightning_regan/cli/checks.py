@@ -230,6 +230,7 @@ def check_values(cfg: DictConfig) -> None:
         )
     need_int("module.ema_start_g_step", module.get("ema_start_g_step", 0), 0)
     need_int("module.num_fixed_samples", module.get("num_fixed_samples", 64), 1)
+    need_int("module.freeze_d_layers", module.get("freeze_d_layers", 0), 0)
     try:
         from lightning_regan.compile import compile_options  # torch-free
 
@@ -276,6 +277,7 @@ def check_values(cfg: DictConfig) -> None:
         raise ConfigError(f"ckpt_path must be a file path, {LAST} or {LAST_REQUIRED}, got {ckpt!r}.")
     if not isinstance(cfg.get("resume_stopped", False), bool):
         raise ConfigError(f"resume_stopped must be true or false, got {cfg.get('resume_stopped')!r}.")
+    check_init_from(cfg)
     regs = cfg.get("regularizer") or {}
     for name, node in regs.items():
         if not has_target(node):
@@ -289,6 +291,36 @@ def check_values(cfg: DictConfig) -> None:
     for key in ("generator", "discriminator"):
         if not has_target(model.get(key)):
             raise ConfigError(f"model.{key} needs a _target_; pick an architecture with model=mlp|dcgan|resnet.")
+
+
+def check_init_from(cfg: DictConfig) -> None:
+    """``init_from`` (a file path or null) and ``init_from_parts`` (null or a list of generator, discriminator, ema).
+
+    Raises:
+        ConfigError: a wrong type, a missing file, unknown or repeated parts, or parts without ``init_from``.
+    """
+    from lightning_regan.pretrained import PARTS  # torch-free at import
+
+    source, parts = cfg.get("init_from"), cfg.get("init_from_parts")
+    if source is not None and (not isinstance(source, str) or not source):
+        raise ConfigError(f"init_from must be a file path (a regan-train checkpoint or a state_dict file), got {source!r}.")
+    # With ckpt_path the file may be gone (a resume takes the weights from the checkpoint); train() reads it when
+    # the run starts fresh.
+    if source is not None and cfg.get("ckpt_path") is None and not Path(source).expanduser().is_file():
+        raise ConfigError(
+            f"init_from={source!r} does not exist; pass a regan-train checkpoint (e.g. <run>/checkpoints/best.ckpt) "
+            "or a torch.save'd state_dict file."
+        )
+    if parts is None:
+        return
+    values = list(parts) if isinstance(parts, Sequence) and not isinstance(parts, str) else None
+    if values is None or not values or any(p not in PARTS for p in values) or len(set(values)) != len(values):
+        raise ConfigError(
+            f"init_from_parts must list distinct parts among {', '.join(PARTS)} (or be null for all), got {parts!r} "
+            "(e.g. init_from_parts=[generator,discriminator])."
+        )
+    if source is None:
+        raise ConfigError("init_from_parts is set but init_from is not; pass init_from=<checkpoint> (or drop init_from_parts).")
 
 
 # ---------------------------------------------------------------------------------------------- output folders

@@ -20,7 +20,7 @@ from lightning_regan.cli.checkpoints import CheckpointError, check_same_settings
 from lightning_regan.cli.checks import MAX_SEED, check_values, fail  # noqa: F401 (public names)
 from lightning_regan.config import drop_unselected, has_target
 from lightning_regan.data.base import DatasetError, DatasetNotFoundError
-from lightning_regan.errors import ConfigError
+from lightning_regan.errors import ConfigError, PretrainedWeightsError
 from lightning_regan.fid.weights import InceptionWeightsError
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 # Errors that mean "fix your input", reported as one message (exit code 2) by regan-train.
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError, CheckpointError, DatasetError, DatasetNotFoundError, InceptionWeightsError, InstantiationException,
+    PretrainedWeightsError,
 )
 
 
@@ -186,12 +187,16 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         ended = _judge_resume(cfg, ckpt_path)
         if ended is not None:
             return ended, {}
+        # init_from (fine-tuning): read before the data is built; a resumed run takes its weights from ckpt_path.
+        pretrained = builders.read_init_from(cfg) if ckpt_path is None else None
         import lightning as L
 
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         from lightning_regan.cli.run_checks import check_before_trainer
 
         objects = builders.build_all(cfg, before_trainer=check_before_trainer)
+        if pretrained is not None:
+            builders.apply_init_from(cfg, objects["module"], pretrained)
         summary = builders.fit(objects, ckpt_path)
     finally:
         unlock_run_folder(cfg.output_dir)

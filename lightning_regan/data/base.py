@@ -6,13 +6,13 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Optional, Union
 
 import torch
 
 import lightning as L
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from lightning_regan.validation import check_int, is_int, is_number
@@ -89,6 +89,9 @@ class GANDataModule(L.LightningDataModule):
         limit: Train on a deterministic subset: ``N`` images (an integer >= 1) or a fraction in (0, 1) of the
             training set (:func:`limit_indices`, the same subset for every seed and rank). ``None``: all of it. The FID
             reference set is not limited (it measures the distribution, not the subset).
+        classes: Keep only the samples of these labels (e.g. ``[5, 6, 7, 8, 9]``), in the training, held-out and
+            reference sets alike (labels keep their values); applied before ``limit``. Needs labelled data.
+            ``None``: every class.
     """
 
     #: Short dataset name, e.g. ``"mnist"``.
@@ -103,8 +106,10 @@ class GANDataModule(L.LightningDataModule):
     num_classes: Optional[int] = None
 
     def __init__(self, batch_size: int = 64, num_workers: int = 0, pin_memory: bool = False,
-                 limit: Optional[Union[int, float]] = None) -> None:
+                 limit: Optional[Union[int, float]] = None, classes: Optional[Sequence[int]] = None) -> None:
         super().__init__()
+        known = getattr(type(self), "num_classes", None)  # a class attribute (a property may need the data first)
+        self.classes = check_classes(type(self).__name__, classes, known if is_int(known) else None)
         if limit is not None and not (is_int(limit) and limit >= 1 or is_number(limit) and 0 < limit < 1):
             raise ValueError(
                 f"{type(self).__name__}: limit must be a number of training images (an integer >= 1), a fraction in "
@@ -138,6 +143,8 @@ class GANDataModule(L.LightningDataModule):
         """Build the training dataset (once) and check that it fills at least one batch."""
         if self._train is None:
             self._train = self._build_train()
+            if self.classes is not None:
+                self._train = select_classes(self._train, self.classes, type(self).__name__)
             if self.limit is not None:
                 total = len(self._train)  # type: ignore[arg-type]
                 if is_int(self.limit) and self.limit > total:
@@ -220,7 +227,10 @@ class GANDataModule(L.LightningDataModule):
         Items are sample tensors or ``(sample, label)`` pairs.
         """
         if self._reference is None:
-            self._reference = self._build_reference()
+            reference = self._build_reference()
+            if self.classes is not None:
+                reference = select_classes(reference, self.classes, type(self).__name__)
+            self._reference = reference
         return self._reference
 
     def cache_key(self) -> str:
@@ -229,8 +239,67 @@ class GANDataModule(L.LightningDataModule):
         Built from :meth:`_identity` (dataset, split, transform, size) and :data:`PIPELINE_VERSION`.
         """
         identity = {"class": type(self).__name__, "pipeline": PIPELINE_VERSION, **self._identity()}
+        if self.classes is not None:  # only when set: the keys of unfiltered data (and their caches) do not change
+            identity["classes"] = list(self.classes)
         digest = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
         return f"{self.name}-{digest}"
+
+
+def check_classes(owner: str, classes: Optional[Sequence[int]], num_classes: Optional[int]) -> Optional[tuple[int, ...]]:
+    """``classes`` as a sorted tuple of distinct labels (``None`` stays ``None``).
+
+    Raises:
+        ValueError: not a non-empty list of distinct integers in ``[0, num_classes)``.
+    """
+    if classes is None:
+        return None
+    values = list(classes) if isinstance(classes, Sequence) and not isinstance(classes, str) else None
+    bound = f" in [0, {num_classes})" if num_classes is not None else " >= 0"
+    if (not values or not all(is_int(c) and c >= 0 and (num_classes is None or c < num_classes) for c in values)
+            or len(set(values)) != len(values)):
+        raise ValueError(
+            f"{owner}: classes must be a non-empty list of distinct labels{bound} or null, got {classes!r} "
+            "(e.g. data.classes=[5,6,7,8,9])."
+        )
+    return tuple(sorted(int(c) for c in values))
+
+
+def dataset_labels(dataset: Dataset) -> Optional[torch.Tensor]:
+    """The labels of a map-style dataset's items as a 1-D tensor, or ``None`` when its items carry no labels.
+
+    Read without decoding images where the dataset allows: a ``Subset`` through its parent, a ``TensorDataset``'s
+    second tensor, a torchvision dataset's ``targets``; otherwise item by item (``(sample, label)`` items).
+    """
+    if isinstance(dataset, Subset):
+        parent = dataset_labels(dataset.dataset)
+        return None if parent is None else parent[torch.as_tensor(list(dataset.indices), dtype=torch.long)]
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[1].long() if len(dataset.tensors) > 1 else None
+    targets = getattr(dataset, "targets", None)
+    if targets is not None:
+        return torch.as_tensor(targets).long()
+    labels = []
+    for i in range(len(dataset)):  # type: ignore[arg-type]
+        item = dataset[i]
+        if not isinstance(item, (tuple, list)) or len(item) < 2:
+            return None
+        labels.append(int(item[1]))
+    return torch.as_tensor(labels, dtype=torch.long)
+
+
+def select_classes(dataset: Dataset, classes: Sequence[int], owner: str = "data") -> Dataset:
+    """The items of ``dataset`` whose label is in ``classes``, in their order (a ``Subset``).
+
+    Raises:
+        DatasetError: the items carry no labels, or none has one of ``classes``.
+    """
+    labels = dataset_labels(dataset)
+    if labels is None:
+        raise DatasetError(f"{owner}: classes={list(classes)} needs labelled data, but its items carry no labels.")
+    keep = torch.isin(labels, torch.as_tensor(list(classes), dtype=torch.long)).nonzero().flatten().tolist()
+    if not keep:
+        raise DatasetError(f"{owner}: no sample has a label in classes={list(classes)}.")
+    return Subset(dataset, keep)
 
 
 def limit_indices(n: int, limit: Union[int, float], seed: int = 0) -> list[int]:
@@ -245,4 +314,4 @@ def limit_indices(n: int, limit: Union[int, float], seed: int = 0) -> list[int]:
     return sorted(chosen.tolist())
 
 
-__all__ = ["DatasetError", "limit_indices", "DatasetNotFoundError", "GANDataModule", "PIPELINE_VERSION", "StatefulDistributedSampler"]
+__all__ = ["DatasetError", "check_classes", "dataset_labels", "limit_indices", "select_classes", "DatasetNotFoundError", "GANDataModule", "PIPELINE_VERSION", "StatefulDistributedSampler"]

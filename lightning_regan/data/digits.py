@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Optional, Union
 
 import torch
@@ -36,15 +37,16 @@ class DigitsDataModule(GANDataModule):
 
     Args:
         image_size: Resize to ``S x S`` (e.g. 32 for model=resnet); ``None`` keeps 8x8.
-        batch_size, num_workers, pin_memory, limit: See :class:`GANDataModule`.
+        batch_size, num_workers, pin_memory, limit, classes: See :class:`GANDataModule`.
     """
 
     fid_feature_extractor = "classifier"
     num_classes = 10
 
     def __init__(self, image_size: Optional[int] = None, batch_size: int = 64, num_workers: int = 0, pin_memory: bool = False,
-                 limit: Optional[Union[int, float]] = None) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, limit=limit)
+                 limit: Optional[Union[int, float]] = None, classes: Optional[Sequence[int]] = None) -> None:
+        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, limit=limit,
+                         classes=classes)
         check_int("DigitsDataModule", "image_size", image_size, 1, optional=True)
         self.image_size = image_size
         self.name = "digits"

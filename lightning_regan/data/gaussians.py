@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, Optional, Union
 
 import torch
@@ -116,7 +117,7 @@ class GaussianMixtureDataModule(GANDataModule):
         n_samples: Size of the (fixed) training set.
         n_reference: Size of the reference set used for FID statistics (drawn with another seed).
         seed: Seed of both sets.
-        batch_size, num_workers, pin_memory, limit: See :class:`GANDataModule`.
+        batch_size, num_workers, pin_memory, limit, classes: See :class:`GANDataModule` (labels: mode indices).
     """
 
     fid_feature_extractor = "identity"
@@ -135,8 +136,10 @@ class GaussianMixtureDataModule(GANDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         limit: Optional[Union[int, float]] = None,
+        classes: Optional[Sequence[int]] = None,
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, limit=limit)
+        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, limit=limit,
+                         classes=classes)
         if kind not in _DEFAULTS:
             raise ValueError(f"GaussianMixtureDataModule: kind must be 'ring' or 'grid', got {kind!r}.")
         num_modes = _DEFAULTS[kind]["num_modes"] if num_modes is None else num_modes

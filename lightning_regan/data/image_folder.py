@@ -119,6 +119,11 @@ class ImageFileDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    @property
+    def targets(self) -> list[int]:
+        """The items' labels, read without opening the images (``data.classes`` filters on them)."""
+        return [label for _, label in self.items]
+
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         from PIL import Image
 
@@ -146,7 +151,8 @@ class ImageFolderDataModule(GANDataModule):
             file) instead of in the middle of it.
         max_samples: Use only the first ``max_samples`` files in sorted order.
         extensions: File extensions counted as images.
-        batch_size, num_workers, pin_memory, limit: See :class:`GANDataModule`.
+        batch_size, num_workers, pin_memory, limit, classes: See :class:`GANDataModule` (labels: the class subfolders
+            in sorted order, 0, 1, ...).
     """
 
     def __init__(
@@ -161,8 +167,10 @@ class ImageFolderDataModule(GANDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         limit: Optional[Union[int, float]] = None,
+        classes: Optional[Sequence[int]] = None,
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, limit=limit)
+        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, limit=limit,
+                         classes=classes)
         check_int("ImageFolderDataModule", "image_size (null: the images' own size)", image_size, 1, optional=True)
         if channels not in _MODES:
             raise ValueError(f"ImageFolderDataModule: channels must be 1 (greyscale) or 3 (RGB), got {channels!r}.")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Optional, Union
 
@@ -54,7 +54,7 @@ class TorchvisionDataModule(GANDataModule):
         reference_split: Split used for FID reference statistics, ``"train"`` or ``"test"``.
         max_samples: Use only the first ``max_samples`` images of the train split (for quick runs); also applies
             to the reference when ``reference_split="train"``.
-        batch_size, num_workers, pin_memory, limit: See :class:`GANDataModule`.
+        batch_size, num_workers, pin_memory, limit, classes: See :class:`GANDataModule`.
     """
 
     #: The torchvision dataset class name (``torchvision.datasets.<name>``).
@@ -78,8 +78,10 @@ class TorchvisionDataModule(GANDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         limit: Optional[Union[int, float]] = None,
+        classes: Optional[Sequence[int]] = None,
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, limit=limit)
+        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, limit=limit,
+                         classes=classes)
         who = type(self).__name__
         if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
             raise ValueError(f"{who}: image_size must be a positive integer or null, got {image_size!r}.")

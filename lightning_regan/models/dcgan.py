@@ -148,6 +148,7 @@ class DCGANDiscriminator(nn.Module):
         self.data_shape = (in_channels, start * 2**doublings, start * 2**doublings)
         widths = _widths(channels, doublings, max_channels)
         layers: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], 3, padding=1), nn.LeakyReLU(negative_slope)]
+        self._block_ends = [len(layers)]  # the stem, then one block per halving (FreezeD's units)
         for c_in, c_out in zip(widths[:-1], widths[1:]):
             layers.append(nn.Conv2d(c_in, c_out, 4, stride=2, padding=1))
             if norm == "layer":
@@ -155,11 +156,18 @@ class DCGANDiscriminator(nn.Module):
             elif norm == "batch":
                 layers.append(nn.BatchNorm2d(c_out))
             layers.append(nn.LeakyReLU(negative_slope))
+            self._block_ends.append(len(layers))
         layers += [nn.Flatten(), nn.Linear(widths[-1] * start * start, 1)]
         self.net = nn.Sequential(*layers)
         _init_dcgan(self)
         self.num_classes = check_num_classes(num_classes, "DCGANDiscriminator")
         self.projection = ProjectionHead(num_classes, widths[-1] * start * start) if num_classes else None
+
+    def freezable_blocks(self) -> list[nn.Module]:
+        """The stem (3x3 conv) and the stride-2 blocks, input side first, for FreezeD (``freeze_d_layers``); the
+        linear head is not listed. Each block is a view on ``self.net``'s layers (state-dict keys unchanged)."""
+        starts = [0, *self._block_ends[:-1]]
+        return [self.net[a:b] for a, b in zip(starts, self._block_ends)]
 
     def forward(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
         """Logits ``(N,)`` for images ``(N, C, H, W)`` (of classes ``y`` when conditional)."""

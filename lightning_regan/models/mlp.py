@@ -116,17 +116,25 @@ class MLPDiscriminator(nn.Module):
             raise ValueError(f"MLPDiscriminator: norm must be one of {_NORMS}, got {norm!r}.")
         self.data_shape = _shape(data_shape, "MLPDiscriminator")
         layers: list[nn.Module] = [nn.Flatten()]
+        self._block_ends: list[int] = []  # one block per hidden layer (FreezeD's units)
         width = math.prod(self.data_shape)
         for i, h in enumerate(_hidden(hidden, "MLPDiscriminator")):
             layers.append(nn.Linear(width, h))
             if norm != "none" and i > 0:  # no normalization right on the input layer, as in DCGAN
                 layers.append(nn.LayerNorm(h) if norm == "layer" else nn.BatchNorm1d(h))
             layers.append(nn.LeakyReLU(negative_slope))
+            self._block_ends.append(len(layers))
             width = h
         layers.append(nn.Linear(width, 1))
         self.net = nn.Sequential(*layers)
         self.num_classes = check_num_classes(num_classes, "MLPDiscriminator")
         self.projection = ProjectionHead(num_classes, width) if num_classes else None
+
+    def freezable_blocks(self) -> list[nn.Module]:
+        """The hidden layers (Linear, norm, LeakyReLU), input side first, for FreezeD (``freeze_d_layers``); the
+        output layer is not listed. Each block is a view on ``self.net``'s layers (state-dict keys unchanged)."""
+        starts = [0, *self._block_ends[:-1]]
+        return [self.net[a:b] for a, b in zip(starts, self._block_ends)]
 
     def forward(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
         """Logits ``(N,)`` for samples ``(N, *data_shape)`` (of classes ``y`` when conditional)."""

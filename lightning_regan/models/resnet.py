@@ -181,6 +181,10 @@ class ResNetDiscriminator(nn.Module):
                 if isinstance(layer, (nn.Conv2d, nn.Linear, nn.Embedding)):
                     sn(layer)
 
+    def freezable_blocks(self) -> list[nn.Module]:
+        """The four residual blocks, input side first, for FreezeD (``freeze_d_layers``); the head is not listed."""
+        return list(self.blocks)
+
     def forward(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
         """Logits ``(N,)`` for images ``(N, C, 32, 32)`` (of classes ``y`` when conditional)."""
         need_labels(y, self.projection is not None, "ResNetDiscriminator")
