@@ -231,10 +231,9 @@ def replay(run: dict[str, Any]) -> dict[str, Any]:
     rules = {name: rule for name, rule in stopping.rules.items() if rule.cadence == "evaluation"}
     first = next(iter(rules.values()))
     decision, mode = first.monitor, first.mode
-    states = {name: rule.new_state() for name, rule in rules.items()}
-    for state in states.values():
-        if hasattr(state, "budget_g_steps") and getattr(state.rule, "budget_g_steps", 0) is None:
-            state.budget_g_steps = run["max_g_steps"]
+    # As at the start of the fit: the budget, and whether the module starts from trained weights (a fine-tune).
+    stopping.prepare_states(run["max_g_steps"], run["spec"].get("init_from"))
+    states = {name: stopping.states[name] for name in rules}
     rows = run["evaluations"]
     stop, reason = None, "max_steps"
     for row in rows:
