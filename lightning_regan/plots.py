@@ -145,12 +145,34 @@ def plot_fid(
     return _save(fig, path)
 
 
+def _draw_projection(ax: object, projection: Mapping[str, Any]) -> None:
+    """The stop rule's last projection: its fitted power law over the window, followed to the end of the budget, the
+    optimistic end value, and the band the best so far had to be beaten by."""
+    start, now, end = (float(projection[k]) for k in ("from_g_step", "g_step", "end_g_step"))
+    slope, intercept, t1 = (float(projection[k]) for k in ("slope", "intercept", "t1"))
+    falling = min(slope, 0.0)
+    steps = [start + (end - start) * i / 50 for i in range(51)]
+    level = [math.exp(intercept + (slope if t <= now else falling) * math.log(t + t1)
+                      + ((slope - falling) * math.log(now + t1) if t > now else 0.0)) for t in steps]
+    ax.plot(steps, level, linestyle="--", color="tab:red", linewidth=1.2,
+            label=f"{projection.get('rule', 'rule')}: trend to G step {end:.0f}")
+    ax.plot([end], [float(projection["optimistic"])], marker="v", color="tab:red", linestyle="none",
+            label=f"optimistic end {float(projection['optimistic']):.4g}")
+    band = float(projection["best"]) * (1.0 - float(projection["tolerance"]))
+    ax.axhline(band, color="tab:red", linestyle=":", linewidth=1.0,
+               label=f"best x (1 - {float(projection['tolerance']):.0%}) = {band:.4g}")
+
+
 def _metric_panel(ax: object, history: Sequence[Sequence[float]], metric: str, mode: str, stop: StopMark,
-                  best: Optional[tuple[int, float]], color: str) -> None:
-    """One metric's curve with its best starred and the stop marked; log axis when every value is positive."""
+                  best: Optional[tuple[int, float]], color: str,
+                  projection: Optional[Mapping[str, Any]] = None) -> None:
+    """One metric's curve with its best starred and the stop marked (and, when given, the stop rule's projection);
+    log axis when every value is positive."""
     steps = [int(row[0]) for row in history]
     values = [_finite_or_nan(row[1]) for row in history]
     ax.plot(steps, values, marker="o", markersize=3, label=metric, color=color)
+    if projection is not None:
+        _draw_projection(ax, projection)
     if best is not None and best[1] is not None and math.isfinite(best[1]):
         ax.plot([best[0]], [best[1]], marker="*", markersize=14, color="gold", markeredgecolor="black",
                 linestyle="none", label=f"best {best[1]:.4g} (G step {best[0]})")
@@ -175,9 +197,10 @@ def plot_stop_metric(
     best: Optional[tuple[int, float]] = None,
     fid_history: Optional[Sequence[Sequence[float]]] = None,
     fid_best: Optional[tuple[int, float]] = None,
+    projection: Optional[Mapping[str, Any]] = None,
 ) -> Path:
     """The stop metric's curve (the number the run decided on) with its best and the stop marked; with
-    ``fid_history``, the FID beside it in a second panel.
+    ``fid_history``, the FID beside it in a second panel; with ``projection``, the stop rule's last projection.
 
     Args:
         history: Rows ``(g_step, value)`` of the stop metric.
@@ -188,6 +211,9 @@ def plot_stop_metric(
         best: ``(g_step, value)`` of its best evaluation, or ``None``.
         fid_history: Rows ``(g_step, fid)``, or ``None`` (one panel).
         fid_best: ``(g_step, fid)`` of the best FID, or ``None``.
+        projection: The deciding rule's last projection (``summary.json``'s ``early_termination.projection``:
+            ``g_step``, ``from_g_step``, ``end_g_step``, ``slope``, ``intercept``, ``t1`` of its power law in log-log,
+            ``optimistic``, ``best``, ``tolerance``), or ``None``.
 
     Returns:
         The written path.
@@ -195,7 +221,7 @@ def plot_stop_metric(
     two = bool(fid_history)
     fig = Figure(figsize=(11.0 if two else 7.0, 4.0), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
-    _metric_panel(fig.add_subplot(1, 2 if two else 1, 1), history, metric, mode, stop, best, "tab:purple")
+    _metric_panel(fig.add_subplot(1, 2 if two else 1, 1), history, metric, mode, stop, best, "tab:purple", projection)
     if two:
         _metric_panel(fig.add_subplot(1, 2, 2), fid_history, "val/fid", "min", stop, fid_best, "tab:green")
     return _save(fig, path)
@@ -266,8 +292,12 @@ def plot_run(summary: Mapping[str, Any], loss_history: Sequence[Sequence[Optiona
             if summary.get("best_value") is not None:
                 best = (int(summary["best_g_step"]), float(summary["best_value"]))
             name = stop_metric_plot_name(metric)
+            projection = (summary.get("early_termination") or {}).get("projection")
+            if projection is not None and projection.get("monitor") != metric:
+                projection = None
             plot_stop_metric(summary["history"], plot_dir / name, metric, summary.get("stop_mode") or "min", stop=stop,
-                             best=best, fid_history=summary.get("fid_history"), fid_best=fid_best)
+                             best=best, fid_history=summary.get("fid_history"), fid_best=fid_best,
+                             projection=projection)
             written["stop_metric"] = f"plots/{name}"
         if summary["fid_history"]:
             best = fid_best

@@ -92,14 +92,14 @@ DCGAN16 = ("model=dcgan", "model.generator.channels=16", "model.discriminator.ch
 SETUPS: dict[str, Setup] = {
     "mnist_dcgan": Setup(
         "healthy", "DCGAN (width 16) on MNIST 28x28, non-saturating loss, no regularizer, EMA of G 0.995",
-        ("data=mnist", *DCGAN16, "regularizer=none", "+callbacks.fid.feature_extractor=classifier"), 5000, 100, 1000),
+        ("data=mnist", *DCGAN16, "regularizer=none", "callbacks.fid.feature_extractor=classifier"), 5000, 100, 1000),
     "fmnist_dcgan": Setup(
         "healthy", "the same DCGAN on Fashion-MNIST 28x28",
-        ("data=fashion_mnist", *DCGAN16, "regularizer=none", "+callbacks.fid.feature_extractor=classifier"), 5000, 100, 1000),
+        ("data=fashion_mnist", *DCGAN16, "regularizer=none", "callbacks.fid.feature_extractor=classifier"), 5000, 100, 1000),
     "mnist_dcgan_fast": Setup(
         "healthy", "the same DCGAN on MNIST with learning rates 2e-3 (10x): it flattens early; v5 doubled its budget "
         "(v4: 4,000) so that the runs reach 3x their eps-oracle step",
-        ("data=mnist", *DCGAN16, "regularizer=none", "+callbacks.fid.feature_extractor=classifier",
+        ("data=mnist", *DCGAN16, "regularizer=none", "callbacks.fid.feature_extractor=classifier",
          "module.d_optimizer.lr=2e-3", "module.g_optimizer.lr=2e-3"), 8000, 100, 1000),
     "digits": Setup(
         "healthy", "DCGAN (width 32) on sklearn's 8x8 digits, non-saturating loss + R1, EMA of G 0.995 (v4: 18,000 "
@@ -109,10 +109,10 @@ SETUPS: dict[str, Setup] = {
     "mnist_mlp": Setup(
         "healthy", "MLP GAN of Lightning's tutorial size (G 128-256-512-1024, D 512-256) on MNIST 28x28, "
         "non-saturating loss + R1, EMA of G 0.995",
-        ("data=mnist", *TUTORIAL_MLP, "+callbacks.fid.feature_extractor=classifier"), 4000, 100, 1000),
+        ("data=mnist", *TUTORIAL_MLP, "callbacks.fid.feature_extractor=classifier"), 4000, 100, 1000),
     "fmnist_mlp": Setup(
         "healthy", "the same MLP GAN on Fashion-MNIST 28x28",
-        ("data=fashion_mnist", *TUTORIAL_MLP, "+callbacks.fid.feature_extractor=classifier"), 4000, 100, 1000),
+        ("data=fashion_mnist", *TUTORIAL_MLP, "callbacks.fid.feature_extractor=classifier"), 4000, 100, 1000),
     "ring": Setup(
         "healthy", "`experiment=ring` (MLP on the 8-Gaussian ring, non-saturating + R1, EMA 0.995); exact "
         "Frechet distance of the 2-D points (v4: 5,000 G steps)",
@@ -121,7 +121,7 @@ SETUPS: dict[str, Setup] = {
         "collapsing", "the tutorial MLP GAN on MNIST with the saturating minimax loss, no regularizer, no EMA, "
         "learning rates 2e-3 (meant to collapse: seed 2 does, ending 1.9x worse than its best; the others learn "
         "slowly and end within 1.25x of theirs; v3 stopped it at 1,500 G steps)",
-        ("data=mnist", *TUTORIAL_MLP, "+callbacks.fid.feature_extractor=classifier", "regularizer=none",
+        ("data=mnist", *TUTORIAL_MLP, "callbacks.fid.feature_extractor=classifier", "regularizer=none",
          "loss=minimax", "module.ema_decay=null", "module.d_optimizer.lr=2e-3", "module.g_optimizer.lr=2e-3"),
         3000, 100, 1000),
     "ring_collapse": Setup(

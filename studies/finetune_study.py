@@ -21,7 +21,7 @@ Early termination: the default rule set (``conf/early_stopping/default.yaml``, d
 offline on each fine-tune's recorded metrics with the product's rule objects (training did not stop, so every
 candidate sees the same run), as ``studies/stopping_study.py`` does; graded like it: the eps-oracle (eps 5 %, widened
 to the grader's noise) is the first evaluation within tolerance of the run's best truth, lag = stop step / oracle
-step, gap = (truth of the generator handed back - best truth) / best truth, the generator handed back being the
+step (at least the first evaluation after G step 0, where a fine-tune's starting generator is evaluated), gap = (truth of the generator handed back - best truth) / best truth, the generator handed back being the
 evaluation with the best ``val/mmd`` up to the stop (what ``callbacks.best_generator`` restores).
 
 Reported (medians over seeds): ``finetune_over_scratch_best`` (best truth of ``finetune`` / of ``scratch``, same
@@ -262,11 +262,14 @@ def grade(run: dict[str, Any]) -> dict[str, Any]:
            "first_truth": run["evaluations"][0]["truth"], "tolerance": tol, "oracle_g_step": oracle["g_step"]}
     if run["condition"] in FINETUNES:
         outcome = replay(run)
+        # A fine-tune is also evaluated at G step 0 (its starting generator): an oracle there counts as the first
+        # evaluation after it, so that the lag stays a ratio of G steps trained.
+        first_step = min((r["g_step"] for r in rows if r["g_step"] > 0), default=1)
         idx = outcome["handed_index"]
         handed = run["evaluations"][idx]["truth"] if idx is not None else None
         out.update(stop_g_step=outcome["stop_g_step"], stop_reason=outcome["reason"], stop_metric=outcome["metric"],
                    handed_g_step=run["evaluations"][idx]["g_step"] if idx is not None else None, handed_truth=handed,
-                   lag=outcome["stop_g_step"] / oracle["g_step"],
+                   lag=outcome["stop_g_step"] / max(oracle["g_step"], first_step),
                    gap=(handed - best["truth"]) / best["truth"] if _finite(handed) and best["truth"] else None,
                    saving=1 - outcome["stop_g_step"] / run["max_g_steps"])
     return out

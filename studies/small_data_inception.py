@@ -39,7 +39,7 @@ def train_overrides(data: str, augment: str, run_dir: Path, steps: int, every: i
     """The small-data study's run (``studies/small_data_study.py``) as ``regan-train`` overrides, with a checkpoint."""
     out = [f"data={data}", "data.batch_size=32", "model=dcgan", "model.generator.channels=8",
            "model.discriminator.channels=8", "regularizer=none", f"augment={augment}", "early_stopping=none",
-           "callbacks=[fid,checkpoint,best_generator,summary]", "+callbacks.fid.feature_extractor=classifier",
+           "callbacks=[fid,checkpoint,best_generator,summary]", "callbacks.fid.feature_extractor=classifier",
            f"callbacks.fid.every_n_g_steps={every}", "logger=none", "trainer.enable_progress_bar=false",
            f"seed={seed}", f"max_g_steps={steps}", f"output_dir={run_dir}"]
     if data != "digits":

@@ -114,6 +114,9 @@ def test_init_from_starts_from_the_checkpoints_weights_with_everything_else_fres
     fresh = {type(cb).__name__: _plain(cb.state_dict()) for cb in build_callbacks(probe.cfg)
              if type(cb).__name__ in probe.callbacks}
     assert set(fresh) == {"EarlyTermination", "BestGenerator", "FIDMonitor", "RunSummary"}
+    # RunSummary starts following the stop metric at the start of the fit: an empty history is still fresh.
+    started = probe.callbacks["RunSummary"].pop("stop_metric")
+    assert started["history"] == [] and started["last_step"] is None
     assert probe.callbacks == fresh
     stored = {k.split("{")[0]: _plain(v) for k, v in ckpt["callbacks"].items()}
     assert stored["FIDMonitor"] != fresh["FIDMonitor"] and stored["RunSummary"] != fresh["RunSummary"]
