@@ -210,7 +210,7 @@ def test_loss_plateau_until_the_fid_is_logged_leaves_the_decision_to_the_fid():
     assert et.stop_reason is StopReason.LOSS_PLATEAU and et.stopped_g_step == 25
 
 
-def test_fid_plateau_stops_and_best_generator_restores_the_best(caplog):
+def test_plateau_stops_and_best_generator_restores_the_best(caplog):
     caplog.set_level(logging.INFO, logger="lightning_regan")
     fid = ScriptedFID(fid_curve(best_at=30))
     et = EarlyTermination([Plateau(patience=3, window=1, min_delta=0.01)])

@@ -189,7 +189,7 @@ def test_loss_plateau_accepts_a_single_monitor_name():
 
 
 # ---------------------------------------------------------------------------------------------- Plateau
-def test_fid_plateau_noisy_but_improving_never_stops():
+def test_plateau_noisy_but_improving_never_stops():
     # -4 % per evaluation on average, +-6 % noise that alternates, an extra +4 % bump every 5th evaluation
     noisy = [100 * 0.96**i * (1 + 0.06 * (-1) ** i + 0.04 * (i % 5 == 0)) for i in range(60)]
     assert sum(b > a for a, b in zip(noisy, noisy[1:])) >= 25  # really noisy: goes up about every other time
@@ -197,7 +197,7 @@ def test_fid_plateau_noisy_but_improving_never_stops():
         assert first_stop(Plateau(patience=3, window=window), fids(noisy)) is None
 
 
-def test_fid_plateau_spike_then_recovery_does_not_stop_before_patience():
+def test_plateau_spike_then_recovery_does_not_stop_before_patience():
     # StyleGAN2-ADA #68: 48.7 -> 84.0 -> 56.2, then recovery below the best.
     series = [120.0, 80.0, 60.0, 48.7, 84.0, 56.2, 52.0, 49.5, 46.0, 44.0, 43.0, 41.0]
     for window in (1, 3):
@@ -216,7 +216,7 @@ def test_fid_plateau_spike_then_recovery_does_not_stop_before_patience():
     assert hit is not None and hit[0] == 700
 
 
-def test_fid_plateau_stops_at_the_patience_th_evaluation_without_improvement():
+def test_plateau_stops_at_the_patience_th_evaluation_without_improvement():
     series = [90.0, 70.0, 55.0, 50.0, 50.2, 49.9, 51.0, 50.5, 49.8, 50.1]
     rule = Plateau(patience=4, window=1, min_delta=0.01).new_state()
     hit = first_stop(rule, fids(series))
@@ -228,7 +228,7 @@ def test_fid_plateau_stops_at_the_patience_th_evaluation_without_improvement():
     assert first_stop(Plateau(patience=4, window=1, min_delta=0.0), fids(series)) is None
 
 
-def test_fid_plateau_only_counts_evaluations_and_non_finite_is_no_improvement():
+def test_plateau_only_counts_evaluations_and_non_finite_is_no_improvement():
     rule = Plateau(patience=2, window=1).new_state()
     assert rule.update(100, {"train/g_loss": 1.0}) == (False, "") and rule.evaluations == 0
     rule.update(200, {"val/fid": 30.0})
@@ -237,20 +237,20 @@ def test_fid_plateau_only_counts_evaluations_and_non_finite_is_no_improvement():
     assert stop and rule.wait_count == 2 and rule.best == 30.0 and rule.evaluations == 3
 
 
-def test_fid_plateau_warmup_does_not_count():
+def test_plateau_warmup_does_not_count():
     series = [50.0, 60.0, 60.0, 60.0, 60.0, 60.0]
     assert first_stop(Plateau(patience=2, window=1), fids(series))[0] == 300
     assert first_stop(Plateau(patience=2, window=1, warmup_g_steps=450), fids(series))[0] == 600
 
 
-def test_fid_plateau_custom_monitor():
+def test_plateau_custom_monitor():
     rule = Plateau(patience=1, window=1, monitor="val/kid").new_state()
     rule.update(1, {"val/kid": 0.1})
     assert rule.update(2, {"val/fid": 0.01}) == (False, "")
     assert rule.update(3, {"val/kid": 0.2})[0]
 
 
-def test_fid_plateau_resume_mid_plateau_gives_the_same_decision():
+def test_plateau_resume_mid_plateau_gives_the_same_decision():
     series = [100.0, 80.0, 65.0, 60.0, 63.0, 59.9, 61.0, 62.0, 60.5, 64.0, 60.2, 61.0]
     expected = first_stop(Plateau(patience=4), fids(series))
     assert expected is not None
@@ -271,7 +271,7 @@ def test_fid_plateau_resume_mid_plateau_gives_the_same_decision():
     [({"patience": 0}, "patience"), ({"min_delta": -1}, "min_delta"), ({"min_delta": 1.0}, "min_delta"),
      ({"window": 0}, "window"), ({"warmup_g_steps": -5}, "warmup_g_steps"), ({"monitor": ""}, "monitor")],
 )
-def test_fid_plateau_bad_arguments(kwargs, name):
+def test_plateau_bad_arguments(kwargs, name):
     with pytest.raises(ValueError, match=f"Plateau: {name}"):
         Plateau(**kwargs)
 
