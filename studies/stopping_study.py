@@ -90,12 +90,12 @@ SETUPS: dict[str, Setup] = {
                      "model.discriminator.channels=32"), 6000, 200),
     "mnist_fast": Setup("healthy", "DCGAN (width 16) on MNIST, no regularizer, learning rates 2e-3 (flattens early)",
                         ("data=mnist", *DCGAN16, "regularizer=none", "module.d_optimizer.lr=2e-3",
-                         "module.g_optimizer.lr=2e-3", "+callbacks.fid.feature_extractor=classifier"),
+                         "module.g_optimizer.lr=2e-3", "++callbacks.fid.feature_extractor=classifier"),
                         3000, 100, torchvision=True),
     "fmnist_600": Setup("healthy", "DCGAN (width 8) on 600 Fashion-MNIST images (data.limit=600), no augmentation, "
                         "no regularizer: D memorizes, quality peaks then worsens",
                         ("data=fashion_mnist", "data.limit=600", *SMALL,
-                         "+callbacks.fid.feature_extractor=classifier"), 2000, 100, torchvision=True),
+                         "++callbacks.fid.feature_extractor=classifier"), 2000, 100, torchvision=True),
     "ring_collapse": Setup("collapsing", "`experiment=ring` with the saturating minimax loss, no regularizer, no EMA, "
                            "learning rates 2e-3", ("experiment=ring", "loss=minimax", "regularizer=none",
                                                    "module.ema_decay=null", "module.d_optimizer.lr=2e-3",

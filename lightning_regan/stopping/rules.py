@@ -736,8 +736,8 @@ class Trend(_EvaluationRule):
     rising (see :class:`LogLinearTrend`).
 
     Why: compared with :class:`LogLinearTrend` (a log-linear trend over a horizon of 4x the run): on long public
-    training curves a log-linear trend projects gains a decelerating curve never delivers, so it kept runs going (8 % of the
-    savings an oracle makes, ``docs/studies/real_curves.md``); a flat verdict that must hold for half of the run
+    training curves a log-linear trend projects gains a decelerating curve never delivers, so it kept runs going (8 %
+    of the savings an oracle makes, ``docs/studies/real_curves.md``); a flat verdict that must hold for half of the run
     rather than two evaluations does not end a run inside a pause that later resumes; comparing with the best so far
     (not the current value) lets a run that has peaked and worsens stop. A run from scratch sits near its first value
     before it takes off, so such a run decides only after its metric has fallen by ``min_progress``; a fine-tune
