@@ -27,6 +27,7 @@ from typing import Any, Optional
 
 import yaml
 
+from lightning_regan.stopping.base import normalize_reason
 from lightning_regan.sweep import format_cell
 
 #: summary.json fields copied into the table, in this order.
@@ -89,6 +90,7 @@ def collect_runs(multirun_dir: Path) -> list[dict[str, Any]]:
         }
         for field in SUMMARY_FIELDS:
             record[field] = summary.get(field)  # summaries before 0.4 have no stop_metric/best_value/best_g_step
+        record["stop_reason"] = normalize_reason(record["stop_reason"])  # older summaries: fid_plateau
         record["stop_mode"] = summary.get("stop_mode")
         record["final_fid"] = history[-1][1] if history else None
         runs.append(record)

@@ -53,10 +53,10 @@ if str(REPO) not in sys.path:
 from lightning_regan.stopping import (  # noqa: E402  (pure rules: no Lightning import)
     Collapse,
     Divergence,
-    FIDNoisePlateau,
-    FIDPlateau,
-    FIDPowerLaw,
-    FIDTrend,
+    LogLinearTrend,
+    NoisePlateau,
+    Plateau,
+    PowerLaw,
     StopRule,
 )
 
@@ -592,8 +592,9 @@ def candidates() -> dict[str, dict[str, Any]]:
     return out
 
 
-FAMILIES: dict[str, type] = {"FIDPlateau": FIDPlateau, "FIDNoisePlateau": FIDNoisePlateau, "FIDTrend": FIDTrend,
-                             "FIDPowerLaw": FIDPowerLaw}
+# The families keep the rules' names of the time the records were made (and the records say "fid_plateau").
+FAMILIES: dict[str, type] = {"FIDPlateau": Plateau, "FIDNoisePlateau": NoisePlateau, "FIDTrend": LogLinearTrend,
+                             "FIDPowerLaw": PowerLaw}
 
 
 def make(family: str, args: dict[str, Any], budget: bool = True) -> Callable[[], StopRule]:

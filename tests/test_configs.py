@@ -201,7 +201,7 @@ def test_early_stopping_choice_instantiates(tmp_path, rule):
     assert (loss_plateau is not None and loss_plateau.until_logged == "val/mmd") is (rule in ("default", "trend_v5"))
     if rule in ("default", "trend_v5"):
         assert set(callback.rules) == {"loss_plateau", "metric_plateau", "collapse", "divergence"}
-        assert type(callback.rules["metric_plateau"]).__name__ == ("Trend" if rule == "default" else "FIDTrend")
+        assert type(callback.rules["metric_plateau"]).__name__ == ("Trend" if rule == "default" else "LogLinearTrend")
 
 
 @pytest.mark.parametrize("trainer", choices("trainer"))

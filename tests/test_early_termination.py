@@ -24,7 +24,7 @@ from lightning_regan.callbacks.early_termination import EarlyTermination
 from lightning_regan.callbacks.g_step import GStepCallback
 from lightning_regan.callbacks.run_summary import RunSummary
 from lightning_regan.module import max_steps_for
-from lightning_regan.stopping import Collapse, Divergence, FIDPlateau, LossPlateau, RuleState, StopReason, StopRule
+from lightning_regan.stopping import Collapse, Divergence, LossPlateau, Plateau, RuleState, StopReason, StopRule
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOGGER = "lightning_regan.callbacks.early_termination"
@@ -188,7 +188,7 @@ def test_loss_plateau_until_the_fid_is_logged_leaves_the_decision_to_the_fid():
     def rules(until_logged="val/fid", **fid):
         return {"loss_plateau": LossPlateau(window=5, min_delta=0.05, patience=3, warmup_g_steps=10,
                                             check_every_n_g_steps=5, until_logged=until_logged),
-                "fid_plateau": FIDPlateau(**{"patience": 3, **fid})}
+                "plateau": Plateau(**{"patience": 3, **fid})}
 
     # An FID is measured (improving all along): the flat losses stop nothing; the run goes to its budget.
     et = EarlyTermination(rules())
@@ -198,7 +198,7 @@ def test_loss_plateau_until_the_fid_is_logged_leaves_the_decision_to_the_fid():
     # Then the FID plateaus: the FID rule stops it, not the losses.
     et = EarlyTermination(rules(window=1))
     fit(ScriptedGAN(flat_losses), [ScriptedFID(fid_curve(best_at=60)), et], g_steps=200)
-    assert et.stop_reason is StopReason.FID_PLATEAU and et.stopped_g_step == 75
+    assert et.stop_reason is StopReason.PLATEAU and et.stopped_g_step == 75
     # No FID measured: the same callback stops on the loss plateau, as without the option.
     et = EarlyTermination(rules())
     module = ScriptedGAN(flat_losses)
@@ -210,20 +210,20 @@ def test_loss_plateau_until_the_fid_is_logged_leaves_the_decision_to_the_fid():
     assert et.stop_reason is StopReason.LOSS_PLATEAU and et.stopped_g_step == 25
 
 
-def test_fid_plateau_stops_and_best_generator_restores_the_best(caplog):
+def test_plateau_stops_and_best_generator_restores_the_best(caplog):
     caplog.set_level(logging.INFO, logger="lightning_regan")
     fid = ScriptedFID(fid_curve(best_at=30))
-    et = EarlyTermination([FIDPlateau(patience=3, window=1, min_delta=0.01)])
+    et = EarlyTermination([Plateau(patience=3, window=1, min_delta=0.01)])
     keeper = best()
     module = ScriptedGAN()
     fit(module, [fid, et, keeper], g_steps=200)
-    assert et.stop_reason is StopReason.FID_PLATEAU and et.status == "stopped_early"
+    assert et.stop_reason is StopReason.PLATEAU and et.status == "stopped_early"
     assert et.stopped_g_step == 45 == module.g_steps  # 3 evaluations (35, 40, 45) after the best at 30
     assert keeper.best_value == pytest.approx(55.0) and keeper.best_g_step == 30
-    assert et.smoothed["fid_plateau"] == [(g, pytest.approx(f)) for g, f in fid.history]  # window 1: smoothed = FID
+    assert et.smoothed["plateau"] == [(g, pytest.approx(f)) for g, f in fid.history]  # window 1: smoothed = FID
     assert keeper.restored and keeper.restored_into == "generator"
     assert module.generator.weight.item() == 30.0  # the weights of G step 30, not of the last step (45)
-    assert len(stop_logs(caplog)) == 1 and "FID plateau" in et.stop_message
+    assert len(stop_logs(caplog)) == 1 and "Plateau" in et.stop_message
 
 
 def test_divergence_non_finite_stops_at_once_with_status_diverged(caplog):
@@ -251,7 +251,7 @@ def test_divergence_collapse_after_patience():
 def test_runs_to_max_steps_when_nothing_triggers():
     fid = ScriptedFID(fid_curve(best_at=1000))
     et = EarlyTermination([LossPlateau(window=5, patience=3, warmup_g_steps=0, check_every_n_g_steps=5),
-                           FIDPlateau(patience=3), Divergence(d_loss_floor=1e-4, patience=5)])
+                           Plateau(patience=3), Divergence(d_loss_floor=1e-4, patience=5)])
     keeper = best()
     module = ScriptedGAN()
     trainer = fit(module, [fid, et, keeper], g_steps=50)
@@ -297,7 +297,7 @@ def test_a_rule_of_the_users_own_stops_a_short_fit():
     module = ScriptedGAN()
     fit(module, [ScriptedFID(fid_curve(best_at=30)), et], g_steps=100)
     # FID 100 - 1.5 g: below 60 from G step 30 (55); twice in a row at 35
-    assert et.stop_reason is StopReason.FID_PLATEAU and et.stopped_g_step == 35 == module.g_steps
+    assert et.stop_reason is StopReason.PLATEAU and et.stopped_g_step == 35 == module.g_steps
     assert set(et.rules) == {"every_other_low", "divergence"} and et.states["every_other_low"].count == 2
     assert rule.config() == {"floor": 60.0, "times": 2, "monitor": "val/fid"}  # the rule itself is untouched
 
@@ -319,13 +319,13 @@ def test_a_max_mode_rule_on_a_scripted_metric_with_the_best_generator():
     acc = {g: min(0.9, 0.3 * g / 10) if g <= 30 else 0.88 for g in range(5, 201, 5)}
 
     def rule(mode="max", step_key="val/fid_g_step"):
-        return FIDPlateau(monitor="val/class_accuracy", mode=mode, patience=3, window=1, step_key=step_key)
+        return Plateau(monitor="val/class_accuracy", mode=mode, patience=3, window=1, step_key=step_key)
 
     et = EarlyTermination([rule()])
     keeper = best(monitor="val/class_accuracy", mode="max", step_key="val/fid_g_step")
     module = ScriptedGAN()
     fit(module, [ScriptedAccuracy(acc), et, keeper], g_steps=200)
-    assert et.stop_reason is StopReason.FID_PLATEAU and et.stopped_g_step == 45 == module.g_steps
+    assert et.stop_reason is StopReason.PLATEAU and et.stopped_g_step == 45 == module.g_steps
     assert keeper.best_value == pytest.approx(0.9) and keeper.best_g_step == 30
     assert keeper.restored and module.generator.weight.item() == 30.0
     # The same metric read as lower-is-better stops early in the rise (a rise is no improvement): the mode decides.
@@ -341,21 +341,21 @@ def test_a_max_mode_rule_on_a_scripted_metric_with_the_best_generator():
 
 
 def test_rules_by_name_tolerance_shared_and_never_mutated():
-    from lightning_regan.stopping import FIDTrend
+    from lightning_regan.stopping import LogLinearTrend
 
-    trend = FIDTrend()
+    trend = LogLinearTrend()
     et = EarlyTermination({"metric_plateau": trend, "off": None, "divergence": Divergence()}, tolerance=0.02)
     assert list(et.rules) == ["metric_plateau", "divergence"]
     assert et.rules["metric_plateau"].tolerance == 0.02 and trend.tolerance == 0.05  # a new rule; the user's kept
-    two = EarlyTermination([FIDPlateau(), FIDPlateau(monitor="val/kid")])
-    assert list(two.rules) == ["fid_plateau", "fid_plateau_2"] and two.state_key != et.state_key
+    two = EarlyTermination([Plateau(), Plateau(monitor="val/kid")])
+    assert list(two.rules) == ["plateau", "plateau_2"] and two.state_key != et.state_key
 
 
 # ---------------------------------------------------------------------------------------------- non-stops
 def test_noisy_but_improving_fid_does_not_stop():
     # -4 % per evaluation on average, +-6 % alternating noise, +4 % bump every 5th evaluation
     values = {5 * (i + 1): 100 * 0.96**i * (1 + 0.06 * (-1) ** i + 0.04 * (i % 5 == 0)) for i in range(40)}
-    et = EarlyTermination([FIDPlateau(patience=3, window=3)])
+    et = EarlyTermination([Plateau(patience=3, window=3)])
     keeper = best()
     module = ScriptedGAN()
     fit(module, [ScriptedFID(values), et, keeper], g_steps=200)
@@ -368,17 +368,17 @@ def test_noisy_but_improving_fid_does_not_stop():
 def test_spike_then_recovery_does_not_stop_before_patience():
     series = [120.0, 80.0, 60.0, 48.7, 84.0, 56.2, 52.0, 49.5, 46.0, 44.0, 43.0, 41.0]
     values = {5 * (i + 1): v for i, v in enumerate(series)}
-    et = EarlyTermination([FIDPlateau(patience=5, window=1)])
+    et = EarlyTermination([Plateau(patience=5, window=1)])
     keeper = best()
     module = ScriptedGAN()
     fit(module, [ScriptedFID(values), et, keeper], g_steps=60)
     assert et.stop_reason is None and module.g_steps == 60
     assert keeper.best_value == 41.0 and keeper.best_g_step == 60
     # the same curve with patience 3 stops during the recovery (the Trainer test can tell the difference)
-    et3 = EarlyTermination([FIDPlateau(patience=3, window=1)])
+    et3 = EarlyTermination([Plateau(patience=3, window=1)])
     module3 = ScriptedGAN()
     fit(module3, [ScriptedFID(values), et3, best()], g_steps=60)
-    assert et3.stop_reason is StopReason.FID_PLATEAU and et3.stopped_g_step == 35
+    assert et3.stop_reason is StopReason.PLATEAU and et3.stopped_g_step == 35
     assert module3.generator.weight.item() == 20.0  # best 48.7 at G step 20 restored
 
 
@@ -387,11 +387,11 @@ def test_fid_monitor_registered_after_the_decision_and_the_best_generator():
     # Reversed order: the evaluation is seen at the next batch start (generator unchanged), the stop one
     # batch later; the best generator copy is still exactly the evaluated one.
     fid = ScriptedFID(fid_curve(best_at=30))
-    et = EarlyTermination([FIDPlateau(patience=3, window=1)])
+    et = EarlyTermination([Plateau(patience=3, window=1)])
     keeper = best()
     module = ScriptedGAN()
     fit(module, [et, keeper, fid], g_steps=200)
-    assert et.stop_reason is StopReason.FID_PLATEAU and et.stopped_g_step == 46 == module.g_steps
+    assert et.stop_reason is StopReason.PLATEAU and et.stopped_g_step == 46 == module.g_steps
     assert keeper.best_g_step == 30 and keeper.best_generator_step == 30
     assert module.generator.weight.item() == 30.0
 
@@ -419,18 +419,18 @@ def test_no_best_generator_copy_for_an_evaluation_of_an_earlier_step():
 
 def test_val_fid_logged_by_the_module_without_fid_monitor():
     values = fid_curve(best_at=20, until=100)
-    et = EarlyTermination([FIDPlateau(patience=2, window=1)])
+    et = EarlyTermination([Plateau(patience=2, window=1)])
     keeper = best()
     module = ScriptedGAN(fid_in_step=values)
     fit(module, [et, keeper], g_steps=100)
-    assert et.stop_reason is StopReason.FID_PLATEAU and et.stopped_g_step == 30
+    assert et.stop_reason is StopReason.PLATEAU and et.stopped_g_step == 30
     # no val/fid_g_step logged: a changed value is a new evaluation, each one counted once
-    assert et.smoothed["fid_plateau"] == [(g, pytest.approx(values[g])) for g in (5, 10, 15, 20, 25, 30)]
+    assert et.smoothed["plateau"] == [(g, pytest.approx(values[g])) for g in (5, 10, 15, 20, 25, 30)]
     assert keeper.best_g_step == 20 and module.generator.weight.item() == 20.0
 
 
 def test_ema_generator_gets_the_best_weights_and_generator_is_untouched():
-    et = EarlyTermination([FIDPlateau(patience=2, window=1)])
+    et = EarlyTermination([Plateau(patience=2, window=1)])
     keeper = best()
     module = ScriptedGAN(ema=True)
     fit(module, [ScriptedFID(fid_curve(best_at=20)), et, keeper], g_steps=100)
@@ -445,7 +445,7 @@ def test_best_generator_restore_never_and_not_at_the_budget(restore):
     patience, g_steps = (2, 100) if restore == "never" else (50, 40)
     keeper = best(restore=restore)
     module = ScriptedGAN()
-    et = EarlyTermination([FIDPlateau(patience=patience, window=1)])
+    et = EarlyTermination([Plateau(patience=patience, window=1)])
     fit(module, [ScriptedFID(fid_curve(best_at=20)), et, keeper], g_steps=g_steps)
     assert et.stopped_g_step == (30 if restore == "never" else None)
     assert keeper.best_g_step == 20 and not keeper.restored
@@ -457,13 +457,13 @@ def test_best_generator_restore_never_and_not_at_the_budget(restore):
 def test_best_generator_resumes_with_its_copy(tmp_path):
     values = fid_curve(best_at=30)
     keeper = best()
-    trainer = fit(ScriptedGAN(), [ScriptedFID(values), EarlyTermination([FIDPlateau(patience=3, window=1)]),
+    trainer = fit(ScriptedGAN(), [ScriptedFID(values), EarlyTermination([Plateau(patience=3, window=1)]),
                                   keeper], g_steps=38)
     ckpt = tmp_path / "mid.ckpt"
     trainer.save_checkpoint(ckpt)
     resumed_keeper = best()
     resumed = ScriptedGAN()
-    trainer = make_trainer(200, [ScriptedFID(values), EarlyTermination([FIDPlateau(patience=3, window=1)]),
+    trainer = make_trainer(200, [ScriptedFID(values), EarlyTermination([Plateau(patience=3, window=1)]),
                                  resumed_keeper])
     trainer.fit(resumed, loader(), ckpt_path=str(ckpt), weights_only=True)
     assert resumed.g_steps == 45 and resumed_keeper.best_g_step == 30 and resumed_keeper.restored
@@ -511,7 +511,7 @@ def spy_on(trainer: L.Trainer, spy: RankSpy, monkeypatch) -> None:
 def test_another_rank_stopping_stops_this_rank_with_its_reason(monkeypatch, caplog):
     caplog.set_level(logging.INFO, logger="lightning_regan")
     module = ScriptedGAN()
-    et = EarlyTermination([LossPlateau(), FIDPlateau(), Divergence(d_loss_floor=1e-4)])
+    et = EarlyTermination([LossPlateau(), Plateau(), Divergence(d_loss_floor=1e-4)])
     trainer = make_trainer(100, [et])
     spy = RankSpy(other_stops_at=7, other_reason=StopReason.DIVERGENCE, module=module)
     spy_on(trainer, spy, monkeypatch)
@@ -553,7 +553,7 @@ def test_local_decision_goes_through_the_reduction(monkeypatch):
 
 # ---------------------------------------------------------------------------------------------- checkpoints
 def plateau_rules(patience: int = 3) -> dict[str, Any]:
-    return dict(fid_plateau=FIDPlateau(patience=patience, window=1),
+    return dict(plateau=Plateau(patience=patience, window=1),
                 loss_plateau=LossPlateau(window=5, patience=patience, warmup_g_steps=0, check_every_n_g_steps=5))
 
 
@@ -567,7 +567,7 @@ def test_resume_mid_plateau_takes_the_same_decision_at_the_same_step(tmp_path):
     first_et = EarlyTermination(plateau_rules())
     first = ScriptedGAN()
     trainer = fit(first, [ScriptedFID(values), first_et], g_steps=38)  # best at 30, one flat evaluation (35)
-    assert first_et.states["fid_plateau"].wait_count == 1 and first_et.stop_reason is None
+    assert first_et.states["plateau"].wait_count == 1 and first_et.stop_reason is None
     ckpt = tmp_path / "mid.ckpt"
     trainer.save_checkpoint(ckpt)
 
@@ -575,7 +575,7 @@ def test_resume_mid_plateau_takes_the_same_decision_at_the_same_step(tmp_path):
     resumed = ScriptedGAN()
     trainer = make_trainer(200, [ScriptedFID(values), resumed_et])
     trainer.fit(resumed, loader(), ckpt_path=str(ckpt), weights_only=True)
-    assert resumed_et.stop_reason is StopReason.FID_PLATEAU and resumed_et.stopped_g_step == 45 == resumed.g_steps
+    assert resumed_et.stop_reason is StopReason.PLATEAU and resumed_et.stopped_g_step == 45 == resumed.g_steps
     assert resumed_et.smoothed == ref_et.smoothed
     # The decision's checkpoint state is plain data: counters, no tensors.
     state = torch.load(ckpt, weights_only=True)["callbacks"][first_et.state_key]
@@ -592,36 +592,78 @@ def test_resume_keeps_the_new_config(tmp_path):
     module = ScriptedGAN()
     with pytest.warns(UserWarning, match="patience: 3 -> 5"):
         make_trainer(200, [ScriptedFID(values), more_patient]).fit(module, loader(), ckpt_path=str(ckpt))
-    assert more_patient.rules["fid_plateau"].patience == 5
+    assert more_patient.rules["plateau"].patience == 5
     assert more_patient.stopped_g_step == 55  # 5 evaluations after the best, counting the restored one at 35
 
 
 def test_state_dict_round_trip_and_state_key(caplog):
     et = EarlyTermination(plateau_rules())
-    et.smoothed = {"fid_plateau": [(20, 15.0), (40, 12.5)]}
-    et.states["fid_plateau"].wait_count = 2
+    et.smoothed = {"plateau": [(20, 15.0), (40, 12.5)]}
+    et.states["plateau"].wait_count = 2
     other = EarlyTermination(plateau_rules())
     other.load_state_dict(et.state_dict())
-    assert other.smoothed == {"fid_plateau": [(20, 15.0), (40, 12.5)]}
-    assert other.states["fid_plateau"].wait_count == 2 and other.status == "completed"
+    assert other.smoothed == {"plateau": [(20, 15.0), (40, 12.5)]}
+    assert other.states["plateau"].wait_count == 2 and other.status == "completed"
     assert "val/fid" in et.state_key
-    assert EarlyTermination([FIDPlateau(monitor="val/kid")]).state_key != EarlyTermination([FIDPlateau()]).state_key
+    assert EarlyTermination([Plateau(monitor="val/kid")]).state_key != EarlyTermination([Plateau()]).state_key
     # a rule absent from the checkpoint starts fresh, and the log says so
     fresh = EarlyTermination([Divergence()])
     with caplog.at_level(logging.WARNING, logger=LOGGER):
-        fresh.load_state_dict({"rules": {"fid_plateau": {"wait_count": 3}}})
+        fresh.load_state_dict({"rules": {"plateau": {"wait_count": 3}}})
     assert fresh.states["divergence"].violation_count == 0
     assert "no state of the rule(s) divergence" in caplog.text
+
+
+def test_checkpoints_written_with_the_old_rule_names_resume_into_the_new_ones(tmp_path, caplog):
+    from lightning_regan.stopping import FIDPlateau, FIDTrend, LogLinearTrend
+
+    # The key under which a checkpoint written before the rename holds the state (a list's rule was then named after
+    # its class, FIDPlateau -> fid_plateau): the renamed rule computes the same.
+    assert EarlyTermination([Plateau()]).state_key == (
+        "EarlyTermination{'rules': (('fid_plateau', 'FIDPlateau', 'val/fid', 'min'),)}")
+    with pytest.warns(DeprecationWarning):
+        old = EarlyTermination([FIDPlateau(window=1), FIDTrend(monitor="val/mmd")])
+        old_named = EarlyTermination({"metric_plateau": FIDTrend(), "divergence": Divergence()})
+    new = EarlyTermination([Plateau(window=1), LogLinearTrend(monitor="val/mmd")])
+    assert list(old.rules) == list(new.rules) == ["plateau", "log_linear_trend"] and old.state_key == new.state_key
+    assert old_named.state_key == EarlyTermination({"metric_plateau": LogLinearTrend(),
+                                                    "divergence": Divergence()}).state_key
+    assert old.describe()["rules"]["plateau"]["class"] == "Plateau"
+    # A state as the old version saved it (rules and smoothed values under fid_plateau, fid_trend) restores.
+    new.states["plateau"].wait_count, new.smoothed = 2, {"plateau": [(20, 15.0)]}
+    new.states["log_linear_trend"].history = [[10, 3.0, None, None]]
+    state = new.state_dict()
+    legacy = {**state, "rules": {"fid_plateau": state["rules"]["plateau"],
+                                 "fid_trend": state["rules"]["log_linear_trend"]},
+              "smoothed": {"fid_plateau": state["smoothed"]["plateau"]}}
+    for saved in (legacy, state):
+        restored = EarlyTermination([Plateau(window=1), LogLinearTrend(monitor="val/mmd")])
+        with caplog.at_level(logging.WARNING, logger=LOGGER):
+            restored.load_state_dict(json.loads(json.dumps(saved)))
+        assert restored.states["plateau"].wait_count == 2 and restored.smoothed == {"plateau": [(20, 15.0)]}
+        assert restored.states["log_linear_trend"].history == [[10, 3.0, None, None]]
+    assert "no state of the rule" not in caplog.text
+    # End to end: a run checkpointed with the old name resumes with the new one and stops where an unbroken run does.
+    values = fid_curve(best_at=30)
+    with pytest.warns(DeprecationWarning):
+        first = EarlyTermination([FIDPlateau(patience=3, window=1)])
+    trainer = fit(ScriptedGAN(), [ScriptedFID(values), first], g_steps=38)
+    assert first.states["plateau"].wait_count == 1
+    trainer.save_checkpoint(tmp_path / "old.ckpt")
+    resumed_et, resumed = EarlyTermination([Plateau(patience=3, window=1)]), ScriptedGAN()
+    make_trainer(200, [ScriptedFID(values), resumed_et]).fit(resumed, loader(), ckpt_path=str(tmp_path / "old.ckpt"),
+                                                              weights_only=True)
+    assert resumed_et.stop_reason is StopReason.PLATEAU and resumed_et.stopped_g_step == 45 == resumed.g_steps
 
 
 # ---------------------------------------------------------------------------------------------- arguments, configs
 def test_bad_arguments():
     with pytest.raises(ValueError, match="must be a lightning_regan.stopping.StopRule"):
-        EarlyTermination([FIDPlateau(), "val/fid"])
+        EarlyTermination([Plateau(), "val/fid"])
     with pytest.raises(ValueError, match="rules must be a list or a mapping"):
-        EarlyTermination(FIDPlateau())
+        EarlyTermination(Plateau())
     with pytest.raises(ValueError, match="tolerance"):
-        EarlyTermination([FIDPlateau()], tolerance=0.05)
+        EarlyTermination([Plateau()], tolerance=0.05)
     with pytest.raises(ValueError, match="tolerance"):
         EarlyTermination([Divergence()], tolerance=1.5)
     with pytest.raises(ValueError, match="verbose"):
@@ -652,7 +694,7 @@ def test_configs_build_the_documented_rules(name, rules):
         assert et.rules["divergence"].check_finite and et.rules["divergence"].d_loss_floor is not None
     if "metric_plateau" in rules:
         assert et.rules["metric_plateau"].monitor == "val/mmd"  # ${stop_metric}
-        if isinstance(et.rules["metric_plateau"], FIDPlateau):
+        if isinstance(et.rules["metric_plateau"], Plateau):
             assert et.rules["metric_plateau"].window >= 3
     if "loss_plateau" in rules and name == "default":
         assert et.rules["loss_plateau"].until_logged == "val/mmd"
@@ -690,7 +732,7 @@ def test_with_the_real_gan_module_divergence_and_no_missing_metrics(tmp_path, ca
     torch.manual_seed(0)
     sgd = functools.partial(torch.optim.SGD, lr=1e6)  # explodes within a few steps
     module = GANModule(TinyG(), TinyD(), loss="wasserstein", g_optimizer=sgd, d_optimizer=sgd)
-    et = EarlyTermination([LossPlateau(), FIDPlateau(), Divergence(d_loss_floor=1e-4, d_loss_ceiling=1e3, patience=3)])
+    et = EarlyTermination([LossPlateau(), Plateau(), Divergence(d_loss_floor=1e-4, d_loss_ceiling=1e3, patience=3)])
     trainer = make_trainer(200, [et, RunSummary(tmp_path)])
     trainer.fit(module, point_loader())
     assert et.status == "diverged" and module.g_steps == et.stopped_g_step < 20

@@ -7,7 +7,7 @@ import pytest
 
 from lightning_regan.callbacks.best_generator import BestGenerator
 from lightning_regan.callbacks.early_termination import EarlyTermination
-from lightning_regan.stopping import Collapse, FIDPlateau, FIDTrend, StopReason
+from lightning_regan.stopping import Collapse, LogLinearTrend, Plateau, StopReason
 from test_early_termination import ScriptedFID, ScriptedGAN, fit
 
 
@@ -35,7 +35,7 @@ def collapsing(every: int = 5, until: int = 200):
 
 def test_a_collapsing_run_stops_as_collapsed_and_gets_the_pre_collapse_generator_back():
     fids, recalls = collapsing()
-    et = EarlyTermination([FIDTrend(), Collapse()], tolerance=0.05)
+    et = EarlyTermination([LogLinearTrend(), Collapse()], tolerance=0.05)
     keeper = BestGenerator(verbose=False)
     module = ScriptedGAN()
     fit(module, [ScriptedFIDRecall(fids, recalls), et, keeper], g_steps=200)
@@ -52,30 +52,30 @@ def test_recall_logged_with_the_evaluation_reaches_the_fid_rule():
     fids = {g: 10.0 + (0.1 if (g // 5) % 2 else 0.0) for g in range(5, 201, 5)}
     fids[5] = 100.0  # the run took off at G step 10
     rising = {g: min(0.95, 0.005 * g) for g in fids}
-    et = EarlyTermination([FIDTrend()])
+    et = EarlyTermination([LogLinearTrend()])
     fit(ScriptedGAN(), [ScriptedFIDRecall(fids, rising), et], g_steps=200)
-    assert et.stop_reason is None and et.states["fid_trend"].history[-1][3] == pytest.approx(0.95)
+    assert et.stop_reason is None and et.states["log_linear_trend"].history[-1][3] == pytest.approx(0.95)
     flat = {g: 0.5 for g in fids}
-    et = EarlyTermination([FIDTrend()])
+    et = EarlyTermination([LogLinearTrend()])
     fit(ScriptedGAN(), [ScriptedFIDRecall(fids, flat), et], g_steps=200)
-    assert et.stop_reason is StopReason.FID_PLATEAU
+    assert et.stop_reason is StopReason.PLATEAU
 
 
 def test_tolerance_is_the_rules_tolerance_and_is_checked():
-    assert EarlyTermination([FIDTrend()], tolerance=0.02).rules["fid_trend"].tolerance == 0.02
+    assert EarlyTermination([LogLinearTrend()], tolerance=0.02).rules["log_linear_trend"].tolerance == 0.02
     with pytest.raises(ValueError, match="tolerance"):
-        EarlyTermination([FIDTrend()], tolerance=1.5)
+        EarlyTermination([LogLinearTrend()], tolerance=1.5)
     with pytest.raises(ValueError, match="tolerance"):
-        EarlyTermination([FIDPlateau()], tolerance=0.05)
+        EarlyTermination([Plateau()], tolerance=0.05)
 
 
 @pytest.mark.parametrize("n_critic", [1, 3])
 def test_the_fid_rule_gets_the_trainers_budget_in_g_steps(n_critic):
-    et = EarlyTermination([FIDTrend()])
+    et = EarlyTermination([LogLinearTrend()])
     fit(ScriptedGAN(n_critic=n_critic), [ScriptedFID({}), et], g_steps=30)
-    assert et.states["fid_trend"].budget_g_steps == 30
-    assert et.rules["fid_trend"].budget_g_steps is None  # the rule is configuration: the run's state got the budget
+    assert et.states["log_linear_trend"].budget_g_steps == 30
+    assert et.rules["log_linear_trend"].budget_g_steps is None  # the rule is configuration: the run's state got the budget
     # A budget given by the user is kept.
-    et = EarlyTermination([FIDTrend(budget_g_steps=1000)])
+    et = EarlyTermination([LogLinearTrend(budget_g_steps=1000)])
     fit(ScriptedGAN(n_critic=n_critic), [ScriptedFID({}), et], g_steps=30)
-    assert et.states["fid_trend"].budget_g_steps == 1000
+    assert et.states["log_linear_trend"].budget_g_steps == 1000

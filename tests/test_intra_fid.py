@@ -17,7 +17,7 @@ from lightning_regan.data import DigitsDataModule
 from lightning_regan.fid import IntraClassFID, RealStatistics, compute_class_statistics, load_or_compute_class_statistics
 from lightning_regan.fid.metric import frechet_distance
 from lightning_regan.models import MLPDiscriminator
-from lightning_regan.stopping import FIDPlateau, StopReason
+from lightning_regan.stopping import Plateau, StopReason
 
 from helpers import LookupG, quiet_trainer
 
@@ -111,11 +111,11 @@ def test_fid_monitor_logs_intra_fid_that_sees_wrong_classes_the_fid_misses():
 def test_early_termination_stops_on_intra_fid():
     """The FID stop rules take any lower-is-better metric: ``monitor`` = ``val/intra_fid``. The lookup generator never
     changes, so its intra-class FID is flat and the plateau rule stops the run."""
-    rule = FIDPlateau(patience=2, window=1, monitor=INTRA_FID_KEY)
+    rule = Plateau(patience=2, window=1, monitor=INTRA_FID_KEY)
     stop = EarlyTermination([rule], verbose=False)
     fid, metrics = _fit(1, 10, stop)
-    assert stop.stop_reason == StopReason.FID_PLATEAU and stop.stopped_g_step == 3
-    assert len(fid.history) == 3 and stop.states["fid_plateau"].best == pytest.approx(metrics[INTRA_FID_KEY])
+    assert stop.stop_reason == StopReason.PLATEAU and stop.stopped_g_step == 3
+    assert len(fid.history) == 3 and stop.states["plateau"].best == pytest.approx(metrics[INTRA_FID_KEY])
     assert [row["intra_fid"] for row in fid.extra_history] == [pytest.approx(metrics[INTRA_FID_KEY])] * 3
 
 

@@ -33,7 +33,7 @@ from lightning_regan.callbacks import (
     SampleGrid,
 )
 from lightning_regan.module import seeded_noise
-from lightning_regan.stopping import Divergence, FIDPlateau
+from lightning_regan.stopping import Divergence, Plateau
 
 from helpers import Identity2D
 
@@ -174,7 +174,7 @@ def test_drop_in_with_a_plain_trainer_user_networks_and_datamodule(tmp_path):
     module = make_module(regularizers=None, n_critic=2)
     fid = FIDMonitor(every_n_g_steps=5, num_samples=128, feature_extractor=Identity2D(), real_data=torch.randn(256, 2),
                      verbose=False)
-    early = EarlyTermination([FIDPlateau(patience=50), Divergence()], verbose=False)
+    early = EarlyTermination([Plateau(patience=50), Divergence()], verbose=False)
     summary = RunSummary(tmp_path, plots=False)
     trainer = plain_trainer(tmp_path, 20, 2, callbacks=[fid, early, summary])
     trainer.fit(module, datamodule=UserPoints())

@@ -42,6 +42,7 @@ def fake_job(root: Path, job: str, overrides: list[str], best_fid, history, stat
 
 def test_table_and_plot_from_a_multirun_dir(tmp_path):
     fake_job(tmp_path, "0", ["regularizer=l2", "max_g_steps=30"], 2.0, [[10, 3.0], [20, 2.0], [30, 2.5]])
+    # An older run's summary: its reason "fid_plateau" is shown as today's "plateau".
     fake_job(tmp_path, "1", ["regularizer=r1", "max_g_steps=30"], 0.5, [[10, 1.0], [20, 0.5]], "stopped_early", "fid_plateau")
     fake_job(tmp_path, "10", ["regularizer=lecam", "max_g_steps=30"], None, [], "diverged", "divergence")
     (tmp_path / ".submitit" / "x").mkdir(parents=True)  # launcher bookkeeping is ignored
@@ -55,7 +56,7 @@ def test_table_and_plot_from_a_multirun_dir(tmp_path):
     assert list(rows[0])[:3] == ["job", "regularizer", "max_g_steps"]  # the varying override comes first
     assert [r["best_fid"] for r in rows] == ["2.0", "0.5", ""]
     assert [r["final_fid"] for r in rows] == ["2.5", "0.5", ""]
-    assert rows[1]["stop_reason"] == "fid_plateau" and rows[2]["status"] == "diverged"
+    assert rows[1]["stop_reason"] == "plateau" and rows[2]["status"] == "diverged"
 
     md = paths["markdown"].read_text()
     assert "| job | regularizer | max_g_steps | status |" in md

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from helpers import Identity2D, TinyD, TinyG, point_loader, quiet_trainer
-from lightning_regan import BestGenerator, Divergence, EarlyTermination, FIDMonitor, FIDPlateau, GANModule, SampleGrid
+from lightning_regan import BestGenerator, Divergence, EarlyTermination, FIDMonitor, GANModule, Plateau, SampleGrid
 from lightning_regan.protocol import GANModuleLike
 
 
@@ -92,7 +92,7 @@ def test_a_user_module_implementing_the_protocol_works_with_the_callbacks(tmp_pa
     assert not isinstance(module, GANModule)
     fid = FIDMonitor(every_n_g_steps=4, num_samples=64, batch_size=32, feature_extractor=Identity2D(),
                      real_data=torch.randn(128, 2) * 0.5 + 1.0, verbose=False)
-    early = EarlyTermination(rules=[FIDPlateau(patience=100), Divergence()], verbose=False)
+    early = EarlyTermination(rules=[Plateau(patience=100), Divergence()], verbose=False)
     best = BestGenerator(monitor="val/fid", verbose=False)
     grid = SampleGrid(tmp_path / "samples", every_n_g_steps=6, num_points=64, num_real_points=0)
     trainer = quiet_trainer(max_steps=2 * 12, max_epochs=-1, callbacks=[fid, early, best, grid])

@@ -108,17 +108,17 @@ RESUME_CASES = [
     ("completed, larger budget", "completed", ["max_g_steps=150"],
      "regan-train: the run in {run} completed at G step 100; continuing it to max_g_steps=150.", 0, False),
     ("stopped, same budget", "stopped", [*STOPS_EARLY, "max_g_steps=400"],
-     "regan-train: the run in {run} already ended: stopped_early (fid_plateau at G step 100); nothing was changed "
+     "regan-train: the run in {run} already ended: stopped_early (plateau at G step 100); nothing was changed "
      "(resume_stopped=true reopens it).", 0, True),
     ("stopped, larger budget", "stopped", [*STOPS_EARLY, "max_g_steps=800"],
-     "regan-train: error: the run in {run} ended stopped_early (fid_plateau at G step 100), so max_g_steps=800 would "
+     "regan-train: error: the run in {run} ended stopped_early (plateau at G step 100), so max_g_steps=800 would "
      "reopen a run the stop rules closed; pass resume_stopped=true to continue it under the stop rules, or "
      "early_stopping=none to train on to max_g_steps=800 without them (nothing was written).", 2, True),
     ("stopped, larger budget, resume_stopped=true", "stopped", ["max_g_steps=150", "resume_stopped=true"],
-     "regan-train: the run in {run} ended stopped_early (fid_plateau at G step 100); reopening it to max_g_steps=150 "
+     "regan-train: the run in {run} ended stopped_early (plateau at G step 100); reopening it to max_g_steps=150 "
      "(resume_stopped=true).", 0, False),
     ("stopped, early_stopping=none", "stopped", ["max_g_steps=150", "early_stopping=none"],
-     "regan-train: the run in {run} ended stopped_early (fid_plateau at G step 100); reopening it to max_g_steps=150 "
+     "regan-train: the run in {run} ended stopped_early (plateau at G step 100); reopening it to max_g_steps=150 "
      "(early_stopping=none).", 0, False),
 ]
 
@@ -138,6 +138,24 @@ def test_resuming_an_ended_run(ended_runs, tmp_path, which, overrides, line, cod
         summary = json.loads((run / "summary.json").read_text())
         assert summary["g_steps"] > 100 and summary["final_metrics"], summary["g_steps"]
     assert not (run / ".regan.lock").exists()
+
+
+def test_an_older_runs_summary_saying_fid_plateau_is_judged_the_same(ended_runs, tmp_path):
+    from lightning_regan.cli.ended_run import judge_resume
+    from lightning_regan.config import compose_config
+    from lightning_regan.errors import ConfigError
+
+    run = _copy(ended_runs["stopped"], tmp_path)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stop_reason"] == "plateau"  # a fresh run's word; runs before the rename wrote "fid_plateau"
+    (run / "summary.json").write_text(json.dumps({**summary, "stop_reason": "fid_plateau"}))
+    ckpt = str(run / "checkpoints" / "last.ckpt")
+    same = judge_resume(compose_config([*RING, *STOPS_EARLY, "max_g_steps=400"]), ckpt, run)
+    assert not same.go and same.line == RESUME_CASES[2][3].format(run=run)
+    with pytest.raises(ConfigError, match=r"ended stopped_early \(plateau at G step 100\), so max_g_steps=800"):
+        judge_resume(compose_config([*RING, *STOPS_EARLY, "max_g_steps=800"]), ckpt, run)
+    reopened = judge_resume(compose_config([*RING, "max_g_steps=150", "resume_stopped=true"]), ckpt, run)
+    assert reopened.go and reopened.line == RESUME_CASES[4][3].format(run=run)
 
 
 # ------------------------------------------------------------------------------------------ one process per folder

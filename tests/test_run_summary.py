@@ -15,7 +15,7 @@ from lightning_regan.callbacks.best_generator import BestGenerator
 from lightning_regan.callbacks.early_termination import EarlyTermination
 from lightning_regan.callbacks.run_summary import RunSummary, write_json_atomic
 from lightning_regan.plots import plot_fid, plot_losses
-from lightning_regan.stopping import Divergence, FIDPlateau, StopRecord, first_stop
+from lightning_regan.stopping import Divergence, Plateau, StopRecord, first_stop
 
 from lightning_regan.callbacks.g_step import GStepCallback
 from test_early_termination import ScriptedFID, ScriptedGAN, fid_curve, fit, loader, make_trainer, steady
@@ -38,9 +38,9 @@ def assert_png(path: Path) -> np.ndarray:
         return np.asarray(img.convert("RGB"))
 
 
-def test_summary_after_fid_plateau_stop(tmp_path):
+def test_summary_after_plateau_stop(tmp_path):
     fid = ScriptedFID(fid_curve(best_at=30), eval_time_s=0.25)
-    et = EarlyTermination([FIDPlateau(patience=3, window=1)])
+    et = EarlyTermination([Plateau(patience=3, window=1)])
     ckpt = ModelCheckpoint(dirpath=tmp_path / "checkpoints", monitor="val/fid", mode="min", filename="best",
                            every_n_train_steps=10, save_top_k=1, save_last=True)  # 10 global steps = 5 G steps
     summary_cb = RunSummary(tmp_path, loss_log_every_n_g_steps=10)
@@ -49,7 +49,7 @@ def test_summary_after_fid_plateau_stop(tmp_path):
 
     s = read_summary(tmp_path)
     assert SCHEMA <= set(s)
-    assert s["status"] == "stopped_early" and s["stop_reason"] == "fid_plateau"
+    assert s["status"] == "stopped_early" and s["stop_reason"] == "plateau"
     assert s["g_steps"] == 45 == s["stopped_g_step"] and s["d_steps"] == 45 and s["global_step"] == 90
     assert s["best_fid"] == pytest.approx(55.0) and s["best_fid_step"] == 30
     assert s["fid_history"] == [[g, pytest.approx(f)] for g, f in fid.history] and len(s["fid_history"]) == 9
@@ -58,7 +58,7 @@ def test_summary_after_fid_plateau_stop(tmp_path):
     assert Path(s["checkpoint_best"]).name == "best.ckpt" and Path(s["checkpoint_best"]).is_file()
     assert Path(s["checkpoint_last"]).is_file()
     info = s["early_termination"]
-    assert info["stop_message"].endswith("Signaling Trainer to stop.") and "fid_plateau" in info["rules"]
+    assert info["stop_message"].endswith("Signaling Trainer to stop.") and "plateau" in info["rules"]
     assert s["best_generator"]["restored"] and s["best_generator"]["restored_into"] == "generator"
     assert s["best_generator"]["restored_g_step"] == 30 == s["best_generator"]["best_g_step"]
     assert s["final_metrics"]["val/fid"] == pytest.approx(fid.history[-1][1])
@@ -176,7 +176,7 @@ def test_the_order_of_the_callbacks_does_not_change_the_status(tmp_path, script,
         fid = {}
     else:
         def rules():
-            return [FIDPlateau(patience=1, window=1)]
+            return [Plateau(patience=1, window=1)]
         metrics, fid = steady, {6: 50.0, 12: 60.0}
     outcomes = []
     for order in range(2):
@@ -211,7 +211,7 @@ def test_early_termination_and_optuna_pruning_in_either_order_give_one_status(tm
         metrics = lambda g: {**steady(g), "train/d_loss": math.nan if g >= 10 else 1.3}  # noqa: E731
         rules = [Divergence()]
     else:
-        metrics, rules = steady, [FIDPlateau(patience=1, window=1)]
+        metrics, rules = steady, [Plateau(patience=1, window=1)]
     outcomes = []
     for order in range(2):
         et = EarlyTermination(list(rules))
@@ -228,7 +228,7 @@ def test_early_termination_and_optuna_pruning_in_either_order_give_one_status(tm
 
 def test_the_earliest_stop_record_wins_then_the_status_rank():
     late_divergence = StopRecord("diverged", "divergence", 20, "EarlyTermination")
-    early_plateau = StopRecord("stopped_early", "fid_plateau", 10, "EarlyTermination")
+    early_plateau = StopRecord("stopped_early", "plateau", 10, "EarlyTermination")
     pruned = StopRecord("pruned", "pruned", 10, "OptunaPruning")
     assert first_stop([late_divergence, early_plateau]) == early_plateau
     assert first_stop([early_plateau, pruned]) == first_stop([pruned, early_plateau]) == pruned
@@ -287,7 +287,7 @@ def test_plot_fid_marks_best_and_stop(tmp_path):
     history = [(g, 100.0 / (1 + g / 50)) for g in range(50, 1001, 50)]
     plain = assert_png(plot_fid(history, tmp_path / "plain.png"))
     best = (1000, history[-1][1])
-    marked = assert_png(plot_fid(history, tmp_path / "fid.png", stop=(1000, "fid_plateau"), best=best))
+    marked = assert_png(plot_fid(history, tmp_path / "fid.png", stop=(1000, "plateau"), best=best))
     assert (plain != marked).any()
     smoothed = assert_png(plot_fid(history, tmp_path / "s.png", smoothed=[(g, f + 5.0) for g, f in history]))
     assert (plain != smoothed).any()

@@ -1,4 +1,4 @@
-"""Scripted FID / recall sequences for the evaluation stop rules (FIDTrend, FIDNoisePlateau, FIDPowerLaw, Collapse).
+"""Scripted FID / recall sequences for the evaluation stop rules (LogLinearTrend, NoisePlateau, PowerLaw, Collapse).
 
 Pure: no Lightning. Each sequence is fed evaluation by evaluation, exactly as EarlyTermination feeds the rules.
 """
@@ -9,16 +9,17 @@ import inspect
 import json
 import math
 import random
+import warnings
 
 import pytest
 
 from lightning_regan.stopping import (
     Collapse,
     Divergence,
-    FIDNoisePlateau,
-    FIDPowerLaw,
-    FIDTrend,
-    FIDPlateau,
+    LogLinearTrend,
+    NoisePlateau,
+    Plateau,
+    PowerLaw,
     StopReason,
     StopRule,
     Trend,
@@ -55,7 +56,7 @@ def power_curve(n, floor=0.0, alpha=0.5, scale=100.0):
     return [floor + scale * ((i + 1) * EVERY / EVERY) ** -alpha for i in range(n)]
 
 
-RULES = [Trend, FIDTrend, FIDPowerLaw, FIDNoisePlateau]
+RULES = [Trend, LogLinearTrend, PowerLaw, NoisePlateau]
 
 
 def test_theil_sen_ignores_an_outlier_and_the_power_law_fit_recovers_its_parameters():
@@ -79,9 +80,9 @@ def test_noisy_but_improving_never_stops(rule_cls, seed):
     assert stop is None, message
 
 
-# FIDPowerLaw fails this one (the fitted curve flattens during the pause and projects < 5 %): one reason it
+# PowerLaw fails this one (the fitted curve flattens during the pause and projects < 5 %): one reason it
 # was not chosen (docs/studies/early_stopping.md).
-@pytest.mark.parametrize("rule_cls", [FIDTrend])
+@pytest.mark.parametrize("rule_cls", [LogLinearTrend])
 def test_a_pause_shorter_than_the_horizon_followed_by_improvement_does_not_stop(rule_cls):
     # Falls for 20 evaluations, pauses for 6 (a sixth of the run so far), then falls again.
     fids = power_curve(20) + [power_curve(20)[-1]] * 6 + [power_curve(20)[-1] * 0.97 ** k for k in range(1, 20)]
@@ -91,19 +92,19 @@ def test_a_pause_shorter_than_the_horizon_followed_by_improvement_does_not_stop(
 
 def test_noise_plateau_waits_out_a_pause_within_its_patience():
     fids = power_curve(20) + [power_curve(20)[-1]] * 5 + [power_curve(20)[-1] * 0.9 ** k for k in range(1, 10)]
-    stop, message = feed(FIDNoisePlateau(patience=0.3), fids)
+    stop, message = feed(NoisePlateau(patience=0.3), fids)
     assert stop is None, message
 
 
 @pytest.mark.parametrize("rule_cls", RULES)
-def test_a_flat_noisy_curve_stops_as_an_fid_plateau(rule_cls):
+def test_a_flat_noisy_curve_stops_as_a_plateau(rule_cls):
     # Takes off, then flat with 3 % noise (Trend: 1.5 %; with 3 % noise, values 2 x 3 % below the level could still
     # come, more than its 5 % tolerance: tested below).
     fids = [100.0, 40.0] + noisy([10.0] * 58, 0.015 if rule_cls is Trend else 0.03, seed=3)
     rule = rule_cls()
     stop, message = feed(rule, fids, stds=[0.3] * 60)
     assert stop is not None and stop <= 30 * EVERY, message
-    assert rule.reason is StopReason.FID_PLATEAU and "plateau" in message.lower()
+    assert rule.reason is StopReason.PLATEAU and message.startswith("Plateau")
 
 
 @pytest.mark.parametrize("rule_cls", RULES)
@@ -175,7 +176,7 @@ def test_resume_mid_plateau_gives_the_same_decision_at_the_same_step(rule_cls):
 ])
 def test_bad_arguments_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        FIDTrend(**kwargs)
+        LogLinearTrend(**kwargs)
 
 
 def test_bad_collapse_and_noise_arguments_are_refused():
@@ -184,7 +185,7 @@ def test_bad_collapse_and_noise_arguments_are_refused():
     with pytest.raises(ValueError, match="min_recall"):
         Collapse(min_recall=1.0)
     with pytest.raises(ValueError, match="patience"):
-        FIDNoisePlateau(patience=1.0)
+        NoisePlateau(patience=1.0)
 
 
 @pytest.mark.parametrize("rule_cls", RULES)
@@ -203,7 +204,7 @@ def test_no_plateau_before_the_run_takes_off(rule_cls):
 
 
 def test_non_finite_fids_are_left_to_the_divergence_rule():
-    rule = FIDTrend().new_state()
+    rule = LogLinearTrend().new_state()
     fids = [10.0] * 3 + [math.nan] * 20
     assert feed(rule, fids)[0] is None and rule.evaluations == 23 and len(rule.history) == 3
 
@@ -212,19 +213,19 @@ def test_the_horizon_stops_at_the_budget():
     # Still improving 1 % per evaluation at the end: projected over the run so far (h=1) that is far above 5 %,
     # but with 2 evaluations of a 40-evaluation budget left only ~2 % can still come: the budget-aware rule stops.
     fids = [100.0, 40.0] + [30.0 * 0.99 ** k for k in range(38)]
-    assert feed(FIDTrend(), fids)[0] is None
-    capped = FIDTrend(budget_g_steps=40 * EVERY)
+    assert feed(LogLinearTrend(), fids)[0] is None
+    capped = LogLinearTrend(budget_g_steps=40 * EVERY)
     stop, message = feed(capped, fids)
     assert stop is not None and stop >= 36 * EVERY, message
     assert "over the next" in message and capped.config()["budget_g_steps"] == 40 * EVERY
     # Improving 10 % per evaluation to the end: at the last evaluation nothing is left of the budget (a projected
     # gain of 0 over 0 G steps), and the run completes rather than stopping on a plateau.
-    last = FIDTrend(budget_g_steps=12 * EVERY, patience=1).new_state()
+    last = LogLinearTrend(budget_g_steps=12 * EVERY, patience=1).new_state()
     assert feed(last, [100.0, 40.0] + [40.0 * 0.9 ** k for k in range(1, 11)])[0] is None
     assert last.horizon_steps(12 * EVERY) == 0 and last.evaluations == 12
 
 
-@pytest.mark.parametrize("rule_cls", [FIDTrend, FIDPowerLaw])
+@pytest.mark.parametrize("rule_cls", [LogLinearTrend, PowerLaw])
 def test_the_horizon_is_capped_at_what_is_left_of_the_budget(rule_cls):
     assert rule_cls(horizon=2.0).new_state().horizon_steps(3000) == 6000
     capped = rule_cls(horizon=1.0, budget_g_steps=4000).new_state()
@@ -256,9 +257,9 @@ def test_a_max_mode_plateau_on_a_scripted_accuracy():
         state = rule.new_state()
         return next((g for g, m in steps if state.update(g, m)[0]), None)
 
-    rule = FIDPlateau(monitor="val/class_accuracy", mode="max", patience=3, window=1)
+    rule = Plateau(monitor="val/class_accuracy", mode="max", patience=3, window=1)
     assert rule.mode == "max" and first(rule) == 9 * EVERY  # best 0.9 at 6; 7, 8, 9 do not beat it by 1 %
-    assert first(FIDPlateau(monitor="val/class_accuracy", mode="min", patience=3, window=1)) == 4 * EVERY
+    assert first(Plateau(monitor="val/class_accuracy", mode="min", patience=3, window=1)) == 4 * EVERY
     # Still rising by more than min_delta every evaluation: never stops.
     state = rule.new_state()
     assert not any(state.update((i + 1) * EVERY, {"val/class_accuracy": 0.1 * 1.05 ** i})[0] for i in range(40))
@@ -287,10 +288,10 @@ def test_the_distance_rules_refuse_max_mode(rule_cls):
     with pytest.raises(ValueError, match="mode"):
         rule_cls(mode="max")
     with pytest.raises(ValueError, match="mode"):
-        FIDPlateau(mode="up")
+        Plateau(mode="up")
 
 
-@pytest.mark.parametrize("rule_cls", [*RULES, Collapse, FIDPlateau, Divergence])
+@pytest.mark.parametrize("rule_cls", [*RULES, Collapse, Plateau, Divergence])
 def test_a_rule_is_configuration_that_feeding_never_changes(rule_cls):
     rule = rule_cls()
     before = rule.config()
@@ -309,13 +310,13 @@ def test_trend_on_an_unbiased_metric_that_dips_below_zero():
     # Scatter around 0 at the monitor's resolution (~3e-4), the negatives later than the positives.
     scatter = [3e-4, 2e-4, -1e-4, 2.5e-4, -2e-4, 1e-4, -1e-4, -3e-4, 2e-4, -1e-4, -2e-4, 1.5e-4, -1e-4, -2e-4, -1e-4,
                1e-4, -3e-4, -1e-4, -2e-4, 1e-4]
-    stop, message = feed(FIDTrend(), falling + scatter)
+    stop, message = feed(LogLinearTrend(), falling + scatter)
     assert stop is not None and len(falling) * EVERY < stop <= (len(falling) + 12) * EVERY, message
-    state = FIDTrend().new_state()
+    state = LogLinearTrend().new_state()
     feed(state, falling + scatter[:12])
     assert state.projected_gain((len(falling) + 12) * EVERY) < 0.05
     dipped = falling[:8] + [-1e-4] + falling[9:]
-    assert feed(FIDTrend(budget_g_steps=100 * EVERY), dipped)[0] is None
+    assert feed(LogLinearTrend(budget_g_steps=100 * EVERY), dipped)[0] is None
 
 
 def test_trend_keeps_going_while_noise_could_still_beat_the_best_by_the_tolerance():
@@ -373,3 +374,54 @@ def test_trend_projects_to_the_budget_with_a_power_law():
 def test_bad_trend_arguments_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Trend(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- the old names
+OLD_NAMES = [("FIDPlateau", Plateau, {"patience": 3, "window": 1}), ("FIDNoisePlateau", NoisePlateau, {}),
+             ("FIDTrend", LogLinearTrend, {}), ("FIDPowerLaw", PowerLaw, {})]
+
+
+@pytest.mark.parametrize("old, new, args", OLD_NAMES)
+def test_the_old_rule_names_are_deprecated_aliases_that_decide_identically(old, new, args):
+    import lightning_regan
+    from lightning_regan import stopping
+
+    alias = getattr(stopping, old)
+    assert getattr(lightning_regan, old) is alias and issubclass(alias, new) and old in stopping.__all__
+    with pytest.warns(DeprecationWarning, match=rf"{old} is deprecated: use lightning_regan\.stopping\.{new.__name__}"
+                      ) as caught:
+        rule = alias(**args)
+    assert [w.category for w in caught] == [DeprecationWarning]  # once
+    assert isinstance(rule, new) and rule.config() == new(**args).config()
+    assert rule.checkpoint_name == new.checkpoint_name == old  # checkpoints written with either name resume
+    # The same stop, at the same G step, with the same message (which names the new class).
+    fids = [100.0, 40.0] + noisy([10.0] * 58, 0.03, seed=3)
+    stop, message = feed(rule, fids, stds=[0.3] * 60)
+    assert stop is not None and (stop, message) == feed(new(**args), fids, stds=[0.3] * 60)
+    assert old not in message and message.startswith("Plateau")
+    # replace() (EarlyTermination's shared tolerance) builds the new class, without a second warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        replaced = rule.replace(warmup_g_steps=7)
+    assert type(replaced) is new and replaced.warmup_g_steps == 7
+
+
+def test_a_config_naming_an_old_rule_still_instantiates():
+    from hydra.utils import instantiate
+
+    with pytest.warns(DeprecationWarning, match="FIDPlateau is deprecated"):
+        rule = instantiate({"_target_": "lightning_regan.stopping.FIDPlateau", "patience": 2, "monitor": "val/mmd"})
+    assert isinstance(rule, Plateau) and (rule.patience, rule.monitor) == (2, "val/mmd")
+
+
+def test_the_new_names_are_not_deprecated_and_user_subclasses_keep_their_own_checkpoint_name():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rules = [Plateau(), NoisePlateau(), LogLinearTrend(), PowerLaw(), Trend()]
+
+    class MyPlateau(Plateau):
+        pass
+
+    assert [type(r).checkpoint_name for r in rules] == ["FIDPlateau", "FIDNoisePlateau", "FIDTrend", "FIDPowerLaw",
+                                                          "Trend"]
+    assert MyPlateau.checkpoint_name == "MyPlateau"

@@ -7,7 +7,16 @@ import math
 
 import pytest
 
-from lightning_regan.stopping import CODE_REASONS, REASON_CODES, Divergence, FIDPlateau, LossPlateau, StopReason, StopRule
+from lightning_regan.stopping import (
+    CODE_REASONS,
+    REASON_CODES,
+    Divergence,
+    LossPlateau,
+    Plateau,
+    StopReason,
+    StopRule,
+    normalize_reason,
+)
 
 G, D = "train/g_loss", "train/d_loss"
 
@@ -38,13 +47,25 @@ def fids(values, every=100):
 
 # ---------------------------------------------------------------------------------------------- StopReason
 def test_stop_reason_values_and_codes():
-    assert [r.value for r in StopReason] == ["max_steps", "loss_plateau", "fid_plateau", "collapsed", "divergence"]
-    assert StopReason("fid_plateau") is StopReason.FID_PLATEAU and StopReason.DIVERGENCE == "divergence"
+    assert [r.value for r in StopReason] == ["max_steps", "loss_plateau", "plateau", "collapsed", "divergence"]
+    assert StopReason("plateau") is StopReason.PLATEAU and StopReason.DIVERGENCE == "divergence"
     # divergence outranks the plateaus when ranks or rules disagree; codes round-trip
-    codes = [REASON_CODES[r] for r in (StopReason.DIVERGENCE, StopReason.COLLAPSED, StopReason.FID_PLATEAU,
+    codes = [REASON_CODES[r] for r in (StopReason.DIVERGENCE, StopReason.COLLAPSED, StopReason.PLATEAU,
                                        StopReason.LOSS_PLATEAU)]
     assert codes[0] > codes[1] > codes[2] > codes[3] > 0
     assert all(CODE_REASONS[code] is reason for reason, code in REASON_CODES.items())
+    # The codes are reduced across DDP ranks (ranks of different versions must agree): they never change.
+    assert {r and r.value: code for r, code in REASON_CODES.items()} == {None: 0, "loss_plateau": 1, "plateau": 2,
+                                                                         "collapsed": 3, "divergence": 4}
+
+
+def test_the_old_plateau_reason_reads_as_plateau():
+    # Code written before the rename, and summaries of older runs, say FID_PLATEAU / "fid_plateau".
+    assert StopReason.FID_PLATEAU is StopReason.PLATEAU and StopReason("fid_plateau") is StopReason.PLATEAU
+    assert normalize_reason("fid_plateau") == "plateau" == normalize_reason(StopReason.PLATEAU)
+    assert normalize_reason("divergence") == "divergence" and normalize_reason(None) is None
+    with pytest.raises(ValueError):
+        StopReason("fid_collapse")
 
 
 # ---------------------------------------------------------------------------------------------- LossPlateau
@@ -167,48 +188,48 @@ def test_loss_plateau_accepts_a_single_monitor_name():
     assert LossPlateau(monitors="train/g_loss").monitors == ("train/g_loss",)
 
 
-# ---------------------------------------------------------------------------------------------- FIDPlateau
-def test_fid_plateau_noisy_but_improving_never_stops():
+# ---------------------------------------------------------------------------------------------- Plateau
+def test_plateau_noisy_but_improving_never_stops():
     # -4 % per evaluation on average, +-6 % noise that alternates, an extra +4 % bump every 5th evaluation
     noisy = [100 * 0.96**i * (1 + 0.06 * (-1) ** i + 0.04 * (i % 5 == 0)) for i in range(60)]
     assert sum(b > a for a, b in zip(noisy, noisy[1:])) >= 25  # really noisy: goes up about every other time
     for window in (1, 3, 5):
-        assert first_stop(FIDPlateau(patience=3, window=window), fids(noisy)) is None
+        assert first_stop(Plateau(patience=3, window=window), fids(noisy)) is None
 
 
-def test_fid_plateau_spike_then_recovery_does_not_stop_before_patience():
+def test_plateau_spike_then_recovery_does_not_stop_before_patience():
     # StyleGAN2-ADA #68: 48.7 -> 84.0 -> 56.2, then recovery below the best.
     series = [120.0, 80.0, 60.0, 48.7, 84.0, 56.2, 52.0, 49.5, 46.0, 44.0, 43.0, 41.0]
     for window in (1, 3):
-        rule = FIDPlateau(patience=5, window=window).new_state()
+        rule = Plateau(patience=5, window=window).new_state()
         assert first_stop(rule, fids(series)) is None
         assert rule.wait_count == 0 and rule.best < 48.7
     # the median of 3 ignores the spike: it never becomes the smoothed value
-    smoothed = FIDPlateau(window=3).new_state()
+    smoothed = Plateau(window=3).new_state()
     seen = []
     for g, m in fids(series):
         smoothed.update(g, m)
         seen.append(smoothed.smoothed)
     assert 84.0 not in seen and max(seen[4:]) <= 60.0
     # with too little patience the raw rule does stop during the recovery (the test can tell)
-    hit = first_stop(FIDPlateau(patience=3, window=1), fids(series))
+    hit = first_stop(Plateau(patience=3, window=1), fids(series))
     assert hit is not None and hit[0] == 700
 
 
-def test_fid_plateau_stops_at_the_patience_th_evaluation_without_improvement():
+def test_plateau_stops_at_the_patience_th_evaluation_without_improvement():
     series = [90.0, 70.0, 55.0, 50.0, 50.2, 49.9, 51.0, 50.5, 49.8, 50.1]
-    rule = FIDPlateau(patience=4, window=1, min_delta=0.01).new_state()
+    rule = Plateau(patience=4, window=1, min_delta=0.01).new_state()
     hit = first_stop(rule, fids(series))
     # best 50.0 at G step 400; 49.9 and 49.8 improve by < 1 %; 4th non-improving evaluation is at G step 800
     assert hit is not None and hit[0] == 800
-    assert "FID plateau" in hit[1] and "50 at G step 400" in hit[1]
+    assert "Plateau" in hit[1] and "50 at G step 400" in hit[1]
     assert rule.best == 50.0 and rule.best_step == 400
     # without min_delta 49.9 (G step 600) and 49.8 (G step 900) count as improvements
-    assert first_stop(FIDPlateau(patience=4, window=1, min_delta=0.0), fids(series)) is None
+    assert first_stop(Plateau(patience=4, window=1, min_delta=0.0), fids(series)) is None
 
 
-def test_fid_plateau_only_counts_evaluations_and_non_finite_is_no_improvement():
-    rule = FIDPlateau(patience=2, window=1).new_state()
+def test_plateau_only_counts_evaluations_and_non_finite_is_no_improvement():
+    rule = Plateau(patience=2, window=1).new_state()
     assert rule.update(100, {"train/g_loss": 1.0}) == (False, "") and rule.evaluations == 0
     rule.update(200, {"val/fid": 30.0})
     assert rule.update(300, {"val/fid": math.nan})[0] is False
@@ -216,31 +237,31 @@ def test_fid_plateau_only_counts_evaluations_and_non_finite_is_no_improvement():
     assert stop and rule.wait_count == 2 and rule.best == 30.0 and rule.evaluations == 3
 
 
-def test_fid_plateau_warmup_does_not_count():
+def test_plateau_warmup_does_not_count():
     series = [50.0, 60.0, 60.0, 60.0, 60.0, 60.0]
-    assert first_stop(FIDPlateau(patience=2, window=1), fids(series))[0] == 300
-    assert first_stop(FIDPlateau(patience=2, window=1, warmup_g_steps=450), fids(series))[0] == 600
+    assert first_stop(Plateau(patience=2, window=1), fids(series))[0] == 300
+    assert first_stop(Plateau(patience=2, window=1, warmup_g_steps=450), fids(series))[0] == 600
 
 
-def test_fid_plateau_custom_monitor():
-    rule = FIDPlateau(patience=1, window=1, monitor="val/kid").new_state()
+def test_plateau_custom_monitor():
+    rule = Plateau(patience=1, window=1, monitor="val/kid").new_state()
     rule.update(1, {"val/kid": 0.1})
     assert rule.update(2, {"val/fid": 0.01}) == (False, "")
     assert rule.update(3, {"val/kid": 0.2})[0]
 
 
-def test_fid_plateau_resume_mid_plateau_gives_the_same_decision():
+def test_plateau_resume_mid_plateau_gives_the_same_decision():
     series = [100.0, 80.0, 65.0, 60.0, 63.0, 59.9, 61.0, 62.0, 60.5, 64.0, 60.2, 61.0]
-    expected = first_stop(FIDPlateau(patience=4), fids(series))
+    expected = first_stop(Plateau(patience=4), fids(series))
     assert expected is not None
-    rule = FIDPlateau(patience=4).new_state()
+    rule = Plateau(patience=4).new_state()
     first_stop(rule, fids(series)[:8])
     assert rule.wait_count >= 1
-    resumed = FIDPlateau(patience=4).new_state()
+    resumed = Plateau(patience=4).new_state()
     resumed.load_state_dict(json.loads(json.dumps(rule.state_dict())))
     assert first_stop(resumed, fids(series)[8:]) == expected
     # a state dict without newer keys still loads
-    old = FIDPlateau().new_state()
+    old = Plateau().new_state()
     old.load_state_dict({"best": 5.0, "wait_count": 1})
     assert old.best == 5.0 and old.recent == [] and old.evaluations == 0
 
@@ -250,9 +271,9 @@ def test_fid_plateau_resume_mid_plateau_gives_the_same_decision():
     [({"patience": 0}, "patience"), ({"min_delta": -1}, "min_delta"), ({"min_delta": 1.0}, "min_delta"),
      ({"window": 0}, "window"), ({"warmup_g_steps": -5}, "warmup_g_steps"), ({"monitor": ""}, "monitor")],
 )
-def test_fid_plateau_bad_arguments(kwargs, name):
-    with pytest.raises(ValueError, match=f"FIDPlateau: {name}"):
-        FIDPlateau(**kwargs)
+def test_plateau_bad_arguments(kwargs, name):
+    with pytest.raises(ValueError, match=f"Plateau: {name}"):
+        Plateau(**kwargs)
 
 
 # ---------------------------------------------------------------------------------------------- Divergence

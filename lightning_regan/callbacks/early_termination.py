@@ -18,7 +18,15 @@ import torch
 
 from lightning_regan.callbacks.g_step import DECISION, GStepCallback, g_step_budget, g_steps_of
 from lightning_regan.logged import NewEvaluations, to_float
-from lightning_regan.stopping import CODE_REASONS, REASON_CODES, RuleState, StopReason, StopRecord, StopRule
+from lightning_regan.stopping import (
+    CODE_REASONS,
+    REASON_CODES,
+    RuleState,
+    StopReason,
+    StopRecord,
+    StopRule,
+    rule_name,
+)
 from lightning_regan.validation import check_bool, check_fraction
 
 log = logging.getLogger(__name__)
@@ -28,19 +36,25 @@ Rules = Union[Sequence[StopRule], Mapping[str, Optional[StopRule]]]
 
 
 def _snake(name: str) -> str:
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()  # FIDTrend -> fid_trend
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()  # PowerLaw -> power_law
 
 
-def _named(rules: Rules) -> dict[str, StopRule]:
-    """The rules by name: a mapping's keys (``None`` entries dropped), else the snake-case class names."""
+def _named(rules: Rules) -> tuple[dict[str, StopRule], dict[str, str]]:
+    """The rules by name: a mapping's keys (``None`` entries dropped), else the snake-case class names; and each
+    rule's name in checkpoints (a list's rule of a renamed class keeps the name its old class gave it, e.g.
+    ``Plateau`` in a list is ``plateau``, saved as ``fid_plateau``)."""
+    stored: dict[str, str] = {}
     if isinstance(rules, Mapping):
         items = [(str(name), rule) for name, rule in rules.items() if rule is not None]
     elif isinstance(rules, Sequence) and not isinstance(rules, str):
         items, counts = [], {}
         for rule in rules:
-            base = _snake(type(rule).__name__)
+            base = _snake(rule_name(rule))
+            old = _snake(getattr(type(rule), "checkpoint_name", type(rule).__name__))
             counts[base] = counts.get(base, 0) + 1
-            items.append((base if counts[base] == 1 else f"{base}_{counts[base]}", rule))
+            suffix = "" if counts[base] == 1 else f"_{counts[base]}"
+            items.append((base + suffix, rule))
+            stored[base + suffix] = old + suffix
     else:
         raise ValueError(f"EarlyTermination: rules must be a list or a mapping of stop rules, got {rules!r}.")
     for name, rule in items:
@@ -52,7 +66,7 @@ def _named(rules: Rules) -> dict[str, StopRule]:
                              "expected 'evaluation' or 'step'.")
         if not isinstance(rule.reason, StopReason):
             raise ValueError(f"EarlyTermination: rule {name!r} has reason {rule.reason!r}; expected a StopReason.")
-    return dict(items)
+    return dict(items), {name: stored.get(name, name) for name, _ in items}
 
 
 class EarlyTermination(GStepCallback):
@@ -64,18 +78,20 @@ class EarlyTermination(GStepCallback):
     changed ``<monitor>``) feeds that rule
     with the keys logged with it (``val/fid_std``, ``val/recall``), whichever order the callbacks run in. The decision
     is reduced over ranks (any rank stops all) and so is the reason, by priority
-    (:data:`~lightning_regan.stopping.REASON_CODES`: divergence > collapsed > FID plateau > loss plateau). Sanity
+    (:data:`~lightning_regan.stopping.REASON_CODES`: divergence > collapsed > plateau > loss plateau). Sanity
     checks and ``fast_dev_run`` are skipped.
 
     Rules are configuration and are never changed: the callback keeps one per-run state per rule
     (``rule.new_state()``), saved in checkpoints (the counters, not the stop decision: a resumed fit decides again,
-    with the current rules, not the checkpoint's). A trend rule without ``budget_g_steps`` gets the Trainer's budget in
+    with the current rules, not the checkpoint's). Checkpoints name the rules' classes by their ``checkpoint_name``
+    (a renamed rule's old name, e.g. ``FIDPlateau`` for :class:`~lightning_regan.stopping.Plateau`), so checkpoints
+    written before the rename resume. A trend rule without ``budget_g_steps`` gets the Trainer's budget in
     its state at each fit, and :class:`~lightning_regan.stopping.Trend` learns whether the module starts from trained
     weights (``pl_module.initialized_from`` is not ``None``: a fine-tune, which needs no take-off).
 
     Args:
-        rules: The stop rules, as a list (named by class, e.g. ``fid_trend``) or a mapping name -> rule (``None``
-            entries are skipped: how a config switches a rule off).
+        rules: The stop rules, as a list (named by class, e.g. ``trend``) or a mapping name -> rule (``None`` entries
+            are skipped: how a config switches a rule off).
         tolerance: The user's knob, shared by every rule that has a ``tolerance`` (the trend rules): stop when going
             on is unlikely to improve the metric by more than this share (0.05 = 5 %). ``None`` keeps each rule's.
         verbose: Log the stop message (rank zero).
@@ -88,21 +104,21 @@ class EarlyTermination(GStepCallback):
         stopped_g_step: G step of the stop, or ``None``.
         states: The per-run :class:`~lightning_regan.stopping.RuleState` of each rule, by name.
         smoothed: ``{rule name: [(g_step, smoothed value), ...]}`` for rules whose state has a ``smoothed`` value
-            (``FIDPlateau``): what the rule compared (for the FID plot).
+            (``Plateau``): what the rule compared (for the FID plot).
     """
 
     stage = DECISION
 
     def __init__(self, rules: Rules = (), tolerance: Optional[float] = None, verbose: bool = True) -> None:
         super().__init__()
-        named = _named(rules)
+        named, self._stored_names = _named(rules)
         if tolerance is not None:
             check_fraction("EarlyTermination", "tolerance", tolerance)
             tuned = [name for name, rule in named.items() if "tolerance" in rule.config()]
             if not tuned:
                 raise ValueError(
-                    "EarlyTermination: tolerance needs a rule with a tolerance (Trend, FIDTrend, FIDNoisePlateau, FIDPowerLaw), "
-                    f"got {', '.join(type(r).__name__ for r in named.values()) or 'no rules'}."
+                    "EarlyTermination: tolerance needs a rule with a tolerance (Trend, LogLinearTrend, NoisePlateau, "
+                    f"PowerLaw), got {', '.join(rule_name(r) for r in named.values()) or 'no rules'}."
                 )
             named = {name: rule.replace(tolerance=float(tolerance)) if name in tuned else rule
                      for name, rule in named.items()}
@@ -136,7 +152,8 @@ class EarlyTermination(GStepCallback):
     # ------------------------------------------------------------------ identity and state
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(rules=tuple((n, type(r).__name__, r.monitor, r.mode)
+        # Names as checkpoints store them: a renamed rule class keeps the key its old name gave.
+        return self._generate_state_key(rules=tuple((self._stored_names[n], type(r).checkpoint_name, r.monitor, r.mode)
                                                     for n, r in self.rules.items()))
 
     def state_dict(self) -> dict[str, Any]:
@@ -149,17 +166,19 @@ class EarlyTermination(GStepCallback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = state_dict.get("rules") or {}
-        fresh = [name for name in self.states if name not in saved]
+        # A list's rules saved under their old class names (fid_plateau) restore into the renamed classes (plateau).
+        found = {name: key for name in self.states for key in (name, self._stored_names[name]) if key in saved}
+        fresh = [name for name in self.states if name not in found]
         if fresh and saved:
             log.warning("EarlyTermination: the checkpoint holds no state of the rule(s) %s (it has %s); they start "
                         "afresh.", ", ".join(fresh), ", ".join(saved))
-        for name, state in self.states.items():
-            if name in saved:
-                state.load_state_dict(saved[name])
+        for name, key in found.items():
+            self.states[name].load_state_dict(saved[key])
         for monitor, (step, value) in (state_dict.get("evaluations") or {}).items():
             if monitor in self._evaluations:
                 self._evaluations[monitor].last_step, self._evaluations[monitor].last_value = step, value
-        self.smoothed = {name: [(int(g), float(v)) for g, v in rows]
+        current = {key: name for name, key in found.items()}
+        self.smoothed = {current.get(name, name): [(int(g), float(v)) for g, v in rows]
                          for name, rows in (state_dict.get("smoothed") or {}).items()}
 
     # ------------------------------------------------------------------ hooks
@@ -287,7 +306,7 @@ class EarlyTermination(GStepCallback):
     def describe(self) -> dict[str, Any]:
         """A JSON-friendly account of the configuration and the outcome."""
         return {
-            "rules": {name: {"class": type(rule).__name__, **rule.config()} for name, rule in self.rules.items()},
+            "rules": {name: {"class": rule_name(rule), **rule.config()} for name, rule in self.rules.items()},
             "tolerance": self.tolerance,
             "status": self.status,
             "stop_reason": None if self.stop_reason is None else self.stop_reason.value,

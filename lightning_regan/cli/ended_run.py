@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 
 from lightning_regan.config import has_target
 from lightning_regan.errors import ConfigError
+from lightning_regan.stopping.base import normalize_reason
 
 ENDED = ("completed", "stopped_early", "diverged", "pruned")
 
@@ -76,7 +77,7 @@ def judge_resume(cfg: DictConfig, ckpt_path: Optional[str], output_dir: Optional
     summary = _summary(folder)
     if summary is None or summary.get("status") not in ENDED or not _inside(Path(ckpt_path), folder):
         return Verdict(True)
-    status, reason = summary["status"], summary.get("stop_reason")
+    status, reason = summary["status"], normalize_reason(summary.get("stop_reason"))  # older runs: fid_plateau
     g_steps = int(summary.get("stopped_g_step") or summary.get("g_steps") or 0)
     budget = int(cfg.max_g_steps)
     before = checkpoint_budget(ckpt_path)

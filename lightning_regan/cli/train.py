@@ -247,7 +247,8 @@ def run(cfg: DictConfig) -> float:
     return objective(cfg, summary)
 
 
-#: What each stop reason means, in regan's words (a reason not listed is shown as it is).
+#: What each stop reason means, in regan's words (a reason not listed is shown as it is; "fid_plateau" is the word
+#: older runs recorded for "plateau").
 REASON_WORDS: dict[str, str] = {
     "max_steps": "the G-step budget max_g_steps is spent",
     "max_epochs": "the epoch budget is spent",

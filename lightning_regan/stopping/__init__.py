@@ -5,10 +5,16 @@ A rule is configuration (never changed after construction) declaring the metric 
 ``mode`` and its ``cadence``; ``rule.new_state()`` is the per-run state machine fed ``update(g_step, metrics)``.
 :class:`~lightning_regan.callbacks.EarlyTermination` runs a list of rules; a user's rule subclasses
 :class:`StopRule` and :class:`RuleState`.
+
+The metric rules have metric-neutral names (:class:`Trend`, :class:`Plateau`, :class:`NoisePlateau`,
+:class:`LogLinearTrend`, :class:`PowerLaw`); their old names (``FIDPlateau``, ``FIDNoisePlateau``, ``FIDTrend``,
+``FIDPowerLaw``) remain as deprecated aliases, and the stop reason ``"fid_plateau"`` of older runs reads as
+``"plateau"`` (:func:`normalize_reason`).
 """
 
 from lightning_regan.stopping.base import (
     CODE_REASONS,
+    LEGACY_REASONS,
     REASON_CODES,
     STATUS_RANKS,
     RuleState,
@@ -16,6 +22,8 @@ from lightning_regan.stopping.base import (
     StopRecord,
     StopRule,
     first_stop,
+    normalize_reason,
+    rule_name,
 )
 from lightning_regan.stopping.fits import fit_power_law, theil_sen_slope
 from lightning_regan.stopping.rules import (
@@ -25,10 +33,15 @@ from lightning_regan.stopping.rules import (
     FIDPlateau,
     FIDPowerLaw,
     FIDTrend,
+    LogLinearTrend,
     LossPlateau,
+    NoisePlateau,
+    Plateau,
+    PowerLaw,
     Trend,
 )
 
-__all__ = ["CODE_REASONS", "REASON_CODES", "STATUS_RANKS", "Collapse", "Divergence", "FIDNoisePlateau",
-           "FIDPlateau", "FIDPowerLaw", "FIDTrend", "LossPlateau", "RuleState", "StopReason", "StopRecord",
-           "StopRule", "Trend", "first_stop", "fit_power_law", "theil_sen_slope"]
+__all__ = ["CODE_REASONS", "LEGACY_REASONS", "REASON_CODES", "STATUS_RANKS", "Collapse", "Divergence",
+           "FIDNoisePlateau", "FIDPlateau", "FIDPowerLaw", "FIDTrend", "LogLinearTrend", "LossPlateau",
+           "NoisePlateau", "Plateau", "PowerLaw", "RuleState", "StopReason", "StopRecord", "StopRule", "Trend",
+           "first_stop", "fit_power_law", "normalize_reason", "rule_name", "theil_sen_slope"]

@@ -7,6 +7,7 @@ creates the :class:`RuleState` that a run feeds (``update(g_step, metrics)``) an
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import math
 import warnings
@@ -17,20 +18,41 @@ from typing import Any, ClassVar, Optional, Union
 
 
 class StopReason(str, Enum):
-    """Why training ended; the value is what ``summary.json`` records as ``stop_reason``."""
+    """Why training ended; the value is what ``summary.json`` records as ``stop_reason``.
+
+    ``FID_PLATEAU`` is a deprecated alias of ``PLATEAU`` (the same member), and ``StopReason("fid_plateau")``, the
+    value older runs recorded, reads as ``PLATEAU``.
+    """
 
     MAX_STEPS = "max_steps"
     LOSS_PLATEAU = "loss_plateau"
-    FID_PLATEAU = "fid_plateau"
+    PLATEAU = "plateau"
     COLLAPSED = "collapsed"
     DIVERGENCE = "divergence"
+    FID_PLATEAU = "plateau"  # deprecated alias of PLATEAU
+
+    @classmethod
+    def _missing_(cls, value: object) -> Optional["StopReason"]:
+        return cls(LEGACY_REASONS[value]) if isinstance(value, str) and value in LEGACY_REASONS else None
 
 
-# Precedence when several ranks or rules want to stop at once: the largest code wins.
+#: Stop reasons older runs recorded -> today's word (``summary.json`` files and study records keep the old one).
+LEGACY_REASONS: dict[str, str] = {"fid_plateau": "plateau"}
+
+
+def normalize_reason(reason: Any) -> Any:
+    """Today's word for a stop reason read from a ``summary.json`` or a record (``"fid_plateau"`` reads as
+    ``"plateau"``); anything else is returned as it is."""
+    value = reason.value if isinstance(reason, Enum) else reason
+    return LEGACY_REASONS.get(value, value) if isinstance(value, str) else reason
+
+
+# Precedence when several ranks or rules want to stop at once: the largest code wins. The codes are reduced across
+# ranks: never renumber them.
 REASON_CODES: dict[Optional[StopReason], int] = {
     None: 0,
     StopReason.LOSS_PLATEAU: 1,
-    StopReason.FID_PLATEAU: 2,
+    StopReason.PLATEAU: 2,
     StopReason.COLLAPSED: 3,
     StopReason.DIVERGENCE: 4,
 }
@@ -46,7 +68,7 @@ class StopRecord:
 
     Attributes:
         status: ``"stopped_early"``, ``"diverged"`` or ``"pruned"`` (a key of :data:`STATUS_RANKS`).
-        reason: ``summary.json``'s ``stop_reason`` (e.g. ``"fid_plateau"``, ``"divergence"``, ``"pruned"``).
+        reason: ``summary.json``'s ``stop_reason`` (e.g. ``"plateau"``, ``"divergence"``, ``"pruned"``).
         g_step: G step of the stop.
         source: Name of the deciding callback.
         message: The stop message.
@@ -104,6 +126,9 @@ class StopRule:
 
     Attributes:
         reason: The reason reported when the rule stops training.
+        checkpoint_name: The class's name in checkpoints (``EarlyTermination.state_key`` and the names of rules given
+            as a list): the class name, set for each subclass, except where a renamed rule keeps its old name so that
+            checkpoints written before the rename resume.
         cadence: ``"evaluation"``: fed once per new evaluation of ``monitor`` (with the other ``keys`` logged with
             it); ``"step"``: fed every G step with ``keys``.
         monitor: The metric the rule decides on.
@@ -112,12 +137,18 @@ class StopRule:
             value repeats); ``None``: ``<monitor>_g_step``. Without it logged, a changed value is a new evaluation.
     """
 
-    reason: ClassVar[StopReason] = StopReason.FID_PLATEAU
+    reason: ClassVar[StopReason] = StopReason.PLATEAU
     cadence: ClassVar[str] = "evaluation"
     state_class: ClassVar[type["RuleState"]]
+    checkpoint_name: ClassVar[str] = "StopRule"
     monitor: str
     mode: str = "min"
     step_key: Optional[str] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "checkpoint_name" not in cls.__dict__:
+            cls.checkpoint_name = cls.__name__
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -146,6 +177,30 @@ class StopRule:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
         return f"{type(self).__name__}({args})"
+
+
+def rule_name(rule: Union[StopRule, type[StopRule]]) -> str:
+    """The class name of a rule (or rule class); for a deprecated alias, the name of the class it stands for."""
+    cls = rule if isinstance(rule, type) else type(rule)
+    return cls.__dict__.get("alias_of", cls).__name__
+
+
+def deprecated_alias(new: type[StopRule], old_name: str) -> type[StopRule]:
+    """A subclass of ``new`` named ``old_name``, for code and configs written before a rename: the same arguments,
+    decisions, messages and checkpoint name as ``new``; constructing it warns once (``DeprecationWarning``)."""
+
+    @functools.wraps(new.__init__)  # config() reads the constructor's signature
+    def __init__(self: StopRule, *args: Any, **kwargs: Any) -> None:
+        warnings.warn(f"{old_name} is deprecated: use {new.__module__.rsplit('.', 1)[0]}.{new.__name__} (the same "
+                      "arguments and decisions).", DeprecationWarning, stacklevel=2)
+        new.__init__(self, *args, **kwargs)
+
+    def replace(self: StopRule, **changes: Any) -> StopRule:
+        return new(**{**self.config(), **changes})  # the new class: no second warning
+
+    doc = f"Deprecated alias of :class:`{new.__name__}` (its old name): the same rule; constructing it warns."
+    return type(old_name, (new,), {"__init__": __init__, "replace": replace, "__doc__": doc,
+                                   "__module__": new.__module__, "alias_of": new})
 
 
 class RuleState:
@@ -190,5 +245,6 @@ class RuleState:
                 setattr(self, name, copy.deepcopy(state_dict[name]))
 
 
-__all__ = ["CODE_REASONS", "MODES", "REASON_CODES", "STATUS_RANKS", "RuleState", "StopReason", "StopRecord",
-           "StopRule", "check_keys", "check_mode", "first_stop", "is_finite"]
+__all__ = ["CODE_REASONS", "LEGACY_REASONS", "MODES", "REASON_CODES", "STATUS_RANKS", "RuleState", "StopReason",
+           "StopRecord", "StopRule", "check_keys", "check_mode", "deprecated_alias", "first_stop", "is_finite",
+           "normalize_reason", "rule_name"]

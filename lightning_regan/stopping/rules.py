@@ -1,5 +1,8 @@
 """The stop rules: loss plateau, metric plateau (patience, noise-aware, trend, learning curve), collapse, divergence.
 
+The metric rules read any logged metric (``val/mmd``, ``val/fid``, ...). Their names before they were metric-neutral
+(``FIDPlateau``, ``FIDNoisePlateau``, ``FIDTrend``, ``FIDPowerLaw``: :data:`RENAMED`) remain as deprecated aliases.
+
 No Lightning here. Each rule class holds configuration only; its state class (``new_state()``) is the small state
 machine fed ``update(g_step, metrics)`` with plain floats, answering ``(should_stop, message)``.
 :class:`~lightning_regan.callbacks.EarlyTermination` feeds them from ``trainer.callback_metrics``, reduces the
@@ -19,7 +22,9 @@ from lightning_regan.stopping.base import (
     StopRule,
     check_keys,
     check_mode,
+    deprecated_alias,
     is_finite,
+    rule_name,
 )
 from lightning_regan.stopping.fits import fit_power_law, theil_sen_slope
 from lightning_regan.validation import check_bool, check_int, check_number
@@ -166,8 +171,8 @@ class LossPlateauState(RuleState):
 LossPlateau.state_class = LossPlateauState
 
 
-# ---------------------------------------------------------------------------------------------- FIDPlateau
-class FIDPlateau(StopRule):
+# ---------------------------------------------------------------------------------------------- Plateau
+class Plateau(StopRule):
     """Stop when the smoothed metric (FID by default) has not improved on its best for ``patience`` evaluations.
 
     Rule: each evaluation's value joins a window of the last ``window`` finite values; the smoothed value is
@@ -194,7 +199,8 @@ class FIDPlateau(StopRule):
             logged with ``val/fid_g_step``).
     """
 
-    reason = StopReason.FID_PLATEAU
+    reason = StopReason.PLATEAU
+    checkpoint_name = "FIDPlateau"  # its name before the rename: older checkpoints resume
 
     def __init__(
         self,
@@ -216,13 +222,13 @@ class FIDPlateau(StopRule):
         self.step_key = None if step_key is None else check_keys(name, "step_key", step_key)[0]
 
 
-class FIDPlateauState(RuleState):
-    """Per-run state of :class:`FIDPlateau`: the recent values, the best smoothed value and the count."""
+class PlateauState(RuleState):
+    """Per-run state of :class:`Plateau`: the recent values, the best smoothed value and the count."""
 
-    rule: FIDPlateau
+    rule: Plateau
     fields = ("recent", "best", "best_step", "wait_count", "evaluations")
 
-    def __init__(self, rule: FIDPlateau) -> None:
+    def __init__(self, rule: Plateau) -> None:
         super().__init__(rule)
         self.recent: list[float] = []
         self.best: Optional[float] = None
@@ -256,13 +262,13 @@ class FIDPlateauState(RuleState):
             return False, ""
         best = "none" if self.best is None else f"{self.best:.4g} at G step {self.best_step}"
         return True, (
-            f"FID plateau: the smoothed {rule.monitor} (median of the last {rule.window}) did not improve "
+            f"Plateau: the smoothed {rule.monitor} (median of the last {rule.window}) did not improve "
             f"by {rule.min_delta:.1%} on its best ({best}) for {self.wait_count} evaluations; "
             f"last value {float(value):.4g} at G step {g_step}."
         )
 
 
-FIDPlateau.state_class = FIDPlateauState
+Plateau.state_class = PlateauState
 
 
 # ---------------------------------------------------------------------------------------------- Divergence
@@ -389,7 +395,7 @@ class _EvaluationRule(StopRule):
         if mode != "min":
             raise ValueError(
                 f"{name}: mode must be 'min' (it projects the relative fall of a distance such as FID), got "
-                f"{mode!r}; for a metric where higher is better use FIDPlateau(mode='max')."
+                f"{mode!r}; for a metric where higher is better use Plateau(mode='max')."
             )
         self.mode = mode
         self.min_progress = _below_one(name, "min_progress", min_progress, "is a share of the first value")
@@ -476,24 +482,25 @@ class _EvaluationState(RuleState):
     def _verdict(self, g_step: int, flat: bool, why: str, blocked: Optional[str], patience: int) -> tuple[bool, str]:
         if not flat or blocked:
             self.flat_count = 0
-            return False, (f"{type(self.rule).__name__}: {blocked} at G step {g_step}; no plateau." if flat else "")
+            return False, (f"{rule_name(self.rule)}: {blocked} at G step {g_step}; no plateau." if flat else "")
         self.flat_count += 1
         if self.flat_count < patience:
             return False, ""
         best = min(self.history, key=lambda row: row[1])
         return True, (
-            f"FID plateau ({type(self.rule).__name__}): {why} for {self.flat_count} evaluations, at G step {g_step}; "
+            f"Plateau ({rule_name(self.rule)}): {why} for {self.flat_count} evaluations, at G step {g_step}; "
             f"best {self.rule.monitor} {best[1]:.4g} at G step {best[0]}."
         )
 
 
-class FIDTrend(_EvaluationRule):
-    """Stop when the FID's recent trend projects less than ``tolerance`` of improvement over the horizon.
+class LogLinearTrend(_EvaluationRule):
+    """Stop when the metric's recent log-linear trend projects less than ``tolerance`` of improvement over the horizon.
 
-    Rule: at each evaluation (from ``warmup_g_steps`` on, once ``min_evaluations`` FIDs are in), take the
+    Rule: at each evaluation (from ``warmup_g_steps`` on, once ``min_evaluations`` values are in), take the
     evaluations of the last ``window`` share of the run (G steps ``(1 - window) * t`` to ``t``) and fit the
-    Theil-Sen slope ``b`` of ``log FID`` against the G step. Going on for ``horizon * t`` more G steps is then
-    projected to improve the FID by ``1 - exp(b * horizon * t)`` (0 when the trend is flat or rising). When that
+    Theil-Sen slope ``b`` of ``log value`` against the G step (a line in log value: an exponential decay).
+    Going on for ``horizon * t`` more G steps is then projected to improve the metric by
+    ``1 - exp(b * horizon * t)`` (0 when the trend is flat or rising). When that
     is below ``tolerance`` for ``patience`` evaluations in a row, training stops, unless the recall trend
     (``recall_key``, when logged) projects a gain above ``recall_tolerance`` over the same horizon: then
     coverage is still improving and the plateau is not called.
@@ -501,10 +508,12 @@ class FIDTrend(_EvaluationRule):
     Why: a median of pairwise slopes ignores single noisy evaluations (up to ~29 % of them can be outliers),
     so a noisy but improving curve keeps a negative slope and a short pause inside the window does not flatten
     it; the window and horizon grow with the run, so the same defaults fit a run of 2,000 or 50,000 G steps,
-    and the tolerance reads like the user's question: "would going on improve the FID by more than 5 %?".
+    and the tolerance reads like the user's question: "would going on improve the metric by more than 5 %?".
+    :class:`Trend` (the default) fits a power law instead: on long training curves this one projects gains that a
+    decelerating curve never delivers. Formerly ``FIDTrend`` (the default rule of ``early_stopping=trend_v5``).
 
     Args:
-        tolerance: Projected relative FID gain under which the run is called flat (0.05 = 5 %).
+        tolerance: Projected relative gain under which the run is called flat (0.05 = 5 %).
         horizon: How far ahead to project, as a share of the G steps so far (1.0 = doubling the run), capped at
             what is left of ``budget_g_steps``.
         window: Share of the run (most recent G steps) whose evaluations the trend is fitted on.
@@ -523,6 +532,8 @@ class FIDTrend(_EvaluationRule):
         mode: ``"min"`` only (a distance).
         step_key: The logged G step of each evaluation (``None``: ``<monitor>_g_step``).
     """
+
+    checkpoint_name = "FIDTrend"  # its name before the rename: older checkpoints resume
 
     def __init__(
         self,
@@ -552,13 +563,13 @@ class FIDTrend(_EvaluationRule):
         self.patience = check_int(name, "patience", patience, 1)
 
 
-class FIDTrendState(_EvaluationState):
-    """Per-run state of :class:`FIDTrend`; ``budget_g_steps`` starts as the rule's and may be set by the caller
+class LogLinearTrendState(_EvaluationState):
+    """Per-run state of :class:`LogLinearTrend`; ``budget_g_steps`` starts as the rule's and may be set by the caller
     (``EarlyTermination`` gives it the Trainer's budget when the rule has none)."""
 
-    rule: FIDTrend
+    rule: LogLinearTrend
 
-    def __init__(self, rule: FIDTrend) -> None:
+    def __init__(self, rule: LogLinearTrend) -> None:
         super().__init__(rule)
         self.budget_g_steps: Optional[int] = rule.budget_g_steps
 
@@ -592,18 +603,18 @@ class FIDTrendState(_EvaluationState):
         return f"the trend of log {self.rule.monitor} over the last {self.rule.window:.0%} of the run"
 
 
-FIDTrend.state_class = FIDTrendState
+LogLinearTrend.state_class = LogLinearTrendState
 
 
-class FIDNoisePlateau(_EvaluationRule):
-    """Stop when the FID has not improved by more than its measurement noise for a share of the run.
+class NoisePlateau(_EvaluationRule):
+    """Stop when the metric has not improved by more than its measurement noise for a share of the run.
 
-    Rule: an evaluation improves on the reference (the FID of the last improvement) when
-    ``fid < ref * (1 - tolerance * min_delta_share) - z * sqrt(std^2 + std_ref^2)``, with ``std`` the
-    logged measurement noise of the FID (``noise_key``, e.g. a bootstrap standard deviation; 0 when not
+    Rule: an evaluation improves on the reference (the value of the last improvement) when
+    ``value < ref * (1 - tolerance * min_delta_share) - z * sqrt(std^2 + std_ref^2)``, with ``std`` the
+    logged measurement noise of the metric (``noise_key``, e.g. a bootstrap standard deviation; 0 when not
     logged). When no evaluation improved during the last ``patience`` share of the run (G steps since the
     last improvement >= ``patience * t``) and for at least ``min_evaluations`` evaluations, training stops,
-    unless recall is still rising (see :class:`FIDTrend`).
+    unless recall is still rising (see :class:`LogLinearTrend`).
 
     Args:
         tolerance: Relative improvement scale (0.05 = 5 %); ``min_delta_share`` of it must be beaten.
@@ -612,8 +623,10 @@ class FIDNoisePlateau(_EvaluationRule):
         min_delta_share: Share of ``tolerance`` an improvement must beat besides the noise.
         min_evaluations: Fewest evaluations without improvement before stopping.
         recall_tolerance, warmup_g_steps, monitor, noise_key, recall_key, min_progress, mode, step_key: As in
-            :class:`FIDTrend`.
+            :class:`LogLinearTrend`.
     """
+
+    checkpoint_name = "FIDNoisePlateau"  # its name before the rename: older checkpoints resume
 
     def __init__(
         self,
@@ -639,13 +652,13 @@ class FIDNoisePlateau(_EvaluationRule):
         self.min_delta_share = check_number(name, "min_delta_share", min_delta_share, 0.0)
 
 
-class FIDNoisePlateauState(_EvaluationState):
-    """Per-run state of :class:`FIDNoisePlateau`: the history and the reference (the last improvement)."""
+class NoisePlateauState(_EvaluationState):
+    """Per-run state of :class:`NoisePlateau`: the history and the reference (the last improvement)."""
 
-    rule: FIDNoisePlateau
+    rule: NoisePlateau
     fields = (*_EvaluationState.fields, "reference")
 
-    def __init__(self, rule: FIDNoisePlateau) -> None:
+    def __init__(self, rule: NoisePlateau) -> None:
         super().__init__(rule)
         self.reference: Optional[list[Optional[float]]] = None
 
@@ -673,23 +686,25 @@ class FIDNoisePlateauState(_EvaluationState):
         return self._verdict(g_step, flat, why, blocked, 1)
 
 
-FIDNoisePlateau.state_class = FIDNoisePlateauState
+NoisePlateau.state_class = NoisePlateauState
 
 
-class FIDPowerLaw(FIDTrend):
-    """Stop when a power-law learning curve fitted to the FID projects less than ``tolerance`` of gain.
+class PowerLaw(LogLinearTrend):
+    """Stop when a power-law learning curve fitted to the metric projects less than ``tolerance`` of gain.
 
-    Rule: fit ``FID(t) = c + a * t^-alpha`` (Domhan et al., IJCAI 2015, use this among their curve family) to
+    Rule: fit ``m(t) = c + a * t^-alpha`` (Domhan et al., IJCAI 2015, use this among their curve family) to
     the evaluations of the last ``window`` share of the run; the projected gain over ``h`` more G steps
-    (:meth:`FIDTrendState.horizon_steps`) is ``(FID(t) - FID(t + h)) / FID(t)``. Below ``tolerance`` for
-    ``patience`` evaluations in a row, training stops, unless recall is still rising (see :class:`FIDTrend`).
+    (:meth:`LogLinearTrendState.horizon_steps`) is ``(m(t) - m(t + h)) / m(t)``. Below ``tolerance`` for
+    ``patience`` evaluations in a row, training stops, unless recall is still rising (see :class:`LogLinearTrend`).
 
-    Args: as :class:`FIDTrend`.
+    Args: as :class:`LogLinearTrend`.
     """
 
+    checkpoint_name = "FIDPowerLaw"  # its name before the rename: older checkpoints resume
 
-class FIDPowerLawState(FIDTrendState):
-    """Per-run state of :class:`FIDPowerLaw`."""
+
+class PowerLawState(LogLinearTrendState):
+    """Per-run state of :class:`PowerLaw`."""
 
     def projected_gain(self, g_step: int) -> float:
         rows = self._window(g_step, self.rule.window)
@@ -702,7 +717,7 @@ class FIDPowerLawState(FIDTrendState):
         return f"a power law fitted to {self.rule.monitor}"
 
 
-FIDPowerLaw.state_class = FIDPowerLawState
+PowerLaw.state_class = PowerLawState
 
 
 # ---------------------------------------------------------------------------------------------- Trend
@@ -718,11 +733,11 @@ class Trend(_EvaluationRule):
     a value that noisy could still come. The evaluation is *flat* when that optimistic end value would not beat the
     best value so far by ``tolerance``. The run stops once every evaluation of the last ``patience`` share of the run
     was flat (G steps since the first flat one >= ``patience * t``, at least two evaluations), unless recall is still
-    rising (see :class:`FIDTrend`).
+    rising (see :class:`LogLinearTrend`).
 
-    Why: compared with :class:`FIDTrend` (a log-linear trend over a horizon of 4x the run): on long public training
-    curves a log-linear trend projects gains a decelerating curve never delivers, so it kept runs going (8 % of the
-    savings an oracle makes, ``docs/studies/real_curves.md``); a flat verdict that must hold for half of the run
+    Why: compared with :class:`LogLinearTrend` (a log-linear trend over a horizon of 4x the run): on long public
+    training curves a log-linear trend projects gains a decelerating curve never delivers, so it kept runs going (8 %
+    of the savings an oracle makes, ``docs/studies/real_curves.md``); a flat verdict that must hold for half of the run
     rather than two evaluations does not end a run inside a pause that later resumes; comparing with the best so far
     (not the current value) lets a run that has peaked and worsens stop. A run from scratch sits near its first value
     before it takes off, so such a run decides only after its metric has fallen by ``min_progress``; a fine-tune
@@ -737,7 +752,7 @@ class Trend(_EvaluationRule):
         min_evaluations: Fewest evaluations in a fit (and before any decision).
         horizon: Without a budget, how far ahead to project, as a multiple of the G steps so far.
         recall_tolerance, warmup_g_steps, monitor, noise_key, recall_key, min_progress, budget_g_steps, mode, step_key:
-            As in :class:`FIDTrend` (``min_progress`` applies to runs from scratch only).
+            As in :class:`LogLinearTrend` (``min_progress`` applies to runs from scratch only).
     """
 
     def __init__(
@@ -943,6 +958,19 @@ class CollapseState(RuleState):
 Collapse.state_class = CollapseState
 
 
-__all__ = ["Collapse", "CollapseState", "Trend", "TrendState", "Divergence", "DivergenceState", "FIDNoisePlateau", "FIDNoisePlateauState",
-           "FIDPlateau", "FIDPlateauState", "FIDPowerLaw", "FIDPowerLawState", "FIDTrend", "FIDTrendState",
-           "LossPlateau", "LossPlateauState"]
+#: Old rule names -> the metric-neutral classes that replaced them (the old names remain as deprecated aliases).
+RENAMED: dict[str, type[StopRule]] = {"FIDPlateau": Plateau, "FIDNoisePlateau": NoisePlateau,
+                                      "FIDTrend": LogLinearTrend, "FIDPowerLaw": PowerLaw}
+FIDPlateau = deprecated_alias(Plateau, "FIDPlateau")
+FIDNoisePlateau = deprecated_alias(NoisePlateau, "FIDNoisePlateau")
+FIDTrend = deprecated_alias(LogLinearTrend, "FIDTrend")
+FIDPowerLaw = deprecated_alias(PowerLaw, "FIDPowerLaw")
+# The state classes' old names (states are built by the rules, so these need no warning).
+FIDPlateauState, FIDNoisePlateauState = PlateauState, NoisePlateauState
+FIDTrendState, FIDPowerLawState = LogLinearTrendState, PowerLawState
+
+
+__all__ = ["RENAMED", "Collapse", "CollapseState", "Divergence", "DivergenceState", "FIDNoisePlateau",
+           "FIDNoisePlateauState", "FIDPlateau", "FIDPlateauState", "FIDPowerLaw", "FIDPowerLawState", "FIDTrend",
+           "FIDTrendState", "LogLinearTrend", "LogLinearTrendState", "LossPlateau", "LossPlateauState", "NoisePlateau",
+           "NoisePlateauState", "Plateau", "PlateauState", "PowerLaw", "PowerLawState", "Trend", "TrendState"]
