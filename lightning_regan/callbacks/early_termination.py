@@ -312,7 +312,19 @@ class EarlyTermination(GStepCallback):
             "stop_reason": None if self.stop_reason is None else self.stop_reason.value,
             "stop_message": self.stop_message,
             "stopped_g_step": self.stopped_g_step,
+            "projection": self._last_projection(),
         }
+
+    def _last_projection(self) -> Optional[dict[str, Any]]:
+        """The last projection of the first rule that projects (``Trend``): the line it fitted, where it followed it
+        to and the best it had to beat by ``tolerance``; ``None`` before it judged."""
+        for name, state in self.states.items():
+            projection = getattr(state, "last_projection", None)
+            if projection is not None:
+                rule = self.rules[name]
+                return {"rule": name, "monitor": rule.monitor, "tolerance": getattr(rule, "tolerance", None),
+                        **projection}
+        return None
 
     def summary_fields(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         """This callback's part of ``summary.json`` (the run's ``status`` is ``RunSummary``'s, from ``stop_record``)."""

@@ -797,6 +797,8 @@ class TrendState(_EvaluationState):
         self.budget_g_steps: Optional[int] = rule.budget_g_steps
         self.starts_trained = False
         self.flat_since: Optional[int] = None
+        #: The projection of the last judged evaluation (for plots; derivable, so not checkpointed).
+        self.last_projection: Optional[dict[str, float]] = None
 
     def takeoff_g_step(self) -> Optional[int]:
         return int(self.history[0][0]) if self.starts_trained else super().takeoff_g_step()
@@ -804,7 +806,8 @@ class TrendState(_EvaluationState):
     def projection(self, g_step: int) -> dict[str, float]:
         """The fit and its optimistic projection at ``g_step``: ``level`` (fitted value now), ``end`` (projected
         value at the end of the budget), ``optimistic`` (``end`` less ``z`` residual spreads), ``best`` (best value
-        so far), ``gain`` (``1 - optimistic / best``), ``end_g_step``."""
+        so far), ``gain`` (``1 - optimistic / best``), ``end_g_step``; and the line itself, ``log value = intercept +
+        slope * log(G step + t1)``, fitted from ``from_g_step`` to ``g_step`` (what a plot of the decision draws)."""
         rule = self.rule
         rows = self._window(g_step, rule.window)
         t1 = next((float(r[0]) for r in self.history if r[0] > 0), 1.0)
@@ -822,13 +825,15 @@ class TrendState(_EvaluationState):
         optimistic = projected - rule.z * spread
         best = min(r[1] for r in self.history)
         return {"level": math.exp(level), "end": math.exp(projected), "optimistic": math.exp(optimistic),
-                "best": best, "gain": 1.0 - math.exp(optimistic) / max(best, floor), "end_g_step": end_step}
+                "best": best, "gain": 1.0 - math.exp(optimistic) / max(best, floor), "end_g_step": end_step,
+                "g_step": float(g_step), "from_g_step": float(rows[0][0]), "slope": slope, "intercept": intercept,
+                "t1": t1}
 
     def update(self, g_step: int, metrics: Mapping[str, float]) -> tuple[bool, str]:
         rule = self.rule
         if not self._record(g_step, metrics):
             return False, ""
-        p = self.projection(g_step)
+        p = self.last_projection = self.projection(g_step)
         left = p["end_g_step"] - g_step
         blocked = self._recall_rising(self._window(g_step, rule.window), left)
         if p["gain"] >= rule.tolerance or left <= 0 or blocked:
