@@ -408,6 +408,16 @@ class _EvaluationRule(StopRule):
         self.recall_key = check_keys(name, "recall_key", recall_key)[0]
         self.step_key = None if step_key is None else check_keys(name, "step_key", step_key)[0]
 
+    def _init_projection(self, window: float, horizon: float, budget_g_steps: Optional[int]) -> None:
+        """The settings of the rules that project a fit of the recent run ahead: the window (a share of the run, in
+        (0, 1]), the horizon (> 0) and the budget (G steps, or ``None``)."""
+        name = type(self).__name__
+        self.window = check_number(name, "window", window, 0.0, strict=True)
+        if self.window > 1.0:
+            raise ValueError(f"{name}: window is a share of the run and must be <= 1, got {window!r}.")
+        self.horizon = check_number(name, "horizon", horizon, 0.0, strict=True)
+        self.budget_g_steps = check_int(name, "budget_g_steps", budget_g_steps, 1, optional=True)
+
     @property
     def keys(self) -> tuple[str, ...]:
         """Every metric name this rule reads."""
@@ -555,11 +565,7 @@ class LogLinearTrend(_EvaluationRule):
         name = type(self).__name__
         self._init_common(tolerance, warmup_g_steps, min_evaluations, recall_tolerance, monitor, noise_key, recall_key,
                           min_progress, mode, step_key)
-        self.budget_g_steps = check_int(name, "budget_g_steps", budget_g_steps, 1, optional=True)
-        self.horizon = check_number(name, "horizon", horizon, 0.0, strict=True)
-        self.window = check_number(name, "window", window, 0.0, strict=True)
-        if self.window > 1.0:
-            raise ValueError(f"{name}: window is a share of the run and must be <= 1, got {window!r}.")
+        self._init_projection(window, horizon, budget_g_steps)
         self.patience = check_int(name, "patience", patience, 1)
 
 
@@ -776,13 +782,9 @@ class Trend(_EvaluationRule):
         name = type(self).__name__
         self._init_common(tolerance, warmup_g_steps, min_evaluations, recall_tolerance, monitor, noise_key, recall_key,
                           min_progress, mode, step_key)
-        self.window = check_number(name, "window", window, 0.0, strict=True)
-        if self.window > 1.0:
-            raise ValueError(f"{name}: window is a share of the run and must be <= 1, got {window!r}.")
+        self._init_projection(window, horizon, budget_g_steps)
         self.patience = _below_one(name, "patience", patience, "is a share of the run", strict=True)
         self.z = check_number(name, "z", z, 0.0)
-        self.horizon = check_number(name, "horizon", horizon, 0.0, strict=True)
-        self.budget_g_steps = check_int(name, "budget_g_steps", budget_g_steps, 1, optional=True)
 
 
 class TrendState(_EvaluationState):
