@@ -18,7 +18,7 @@ COMMITTED = REPO_ROOT / "studies" / "results" / "real_curves.json"
 
 def _curve(cid, values, starts_from="scratch", every=10):
     return {"id": cid, "starts_from": starts_from, "x_unit": "kimg", "direction": "lower_is_better",
-            "points": [[i * every, v] for i, v in enumerate(values)]}
+            "points": [(i * every, v) for i, v in enumerate(values)]}
 
 
 def test_grading_arithmetic_on_a_curve_that_peaks():
