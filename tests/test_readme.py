@@ -101,6 +101,11 @@ def test_readme_and_study_page_quote_the_real_curve_replay():
     assert (f"within 5 % of the run's best on {new['within']} of {new['curves']} and captured "
             f"{100 * new['captured_share']:.1f} % of the compute an oracle saves (the 0.3 rule: "
             f"{100 * old['captured_share']:.1f} %)") in text
+    guide = " ".join((REPO_ROOT / "docs" / "early-termination.md").read_text().split())
+    assert (f"within 5 % of the run's best on {new['within']} of {new['curves']}, decided "
+            f"{round(new['finetune_decided_share'] * new['finetunes'])} of the {new['finetunes']} fine-tunes an oracle "
+            f"would stop early and {round(new['peaked_stopped_share'] * new['peaked'])} of the {new['peaked']} runs that "
+            f"peaked, and saved {100 * new['captured_share']:.1f} % of what an eps-oracle saves") in guide
     page = (REPO_ROOT / "docs" / "studies" / "real_curves.md").read_text()
     for totals in (new, old):
         assert (f"| {totals['within']} of {totals['curves']} ({100 * totals['within_share']:.1f} %) | "

@@ -454,27 +454,33 @@ class _EvaluationState(RuleState):
         std, recall = metrics.get(rule.noise_key), metrics.get(rule.recall_key)
         self.history.append([int(g_step), float(value), float(std) if is_finite(std) else None,
                              float(recall) if is_finite(recall) else None])
-        return (g_step >= rule.warmup_g_steps and len(self.history) >= rule.min_evaluations
-                and self.started())
+        return (g_step >= rule.warmup_g_steps and len(self.history) >= self.fit_minimum()
+                and self.started(self.fit_minimum()))
+
+    def fit_minimum(self) -> int:
+        """Fewest evaluations (since the take-off) a fit, and so a verdict, uses."""
+        return self.rule.min_evaluations
 
     def takeoff_g_step(self) -> Optional[int]:
         """G step of the first value below ``(1 - min_progress)`` x the first one (``None``: not yet)."""
         first = self.history[0][1]
         return next((int(row[0]) for row in self.history if row[1] <= (1.0 - self.rule.min_progress) * first), None)
 
-    def started(self) -> bool:
-        """Whether the run has taken off, ``min_evaluations`` evaluations ago or more: GANs often sit near their
-        first FID for a while (or fall back to it and stay), and a fit over those flat evaluations would call a
-        plateau in the middle of the descent that follows."""
+    def started(self, minimum: Optional[int] = None) -> bool:
+        """Whether the run has taken off, ``minimum`` (default ``min_evaluations``) evaluations ago or more: GANs
+        often sit near their first FID for a while (or fall back to it and stay), and a fit over those flat
+        evaluations would call a plateau in the middle of the descent that follows."""
         takeoff = self.takeoff_g_step()
-        return takeoff is not None and sum(row[0] >= takeoff for row in self.history) >= self.rule.min_evaluations
+        minimum = self.rule.min_evaluations if minimum is None else minimum
+        return takeoff is not None and sum(row[0] >= takeoff for row in self.history) >= minimum
 
     def _window(self, g_step: int, fraction: float) -> list[list[Optional[float]]]:
         """Evaluations from G step ``(1 - fraction) * g_step`` on, never before the take-off (at least
-        ``min_evaluations`` of them)."""
+        :meth:`fit_minimum` of them)."""
         start = max((1.0 - fraction) * g_step, self.takeoff_g_step() or 0)
         recent = [row for row in self.history if row[0] >= start]
-        return recent if len(recent) >= self.rule.min_evaluations else self.history[-self.rule.min_evaluations:]
+        minimum = self.fit_minimum()
+        return recent if len(recent) >= minimum else self.history[-minimum:]
 
     def _recall_rising(self, rows: Sequence[Sequence[Optional[float]]], horizon_steps: float) -> Optional[str]:
         """A message when the recall trend projects a gain above ``recall_tolerance`` over the horizon."""
@@ -482,7 +488,7 @@ class _EvaluationState(RuleState):
         if rule.recall_tolerance is None:
             return None
         points = [(row[0], row[3]) for row in rows if row[3] is not None]
-        if len(points) < rule.min_evaluations:
+        if len(points) < self.fit_minimum():
             return None
         slope = theil_sen_slope([p[0] for p in points], [p[1] for p in points])
         if slope * horizon_steps > rule.recall_tolerance:
@@ -730,32 +736,40 @@ PowerLaw.state_class = PowerLawState
 class Trend(_EvaluationRule):
     """Stop when even an optimistic projection of the metric to the end of the budget cannot beat the best so far.
 
-    Rule: at each evaluation (from ``warmup_g_steps`` on, once ``min_evaluations`` values are in and the run has
-    taken off), fit the Theil-Sen line of ``log value`` against ``log(t + t1)`` over the last ``window`` share of the
-    run (``t1``: the first evaluation's G step, so that a fine-tune evaluated at G step 0 fits too). That is a power
-    law, the shape learning curves decelerate with: each doubling of the run gains the same share. Project the fitted
-    level at ``t`` to the end of the budget (``T``: a falling line followed to ``T``, a flat or rising one held), and
-    make the projection optimistic by ``z`` times the spread of the residuals (1.4826 x their median absolute value):
-    a value that noisy could still come. The evaluation is *flat* when that optimistic end value would not beat the
-    best value so far by ``tolerance``. The run stops once every evaluation of the last ``patience`` share of the run
-    was flat (G steps since the first flat one >= ``patience * t``, at least two evaluations), unless recall is still
-    rising (see :class:`LogLinearTrend`).
+    Rule: at each evaluation (from ``warmup_g_steps`` on, once the run has taken off and ``fit_evaluations`` values
+    are in since), fit the Theil-Sen line of ``log value`` against ``log(t + t1)`` over the last ``window`` share of
+    the run (``t1``: the first evaluation's G step, so that a fine-tune evaluated at G step 0 fits too). That is a
+    power law, the shape learning curves decelerate with: each doubling of the run gains the same share. Project the
+    fitted level at ``t`` to the end of the budget (``T``: a falling line followed to ``T``, a flat or rising one
+    held), and make the projection optimistic by ``z`` times the spread of the residuals (1.4826 x their median
+    absolute value): a value that noisy could still come. The evaluation is *flat* when that optimistic end value
+    would not beat the best value so far by ``tolerance``. The run stops once every evaluation of the last
+    ``patience`` share of the run was flat (G steps since the first flat one >= ``patience * t``, at least two
+    evaluations and ``min_evaluations`` since the take-off), unless recall is still rising (see
+    :class:`LogLinearTrend`). A fine-tune's flat verdict must instead hold for ``finetune_patience`` of its budget.
 
     Why: compared with :class:`LogLinearTrend` (a log-linear trend over a horizon of 4x the run): on long public
     training curves a log-linear trend projects gains a decelerating curve never delivers, so it kept runs going (8 %
-    of the savings an oracle makes, ``docs/studies/real_curves.md``); a flat verdict that must hold for half of the run
-    rather than two evaluations does not end a run inside a pause that later resumes; comparing with the best so far
-    (not the current value) lets a run that has peaked and worsens stop. A run from scratch sits near its first value
-    before it takes off, so such a run decides only after its metric has fallen by ``min_progress``; a fine-tune
+    of the savings an oracle makes, ``docs/studies/real_curves.md``); a flat verdict that must hold for a share of the
+    run rather than two evaluations does not end a run inside a pause that later resumes; comparing with the best so
+    far (not the current value) lets a run that has peaked and worsens stop. A run from scratch sits near its first
+    value before it takes off, so such a run decides only after its metric has fallen by ``min_progress``; a fine-tune
     (``starts_trained``: ``EarlyTermination`` sets it for a module initialized from trained weights) decides from its
-    first evaluations, since it may never fall that far.
+    first evaluations, since it may never fall that far. A fine-tune has no age to measure a pause against (the G
+    steps of its own run say nothing of how long its network trained), so its patience is a share of its budget: long
+    enough for a fine-tune that sits at its starting value for a third of its budget and then falls (two of the
+    public curves), short enough to stop the many that never beat their start. Verdicts start after only
+    ``fit_evaluations`` values so that a run evaluated a dozen times can hold one for its patience.
 
     Args:
         tolerance: Gain over the best so far, relative, that going on must be able to reach (0.05 = 5 %).
         window: Share of the run (most recent G steps) whose evaluations the line is fitted on.
-        patience: Share of the run the flat verdict must have held (0.5 = the last half) before stopping.
+        patience: Share of the run the flat verdict must have held (0.4 = the last 40 %) before stopping.
         z: Multiple of the residual spread the projection is made optimistic by (0: the fitted line alone).
-        min_evaluations: Fewest evaluations in a fit (and before any decision).
+        min_evaluations: Fewest evaluations since the take-off before stopping.
+        fit_evaluations: Fewest evaluations in a fit, so before a verdict (at least 2; at most ``min_evaluations``).
+        finetune_patience: For a fine-tune (``starts_trained``), the share of the budget the flat verdict must have
+            held instead of ``patience`` (``None``: ``patience``, as a run from scratch; without a budget, likewise).
         horizon: Without a budget, how far ahead to project, as a multiple of the G steps so far.
         recall_tolerance, warmup_g_steps, monitor, noise_key, recall_key, min_progress, budget_g_steps, mode, step_key:
             As in :class:`LogLinearTrend` (``min_progress`` applies to runs from scratch only).
@@ -765,16 +779,18 @@ class Trend(_EvaluationRule):
         self,
         tolerance: float = 0.05,
         window: float = 0.5,
-        patience: float = 0.5,
-        z: float = 2.0,
+        patience: float = 0.4,
+        z: float = 1.5,
         min_evaluations: int = 8,
+        fit_evaluations: int = 3,
+        finetune_patience: Optional[float] = 0.35,
         horizon: float = 1.0,
         recall_tolerance: Optional[float] = 0.02,
         warmup_g_steps: int = 0,
         monitor: str = "val/fid",
         noise_key: Optional[str] = None,
         recall_key: str = "val/recall",
-        min_progress: float = 0.5,
+        min_progress: float = 0.3,
         budget_g_steps: Optional[int] = None,
         mode: str = "min",
         step_key: Optional[str] = None,
@@ -784,7 +800,14 @@ class Trend(_EvaluationRule):
                           min_progress, mode, step_key)
         self._init_projection(window, horizon, budget_g_steps)
         self.patience = _below_one(name, "patience", patience, "is a share of the run", strict=True)
+        self.finetune_patience = (None if finetune_patience is None else
+                                  _below_one(name, "finetune_patience", finetune_patience, "is a share of the budget",
+                                             strict=True))
         self.z = check_number(name, "z", z, 0.0)
+        self.fit_evaluations = check_int(name, "fit_evaluations", fit_evaluations, 2)
+        if self.fit_evaluations > self.min_evaluations:
+            raise ValueError(f"{name}: fit_evaluations ({fit_evaluations}) must be <= min_evaluations "
+                             f"({min_evaluations}): no stop comes before min_evaluations anyway.")
 
 
 class TrendState(_EvaluationState):
@@ -804,6 +827,17 @@ class TrendState(_EvaluationState):
 
     def takeoff_g_step(self) -> Optional[int]:
         return int(self.history[0][0]) if self.starts_trained else super().takeoff_g_step()
+
+    def fit_minimum(self) -> int:
+        return self.rule.fit_evaluations
+
+    def patience_g_steps(self, g_step: int) -> float:
+        """How long (G steps) the flat verdict must have held at ``g_step``: ``patience`` of the run, or for a
+        fine-tune with a budget ``finetune_patience`` of the budget."""
+        rule = self.rule
+        if self.starts_trained and rule.finetune_patience is not None and self.budget_g_steps is not None:
+            return rule.finetune_patience * self.budget_g_steps
+        return rule.patience * g_step
 
     def projection(self, g_step: int) -> dict[str, float]:
         """The fit and its optimistic projection at ``g_step``: ``level`` (fitted value now), ``end`` (projected
@@ -843,7 +877,8 @@ class TrendState(_EvaluationState):
             return False, f"Trend: {blocked} at G step {g_step}; no plateau." if blocked else ""
         self.flat_since = g_step if self.flat_since is None else self.flat_since
         self.flat_count += 1
-        if self.flat_count < 2 or g_step - self.flat_since < rule.patience * g_step:
+        if (self.flat_count < 2 or not self.started(rule.min_evaluations)
+                or g_step - self.flat_since < self.patience_g_steps(g_step)):
             return False, ""
         return True, (
             f"Plateau (Trend): even an optimistic projection of {rule.monitor} to G step {p['end_g_step']:.0f} "

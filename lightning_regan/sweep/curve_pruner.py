@@ -69,8 +69,9 @@ class CurvePruner(optuna.pruners.BasePruner):
         if not _is_number(min_budget_share) or not 0.0 <= min_budget_share < 1.0:
             raise ValueError(f"{name}: min_budget_share must be a number in [0, 1), got {min_budget_share!r}.")
         try:  # Trend checks z >= 0, 0 < window <= 1 and min_evaluations >= 2 (an integer)
-            self._rule = Trend(tolerance=0.05, window=window, z=z, min_evaluations=min_evaluations, min_progress=0.0,
-                               recall_tolerance=None)
+            self._rule = Trend(tolerance=0.05, window=window, z=z, min_evaluations=min_evaluations,
+                               fit_evaluations=min_evaluations if _is_number(min_evaluations) else 2,
+                               min_progress=0.0, recall_tolerance=None)
         except ValueError as err:
             raise ValueError(str(err).replace("Trend:", f"{name}:", 1)) from None
         self.budget_g_steps = budget_g_steps
