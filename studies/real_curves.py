@@ -191,10 +191,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     configs = args.config or ["default", "trend_v5"]
     report = study(load_curves(args.curves), configs)
-    try:
-        source = str(args.curves.resolve().relative_to(ROOT.parent))
-    except ValueError:
-        source = str(args.curves)
+    resolved = args.curves.resolve()
+    source = str(args.curves)
+    for base in (ROOT, ROOT.parent):  # the repo's own data, or ../shared
+        if resolved.is_relative_to(base):
+            source = str(resolved.relative_to(base))
+            break
     report = {"source": source, "command": "python studies/real_curves.py " + " ".join(argv or sys.argv[1:]),
               **report}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -111,6 +111,11 @@ def test_readme_and_study_page_quote_the_real_curve_replay():
         assert (f"| {totals['within']} of {totals['curves']} ({100 * totals['within_share']:.1f} %) | "
                 f"{100 * totals['captured_share']:.1f} % | {100 * totals['finetune_decided_share']:.1f} % | "
                 f"{100 * totals['peaked_stopped_share']:.1f} % | {totals['stopped']} |") in page
+    held = json.loads((REPO_ROOT / "studies" / "results" / "real_curves_heldout" / "real_curves.json").read_text())
+    for totals in (held["configs"]["default"]["totals"], held["configs"]["trend_v5"]["totals"]):
+        assert (f"| {totals['within']} of {totals['curves']} ({100 * totals['within_share']:.1f} %) | "
+                f"{100 * totals['captured_share']:.1f} % | n/a | {100 * totals['peaked_stopped_share']:.1f} % | "
+                f"{totals['stopped']} |") in page
     targets = json.loads((REPO_ROOT / "studies" / "results" / "real_curves_targets.json").read_text())
     for key in ("within_share", "captured_share", "finetune_decided_share", "peaked_stopped_share"):
         entry = targets[key]

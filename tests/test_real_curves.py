@@ -66,3 +66,15 @@ def test_committed_record_is_what_the_curves_give_today():
     for config, part in committed["configs"].items():
         assert report["configs"][config]["totals"] == part["totals"], config
         assert report["configs"][config]["curves"] == part["curves"], config
+
+
+def test_committed_held_out_record_is_what_the_held_out_curves_give_today():
+    """studies/data/heldout_curves.json (curves found after the rule was chosen) replays to the committed record."""
+    path = REPO_ROOT / "studies" / "data" / "heldout_curves.json"
+    committed = json.loads((REPO_ROOT / "studies" / "results" / "real_curves_heldout" / "real_curves.json").read_text())
+    assert committed["source"] == "studies/data/heldout_curves.json"
+    curves = study.load_curves(path)
+    assert len(curves) == 20 and all(c["source"] and c["points"] for c in curves)
+    report = study.study(curves, list(committed["configs"]))
+    for config, part in committed["configs"].items():
+        assert report["configs"][config]["totals"] == part["totals"], config
