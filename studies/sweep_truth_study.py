@@ -91,7 +91,7 @@ class Family:
 FAMILIES: dict[str, Family] = {
     "ring": Family("ring_lr_r1", "the 8-mode ring (`experiment=ring`: MLP GAN, R1, EMA of G), D and G learning rates "
                    "log-uniform in [1e-4, 5e-3] x R1 weight in [0.01, 10]",
-                   ("experiment=ring",), 1000, 100, 10, (0, 1), (2, 3, 4, 5), points=True,
+                   ("experiment=ring",), 1000, 100, 8, (0, 1), (2, 3, 4, 5), points=True,
                    quick=("data.n_samples=2048", "model.generator.hidden=[32,32]", "model.discriminator.hidden=[32,32]")),
     "digits": Family("digits_lr_r1", "sklearn's 8x8 digits (DCGAN width 16), D and G learning rates log-uniform in "
                      "[5e-5, 2e-3] x R1 weight in [0.01, 10]",
