@@ -176,19 +176,27 @@ def record_trial(spec: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+_REFERENCES: dict[Any, dict[str, Any]] = {}
+
+
 class _DeferredTruth:
     """The stopping study's point truth (MMD² of 10,000 generated points against 10,000 fresh real points, about 9 s
     an evaluation here), computed only where the grading reads it: the recorder's points are kept (``fakes.pt``) and
-    scored afterwards at the evaluation a completed trial hands over (its best ``val/mmd``) and at its last one; the
-    others stay ``None`` (``--fill-truth`` scores them from ``fakes.pt`` later)."""
+    scored afterwards at the evaluation a completed trial hands over (its best ``val/mmd``), the only one the grading
+    reads (a sweep's pick is a completed trial); the others stay ``None`` (``fakes.pt`` keeps their points)."""
 
     def __init__(self) -> None:
         self.reference: Any = None
         self.fakes: list[Any] = []
 
     def wrap(self, truth_reference: Any) -> Any:
-        def wrapped(*args: Any, **kwargs: Any) -> dict[str, Any]:
-            ref = truth_reference(*args, **kwargs)
+        def wrapped(setup: Any, datamodule: Any, extractor: Any, seed: int, n: int) -> dict[str, Any]:
+            # The real side and its noise depend on the data and the seed only: the same for every trial (the
+            # sweep's trials share training seed 0), so they are drawn once per process.
+            key = (tuple(datamodule.centers.flatten().tolist()), float(datamodule.std), seed, n)
+            if key not in _REFERENCES:
+                _REFERENCES[key] = truth_reference(setup, datamodule, extractor, seed, n)
+            ref = _REFERENCES[key]
             self.reference = ref["rbf"]
             return {**ref, "rbf": self}
         return wrapped
@@ -207,8 +215,8 @@ class _DeferredTruth:
         for e in evaluations:
             e["truth"] = None
         best = handed_over(evaluations)
-        for e in {id(x): x for x in (best, evaluations[-1]) if x is not None}.values():
-            e["truth"] = float(self.reference.mmd2(self.fakes[evaluations.index(e)]))
+        if best is not None:
+            best["truth"] = float(self.reference.mmd2(self.fakes[evaluations.index(best)]))
         return time.perf_counter() - start
 
 

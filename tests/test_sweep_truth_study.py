@@ -106,7 +106,7 @@ def test_trial_params_are_the_random_samplers_and_do_not_depend_on_the_trial_cou
     assert all(5e-5 <= p["module.g_optimizer.lr"] <= 2e-3 for p in digits)
 
 
-def test_deferred_truth_scores_the_handed_over_and_last_evaluations(study, tmp_path):
+def test_deferred_truth_scores_the_handed_over_evaluation_and_draws_the_reference_once(study, tmp_path):
     import torch
 
     class Reference:
@@ -116,9 +116,15 @@ def test_deferred_truth_scores_the_handed_over_and_last_evaluations(study, tmp_p
             Reference.calls += 1
             return torch.tensor(float(fake.mean()))
 
+    class Data:
+        centers, std = torch.zeros(2, 2), 0.05
+
+    drawn = []
     deferred = study._DeferredTruth()
-    wrapped = deferred.wrap(lambda *a: {"rbf": Reference(), "noise": 0.0})
-    ref = wrapped()
+    wrapped = deferred.wrap(lambda *a: drawn.append(a) or {"rbf": Reference(), "noise": 0.0})
+    ref = wrapped(None, Data(), None, 12345, 7)
+    assert study._DeferredTruth().wrap(lambda *a: drawn.append(a))(None, Data(), None, 12345, 7)["rbf"] is not None
+    assert len(drawn) == 1
     assert ref["rbf"] is deferred
     values = [0.5, 0.1, 0.3, 0.4]
     evaluations = []
@@ -127,5 +133,5 @@ def test_deferred_truth_scores_the_handed_over_and_last_evaluations(study, tmp_p
         evaluations.append({"g_step": 100 * (k + 1), "value": v, "truth": float("nan")})
     deferred.fakes = deferred.fakes[::2]  # the recorder calls once per evaluation; the check above called twice
     deferred.fill(evaluations, tmp_path)
-    assert [e["truth"] for e in evaluations] == [None, 1.0, None, 3.0] and Reference.calls == 2
+    assert [e["truth"] for e in evaluations] == [None, 1.0, None, None] and Reference.calls == 1
     assert torch.load(tmp_path / "fakes.pt").shape == (4, 4, 2)
