@@ -383,6 +383,59 @@ def _brief(row: dict[str, Any]) -> dict[str, Any]:
     return {**row, "seeds": {k: {f: v for f, v in r.items() if f != "pruned_at"} for k, r in row["seeds"].items()}}
 
 
+# ---------------------------------------------------------------------------------------------- confirmation
+#: What the recorder leaves out (logger, sample grids, checkpoints, the end-of-run best-of re-scoring) and what makes
+#: the ring sweep report and optimize val/mmd and run every trial to its budget unless pruned.
+CONFIRM_OVERRIDES = ("early_stopping=none", "logger=none", "~callbacks.samples", "~callbacks.checkpoint",
+                     "~callbacks.best_generator", "trainer.enable_progress_bar=false",
+                     f"callbacks.optuna_pruning.monitor={METRIC}", f"callbacks.optuna_pruning.step_key={METRIC}_g_step",
+                     "optimized_metric=best_value", "hydra.sweeper.direction=minimize")
+
+
+def confirm(name: str, fam: Family, seed: int, option: str, overrides: dict[str, Any], trials: list[dict[str, Any]],
+            work: Path) -> dict[str, Any]:
+    """Run the real pruned sweep (``regan-train -m``, the regan_optuna sweeper, trials one after the other) and
+    compare it trial by trial with the replay of the same pruner on the recordings."""
+    from lightning_regan.sweep import load_study
+
+    sweep_dir = work / "confirm" / f"{name}_s{seed}_{sweep_study.slug(option, overrides)}"
+    cmd = ["regan-train", "-m", *fam.overrides, f"hparams_search={fam.hparams}", *CONFIRM_OVERRIDES,
+           f"max_g_steps={fam.max_g_steps}", f"callbacks.fid.every_n_g_steps={fam.every}", f"pruner={option}",
+           *(f"pruner.{k}={v}" for k, v in overrides.items()), f"hydra.sweeper.sampler.seed={seed}",
+           f"hydra.sweeper.n_trials={fam.n_trials}", f"hydra.sweep.dir={sweep_dir}"]
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    sweep_dir.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(f"{sweep_dir}.log", "a") as log:
+        proc = subprocess.run([sys.executable, "-m", "lightning_regan.cli.train", *cmd[1:]], env=env, stdout=log,
+                              stderr=subprocess.STDOUT, cwd=sweep_dir.parent)
+    if proc.returncode:
+        raise SystemExit(f"the confirmation sweep failed (exit {proc.returncode}); see {sweep_dir}.log")
+    wall = time.perf_counter() - start
+    study = load_study(str(sweep_dir / "optuna.journal"))
+    real = [{"trial": t.number, "state": t.state.name, "params": dict(t.params),
+             "pruned_at": max(t.intermediate_values) if t.state.name == "PRUNED" else None,
+             "values": {int(k): float(v) for k, v in t.intermediate_values.items()}} for t in study.trials]
+    pruner = sweep_study.make_pruner(option, overrides, fam.max_g_steps, fam.every)
+    replayed = replay(trials, pruner, fam.max_g_steps)
+    recorded = [{e["g_step"]: e["value"] for e in t["evaluations"]} for t in trials]
+    diffs = [abs(v - recorded[r["trial"]][k]) / abs(recorded[r["trial"]][k]) for r in real for k, v in r["values"].items()]
+    expected_params = trial_params(fam.hparams, seed, fam.n_trials)
+    rows = [{"trial": r["trial"], "real_pruned_at": r["pruned_at"], "replay_pruned_at": p["pruned_at"],
+             "agree": r["pruned_at"] == p["pruned_at"]} for r, p in zip(real, replayed)]
+    agree = sum(r["agree"] for r in rows)
+    same_params = all(r["params"] == p for r, p in zip(real, expected_params)) and len(real) == len(expected_params)
+    real_steps = sum(r["pruned_at"] or fam.max_g_steps for r in real)
+    summary = (f"{agree} of {len(rows)} trials pruned at the same G step as in the replay (or kept by both); "
+               f"parameters the study's: {same_params}; reported {METRIC} against the recording: largest relative "
+               f"difference {max(diffs):.1e}; G steps {real_steps:,} real, {sum(r['g_steps'] for r in replayed):,} "
+               f"replayed; wall {wall / 60:.1f} min")
+    return {"command": shlex.join(cmd), "family": name, "seed": seed, "option": option, "overrides": overrides,
+            "wall_s": wall, "rows": rows, "trials_agreeing": agree, "trials": len(rows), "same_params": same_params,
+            "max_rel_value_difference": max(diffs), "g_steps_real": real_steps,
+            "g_steps_replay": sum(r["g_steps"] for r in replayed), "summary": summary}
+
+
 # ---------------------------------------------------------------------------------------------- main
 def record_all(families: dict[str, Family], work: Path, quick: bool,
                only: Optional[list[str]] = None) -> dict[str, dict[str, list[dict[str, Any]]]]:
@@ -419,14 +472,33 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny budgets, 3 trials, 1+1 seeds (a smoke test)")
     parser.add_argument("--replay", nargs="?", const=RESULTS / "sweep_study.json", type=Path,
                         help="re-analyse a written sweep_study.json's recordings (no training)")
+    parser.add_argument("--confirm", type=int, metavar="SEED",
+                        help="run one real pruned ring sweep with the chosen pruner=curve setting of <out>/"
+                             "sweep_study.json and add the comparison with its replay to that file")
     args = parser.parse_args(argv)
     command = ("python studies/sweep_truth_study.py " + shlex.join(argv if argv is not None else sys.argv[1:])).strip()
     families = {n: FAMILIES[n] for n in args.families}
     if args.quick:
         families = {n: Family(f.hparams, f.description, f.overrides, 40, 10, 3, (0,), (1,), f.points, f.quick)
                     for n, f in families.items()}
+    if args.confirm is not None:
+        report = json.loads((args.out / "sweep_study.json").read_text())
+        chosen = report["analysis"]["curve"]["chosen"]
+        trials = [{"trial": t["spec"]["trial"], "evaluations": t["evaluations"]}
+                  for t in report["records"]["ring"][str(args.confirm)]]
+        fam = families["ring"]
+        if args.quick:
+            fam = Family(fam.hparams, fam.description, (*fam.overrides, *fam.quick, "callbacks.fid.num_samples=200"),
+                         fam.max_g_steps, fam.every,
+                         fam.n_trials, fam.selection, fam.heldout, fam.points)
+        report["confirmation"] = confirm("ring", fam, args.confirm, chosen["option"], chosen["overrides"], trials,
+                                         args.work)
+        write(report, args.out)
+        print(report["confirmation"]["summary"])
+        return 0
     if args.replay:
         report = json.loads(args.replay.read_text())
+        report.pop("analysis", None)
         records = report["records"]
         report["replay_command"] = command
     else:
