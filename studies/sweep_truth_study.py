@@ -557,6 +557,16 @@ def candidate_table(rows: list[dict[str, Any]], chosen: str, limit: int = 15) ->
     return lines
 
 
+def held_out_summary(result: dict[str, Any]) -> str:
+    """``"kept the best trial on K of N held-out sweeps, running A-B % of the unpruned G steps"`` of a replayed
+    setting (``analysis[...]["heldout"]``): the figures the docs quote."""
+    seeds = result["seeds"].values()
+    ratios = sorted(r["g_steps_ratio"] for r in seeds)
+    return (f"kept the best trial on {sum(r['keeps_best'] for r in seeds)} of {len(seeds)} held-out sweeps, running "
+            f"{ratios[0]:.0%}-{ratios[-1]:.0%} of the unpruned G steps; {sum(r['meets_targets'] for r in seeds)} of "
+            f"{len(seeds)} meet both targets").replace("%", " %")
+
+
 def markdown(report: dict[str, Any]) -> str:
     a = report["analysis"]
     lines = ["# Sweep pruners on the stop metric, graded on ground truth", "",
@@ -575,7 +585,8 @@ def markdown(report: dict[str, Any]) -> str:
                   f"Chosen: **{c['chosen']['pruner']}** (`pruner={c['chosen']['option']} "
                   + " ".join(f"pruner.{k}={v}" for k, v in c["chosen"]["overrides"].items()) + "`).", "",
                   *heldout_table(c["heldout"]), "",
-                  f"Held-out targets: **{'met' if c['heldout']['meets_targets'] else 'NOT met'}**.", "",
+                  f"Held-out targets: **{'met' if c['heldout']['meets_targets'] else 'NOT met'}**: "
+                  f"{held_out_summary(c['heldout'])}.", "",
                   "Candidates on the selection seeds (G steps ratio, best kept or truth gap), ranked by the rule:", "",
                   *candidate_table(c["candidates"], c["chosen"]["pruner"]), "",
                   "After the choice, for reference: the candidates on the held-out seeds:", "",
