@@ -594,7 +594,17 @@ def markdown(report: dict[str, Any]) -> str:
                   *candidate_table(c["candidates"], c["chosen"]["pruner"]), "",
                   "After the choice, for reference: the candidates on the held-out seeds:", "",
                   *candidate_table(c["heldout_candidates"], c["chosen"]["pruner"]), ""]
-    lines += ["## Shipped conf/pruner/ defaults on the held-out seeds", ""]
+    lines += ["## Where each trial was cut on the held-out sweeps (G step; `-`: ran its budget; `*`: the unpruned "
+              "sweep's pick)", "", "| sweep | pruner | " + " | ".join(f"t{k}" for k in range(max(
+                  f["n_trials"] for f in report["families"].values()))) + " |",
+              "|---|---|" + "---|" * max(f["n_trials"] for f in report["families"].values())]
+    for key in a["curve"]["heldout"]["seeds"]:
+        for kind in ("curve", "optuna"):
+            r = a[kind]["heldout"]["seeds"][key]
+            cells = [("-" if at is None else str(at)) + ("*" if int(t) == r["unpruned_best_trial"] else "")
+                     for t, at in r["pruned_at"].items()]
+            lines.append(f"| {key} | {kind} | " + " | ".join(cells) + " |")
+    lines += ["", "## Shipped conf/pruner/ defaults on the held-out seeds", ""]
     for label, r in a["shipped"].items():
         lines += [f"### {label}", "", *heldout_table(r["heldout"]), ""]
     if report.get("confirmation"):
