@@ -135,3 +135,55 @@ def test_deferred_truth_scores_the_handed_over_evaluation_and_draws_the_referenc
     deferred.fill(evaluations, tmp_path)
     assert [e["truth"] for e in evaluations] == [None, 1.0, None, None] and Reference.calls == 1
     assert torch.load(tmp_path / "fakes.pt").shape == (4, 4, 2)
+
+
+# ------------------------------------------------------------------------------- the committed study and its quotes
+def committed() -> dict:
+    return json.loads(RESULTS.read_text())
+
+
+def test_the_committed_figures_are_the_replay_of_the_committed_records(study):
+    """Each held-out figure of the chosen settings is what replaying the recorded sweeps gives now (after a change
+    of the stop rule Trend, whose projection pruner=curve uses: `python studies/sweep_truth_study.py --replay`)."""
+    results = committed()
+    families = {n: study.Family(f["hparams_search"], f["description"], tuple(f["overrides"]), f["max_g_steps"],
+                                f["every"], f["n_trials"], tuple(f["selection_seeds"]), tuple(f["heldout_seeds"]))
+                for n, f in results["families"].items()}
+    assert not any(set(f.selection) & set(f.heldout) for f in families.values())
+    heldout = study.sweeps_of(results["records"], families, "heldout")
+    assert set(heldout) == {f"{n}/{s}" for n, f in families.items() for s in f.heldout}
+    for kind in ("curve", "optuna"):
+        chosen = results["analysis"][kind]["chosen"]
+        again = study.replay_setting(heldout, chosen["pruner"], chosen["option"], chosen["overrides"])
+        saved = results["analysis"][kind]["heldout"]
+        for key, r in again["seeds"].items():
+            s = saved["seeds"][key]
+            assert (r["g_steps"], r["best_trial"], r["keeps_best"]) == (s["g_steps"], s["best_trial"], s["keeps_best"])
+            assert s["g_steps_ratio"] == s["g_steps"] / (families[key.split("/")[0]].max_g_steps
+                                                         * families[key.split("/")[0]].n_trials)
+            assert s["meets_targets"] == (s["keeps_best"] and s["g_steps_ratio"] <= 0.40)
+        assert saved["meets_targets"] == all(s["meets_targets"] for s in saved["seeds"].values())
+
+
+def test_the_docs_quote_the_committed_study(study):
+    """docs/studies/sweep_pruner.md quotes rows of studies/results/sweep_study.md; it and the sweeps guide quote the
+    held-out summaries of the chosen settings."""
+    results = committed()
+    report = RESULTS.with_suffix(".md").read_text()
+    rows = {line for line in report.splitlines() if line.startswith("| ") and not line.startswith("|---")}
+    page = (REPO_ROOT / "docs" / "studies" / "sweep_pruner.md").read_text()
+    quoted = page.split("<!-- sweep-truth-study -->", 1)[1].split("\n\n#", 1)[0]
+    table = [line for line in quoted.splitlines() if line.startswith("| ") and not line.startswith("|---")]
+    n_heldout = sum(len(f["heldout_seeds"]) for f in results["families"].values())
+    assert len(table) >= 2 * (1 + n_heldout) and set(table) <= rows
+    guide = (REPO_ROOT / "docs" / "sweeps.md").read_text()
+    for kind in ("curve", "optuna"):
+        summary = study.held_out_summary(results["analysis"][kind]["heldout"])
+        assert summary in " ".join(page.split()) and summary in " ".join(guide.split()), summary
+        met = results["analysis"][kind]["heldout"]["meets_targets"]
+        assert f"**{'met' if met else 'NOT met'}**" in report
+    assert ("**not met**" in quoted) is not (results["analysis"]["curve"]["heldout"]["meets_targets"]
+                                             and results["analysis"]["optuna"]["heldout"]["meets_targets"])
+    confirmation = results.get("confirmation")
+    if confirmation:
+        assert confirmation["summary"] in " ".join(page.split())
