@@ -333,7 +333,9 @@ SHIPPED = [("pruner=curve (shipped)", "curve", {}), ("pruner=median (shipped)", 
 
 
 def candidates(settings: list[sweep_study.Setting], every: int) -> list[tuple[str, str, dict[str, Any]]]:
-    return [(label, option, sweep_study.pruner_overrides(option, s, every)) for label, option, s in settings]
+    # sweep_study's labels say "FID" for an evaluation; here the pruners read val/mmd
+    return [(label.replace("FID", "evaluation"), option, sweep_study.pruner_overrides(option, s, every))
+            for label, option, s in settings]
 
 
 # ---------------------------------------------------------------------------------------------- analysis
@@ -357,7 +359,7 @@ def sweeps_of(records: dict[str, dict[str, list[dict[str, Any]]]], families: dic
 def analyse(records: dict[str, dict[str, list[dict[str, Any]]]], families: dict[str, Family]) -> dict[str, Any]:
     selection, heldout = sweeps_of(records, families, "selection"), sweeps_of(records, families, "heldout")
     every = next(iter(selection.values()))["every"]
-    out: dict[str, Any] = {"selection_rule": sweep_study.SELECTION_RULE.replace("best FID", "truth")}
+    out: dict[str, Any] = {"selection_rule": sweep_study.SELECTION_RULE.replace("best-FID", "truth").replace("best FID", "truth")}
     for kind, settings in (("curve", CURVE_CANDIDATES), ("optuna", OPTUNA_CANDIDATES)):
         rows = [replay_setting(selection, *c) for c in candidates(settings, every)]
         chosen = sweep_study.choose(rows)
@@ -566,7 +568,7 @@ def held_out_summary(result: dict[str, Any]) -> str:
     seeds = result["seeds"].values()
     ratios = sorted(r["g_steps_ratio"] for r in seeds)
     return (f"kept the best trial on {sum(r['keeps_best'] for r in seeds)} of {len(seeds)} held-out sweeps, running "
-            f"{ratios[0]:.0%}-{ratios[-1]:.0%} of the unpruned G steps; {sum(r['meets_targets'] for r in seeds)} of "
+            f"{100 * ratios[0]:.0f}-{ratios[-1]:.0%} of the unpruned G steps; {sum(r['meets_targets'] for r in seeds)} of "
             f"{len(seeds)} meet both targets").replace("%", " %")
 
 
