@@ -418,6 +418,8 @@ def confirm(name: str, fam: Family, seed: int, option: str, overrides: dict[str,
         raise SystemExit(f"the confirmation sweep failed (exit {proc.returncode}); see {sweep_dir}.log")
     wall = time.perf_counter() - start
     study = load_study(str(sweep_dir / "optuna.journal"))
+    trials_min = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in study.trials
+                     if t.datetime_complete is not None and t.datetime_start is not None) / 60
     real = [{"trial": t.number, "state": t.state.name, "params": dict(t.params),
              "pruned_at": max(t.intermediate_values) if t.state.name == "PRUNED" else None,
              "values": {int(k): float(v) for k, v in t.intermediate_values.items()}} for t in study.trials]
@@ -434,9 +436,9 @@ def confirm(name: str, fam: Family, seed: int, option: str, overrides: dict[str,
     summary = (f"{agree} of {len(rows)} trials pruned at the same G step as in the replay (or kept by both); "
                f"parameters the study's: {same_params}; reported {METRIC} against the recording: largest relative "
                f"difference {max(diffs):.1e}; G steps {real_steps:,} real, {sum(r['g_steps'] for r in replayed):,} "
-               f"replayed; wall {wall / 60:.1f} min")
+               f"replayed; trials {trials_min:.1f} min")
     return {"command": shlex.join(cmd), "family": name, "seed": seed, "option": option, "overrides": overrides,
-            "wall_s": wall, "rows": rows, "trials_agreeing": agree, "trials": len(rows), "same_params": same_params,
+            "wall_s": wall, "trials_min": trials_min, "rows": rows, "trials_agreeing": agree, "trials": len(rows), "same_params": same_params,
             "max_rel_value_difference": max(diffs), "g_steps_real": real_steps,
             "g_steps_replay": sum(r["g_steps"] for r in replayed), "summary": summary}
 
@@ -477,29 +479,35 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny budgets, 3 trials, 1+1 seeds (a smoke test)")
     parser.add_argument("--replay", nargs="?", const=RESULTS / "sweep_study.json", type=Path,
                         help="re-analyse a written sweep_study.json's recordings (no training)")
-    parser.add_argument("--confirm", type=int, metavar="SEED",
-                        help="run one real pruned ring sweep with the chosen pruner=curve setting of <out>/"
-                             "sweep_study.json and add the comparison with its replay to that file")
+    parser.add_argument("--confirm", nargs="+", metavar="FAMILY/SEED",
+                        help="run real pruned sweeps (e.g. ring/2) with the setting chosen in <out>/sweep_study.json "
+                             "and add their comparison with the replay to that file")
+    parser.add_argument("--confirm-with", choices=("curve", "optuna"), default="curve",
+                        help="which chosen setting --confirm runs: pruner=curve's or Optuna's")
     args = parser.parse_args(argv)
     command = ("python studies/sweep_truth_study.py " + shlex.join(argv if argv is not None else sys.argv[1:])).strip()
     families = {n: FAMILIES[n] for n in args.families}
     if args.quick:
         families = {n: Family(f.hparams, f.description, f.overrides, 40, 10, 3, (0,), (1,), f.points, f.quick)
                     for n, f in families.items()}
-    if args.confirm is not None:
+    if args.confirm:
         report = json.loads((args.out / "sweep_study.json").read_text())
-        chosen = report["analysis"]["curve"]["chosen"]
-        trials = [{"trial": t["spec"]["trial"], "evaluations": t["evaluations"]}
-                  for t in report["records"]["ring"][str(args.confirm)]]
-        fam = families["ring"]
-        if args.quick:
-            fam = Family(fam.hparams, fam.description, (*fam.overrides, *fam.quick, "callbacks.fid.num_samples=200"),
-                         fam.max_g_steps, fam.every,
-                         fam.n_trials, fam.selection, fam.heldout, fam.points)
-        report["confirmation"] = confirm("ring", fam, args.confirm, chosen["option"], chosen["overrides"], trials,
-                                         args.work)
+        chosen = report["analysis"][args.confirm_with]["chosen"]
+        report.pop("confirmation", None)  # the first version's single entry
+        confirmations = report.setdefault("confirmations", {})
+        for key in args.confirm:
+            name, seed = key.split("/")
+            trials = [{"trial": t["spec"]["trial"], "evaluations": t["evaluations"]}
+                      for t in report["records"][name][seed]]
+            fam = families[name]
+            if args.quick:
+                fam = Family(fam.hparams, fam.description,
+                             (*fam.overrides, *fam.quick, "callbacks.fid.num_samples=200"), fam.max_g_steps,
+                             fam.every, fam.n_trials, fam.selection, fam.heldout, fam.points)
+            result = confirm(name, fam, int(seed), chosen["option"], chosen["overrides"], trials, args.work)
+            confirmations[f"{key} {args.confirm_with}"] = result
+            print(key, args.confirm_with, result["summary"])
         write(report, args.out)
-        print(report["confirmation"]["summary"])
         return 0
     if args.replay:
         report = json.loads(args.replay.read_text())
@@ -609,10 +617,11 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", "## Shipped conf/pruner/ defaults on the held-out seeds", ""]
     for label, r in a["shipped"].items():
         lines += [f"### {label}", "", *heldout_table(r["heldout"]), ""]
-    if report.get("confirmation"):
-        c = report["confirmation"]
-        lines += ["## Confirmation: a real pruned sweep against the replay", "",
-                  f"`{c['command']}`: {c['summary']}", ""]
+    if report.get("confirmations"):
+        lines += ["## Confirmation: real pruned sweeps against the replay", ""]
+        for key, c in report["confirmations"].items():
+            lines += [f"- {key}: `{c['command']}`: {c['summary']}."]
+        lines.append("")
     return "\n".join(lines) + "\n"
 
 
