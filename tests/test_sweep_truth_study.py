@@ -186,3 +186,63 @@ def test_the_docs_quote_the_committed_study(study):
                                              and results["analysis"]["optuna"]["heldout"]["meets_targets"])
     for confirmation in results.get("confirmations", {}).values():
         assert confirmation["summary"] in " ".join(page.split())
+
+
+def test_the_shipped_pruners_figures_in_the_docs_are_the_committed_results():
+    """The held-out G-step ranges of the shipped conf/pruner/ files quoted in the pruner study page and the guide."""
+    results = committed()
+    page = " ".join((REPO_ROOT / "docs" / "studies" / "sweep_pruner.md").read_text().split())
+    guide = " ".join((REPO_ROOT / "docs" / "sweeps.md").read_text().split())
+
+    def span(label: str) -> tuple[str, bool]:
+        seeds = results["analysis"]["shipped"][label]["heldout"]["seeds"].values()
+        ratios = sorted(r["g_steps_ratio"] for r in seeds)
+        return f"{100 * ratios[0]:.0f}-{100 * ratios[-1]:.0f} %", all(r["keeps_best"] for r in seeds)
+
+    curve, kept = span("pruner=curve (shipped)")
+    assert kept and f"keep the best trial on every held-out sweep at {curve} of the G steps" in page
+    assert f"its shipped defaults kept it on all 8 at {curve}" in guide
+    (median, median_kept), (percentile, percentile_kept) = span("pruner=median (shipped)"), span(
+        "pruner=percentile (shipped)")
+    assert median_kept and percentile_kept and f"keep it at {median} and {percentile}" in page
+
+
+def test_the_study_pages_other_figures_are_the_committed_results(study):
+    """The counts and the lost trial's figures in the explanation of docs/studies/sweep_pruner.md."""
+    results = committed()
+    page = " ".join((REPO_ROOT / "docs" / "studies" / "sweep_pruner.md").read_text().split())
+    a = results["analysis"]
+    assert f"{len(a['curve']['candidates'])} `pruner=curve` settings" in page
+    assert f"first study's {len(a['optuna']['candidates'])} Optuna settings" in page
+    n_startup = a["optuna"]["chosen"]["overrides"]["n_startup_trials"]
+    late = [k for k in a["optuna"]["heldout"]["seeds"] if a["unpruned"][k]["best_trial"] >= n_startup]
+    assert f"on {len(late)} of the {len(a['optuna']['heldout']['seeds'])} held-out sweeps the unpruned pick came after" \
+           f" the {n_startup} startup trials" in page
+    early = [r for r in a["curve"]["candidates"] if r["overrides"]["min_budget_share"] <= 0.3]
+    assert all(not r["keeps_best"] for r in early if r["overrides"]["tolerance"] > -4)
+    ratios = [s["g_steps_ratio"] for r in early if r["keeps_best"] for s in r["seeds"].values()]
+    assert f"({100 * min(ratios):.0f}-{100 * max(ratios):.0f} % of the G steps on the selection seeds)" in page
+
+    # digits seed 2: the best trial the chosen curve setting cut, its values, projection and the incumbent
+    lost = a["curve"]["heldout"]["seeds"]["digits/2"]
+    best = lost["unpruned_best_trial"]
+    cut = lost["pruned_at"][str(best)]
+    assert cut == 400 and lost["best_trial"] != best
+    trials = results["records"]["digits"]["2"]
+    values = [e["value"] for e in trials[best]["evaluations"]]
+    quoted = ", ".join(f"{v:.3f}" for v in values[:cut // 100])
+    chosen = a["curve"]["chosen"]["overrides"]
+    pruner = CurvePruner(budget_g_steps=800, **chosen)
+    end = pruner.projection([(e["g_step"], e["value"]) for e in trials[best]["evaluations"]], cut, 800)["optimistic"]
+    incumbent = min(e["value"] for t in trials[:best] for e in t["evaluations"]
+                    if e["g_step"] <= (lost["pruned_at"][str(t["spec"]["trial"])] or 800))
+    assert (f"read {quoted} at G steps 100-{cut}, projected to {end:.2g} at G step 800, more than 2 x the incumbent's "
+            f"{incumbent:.2g}; it went on to {min(values):.2g}, the sweep's best") in page
+    import math
+
+    slope = lambda a, b: math.log(values[b // 100 - 1] / values[a // 100 - 1]) / math.log(b / a)  # noqa: E731
+    assert (f"a log-log slope of {slope(100, 200):.1f} between G steps 100 and 200 and of {slope(400, 800):.1f} "
+            "between 400 and 800") in page
+    timing = results["timing"]
+    assert (f"median trial {timing['ring']['trial_wall_s_median']:.0f} s ring, "
+            f"{timing['digits']['trial_wall_s_median']:.0f} s digits") in page
