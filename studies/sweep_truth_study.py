@@ -25,23 +25,25 @@ Design (each trial trained once; every pruner replayed on the recordings):
    ``conf/pruner/`` defaults are replayed as they are too. The pruners are imported live, so
    ``python studies/sweep_truth_study.py --replay`` re-grades the committed recordings in seconds with whatever stop
    rule ``Trend`` (whose projection ``CurvePruner`` uses) is current.
-5. **Confirmation** (``--confirm SEED``): one real pruned ring sweep through ``regan-train -m`` with the chosen
-   setting; its per-trial prune steps and reported values are compared with the replay's.
+5. **Confirmation** (``--confirm FAMILY/SEED ...``): real pruned sweeps through ``regan-train -m`` (the regan_optuna
+   sweeper) with the chosen setting (``--confirm-with curve|optuna``); their parameters, per-trial prune steps and
+   reported values are compared with the replay's.
 
 Sizes (2-core machine shared by three; the study was allowed one core, ``nice``, for about 90 minutes): with the
 point truth's real side drawn once and only the handed-over evaluation scored (:class:`_DeferredTruth`), a ring trial
 (1,000 G steps, ``val/mmd`` on 2,000 samples every 100) took 15-30 s and a digits trial (800 G steps, every 100, the
-truth at every evaluation) 10-15 s (medians in the JSON's ``timing``). That affords the issue's 16-trial ring sweeps
+truth at every evaluation) 8-15 s (medians in the JSON's ``timing``). That affords the issue's 16-trial ring sweeps
 (the size of the first sweep study) for the 6 sampler seeds the issue names (selection 0-1, held-out 2-5), about
-45 minutes, and 12-trial digits sweeps for 6 seeds (selection 0-1, held-out 2-5), about 15 minutes, plus one real
-pruned ring sweep for the confirmation. The first sizes (8 trials a sweep) were set before the cost was known.
+30 minutes, and 12-trial digits sweeps for 6 seeds (selection 0-1, held-out 2-5), about 11 minutes, plus three real
+pruned sweeps for the confirmation (about 5 minutes). The first sizes (8 trials a sweep) were set before the cost
+was known.
 
 Usage::
 
     nice -n 10 python studies/sweep_truth_study.py --work /tmp/i32s/work          # record (resumes) and analyse
     python studies/sweep_truth_study.py --quick --work /tmp/i32s/quick --out /tmp/i32s/quick_out   # smoke test
     python studies/sweep_truth_study.py --replay                                    # re-analyse committed records
-    python studies/sweep_truth_study.py --confirm 2 --work /tmp/i32s/work           # a real pruned sweep
+    python studies/sweep_truth_study.py --confirm ring/2 digits/2 --work /tmp/i32s/work   # real pruned sweeps
 
 Writes ``<out>/sweep_study.json`` (every trial's recording and every replay) and ``<out>/sweep_study.md``.
 """
@@ -279,11 +281,16 @@ def pick(trials: list[dict[str, Any]], rows: list[dict[str, Any]]) -> Optional[d
     return {"trial": r["trial"], "value": r["value"], "truth": handed_over(t["evaluations"])["truth"]}
 
 
+def unpruned_rows(trials: list[dict[str, Any]], budget: int) -> list[dict[str, Any]]:
+    """The rows of the unpruned sweep: every trial runs its budget."""
+    return [{"trial": t["trial"], "g_steps": budget, "pruned_at": None,
+             "value": (handed_over(t["evaluations"]) or {}).get("value")} for t in trials]
+
+
 def grade(trials: list[dict[str, Any]], rows: list[dict[str, Any]], budget: int, noise: float) -> dict[str, Any]:
     """One pruned sweep against its unpruned sweep: G-step share, picks, the truth gap and whether the pick is kept
     (same trial, or truth within max(5 % of the unpruned pick's truth, the grader's noise))."""
-    full = pick(trials, [{"trial": t["trial"], "g_steps": budget, "pruned_at": None,
-                          "value": (handed_over(t["evaluations"]) or {}).get("value")} for t in trials])
+    full = pick(trials, unpruned_rows(trials, budget))
     got = pick(trials, rows)
     share = sum(r["g_steps"] for r in rows) / (budget * len(trials))
     out = {"g_steps": sum(r["g_steps"] for r in rows), "g_steps_unpruned": budget * len(trials),
@@ -372,16 +379,9 @@ def analyse(records: dict[str, dict[str, list[dict[str, Any]]]], families: dict[
                      "heldout_candidates": [_brief(r) for r in after]}
     out["shipped"] = {label: {"selection": replay_setting(selection, label, option, o),
                               "heldout": replay_setting(heldout, label, option, o)} for label, option, o in SHIPPED}
-    out["unpruned"] = {key: {"best_trial": grade(s["trials"], replay(s["trials"], None_pruner(), s["budget"]),
-                                                 s["budget"], s["noise"])["unpruned_best_trial"],
-                             } for key, s in {**selection, **heldout}.items()}
+    out["unpruned"] = {key: {"best_trial": pick(sw["trials"], unpruned_rows(sw["trials"], sw["budget"]))["trial"]}
+                       for key, sw in {**selection, **heldout}.items()}
     return out
-
-
-def None_pruner() -> Any:  # noqa: N802
-    import optuna
-
-    return optuna.pruners.NopPruner()
 
 
 def _brief(row: dict[str, Any]) -> dict[str, Any]:
@@ -583,7 +583,9 @@ def held_out_summary(result: dict[str, Any]) -> str:
 def markdown(report: dict[str, Any]) -> str:
     a = report["analysis"]
     lines = ["# Sweep pruners on the stop metric, graded on ground truth", "",
-             f"Command: `{report['command']}`; {report['date']}; {report['machine']}. Metric reported to the pruner: "
+             f"Command: `{report['command']}`"
+             + (f", re-analysed with `{report['replay_command']}`" if report.get("replay_command") else "")
+             + f"; {report['date']}; {report['machine']}. Metric reported to the pruner: "
              f"`{report['metric']}`; grading: the pick's ground truth (ring: MMD² of 10,000 generated vs 10,000 fresh "
              "real points; digits: classifier-feature FID of 10,000 generated images vs all 1,797 digits).", ""]
     for n, f in report["families"].items():
