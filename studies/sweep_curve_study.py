@@ -3,7 +3,7 @@
 
 ``studies/sweep_study.py`` trained the 16-trial ring sweep (``hparams_search=ring_lr_r1``, 1,000 G steps, FID every
 100 G steps) without pruning for sampler seeds 0-3 and replayed Optuna's pruners on the FID histories, but its
-journals were in temporary folders: the committed results (``studies/results/sweep_study.json`` and
+journals were in temporary folders: the committed results (``studies/results/sweep_study_fid.json`` and
 ``sweep_survey_1000.json``) keep, per replayed pruner setting, each trial's row (``pruned_at`` and its best FID up
 to there) and each unpruned trial's best FID at G step 1,000. Across the 375 settings replayed there, those rows give
 each trial's *best FID so far* at most of its evaluations (:func:`reconstruct`). This script replays pruners on those
@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO / "studies"))
 import sweep_study  # noqa: E402
 
 RESULTS = REPO / "studies" / "results"
-SOURCES = ("sweep_study.json", "sweep_survey_1000.json")
+SOURCES = ("sweep_study_fid.json", "sweep_survey_1000.json")
 MAX_G_STEPS, EVERY = 1000, 100
 
 #: ``pruner=curve`` settings chosen among on the selection seeds: (label, option, settings). Trend's own ``z`` and
@@ -158,7 +158,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     after = sweep_study.replay_candidates(heldout, MAX_G_STEPS, EVERY, CANDIDATES)
     after.sort(key=sweep_study.rank_key(after))
     # The committed choice of Optuna's pruners on the same reconstruction, for comparison.
-    committed = json.loads((RESULTS / "sweep_study.json").read_text())["chosen"]
+    committed = json.loads((RESULTS / "sweep_study_fid.json").read_text())["chosen"]
     percentile = {s: sweep_study.replay(ts, sweep_study.make_pruner(committed["option"], committed["overrides"],
                                                                     MAX_G_STEPS, EVERY)) for s, ts in heldout.items()}
     results = {

@@ -21,7 +21,7 @@ Usage::
     nice -n 10 python studies/sweep_study.py --work /tmp/sweep_work  # the study (ring, 16 trials x 2+2 seeds)
     python studies/sweep_study.py --quick --selection-seeds 0 --heldout-seeds 1 --n-trials 4 --out /tmp/sweep_study
 
-Writes ``<out>/sweep_study.json`` and ``<out>/sweep_study.md`` (default out: studies/results); each sweep keeps its
+Writes ``<out>/sweep_study_fid.json`` and ``<out>/sweep_study_fid.md`` (default out: studies/results); each sweep keeps its
 directory under ``<work>/seed<s>_<pruner>/`` (default work: a temporary folder). A sweep directory that already
 holds the study resumes it (finished trials are not run again), so ``--work`` makes the study restartable.
 """
@@ -279,7 +279,7 @@ def candidate_table(rows: list[dict[str, Any]], seeds: list[str], chosen: str) -
 
 def write_report(results: dict[str, Any], out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "sweep_study.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out_dir / "sweep_study_fid.json").write_text(json.dumps(results, indent=1) + "\n")
     chosen, sel, held = results["chosen"], results["selection_seeds"], results["heldout_seeds"]
     lines = ["# Sweep pruning study", "",
              f"Command: `{results['command']}`  ",
@@ -347,7 +347,7 @@ def write_report(results: dict[str, Any], out_dir: Path) -> None:
                   f"held-out seed, {sum(r['keeps_best'] for r in rows)} keep the best trial on every held-out seed; "
                   f"{ranked}", "",
                   *candidate_table(rows, held, chosen["pruner"]), ""]
-    (out_dir / "sweep_study.md").write_text("\n".join(lines))
+    (out_dir / "sweep_study_fid.md").write_text("\n".join(lines))
 
 
 def survey(sweeps: dict[str, list[Any]], max_g_steps: int, every: int, out_dir: Path, command: str,
@@ -494,7 +494,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     heldout.sort(key=rank_key(heldout))
     results["heldout_candidates"] = heldout
     write_report(results, args.out)
-    print((args.out / "sweep_study.md").read_text())
+    print((args.out / "sweep_study_fid.md").read_text())
     return 0
 
 

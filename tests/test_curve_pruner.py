@@ -266,7 +266,7 @@ def test_the_study_figures_in_the_docs_are_the_committed_results():
     ratios = " and ".join(f"{results['seeds'][s]['g_steps_ratio']:.0%}" for s in ("2", "3"))
     guide = (REPO_ROOT / "docs" / "sweeps.md").read_text()
     assert f"running {ratios} of the unpruned sweep's G steps" in guide
-    percentile = json.loads((REPO_ROOT / "studies" / "results" / "sweep_study.json").read_text())["seeds"]["3"]
+    percentile = json.loads((REPO_ROOT / "studies" / "results" / "sweep_study_fid.json").read_text())["seeds"]["3"]
     assert f"(its best {percentile['best_fid_gap']:.0%} worse) at {percentile['g_steps_ratio']:.0%}".replace(
         "%", " %") in guide
     f = results["fidelity"]

@@ -345,16 +345,16 @@ def test_a_resumed_seeded_sampler_draws_new_configurations():
 
 def test_sweep_study_tables_in_readme_and_docs_are_the_committed_results():
     """The study figures quoted in docs/studies/sweep_pruner.md are rows of studies/sweep_study.py's output."""
-    study = (REPO_ROOT / "studies" / "results" / "sweep_study.md").read_text()
+    study = (REPO_ROOT / "studies" / "results" / "sweep_study_fid.md").read_text()
     rows = {line for line in study.splitlines() if line.startswith("| ") and not line.startswith("|---")}
-    results = json.loads((REPO_ROOT / "studies" / "results" / "sweep_study.json").read_text())
+    results = json.loads((REPO_ROOT / "studies" / "results" / "sweep_study_fid.json").read_text())
     assert len(results["seeds"]) >= 2 and all(r["same_configurations"] for r in results["seeds"].values())
     for doc in ("docs/studies/sweep_pruner.md",):
         text = (REPO_ROOT / doc).read_text()
         quoted = text.split("<!-- sweep-study -->", 1)[1].split("\n\n#", 1)[0]
         table = [line for line in quoted.splitlines() if line.startswith("| ") and not line.startswith("|---")]
         assert len(table) >= 3, doc  # header and one row per seed
-        assert set(table) <= rows, f"{doc} quotes a sweep-study row that studies/results/sweep_study.md does not have"
+        assert set(table) <= rows, f"{doc} quotes a sweep-study row that studies/results/sweep_study_fid.md does not have"
 
 
 def sweep_study_module():
@@ -433,7 +433,7 @@ def test_sweep_survey_counts_settings_that_meet_the_targets_on_every_seed(tmp_pa
 def test_sweep_study_choice_is_the_ring_sweeps_default_pruner():
     """conf/hparams_search/ring_lr_r1.yaml prunes with what the committed study chose on its selection seeds, and the
     study's targets are judged on seeds the choice did not read."""
-    results = json.loads((REPO_ROOT / "studies" / "results" / "sweep_study.json").read_text())
+    results = json.loads((REPO_ROOT / "studies" / "results" / "sweep_study_fid.json").read_text())
     assert not set(results["selection_seeds"]) & set(results["heldout_seeds"])
     assert set(results["seeds"]) == set(results["heldout_seeds"])
     chosen = results["chosen"]

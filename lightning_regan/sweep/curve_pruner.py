@@ -44,7 +44,9 @@ class CurvePruner(optuna.pruners.BasePruner):
     The defaults are the setting ``studies/sweep_curve_study.py`` chose on the ring sweep's selection seeds
     (docs/studies/sweep_pruner.md): judge from half of the budget on, and keep a trial while its optimistic end value
     is within 10 times the incumbent (``tolerance=-9``), since the ring's best trials fall 50- to 300-fold in the
-    second half of their budget after a slow start.
+    second half of their budget after a slow start. The ground-truth study of ``val/mmd`` sweeps
+    (``studies/sweep_truth_study.py``) found them safe (the best trial kept on every held-out sweep) but costly; see
+    the sweeps guide for when Optuna's percentile pruner is the better choice.
 
     Args:
         budget_g_steps: G steps each trial may run (``max_g_steps``). ``None``: read the trial's user attribute
