@@ -391,6 +391,6 @@ def test_a_collapse_setting_left_without_its_rule_is_dropped_and_trend_builds_it
         early = next(cb for cb in build_callbacks(cfg) if type(cb).__name__ == "EarlyTermination")
         collapse, trend = early.rules["collapse"], early.rules["metric_plateau"]
         assert type(collapse).__name__ == "Collapse" and trend.tolerance == 0.05 and collapse.min_recall == 0.1
-        assert type(trend).__name__ == "Trend" and trend.patience == 0.5 and trend.min_evaluations == 8
+        assert type(trend).__name__ == "Trend" and trend.patience == 0.4 and trend.finetune_patience == 0.35 and trend.min_evaluations == 8
         assert ("loss_plateau" in early.rules) is (choice == "default")
     assert early.rules["loss_plateau"].until_logged == "val/mmd"
