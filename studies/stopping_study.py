@@ -1,37 +1,52 @@
 #!/usr/bin/env python
-"""Early-termination study v6/v7: the stop decision graded on ground truth, with budget-free targets (issue 20).
+"""Early-termination study v6-v8: the stop decision graded on ground truth, with budget-free targets (issues 20, 29).
 
 Design (one training per (setup, seed); every candidate replayed on it):
 
 1. Each (setup, seed) is trained once for its budget with no stopping. The product's ``FIDMonitor`` logs what a
-   user's run logs (``val/fid``, ``val/recall``, ``val/mmd``, ...) at the product's cadence. A study-only recorder
-   scores the same generator at once on the **ground truth**, on samples the monitor never saw:
+   user's run logs (``val/fid``, ``val/recall``, ``val/mmd``, ...). A study-only recorder scores the same generator at
+   once on the **ground truth**, on samples the monitor never saw:
    - images: FID of 10,000 generated samples (other noise) against the whole test split (digits: all 1,797 images,
-     sklearn has no split), classifier features;
+     sklearn has no split; the fine-tune: the test split's digits 5-9), classifier features;
    - points: MMD² of 10,000 generated points against 10,000 fresh real points (the truth the figures are graded
      on), and the share of samples within 3 std of a mode and the modes covered (ModeCoverageMonitor's measures).
-   It also runs the configured divergence rule every G step (without stopping) and notes where it fires.
-2. A run with stopping is the full run cut at the rule's stop step (same seed: training is identical up to there),
-   handing over the generator of the best decision metric so far (what ``callbacks.best_generator`` restores).
+   It also re-scores the stop metrics as the best-of confirmation would (``FIDMonitor.score`` with 4x the monitor's
+   samples under the monitor's seed + 1: ``BestGenerator``'s defaults; v8), and runs the configured divergence rule
+   every G step (without stopping) and notes where it fires. Its time (``recorder_s``, the confirmation's part in
+   ``confirm_s``) is left out of the monitor's cost.
+2. A run with stopping is the full run cut at the rule's stop step (same seed: training is identical up to there).
    Every candidate is replayed offline on the recorded metrics with the product's rule objects, instantiated from
-   the run's own Hydra config (``early_stopping`` group) with ``stop_metric`` set to the candidate's signal.
+   the run's own Hydra config (``early_stopping`` group) with ``stop_metric`` set to the candidate's signal and
+   prepared as a fit prepares them (``EarlyTermination.prepare_states``: the budget, and ``init_from`` for the
+   fine-tune), on the evaluations a user's run makes: those at the setup's own cadence
+   (``callbacks.fid.every_n_g_steps`` of its config; the study may record more often, for the lag). What it hands
+   back: the best-of confirmation's winner (``callbacks.best_generator``: the top 3 evaluations by the stop metric up
+   to the stop, the best of them by the recorded confirmation score), graded as the product's figure; the best so far
+   (``top_k=1``) is graded beside it (``best_so_far_*``). Records without confirmation scores (v7) hand back the best
+   so far.
 3. Grading, on ground truth only: the grader's noise is its value on real vs real data at its own sample size;
    a handed-over generator is "within" when its truth is within max(5 %, noise) of the full run's best truth; the
    eps-oracle (eps = 5 %, widened to the grader's noise the same way) stops at the first evaluation within it of the
-   best; lag = stop step / oracle step on runs whose truth flattens (oracle step <= half the budget) or peaks.
+   best; lag = stop step / oracle step on runs whose truth flattens (oracle step <= half the budget) or peaks (an
+   oracle at a fine-tune's G step 0 counts as its first evaluation after it).
 4. The candidate is chosen on the selection seeds (most healthy runs within, then the smaller median lag) and the
    targets reported on the held-out seeds. Training runs without stopping, so the recorded runs do not depend on the
-   rules: v7 selects on v6's seeds 10-14 (where the image stop metric was switched to ``val/mmd`` by its rank
-   agreement with the truth) and reports seeds 15-17, trained after that switch and not looked at before it.
-5. Monitor cost: its measured time per evaluation times the evaluations a run makes at the setup's own cadence
-   (``callbacks.fid.every_n_g_steps`` of its config; the study evaluates more often, for the lag), over the training's
-   wall time; the measured share at the study's cadence is reported beside it.
+   rules: v7 selected on seeds 10-14 and reported 15-17; v8 (the rule redesigned on public training curves, issue 29)
+   selects on 10-17 and reports seeds 18-20, trained for v8, and adds ``finetune``: ``experiment=finetune`` without
+   DiffAugment, started from ``studies/finetune_study.py``'s pretraining (digits 0-4), whose quality peaks early. The
+   seeds are in the record (``seeds``); ``--selection-seeds``/``--held-out-seeds`` override them in a replay.
+5. Monitor cost: its measured time per evaluation times the evaluations a run makes at the setup's own cadence, over
+   the training's wall time; the measured share at the study's cadence is reported beside it.
 
 Usage::
 
-    python studies/stopping_study.py --jobs 2 --work /tmp/stopping   # the study (committed results)
-    python studies/stopping_study.py --quick --out /tmp/q              # a smoke test (seconds)
+    # v8: the new runs (held-out seeds 18-20 of every setup first, then the fine-tune's 10-17; one core, ~90 min),
+    # with v7's runs of seeds 10-17 taken as they are (the v7 record: git show c9b110b:studies/results/stopping_study.json)
+    nice -n 10 python studies/stopping_study.py --jobs 1 --work /tmp/i29v8/work --with-runs /tmp/i29v8/v7.json \
+        --out /tmp/i29v8/out
+    # re-grade the committed record with the rules of conf/early_stopping now (seconds; no training): the figures
     python studies/stopping_study.py --replay studies/results/stopping_study.json --out studies/results
+    python studies/stopping_study.py --quick --work /tmp/q/w --out /tmp/q   # a smoke test (a minute)
 
 Writes ``<out>/stopping_study.json`` (every run's history and every candidate's replay), ``<out>/stopping_study.md``
 and ``<out>/stopping_targets.json`` (the issue's target keys at the top level).
