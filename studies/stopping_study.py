@@ -753,12 +753,14 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", "## Targets (held-out seeds, chosen candidate)", "", "| target | figure |", "|---|---|"]
     lines += [f"| {k} | {_f(v) if not isinstance(v, dict) else json.dumps({s: _f(x) for s, x in v.items()})} |"
               for k, v in t.items() if k not in ("command", "date", "seeds")]
-    head = ("| candidate | healthy within tol. | gap median | lag median | lag max | peaked stopped | diverging on time "
-            "| healthy called diverged/collapsed | saving median |")
+    head = ("| candidate | healthy within tol. | gap median | best so far: within, gap median | lag median | lag max "
+            "| peaked stopped | diverging on time | healthy called diverged/collapsed | saving median |")
     for title, table in (("held-out seeds", a["held_out"]), ("selection seeds", a["selection"])):
-        lines += ["", f"## Candidates, {title}", "", head, "|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", f"## Candidates, {title}", "", head, "|---|---|---|---|---|---|---|---|---|---|"]
         for c, s in table.items():
             lines.append(f"| {c} | {_f(s['gap_within_share'], True)} of {s['healthy_runs']} | {_f(s['gap_median'], True)} "
+                         f"| {_f(s.get('best_so_far_gap_within_share'), True)}, "
+                         f"{_f(s.get('best_so_far_gap_median'), True)} "
                          f"| {_f(s['lag_median'])} ({s['lag_runs']} runs) | {_f(s['lag_max'])} | "
                          f"{_f(s['peaked_stopped_share'], True)} of {s['peaked_runs']} | "
                          f"{_f(s['diverging_within_one_share'], True)} | {s['healthy_called_diverged_or_collapsed']} | "
@@ -770,12 +772,15 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {name} | {v['decision_signal']} | " + " | ".join(
                 _f(v["signals"].get(s, {}).get("median")) for s in SIGNALS) + " |")
     lines += ["", "## Runs (chosen candidate)", "",
-              "| setup | seed | stop | reason | handed (G step, truth) | best truth (G step) | last truth | oracle | "
-              "lag | gap | within | grader noise |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| setup | seed | stop | reason | handed (G step, truth) | best so far (G step, truth) | best truth (G step) "
+              "| last truth | oracle | lag | gap | within | grader noise |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     noise = {(r["setup"], r["seed"]): r["grader_noise"] for r in report["runs"]}
     for g in a["graded"][a["chosen"]]:
         lines.append(f"| {g['setup']} | {g['seed']} | {g['stop_g_step']} | {g['reason']} | {g['handed_g_step']}, "
-                     f"{_f(g['handed_truth'])} | {_f(g['best_truth'])} ({g['best_g_step']}) | {_f(g['last_truth'])} | "
+                     f"{_f(g['handed_truth'])}{'' if g.get('confirmed') else ' (unconfirmed)'} | "
+                     f"{g.get('best_so_far_g_step')}, {_f(g.get('best_so_far_truth'))} | "
+                     f"{_f(g['best_truth'])} ({g['best_g_step']}) | {_f(g['last_truth'])} | "
                      f"{g['oracle_g_step']} | {_f(g['lag'])} | {_f(g['gap'], True)} | {g['within']} | "
                      f"{_f(noise[(g['setup'], g['seed'])])} |")
     return "\n".join(lines) + "\n"
