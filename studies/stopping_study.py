@@ -250,6 +250,7 @@ def train_one(spec: dict[str, Any]) -> dict[str, Any]:
     from lightning_regan.cli.train import validate_config
     from lightning_regan.config import compose_config, drop_unselected
     from lightning_regan.data.gaussians import mode_coverage
+    from lightning_regan.fid.extractors import build_extractor
     from lightning_regan.module import max_steps_for
 
     torch.set_num_threads(1)
@@ -262,6 +263,11 @@ def train_one(spec: dict[str, Any]) -> dict[str, Any]:
     drop_unselected(cfg)
     validate_config(cfg)
     pretrained = read_init_from(cfg)  # the fine-tune setup: init_from, as regan-train reads it
+    if not setup.points:  # the monitor's classifier trained or found in its cache before seeding and timing (v8)
+        warm = build_datamodule(cfg)
+        warm.setup("fit")
+        with torch.random.fork_rng(devices=[]):
+            build_extractor(cfg.callbacks.fid.get("feature_extractor", "auto"), warm)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, *build_models(cfg, tuple(datamodule.shape)))
@@ -346,7 +352,7 @@ def train_one(spec: dict[str, Any]) -> dict[str, Any]:
         "recorder_s": recorder.time_s, "confirm_s": recorder.confirm_s,
         "confirm_samples": CONFIRM_FACTOR * monitor.num_samples, "confirm_seed": monitor.seed + 1,
         "init_from": None if module.initialized_from is None else str(spec.get("init_from")),
-        "monitor_s": monitor.eval_time_s + monitor.setup_time_s,
+        "monitor_s": monitor.eval_time_s + monitor.setup_time_s, "monitor_setup_s": monitor.setup_time_s,
         "grader_noise": ref.get("noise"), "grader_noise_note": ref.get("noise_note"),
         "grader_real_size": ref.get("real_size", n), "evaluations": recorder.rows,
         "divergence_g_step": recorder.divergence_step, "first_exploded_g_step": recorder.first_exploded,
@@ -691,7 +697,8 @@ def monitor_share(run: dict[str, Any], every: Optional[int] = None) -> float:
     train = max(run["fit_wall_s"] - run["recorder_s"] - monitor, 1e-9)
     if every is not None:
         at_start = bool(run["evaluations"]) and run["evaluations"][0]["g_step"] == 0  # a fine-tune's G step 0
-        monitor *= (run["g_steps"] // every + at_start) / max(len(run["evaluations"]), 1)
+        setup = run.get("monitor_setup_s", 0.0)  # once per run (v8 records it apart; before, it was scaled too)
+        monitor = setup + (monitor - setup) * (run["g_steps"] // every + at_start) / max(len(run["evaluations"]), 1)
     return monitor / (train + monitor)
 
 
