@@ -755,7 +755,8 @@ def markdown(report: dict[str, Any]) -> str:
              "handed back: the best-of confirmation's winner (top 3 by the stop metric re-scored with 4x the "
              "monitor's samples) where the runs recorded its scores (v8), else the best so far.", "",
              "## Setups", ""]
-    lines += [f"- `{name}` ({s.kind}, {s.max_g_steps} G steps, evaluated every {s.every}): {s.description}"
+    lines += [f"- `{name}` ({s.kind}, {s.max_g_steps} G steps, recorded every {s.every}, the rule replayed every "
+              f"{default_cadence(name)} as a user's run evaluates): {s.description}"
               for name, s in SETUPS.items() if any(r["setup"] == name for r in report["runs"])]
     lines += ["", "## Targets (held-out seeds, chosen candidate)", "", "| target | figure |", "|---|---|"]
     lines += [f"| {k} | {_f(v) if not isinstance(v, dict) else json.dumps({s: _f(x) for s, x in v.items()})} |"
