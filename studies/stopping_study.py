@@ -44,6 +44,8 @@ Usage::
     # with v7's runs of seeds 10-17 taken as they are (the v7 record: git show c9b110b:studies/results/stopping_study.json)
     nice -n 10 python studies/stopping_study.py --jobs 1 --work /tmp/i29v8/work --with-runs /tmp/i29v8/v7.json \
         --out /tmp/i29v8/out
+    # ... or the report of the runs finished so far (the others listed in its "missing"), no training:
+    python studies/stopping_study.py --no-train --work /tmp/i29v8/work --with-runs /tmp/i29v8/v7.json --out /tmp/i29v8/out
     # re-grade the committed record with the rules of conf/early_stopping now (seconds; no training): the figures
     python studies/stopping_study.py --replay studies/results/stopping_study.json --out studies/results
     python studies/stopping_study.py --quick --work /tmp/q/w --out /tmp/q   # a smoke test (a minute)
@@ -828,6 +830,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--with-runs", type=Path, default=None,
                         help="a stopping_study.json whose runs are taken as they are (not trained again) where this "
                              "study's work folder has none of that (setup, seed), e.g. v7's seeds 10-17")
+    parser.add_argument("--no-train", action="store_true",
+                        help="assemble the report from the finished runs in --work (and --with-runs) only; the runs "
+                             "not trained yet are listed in the report's 'missing'")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     override = {**({"selection": args.selection_seeds} if args.selection_seeds else {}),
@@ -870,13 +875,17 @@ def main(argv: Optional[list[str]] = None) -> int:
                 reused.append(old)
             else:
                 groups.append([spec])
+    missing = []
+    if args.no_train:
+        missing = [f"{g[0]['setup']}-s{g[0]['seed']}" for g in groups if _finished(g[0]) is None]
+        groups = [g for g in groups if _finished(g[0]) is not None]
     runs = [*reused, *execute(groups, args.jobs)]
     runs.sort(key=lambda r: ([*SETUPS].index(r["setup"]) if r["setup"] in SETUPS else len(SETUPS), r["seed"]))
     command = "python studies/stopping_study.py " + " ".join(a for a in (argv if argv is not None else sys.argv[1:]))
     report = {"command": command.strip(), "version": "v8", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": machine(), "jobs": args.jobs, "wall_time_s": time.perf_counter() - start,
               "epsilon": EPSILON, "truth_samples": TRUTH_SAMPLES, "seeds": seeds, "runs": runs,
-              "runs_reused_from": str(args.with_runs) if args.with_runs else None}
+              "runs_reused_from": str(args.with_runs) if args.with_runs else None, "missing": missing}
     write(report, args.out)
     print((args.out / "stopping_study.md").read_text())
     return 0
