@@ -172,6 +172,24 @@ def test_monitor_cost_leaves_out_the_recorder_and_the_confirmation():
     assert study.monitor_share(run, 100) == pytest.approx(monitor / (90 + monitor))
 
 
+def test_runs_of_an_earlier_record_are_reused_and_no_train_lists_the_missing(tmp_path):
+    """--with-runs takes an earlier record's runs as they are (v7's seeds 10-17 in v8); --no-train trains nothing and
+    names the runs still missing; the record keeps its seed sets, which a replay reads back."""
+    values = [0.5, 0.3, 0.2, 0.15, 0.12, 0.1]
+    earlier = {**scripted_run(values, values, setup="ring", every=100, metric="val/mmd"), "seed": 10,
+               "monitor_s": 1.0, "fit_wall_s": 10.0, "recorder_s": 5.0}
+    path = tmp_path / "v7.json"
+    path.write_text(json.dumps({"runs": [earlier]}))
+    out = tmp_path / "out"
+    assert study.main(["--no-train", "--setups", "ring", "--seeds", "10", "18", "--work", str(tmp_path / "w"),
+                       "--with-runs", str(path), "--out", str(out)]) == 0
+    report = json.loads((out / "stopping_study.json").read_text())
+    assert [(r["setup"], r["seed"]) for r in report["runs"]] == [("ring", 10)] and report["missing"] == ["ring-s18"]
+    assert report["seeds"] == {"selection": list(study.SELECTION_SEEDS), "held_out": list(study.HELD_OUT_SEEDS)}
+    assert not (tmp_path / "w" / "ring-s18").exists()
+    assert study.seed_sets({"targets": {"seeds": {"selection": [10], "held_out": [15]}}}) == ((10,), (15,))
+
+
 def test_spearman_and_summary_shares():
     assert study.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert study.spearman([1, 2], [1, 2]) is None
