@@ -41,7 +41,7 @@ Design (one training per (setup, seed); every candidate replayed on it):
 Usage::
 
     # v8: the new runs (held-out seeds 18-20 of every setup first, then the fine-tune's 10-17; one core, ~90 min),
-    # with v7's runs of seeds 10-17 taken as they are (the v7 record: git show c9b110b:studies/results/stopping_study.json)
+    # with v7's runs of seeds 10-17 taken as they are (the v7 record: git show d83d0eb:studies/results/stopping_study.json)
     nice -n 10 python studies/stopping_study.py --jobs 1 --work /tmp/i29v8/work --with-runs /tmp/i29v8/v7.json \
         --out /tmp/i29v8/out
     # ... or the report of the runs finished so far (the others listed in its "missing"), no training:
