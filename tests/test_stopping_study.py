@@ -1,5 +1,7 @@
-"""studies/stopping_study.py (v6/v7, ground truth): its grading arithmetic, the replay through the product's config,
-and the committed study: its histories replayed give its stop steps, and its targets file has the issue's keys."""
+"""studies/stopping_study.py (v6-v8, ground truth): its grading arithmetic, the replay through the product's config
+(at the product's cadence, prepared as a fine-tune where the run is one, handing back the best-of confirmation's
+winner), the monitor's cost, and the committed study: its histories replayed give its stop steps, and its targets file
+has the issue's keys."""
 
 from __future__ import annotations
 
@@ -72,10 +74,120 @@ def test_monitor_share_at_the_default_cadence():
     # 40 evaluations at the study's cadence (100) cost 10 s beside 90 s of training: 10 %. The setup's own cadence
     # (images: 200) halves the evaluations: 5 s of 95 s.
     run = {"monitor_s": 10.0, "fit_wall_s": 130.0, "recorder_s": 30.0, "g_steps": 4000,
-           "evaluations": [{}] * 40}
+           "evaluations": [{"g_step": 100 * (i + 1)} for i in range(40)]}
     assert study.monitor_share(run) == pytest.approx(0.10)
     assert study.monitor_share(run, 200) == pytest.approx(5 / 95)
     assert study.default_cadence("digits") == 200 and study.default_cadence("ring") == 100
+
+
+def test_finetune_replay_prepares_the_rules_as_a_fine_tune(monkeypatch):
+    """A fine-tune's record (init_from, evaluated at G step 0) is replayed with the states a fine-tune's fit prepares:
+    EarlyTermination.prepare_states(budget, initialized_from) with its checkpoint; a run from scratch with None."""
+    from lightning_regan.callbacks import EarlyTermination
+
+    calls = []
+    original = EarlyTermination.prepare_states
+
+    def spy(self, budget_g_steps, initialized_from=None):
+        calls.append((budget_g_steps, initialized_from))
+        original(self, budget_g_steps, initialized_from)
+
+    monkeypatch.setattr(EarlyTermination, "prepare_states", spy)
+    values = [0.30, 0.28, 0.27, 0.26, 0.27, 0.26, 0.27, 0.26, 0.27, 0.26, 0.27]
+    run = scripted_run(values, values, setup="finetune", every=100, metric="val/mmd")
+    for i, row in enumerate(run["evaluations"]):
+        row["g_step"] = 100 * i  # G step 0: the fine-tune's starting generator
+    run["max_g_steps"] = run["g_steps"] = 1000
+    run["init_from"] = "/tmp/pretrain/last.ckpt"
+    study.replay(run, "product")
+    assert calls[-1] == (1000, "/tmp/pretrain/last.ckpt")
+    states = study.candidate_rules(run, "product").states
+    trained = [s.starts_trained for s in states.values() if hasattr(s, "starts_trained")]
+    assert trained and all(trained)
+    study.replay({**run, "init_from": None}, "product")
+    assert calls[-1] == (1000, None)
+    assert not any(s.starts_trained for s in study.candidate_rules(run, "product").states.values()
+                   if hasattr(s, "starts_trained"))
+    # An oracle at G step 0 counts as the first evaluation after it: the lag stays a ratio of G steps trained.
+    flat = scripted_run([1, 1, 1], [1.0, 1.0, 1.0], setup="finetune", every=100)
+    for i, row in enumerate(flat["evaluations"]):
+        row["g_step"] = 100 * i
+    graded = study.grade(flat, {"stop_g_step": 200, "reason": "plateau", "handed_index": 0, "metric": "val/fid"})
+    assert graded["oracle_g_step"] == 0 and graded["lag"] == pytest.approx(2.0)
+
+
+def test_confirmation_replay_hands_back_the_top_3_winner():
+    """BestGenerator(top_k=3) re-scored with 4x the samples: the winner among the 3 best logged values up to the stop,
+    by the recorded confirmation score; a 4th-best with the best confirmation score is not a candidate."""
+    logged = [5.0, 3.0, 2.0, 2.5, 4.0, 1.0]       # top 3 up to G step 500: 300 (2.0), 400 (2.5), 200 (3.0)
+    confirm = [0.5, 2.4, 2.2, 2.1, 1.0, 0.1]       # 400 wins among them; 100 (0.5) and 500 (1.0) are not candidates
+    truth = [9.0, 8.0, 7.0, 3.0, 5.0, 1.0]
+    run = scripted_run(logged, truth, metric="val/mmd")
+    for row, c in zip(run["evaluations"], confirm):
+        row["confirm"] = {"val/mmd": c}
+    seen = list(range(5))  # stopped at G step 500
+    assert study.confirmed_winner(run["evaluations"], seen, "val/mmd", "min") == (3, True)
+    # mode max: 5.0, 4.0, 3.0 (G steps 100, 500, 200) re-scored 0.5, 1.0, 2.4: the highest, 200, wins
+    assert study.confirmed_winner(run["evaluations"], seen, "val/mmd", "max") == (1, True)
+    graded = study.grade(run, {"stop_g_step": 500, "reason": "plateau", "handed_index": 2, "confirmed_index": 3,
+                               "confirmed": True, "metric": "val/mmd"})
+    assert (graded["handed_g_step"], graded["handed_truth"], graded["best_so_far_truth"]) == (400, 3.0, 7.0)
+    assert graded["gap"] == pytest.approx(2.0) and graded["best_so_far_gap"] == pytest.approx(6.0)
+    s = study.summarize([graded], [run])
+    assert s["gap_median"] == pytest.approx(2.0) and s["best_so_far_gap_median"] == pytest.approx(6.0)
+    # Without confirmation scores (a v7 record) or with one candidate: the best so far, unconfirmed.
+    plain = scripted_run(logged, truth, metric="val/mmd")
+    assert study.confirmed_winner(plain["evaluations"], seen, "val/mmd", "min") == (2, False)
+    assert study.confirmed_winner(run["evaluations"], [4], "val/mmd", "min") == (4, False)
+    # Through the replay: a run that never stops hands back the confirmation's winner over the whole run.
+    out = study.replay(run, "plateau/mmd")
+    assert out["stop_g_step"] == 600 and out["confirmed"]
+    assert (out["handed_index"], out["confirmed_index"]) == (5, 5)  # 1.0 is the best and the confirmation's
+
+
+def test_replay_evaluates_the_rule_at_the_products_cadence():
+    """The study records fmnist_600 every 100 G steps; a user's run evaluates every 200 (the setup's own config): the
+    rule and the hand-back see only those evaluations. The fine-tune's G step 0 is kept."""
+    assert study.default_cadence("fmnist_600") == 200 and study.default_cadence("finetune") == 100
+    signal = [50, 40, 1, 30, 30, 30, 30, 30, 30, 30]  # the best logged value at G step 300: not a product evaluation
+    run = scripted_run(signal, signal, setup="fmnist_600", every=100, metric="val/mmd")
+    assert study.product_rows(run) == [1, 3, 5, 7, 9]
+    assert study.product_rows(run, 100) == list(range(10))
+    out = study.replay(run, "product")
+    assert out["stop_g_step"] % 200 == 0 and run["evaluations"][out["handed_index"]]["g_step"] % 200 == 0
+    assert run["evaluations"][study.replay(run, "product", 100)["handed_index"]]["g_step"] == 300
+    tune = scripted_run([1] * 5, [1] * 5, setup="finetune", every=50)
+    for i, row in enumerate(tune["evaluations"]):
+        row["g_step"] = 50 * i
+    assert [tune["evaluations"][i]["g_step"] for i in study.product_rows(tune)] == [0, 100, 200]
+
+
+def test_monitor_cost_leaves_out_the_recorder_and_the_confirmation():
+    """The truth and the confirmation's re-scoring (recorder_s, confirm_s within it) are study-only: the share is the
+    monitor's time over training plus monitor; at the default cadence a fine-tune's G step 0 still counts."""
+    run = {"monitor_s": 10.0, "fit_wall_s": 160.0, "recorder_s": 60.0, "confirm_s": 25.0, "g_steps": 1000,
+           "evaluations": [{"g_step": 50 * i} for i in range(21)]}
+    assert study.monitor_share(run) == pytest.approx(10 / 100)
+    monitor = 10.0 * 11 / 21  # 0, 100, ..., 1000 at the default cadence of 100
+    assert study.monitor_share(run, 100) == pytest.approx(monitor / (90 + monitor))
+
+
+def test_runs_of_an_earlier_record_are_reused_and_no_train_lists_the_missing(tmp_path):
+    """--with-runs takes an earlier record's runs as they are (v7's seeds 10-17 in v8); --no-train trains nothing and
+    names the runs still missing; the record keeps its seed sets, which a replay reads back."""
+    values = [0.5, 0.3, 0.2, 0.15, 0.12, 0.1]
+    earlier = {**scripted_run(values, values, setup="ring", every=100, metric="val/mmd"), "seed": 10,
+               "monitor_s": 1.0, "fit_wall_s": 10.0, "recorder_s": 5.0}
+    path = tmp_path / "v7.json"
+    path.write_text(json.dumps({"runs": [earlier]}))
+    out = tmp_path / "out"
+    assert study.main(["--no-train", "--setups", "ring", "--seeds", "10", "18", "--work", str(tmp_path / "w"),
+                       "--with-runs", str(path), "--out", str(out)]) == 0
+    report = json.loads((out / "stopping_study.json").read_text())
+    assert [(r["setup"], r["seed"]) for r in report["runs"]] == [("ring", 10)] and report["missing"] == ["ring-s18"]
+    assert report["seeds"] == {"selection": list(study.SELECTION_SEEDS), "held_out": list(study.HELD_OUT_SEEDS)}
+    assert not (tmp_path / "w" / "ring-s18").exists()
+    assert study.seed_sets({"targets": {"seeds": {"selection": [10], "held_out": [15]}}}) == ((10,), (15,))
 
 
 def test_spearman_and_summary_shares():
