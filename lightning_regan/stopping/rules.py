@@ -767,7 +767,7 @@ class Trend(_EvaluationRule):
         patience: Share of the run the flat verdict must have held (0.4 = the last 40 %) before stopping.
         z: Multiple of the residual spread the projection is made optimistic by (0: the fitted line alone).
         min_evaluations: Fewest evaluations since the take-off before stopping.
-        fit_evaluations: Fewest evaluations in a fit, so before a verdict (at least 2; at most ``min_evaluations``).
+        fit_evaluations: Fewest evaluations in a fit, so before a verdict (at least 2; ``min_evaluations`` if lower).
         finetune_patience: For a fine-tune (``starts_trained``), the share of the budget the flat verdict must have
             held instead of ``patience`` (``None``: ``patience``, as a run from scratch; without a budget, likewise).
         horizon: Without a budget, how far ahead to project, as a multiple of the G steps so far.
@@ -782,7 +782,7 @@ class Trend(_EvaluationRule):
         patience: float = 0.4,
         z: float = 1.5,
         min_evaluations: int = 8,
-        fit_evaluations: int = 3,
+        fit_evaluations: int = 6,
         finetune_patience: Optional[float] = 0.35,
         horizon: float = 1.0,
         recall_tolerance: Optional[float] = 0.02,
@@ -805,9 +805,6 @@ class Trend(_EvaluationRule):
                                              strict=True))
         self.z = check_number(name, "z", z, 0.0)
         self.fit_evaluations = check_int(name, "fit_evaluations", fit_evaluations, 2)
-        if self.fit_evaluations > self.min_evaluations:
-            raise ValueError(f"{name}: fit_evaluations ({fit_evaluations}) must be <= min_evaluations "
-                             f"({min_evaluations}): no stop comes before min_evaluations anyway.")
 
 
 class TrendState(_EvaluationState):
@@ -829,7 +826,7 @@ class TrendState(_EvaluationState):
         return int(self.history[0][0]) if self.starts_trained else super().takeoff_g_step()
 
     def fit_minimum(self) -> int:
-        return self.rule.fit_evaluations
+        return min(self.rule.fit_evaluations, self.rule.min_evaluations)
 
     def patience_g_steps(self, g_step: int) -> float:
         """How long (G steps) the flat verdict must have held at ``g_step``: ``patience`` of the run, or for a
