@@ -232,18 +232,10 @@ def replay(run: dict[str, Any]) -> dict[str, Any]:
     first = next(iter(rules.values()))
     decision, mode = first.monitor, first.mode
     # As at the start of the fit: the budget, and whether the module starts from trained weights (a fine-tune).
-    stopping.prepare_states(run["max_g_steps"], run["spec"].get("init_from"))
-    states = {name: stopping.states[name] for name in rules}
     rows = run["evaluations"]
-    stop, reason = None, "max_steps"
-    for row in rows:
-        for name, state in states.items():
-            if state.update(row["g_step"], row["metrics"])[0]:
-                stop, reason = row["g_step"], rules[name].reason.value
-                break
-        if stop is not None:
-            break
-    stop = run["g_steps"] if stop is None else stop
+    hit = stopping.replay(((row["g_step"], row["metrics"]) for row in rows), run["max_g_steps"],
+                          run["spec"].get("init_from"))
+    stop, reason = (run["g_steps"], "max_steps") if hit is None else (hit[0], hit[2].value)
     seen = [i for i, r in enumerate(rows) if r["g_step"] <= stop and _finite(r["metrics"].get(decision))]
     sign = 1.0 if mode == "min" else -1.0
     handed = min(seen, key=lambda i: sign * rows[i]["metrics"][decision]) if seen else None

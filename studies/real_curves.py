@@ -72,25 +72,16 @@ def stopping_callback(config: str, overrides: tuple[str, ...] = ()) -> Any:
 def replay(curve: dict[str, Any], config: str, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
     """Where ``early_stopping=<config>`` stops ``curve``, why, and what it hands back."""
     stopping = stopping_callback(config, overrides)
-    if not hasattr(stopping, "prepare_states"):  # early_stopping=none: no EarlyTermination
+    if not hasattr(stopping, "replay"):  # early_stopping=none: no EarlyTermination
         stopping = None
     points = curve["points"]
     x0, x_end = points[0][0], points[-1][0]
     steps = [round(x * STEPS_PER_UNIT) for x, _ in points]
     trained = curve.get("starts_from") == "trained"
-    rules = {}
-    if stopping is not None:
-        stopping.prepare_states(budget_g_steps=steps[-1], initialized_from="trained" if trained else None)
-        rules = {name: rule for name, rule in stopping.rules.items() if rule.cadence == "evaluation"}
-    stop_index, reason, message = None, "max_steps", ""
-    for index, (g_step, (_, value)) in enumerate(zip(steps, points)):
-        for name, rule in rules.items():
-            should_stop, text = stopping.states[name].update(g_step, {rule.monitor: float(value)})
-            if should_stop:
-                stop_index, reason, message = index, rule.reason.value, text
-                break
-        if stop_index is not None:
-            break
+    hit = None if stopping is None else stopping.replay(
+        ((g_step, {MONITOR: float(value)}) for g_step, (_, value) in zip(steps, points)), steps[-1],
+        "trained" if trained else None)
+    stop_index, reason, message = (None, "max_steps", "") if hit is None else (steps.index(hit[0]), hit[2].value, hit[3])
     last = stop_index if stop_index is not None and stop_index < len(points) - 1 else len(points) - 1
     stopped = last < len(points) - 1
     handed = min(range(last + 1), key=lambda i: points[i][1])

@@ -492,28 +492,12 @@ def replay(run: dict[str, Any], candidate: str, every: Optional[int] = None) -> 
     rules = {name: rule for name, rule in stopping.rules.items() if rule.cadence == "evaluation"}
     decision = next(iter(rules.values())).monitor
     mode = next(iter(rules.values())).mode
-    if hasattr(stopping, "prepare_states"):
-        stopping.states = {name: rule.new_state() for name, rule in stopping.rules.items()}  # fresh, as a new fit's
-        stopping.prepare_states(run["max_g_steps"], run.get("init_from") or run["spec"].get("init_from"))
-        states = {name: stopping.states[name] for name in rules}
-    else:  # before 0.4: no prepare_states
-        states = {name: rule.new_state() for name, rule in rules.items()}
-        for state in states.values():
-            if hasattr(state, "budget_g_steps") and getattr(state.rule, "budget_g_steps", 0) is None:
-                state.budget_g_steps = run["max_g_steps"]
     every_rows = run["evaluations"]
     rows = [every_rows[i] for i in product_rows(run, every)]
     div = run["divergence_g_step"]
-    stop, reason = None, "max_steps"
-    for row in rows:
-        if div is not None and div <= row["g_step"]:
-            break
-        for name, state in states.items():
-            if state.update(row["g_step"], row["metrics"])[0]:
-                stop, reason = row["g_step"], rules[name].reason.value
-                break
-        if stop is not None:
-            break
+    hit = stopping.replay(((row["g_step"], row["metrics"]) for row in rows if div is None or row["g_step"] < div),
+                          run["max_g_steps"], run.get("init_from") or run["spec"].get("init_from"))
+    stop, reason = (None, "max_steps") if hit is None else (hit[0], hit[2].value)
     if div is not None and (stop is None or div < stop):
         stop, reason = div, "divergence"
     if stop is None:

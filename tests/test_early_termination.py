@@ -767,3 +767,20 @@ def test_ddp_one_rank_diverges_all_ranks_stop(tmp_path):
     assert summary["world_size"] == 2 and summary["status"] == "diverged" and summary["stop_reason"] == "divergence"
     assert summary["g_steps"] == 5 == summary["stopped_g_step"]
     assert "Another process detected divergence" in summary["early_termination"]["stop_message"]
+
+
+def test_replay_decides_on_logged_evaluations_from_fresh_states_as_a_fit_would():
+    """``EarlyTermination.replay``: fresh states prepared for the budget and the start, the first stop returned."""
+    from lightning_regan.stopping import Trend
+
+    stopping = EarlyTermination(rules=[Trend(monitor="val/mmd")])
+    flat = [(100 * (i + 1), {"val/mmd": 0.2 * (1 + 0.01 * (-1) ** i)}) for i in range(30)]
+    # A fine-tune flat from its start stops before the budget (flat for 35 % of it); a run from scratch waits for a
+    # take-off it never has.
+    hit = stopping.replay(flat, 3000, initialized_from="trained.ckpt")
+    assert hit is not None and hit[0] < 3000 and hit[1] == "trend" and hit[2] is StopReason.PLATEAU
+    assert "Plateau (Trend)" in hit[3]
+    assert stopping.replay(flat, 3000) is None
+    # The states are fresh each time: the same replay after another gives the same answer.
+    assert stopping.replay(flat, 3000, initialized_from="trained.ckpt") == hit
+    assert stopping.states["trend"].budget_g_steps == 3000

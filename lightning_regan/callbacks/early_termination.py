@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Optional, Union
 
 import lightning as L
@@ -201,6 +201,26 @@ class EarlyTermination(GStepCallback):
                 state.budget_g_steps = budget_g_steps
             if hasattr(state, "starts_trained"):
                 state.starts_trained = initialized_from is not None
+
+    def replay(
+        self, evaluations: Iterable[tuple[int, Mapping[str, float]]], budget_g_steps: Optional[int],
+        initialized_from: Any = None,
+    ) -> Optional[tuple[int, str, StopReason, str]]:
+        """Decide offline on logged evaluations, as a fit would: fresh rule states prepared for the budget and the
+        start (:meth:`prepare_states`), the evaluation rules fed ``(g_step, metrics)`` in order.
+
+        Returns:
+            ``(g_step, rule name, reason, message)`` of the first stop, or ``None`` when no rule stops.
+        """
+        self.states = {name: rule.new_state() for name, rule in self.rules.items()}
+        self.prepare_states(budget_g_steps, initialized_from)
+        names = [name for name, rule in self.rules.items() if rule.cadence == "evaluation"]
+        for g_step, metrics in evaluations:
+            for name in names:
+                stop, message = self.states[name].update(g_step, metrics)
+                if stop:
+                    return g_step, name, self.rules[name].reason, message
+        return None
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int

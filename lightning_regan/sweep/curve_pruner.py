@@ -72,7 +72,7 @@ class CurvePruner(optuna.pruners.BasePruner):
             raise ValueError(f"{name}: min_budget_share must be a number in [0, 1), got {min_budget_share!r}.")
         try:  # Trend checks z >= 0, 0 < window <= 1 and min_evaluations >= 2 (an integer)
             self._rule = Trend(tolerance=0.05, window=window, z=z, min_evaluations=min_evaluations,
-                               fit_evaluations=min_evaluations if _is_number(min_evaluations) else 2,
+                               fit_evaluations=min_evaluations,
                                min_progress=0.0, recall_tolerance=None)
         except ValueError as err:
             raise ValueError(str(err).replace("Trend:", f"{name}:", 1)) from None
